@@ -1,0 +1,5 @@
+import sys
+
+from slidemap.cli import main
+
+sys.exit(main())

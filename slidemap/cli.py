@@ -1,0 +1,289 @@
+"""The ``slidemap`` command: a thin layer over the Python API of each pipeline stage.
+
+Every command parses its options, calls one API function and prints what it wrote. A UserError becomes
+one line ``error: ...`` and exit status 2 (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from slidemap.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Map landslides from satellite imagery and a DEM with U-Net / ResU-Net.\n\n"
+    "Pipeline: synth | prepare -> sample -> train -> predict -> evaluate. `slidemap demo` runs it all.",
+)
+l4s_app = typer.Typer(no_args_is_help=True, help="Landslide4Sense patch datasets (HDF5 img/mask).")
+app.add_typer(l4s_app, name="l4s")
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _DEBUG["on"] = debug
+
+
+class Method(str, Enum):
+    grid = "grid"
+    random = "random"
+
+
+class Arch(str, Enum):
+    unet = "unet"
+    resunet = "resunet"
+
+
+class Loss(str, Enum):
+    bce = "bce"
+    bce_dice = "bce+dice"
+    focal = "focal"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Axis(str, Enum):
+    x = "x"
+    y = "y"
+
+
+def _split_names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names or None
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic study area into."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical files."),
+    size: int = typer.Option(2048, help="Image width and height in pixels."),
+    pixel_size: float = typer.Option(5.0, help="Image pixel size in metres."),
+    landslides: int = typer.Option(120, help="Number of landslides to place."),
+    nodata_stripe: bool = typer.Option(True, "--nodata-stripe/--no-nodata-stripe",
+                                       help="Blank a stripe of the image, declared as nodata."),
+) -> None:
+    """Write a synthetic study area: image, DEM, landslide inventory and train/test areas."""
+    from slidemap.synth import synthesize
+
+    paths = synthesize(out, seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
+                       nodata_stripe=nodata_stripe)
+    for role, p in paths.items():
+        typer.echo(f"{role:10s} {p}")
+
+
+@app.command()
+def prepare(
+    image: list[Path] = typer.Option(..., "--image", help="Image GeoTIFF(s), stacked in the given order; "
+                                     "the first one defines the grid."),
+    out: Path = typer.Option(..., "--out", help="Scene folder to write."),
+    dem: Path | None = typer.Option(None, help="DEM raster, any CRS and resolution (resampled bilinearly)."),
+    inventory: Path | None = typer.Option(None, help="Landslide polygons (any OGR format and CRS)."),
+    areas: Path | None = typer.Option(None, help="Named areas (columns name, role=train|test)."),
+    split: str | None = typer.Option(None, help="Cut the scene into train:test along --split-axis, e.g. 3:2."),
+    split_axis: Axis = typer.Option(Axis.x, help="Axis of --split: x (left train, right test) or y (top/bottom)."),
+    terrain: str = typer.Option("dem,slope", help="Terrain layers from the DEM: any of dem,slope,aspect,hillshade."),
+    band_names: str | None = typer.Option(None, help="Comma-separated names of the image bands, in order."),
+    all_touched: bool = typer.Option(False, help="Mask every pixel a polygon touches, not only centres inside."),
+) -> None:
+    """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
+    from slidemap.prepare import prepare_scene
+
+    if (areas is None) == (split is None):
+        raise UserError("--areas / --split: give exactly one (a file of named areas, or e.g. --split 3:2)")
+    scene = prepare_scene(image, out, dem=dem, inventory=inventory, areas=areas, split=split,
+                          split_axis=split_axis.value, terrain=_split_names(terrain) or [],
+                          band_names=_split_names(band_names), all_touched=all_touched)
+    typer.echo(f"scene {scene.path}: {scene.width}x{scene.height} px, bands {', '.join(scene.bands)}")
+    for a in scene.meta["areas"]:
+        typer.echo(f"  {a['role']:5s} {a['name']}: {a.get('area_km2', 0):.3f} km², "
+                   f"{a.get('landslides', 0)} landslides, {a.get('landslide_km2', 0):.4f} km² landslide")
+
+
+@app.command()
+def sample(
+    scene: Path = typer.Argument(..., help="Scene folder from `slidemap prepare`."),
+    out: Path = typer.Option(..., "--out", help="Chip set folder to write."),
+    method: Method = typer.Option(Method.grid, help="grid: regular windows; random: random windows."),
+    size: int = typer.Option(128, help="Patch size in pixels (a multiple of 16)."),
+    overlap: float = typer.Option(0.0, help="Grid overlap fraction in [0, 1) (study 000: 0.2; study 002: 0)."),
+    count: int = typer.Option(5000, help="Random windows to draw."),
+    require_landslide: bool = typer.Option(False, help="Keep only windows holding a landslide pixel."),
+    area: str | None = typer.Option(None, help="Train area to sample (default: all train areas)."),
+    max_nodata: int = typer.Option(0, help="Most nodata pixels a window may hold."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Cut training chips from a scene's train area (regular grid or random windows)."""
+    from slidemap.sample import sample_chips
+
+    chips = sample_chips(scene, out, method=method.value, size=size, overlap=overlap, count=count,
+                         require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed)
+    s = chips.meta.get("summary", {})
+    typer.echo(f"chip set {chips.path}: {len(chips)} chips of {chips.size} px")
+    for k, v in s.items():
+        typer.echo(f"  {k}: {v}")
+
+
+@app.command()
+def train(
+    chips: Path = typer.Argument(..., help="Chip set folder (from `sample` or `l4s import`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    model: Arch = typer.Option(Arch.unet, help="Network architecture."),
+    filters: int = typer.Option(16, help="Initial number of filters (study 000: 16/32/64)."),
+    batch_size: int = typer.Option(16, help="Chips per batch."),
+    epochs: int = typer.Option(200, help="Maximum epochs."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    val_fraction: float = typer.Option(0.3, help="Fraction of chips held out for validation (spatial blocks)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random 90° rotations and flips."),
+    patience: int = typer.Option(20, help="Early-stopping patience in epochs (0: off)."),
+    bands: str | None = typer.Option(None, help="Comma-separated band names to use (default: all)."),
+    loss: Loss = typer.Option(Loss.bce, help="Loss function."),
+    pos_weight: float | None = typer.Option(None, help="Weight of landslide pixels in BCE."),
+    seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
+    device: Device = typer.Option(Device.auto, help="Training device."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
+) -> None:
+    """Train a U-Net or ResU-Net on a chip set; writes a run folder with the model bundle."""
+    from slidemap.train import train as train_fn
+
+    result = train_fn(chips, out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs,
+                      lr=lr, val_fraction=val_fraction, augment=augment, patience=patience,
+                      bands=_split_names(bands), loss=loss.value, pos_weight=pos_weight, seed=seed,
+                      device=device.value, resume=resume)
+    typer.echo(f"run {out}: bundle {result['bundle']}")
+    for k, v in result.get("summary", {}).items():
+        typer.echo(f"  {k}: {v}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Model bundle (bundle.pt) or run folder."),
+    out: Path = typer.Option(..., "--out", help="Prediction folder to write."),
+    scene: Path | None = typer.Option(None, help="Prepared scene folder to predict."),
+    area: str | None = typer.Option(None, help="Only this named area of the scene."),
+    image: list[Path] | None = typer.Option(None, "--image", help="Bare image(s), prepared on the fly."),
+    dem: Path | None = typer.Option(None, help="DEM for bare images."),
+    chips: Path | None = typer.Option(None, help="Patch dataset (chip set) to predict patch by patch."),
+    tile: int = typer.Option(512, help="Tile size in pixels."),
+    overlap: int = typer.Option(64, help="Overlap between tiles in pixels."),
+    threshold: str = typer.Option("best", help="'best' (validation F1 optimum), '0.5' or a number."),
+    min_area: float = typer.Option(0.0, help="Drop predicted polygons smaller than this (m²)."),
+    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    device: Device = typer.Option(Device.auto, help="Inference device."),
+    as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
+    evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
+) -> None:
+    """Predict landslides over a whole scene (tiled, blended, streamed) or a patch dataset."""
+    given = sum(x is not None and x != [] for x in (scene, image or None, chips))
+    if given != 1:
+        raise UserError("--scene / --image / --chips: give exactly one input to predict")
+    if chips is not None:
+        from slidemap.l4s import predict_patches
+
+        result = predict_patches(model, chips, out, threshold=threshold, batch_size=batch_size,
+                                 device=device.value, evaluate=evaluate)
+    else:
+        from slidemap.predict import predict as predict_fn
+
+        result = predict_fn(model, out, scene=scene, area=area, images=image or None, dem=dem, tile=tile,
+                            overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
+                            device=device.value, as_float=as_float, evaluate=evaluate)
+    _print_result(result)
+
+
+@app.command()
+def evaluate(
+    pred: Path = typer.Argument(..., help="Prediction folder from `slidemap predict`."),
+    truth: Path = typer.Option(..., help="Scene folder (or chip set) holding the reference inventory."),
+    area: list[str] | None = typer.Option(None, "--area", help="Area(s) to evaluate (default: all test areas)."),
+    object_overlap: float = typer.Option(0.5, help="Fraction of a landslide's area that must be predicted "
+                                         "for it to count as found."),
+) -> None:
+    """Precision, recall, F1, IoU, areas in km² and error maps per test area."""
+    from slidemap.evaluate import evaluate as evaluate_fn
+
+    result = evaluate_fn(pred, truth, areas=area or None, object_overlap=object_overlap)
+    _print_result(result)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("slidemap-demo"), help="Folder for everything the demo writes."),
+    fast: bool = typer.Option(False, help="A smaller, quicker run (for CI)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Run the whole pipeline on the built-in synthetic study area and print the test metrics."""
+    from slidemap.demo import run_demo
+
+    run_demo(out, fast=fast, seed=seed)
+
+
+@l4s_app.command("import")
+def l4s_import(
+    folder: Path = typer.Argument(..., help="Landslide4Sense folder with img/ (and mask/)."),
+    out: Path = typer.Option(..., "--out", help="Chip set folder to write."),
+    list_file: Path | None = typer.Option(None, "--list", help="Text file naming the patches to import."),
+    published_stats: bool = typer.Option(False, help="Use the dataset's published mean/std instead of "
+                                         "statistics computed from the imported patches."),
+) -> None:
+    """Import Landslide4Sense HDF5 patches into a slidemap chip set."""
+    from slidemap.l4s import import_l4s
+
+    chips = import_l4s(folder, out, list_file=list_file, published_stats=published_stats)
+    typer.echo(f"chip set {chips.path}: {len(chips)} patches, bands {', '.join(chips.bands)}")
+
+
+def _print_result(result) -> None:
+    if isinstance(result, dict):
+        table = result.get("table")
+        if table:
+            typer.echo(table)
+        for k, v in result.items():
+            if k != "table" and isinstance(v, str | Path | int | float):
+                typer.echo(f"{k}: {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning UserError into ``error: ...`` and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        if _DEBUG["on"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # usage errors of typer's click: show them as click would
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return e.exit_code
+        if type(e).__name__ == "Abort":
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

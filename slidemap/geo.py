@@ -1,0 +1,125 @@
+"""Small geospatial helpers: opening rasters and vectors with clear errors, metric pixel sizes and
+areas in any CRS (geographic included), and the GeoTIFF profile every stage writes with."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+from slidemap.errors import UserError
+from slidemap.files import require_file
+
+WGS84_A = 6378137.0
+WGS84_F = 1 / 298.257223563
+WGS84_E2 = WGS84_F * (2 - WGS84_F)
+
+
+def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasterio.DatasetReader:
+    """Open a raster for reading; a missing file, a non-raster or (with ``need_crs``) a raster without a CRS
+    is a one-line UserError naming ``option``."""
+    p = require_file(path, option)
+    try:
+        ds = rasterio.open(p)
+    except rasterio.errors.RasterioIOError:
+        raise UserError(f"{option} {p}: not a raster GDAL can read; give a GeoTIFF or another raster") from None
+    if need_crs and ds.crs is None:
+        ds.close()
+        raise UserError(f"{option} {p}: has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX) and retry")
+    return ds
+
+
+def read_vector(path: str | Path, option: str):
+    """Read any OGR vector into a GeoDataFrame; errors name ``option``."""
+    import geopandas as gpd
+    import pyogrio
+
+    p = require_file(path, option)
+    try:
+        gdf = gpd.read_file(p)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as e:
+        raise UserError(f"{option} {p}: not a vector file OGR can read ({str(e).splitlines()[0]})") from None
+    if "geometry" not in gdf or gdf.geometry.name is None:
+        raise UserError(f"{option} {p}: has no geometry column")
+    if len(gdf) and gdf.crs is None:
+        raise UserError(f"{option} {p}: has no CRS; save it with a CRS (e.g. a .prj beside a Shapefile)")
+    return gdf
+
+
+def _meridian_radii(lat_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Meridional (M) and prime-vertical (N) radii of curvature of WGS84 at a latitude."""
+    phi = np.radians(lat_deg)
+    s2 = np.sin(phi) ** 2
+    m = WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s2) ** 1.5
+    n = WGS84_A / np.sqrt(1 - WGS84_E2 * s2)
+    return m, n
+
+
+def _linear_unit_m(crs: CRS) -> float:
+    try:
+        factor = crs.linear_units_factor[1]
+    except Exception:  # noqa: BLE001 - CRS without linear units
+        factor = 1.0
+    return float(factor)
+
+
+def pixel_size_m(crs: CRS, transform: Affine, height: int) -> tuple[float, float]:
+    """Pixel width and height in metres; for a geographic CRS measured at the grid's centre latitude."""
+    if crs is not None and crs.is_geographic:
+        lat = transform.f + transform.e * height / 2
+        m, n = _meridian_radii(lat)
+        dx = math.radians(abs(transform.a)) * float(n) * math.cos(math.radians(lat))
+        dy = math.radians(abs(transform.e)) * float(m)
+        return dx, dy
+    unit = _linear_unit_m(crs) if crs is not None else 1.0
+    return abs(transform.a) * unit, abs(transform.e) * unit
+
+
+def row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) -> np.ndarray:
+    """Area of one pixel in m² for each row ``row_off .. row_off+nrows-1`` (varies with latitude in a
+    geographic CRS, constant otherwise)."""
+    rows = np.arange(row_off, row_off + nrows, dtype=np.float64) + 0.5
+    if crs is not None and crs.is_geographic:
+        lat = transform.f + transform.e * rows
+        m, n = _meridian_radii(lat)
+        dx = np.radians(abs(transform.a)) * n * np.cos(np.radians(lat))
+        dy = np.radians(abs(transform.e)) * m
+        return dx * dy
+    dx, dy = pixel_size_m(crs, transform, 1)
+    return np.full(nrows, dx * dy)
+
+
+def masked_area_km2(mask: np.ndarray, crs: CRS, transform: Affine, row_off: int = 0) -> float:
+    """Area in km² of the True pixels of a 2-D boolean ``mask`` whose first row is ``row_off``."""
+    per_row = mask.sum(axis=1, dtype=np.int64)
+    return float((per_row * row_pixel_areas_m2(crs, transform, row_off, mask.shape[0])).sum() / 1e6)
+
+
+def gtiff_profile(width: int, height: int, count: int, dtype: str, crs, transform, nodata=None,
+                  block: int = 256, compress: str = "deflate") -> dict:
+    """Profile of a tiled, compressed GeoTIFF (the only raster layout slidemap writes)."""
+    profile = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
+        "crs": crs, "transform": transform, "nodata": nodata, "compress": compress,
+        "BIGTIFF": "IF_SAFER",
+    }
+    if width >= block and height >= block:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if np.dtype(dtype).kind == "f":
+        profile["predictor"] = 3
+    elif np.dtype(dtype).itemsize > 1:
+        profile["predictor"] = 2
+    return profile
+
+
+def block_windows(width: int, height: int, block: int = 1024):
+    """Row-major ``rasterio.windows.Window`` blocks covering a ``width`` x ``height`` grid."""
+    from rasterio.windows import Window
+
+    for r in range(0, height, block):
+        for c in range(0, width, block):
+            yield Window(c, r, min(block, width - c), min(block, height - r))
