@@ -1,0 +1,366 @@
+"""Landslide4Sense import, prediction in the submission format, and pooled evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from slidemap.chips import ChipSet
+from slidemap.cli import main
+from slidemap.errors import UserError
+from slidemap.l4s import (
+    L4S_BANDS,
+    L4S_PUBLISHED_MEAN,
+    L4S_PUBLISHED_STD,
+    evaluate_patches,
+    find_patches,
+    import_l4s,
+    predict_patches,
+    read_mask,
+    write_mask,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
+SAMPLE_NUMBERS = [1, 2, 3, 16, 27, 28]
+
+
+def make_l4s(folder: Path, numbers: list[int], masks: bool = True, seed: int = 0) -> Path:
+    """Write a tiny Landslide4Sense-format folder: random float64 images, sparse 0/1 masks."""
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    if masks:
+        (folder / "mask").mkdir(exist_ok=True)
+    for n in numbers:
+        with h5py.File(folder / "img" / f"image_{n}.h5", "w") as f:
+            f.create_dataset("img", data=rng.normal(n, 1.0, (128, 128, 14)))
+        if masks:
+            with h5py.File(folder / "mask" / f"mask_{n}.h5", "w") as f:
+                f.create_dataset("mask", data=(rng.random((128, 128)) < 0.05).astype(np.uint8))
+    return folder
+
+
+def one_line_error(excinfo, *names: str) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for name in names:
+        assert name in msg, msg
+    return msg
+
+
+# --- the real sample ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_chips(tmp_path_factory):
+    if not SAMPLE.is_dir():
+        pytest.skip(f"real data absent: {SAMPLE}")
+    return import_l4s(SAMPLE, tmp_path_factory.mktemp("l4s") / "chips")
+
+
+def test_sample_import_equals_h5py(sample_chips):
+    assert sample_chips.bands == L4S_BANDS
+    assert sample_chips.bands[:12] == [f"B{i}" for i in range(1, 13)] and "B8A" not in sample_chips.bands
+    assert [w["source"] for w in sample_chips.windows] == [f"image_{n}.h5" for n in SAMPLE_NUMBERS]
+    assert sample_chips.images.dtype == np.float32 and sample_chips.images.shape == (6, 14, 128, 128)
+    assert sample_chips.masks.dtype == np.uint8 and sample_chips.masks.shape == (6, 128, 128)
+    for i, n in enumerate(SAMPLE_NUMBERS):
+        with h5py.File(SAMPLE / "img" / f"image_{n}.h5") as f:
+            img = f["img"][()]
+        with h5py.File(SAMPLE / "mask" / f"mask_{n}.h5") as f:
+            mask = f["mask"][()]
+        np.testing.assert_array_equal(sample_chips.images[i], np.moveaxis(img, -1, 0).astype(np.float32))
+        np.testing.assert_array_equal(sample_chips.masks[i], mask)
+        # channel 13 is slope, 14 the DEM (channels last in the file)
+        dem = sample_chips.images[i, L4S_BANDS.index("dem")]
+        np.testing.assert_array_equal(dem, img[:, :, 13].astype(np.float32))
+    assert sample_chips.masks[SAMPLE_NUMBERS.index(3)].max() == 0  # patch 3 is a negative example
+    assert sample_chips.meta["summary"]["positive_patches"] == 5
+    assert sample_chips.meta["sampler"]["method"] == "l4s-import"
+    assert sample_chips.windows[0]["row"] == "" and sample_chips.windows[0]["size"] == 128
+
+
+def test_sample_stats_are_the_imported_data(sample_chips):
+    data = np.asarray(sample_chips.images, dtype=np.float64)
+    for b, name in enumerate(L4S_BANDS):
+        s = sample_chips.stats[name]
+        assert s["mean"] == pytest.approx(data[:, b].mean(), rel=1e-9)
+        assert s["std"] == pytest.approx(data[:, b].std(), rel=1e-9)
+        assert s["min"] == data[:, b].min() and s["max"] == data[:, b].max()
+    assert sample_chips.meta["stats_source"] == "imported"
+
+
+def test_sample_published_stats(tmp_path):
+    if not SAMPLE.is_dir():
+        pytest.skip(f"real data absent: {SAMPLE}")
+    chips = import_l4s(SAMPLE, tmp_path / "chips", published_stats=True)
+    assert [chips.stats[b]["mean"] for b in L4S_BANDS] == L4S_PUBLISHED_MEAN
+    assert [chips.stats[b]["std"] for b in L4S_BANDS] == L4S_PUBLISHED_STD
+    assert chips.stats["dem"]["max"] == float(np.asarray(chips.images[:, 13]).max())
+    assert chips.meta["stats_source"] == "published"
+
+
+# --- generated L4S-format folders ---------------------------------------------------------------------
+
+def test_import_sorts_by_number_and_streams_stats_exactly(tmp_path):
+    src = make_l4s(tmp_path / "d", [10, 2, 1, 33])
+    chips = import_l4s(src, tmp_path / "chips")
+    assert [w["source"] for w in chips.windows] == ["image_1.h5", "image_2.h5", "image_10.h5", "image_33.h5"]
+    # per-patch means were drawn around the patch number: the order is visible in the data
+    assert np.round(np.asarray(chips.images).mean(axis=(1, 2, 3))).tolist() == [1, 2, 10, 33]
+    data = np.asarray(chips.images, dtype=np.float64)
+    assert chips.stats["B5"]["std"] == pytest.approx(data[:, 4].std(), rel=1e-9)
+
+
+def test_nan_never_counts_in_stats(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    with h5py.File(src / "img" / "image_2.h5", "r+") as f:
+        img = f["img"][()]
+        img[:64, :, 0] = np.nan
+        f["img"][...] = img
+    chips = import_l4s(src, tmp_path / "chips")
+    band0 = np.asarray(chips.images[:, 0], dtype=np.float64)
+    assert np.isnan(band0).sum() == 64 * 128
+    assert chips.stats["B1"]["mean"] == pytest.approx(np.nanmean(band0), rel=1e-9)
+    assert chips.stats["B1"]["std"] == pytest.approx(np.nanstd(band0), rel=1e-9)
+    assert chips.stats["B1"]["min"] == np.nanmin(band0)
+
+
+def test_without_masks_is_a_prediction_only_chip_set(tmp_path):
+    src = make_l4s(tmp_path / "test", [5, 6], masks=False)
+    chips = import_l4s(src, tmp_path / "chips")
+    assert chips.masks is None and not (chips.path / "masks.npy").exists()
+    assert chips.meta["summary"] == {"patches": 2, "masks": False}
+
+
+def test_list_file_is_lenient(tmp_path):
+    root = tmp_path / "root"
+    make_l4s(root / "TrainData", [1, 2, 3, 4, 5, 12])
+    lst = tmp_path / "train.txt"
+    # the benchmark's own lists name files relative to the data root; other lists use bare names
+    lst.write_text("TrainData/img/image_12.h5\n\n# comment\n")
+    assert [p.number for p in find_patches(root, lst)] == [12]
+    lst.write_text("img/image_3.h5\n1\nimage_2.h5\n/img/image_5.h5\nimage_4\nTrainData/img/image_12.h5\n1\n")
+    patches = find_patches(root / "TrainData", lst)
+    assert [p.number for p in patches] == [1, 2, 3, 4, 5, 12]
+    assert patches[0].mask == root / "TrainData" / "mask" / "mask_1.h5"
+    chips = import_l4s(root / "TrainData", tmp_path / "chips", list_file=lst)
+    assert len(chips) == 6 and chips.meta["sampler"]["list"] == str(lst.resolve())
+
+
+def test_list_naming_missing_files(tmp_path):
+    src = make_l4s(tmp_path / "d", [1])
+    lst = tmp_path / "val.txt"
+    lst.write_text("img/image_1.h5\nimg/image_7.h5\n9\n")
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips", list_file=lst)
+    assert "line 2 'img/image_7.h5'" in one_line_error(e, "val.txt", "1 more")
+    lst.write_text("\n\n")
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips", list_file=lst)
+    one_line_error(e, "val.txt", "no patches")
+
+
+def test_corrupt_file_names_it(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    (src / "img" / "image_2.h5").write_bytes(b"this is not HDF5 at all" * 100)
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "image_2.h5", "corrupt or truncated")
+    assert not (tmp_path / "chips").exists()  # nothing half-written is left behind
+
+
+def test_truncated_file_names_it(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    path = src / "mask" / "mask_1.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "mask_1.h5", "corrupt or truncated")
+
+
+def test_truncated_image_data_names_it(tmp_path):
+    src = make_l4s(tmp_path / "d", [1])
+    path = src / "img" / "image_1.h5"
+    path.write_bytes(path.read_bytes()[:-50_000])  # header intact, data cut short
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "image_1.h5")
+
+
+def test_wrong_shape_and_missing_dataset_name_the_file(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    with h5py.File(src / "img" / "image_2.h5", "w") as f:
+        f.create_dataset("img", data=np.zeros((128, 128, 13)))
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "image_2.h5", "(128, 128, 13)", "(128, 128, 14)")
+    with h5py.File(src / "img" / "image_2.h5", "w") as f:
+        f.create_dataset("data", data=np.zeros((128, 128, 14)))
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "image_2.h5", "no dataset 'img'", "data")
+    with h5py.File(src / "mask" / "mask_1.h5", "w") as f:
+        f.create_dataset("mask", data=np.full((128, 128), 7, np.uint8))
+    with pytest.raises(UserError) as e:
+        read_mask(src / "mask" / "mask_1.h5")
+    one_line_error(e, "mask_1.h5", "other than 0 and 1")
+
+
+def test_mixed_masks_name_the_image(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2, 3])
+    (src / "mask" / "mask_2.h5").unlink()
+    with pytest.raises(UserError) as e:
+        import_l4s(src, tmp_path / "chips")
+    one_line_error(e, "image_2.h5", "mask_2.h5", "missing")
+
+
+def test_empty_or_missing_folder(tmp_path):
+    (tmp_path / "empty" / "img").mkdir(parents=True)
+    with pytest.raises(UserError) as e:
+        import_l4s(tmp_path / "empty", tmp_path / "chips")
+    one_line_error(e, "empty", "no image_N.h5")
+    with pytest.raises(UserError) as e:
+        import_l4s(tmp_path / "nowhere", tmp_path / "chips")
+    one_line_error(e, "nowhere")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(UserError) as e:
+        import_l4s(tmp_path / "flat", tmp_path / "chips")
+    one_line_error(e, "flat", "no img/")
+
+
+def test_failed_import_keeps_previous_chip_set(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    import_l4s(src, tmp_path / "chips")
+    (src / "img" / "image_2.h5").write_bytes(b"broken")
+    with pytest.raises(UserError):
+        import_l4s(src, tmp_path / "chips")
+    assert len(ChipSet(tmp_path / "chips")) == 2
+
+
+def test_cli_import_error_is_one_line(tmp_path, capsys):
+    src = make_l4s(tmp_path / "d", [1])
+    (src / "img" / "image_1.h5").write_bytes(b"x")
+    assert main(["l4s", "import", str(src), "--out", str(tmp_path / "chips")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: image ") and "image_1.h5" in err and "\n" not in err
+
+
+# --- evaluate: pooled counts, checked by hand -------------------------------------------------------------
+
+def write_prediction(folder: Path, chips: ChipSet, preds: list[np.ndarray]) -> Path:
+    folder.mkdir()
+    names = [w["source"].replace("image", "mask") for w in chips.windows]
+    for name, p in zip(names, preds, strict=True):
+        write_mask(folder / name, p)
+    (folder / "prediction.json").write_text(json.dumps({"kind": "patches", "masks": names, "threshold": 0.5}))
+    return folder
+
+
+def test_evaluate_pools_pixel_counts(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    t1 = np.zeros((128, 128), np.uint8)
+    t1[:10, :10] = 1  # 100 landslide pixels
+    t2 = np.zeros((128, 128), np.uint8)  # a negative patch
+    for n, t in ((1, t1), (2, t2)):
+        with h5py.File(src / "mask" / f"mask_{n}.h5", "w") as f:
+            f.create_dataset("mask", data=t)
+    chips = import_l4s(src, tmp_path / "chips")
+    p1 = np.zeros((128, 128), np.uint8)
+    p1[5:15, :10] = 1  # 50 hit, 50 beside
+    p2 = np.zeros((128, 128), np.uint8)
+    p2[0, :30] = 1  # 30 false alarms in the negative patch
+    pred = write_prediction(tmp_path / "pred", chips, [p1, p2])
+    result = evaluate_patches(pred, chips.path)
+    # pooled: tp 50, fp 50 + 30, fn 50, tn 2*128*128 - 180
+    metrics = json.loads((pred / "metrics.json").read_text())
+    assert metrics["counts"] == {"tp": 50, "fp": 80, "fn": 50, "tn": 2 * 128 * 128 - 180}
+    assert result["precision"] == pytest.approx(50 / 130, abs=1e-6)
+    assert result["recall"] == pytest.approx(0.5, abs=1e-6)
+    assert result["f1"] == pytest.approx(100 / 230, abs=1e-6)
+    assert result["iou"] == pytest.approx(50 / 180, abs=1e-6)
+    assert "F1 %" in result["table"] and "43.48" in result["table"]
+    rows = (pred / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("id,source,mask,tp,fp,fn,tn")
+    assert rows[1].startswith("0,image_1.h5,mask_1.h5,50,50,50,")
+    assert rows[2].startswith("1,image_2.h5,mask_2.h5,0,30,0,")
+
+
+def test_evaluate_errors(tmp_path):
+    src = make_l4s(tmp_path / "d", [1, 2])
+    chips = import_l4s(src, tmp_path / "chips")
+    pred = write_prediction(tmp_path / "pred", chips, [np.zeros((128, 128), np.uint8)] * 2)
+    (pred / "mask_2.h5").unlink()
+    with pytest.raises(UserError) as e:
+        evaluate_patches(pred, chips.path)
+    one_line_error(e, "mask_2.h5", "missing")
+    nomask = import_l4s(make_l4s(tmp_path / "t", [1, 2], masks=False), tmp_path / "tchips")
+    with pytest.raises(UserError) as e:
+        evaluate_patches(pred, nomask.path)
+    one_line_error(e, "tchips", "no masks")
+    with pytest.raises(UserError) as e:
+        evaluate_patches(tmp_path / "d", chips.path)
+    one_line_error(e, "PRED")
+
+
+# --- predict ------------------------------------------------------------------------------------------
+
+def tiny_bundle(path: Path, bands: list[str], stats: dict) -> Path:
+    import torch
+
+    from slidemap.bundle import save_bundle
+    from slidemap.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", len(bands), filters=4)
+    meta = {"architecture": "unet", "model_args": model.config, "bands": bands, "stats": stats,
+            "patch_size": 128, "thresholds": {"0.5": 0.5, "best": 0.5}, "training": {}}
+    return save_bundle(path, model, meta)
+
+
+def test_predict_writes_submission_masks(tmp_path):
+    import torch
+
+    src = make_l4s(tmp_path / "d", [3, 7, 11])
+    with h5py.File(src / "img" / "image_7.h5", "r+") as f:  # nodata must not break prediction
+        img = f["img"][()]
+        img[:8, :8, :] = np.nan
+        f["img"][...] = img
+    chips = import_l4s(src, tmp_path / "chips")
+    bands = ["B4", "B3", "B2", "dem"]  # a subset, in another order than the chip set's
+    stats = {b: {"mean": 5.0, "std": 2.0} for b in bands}
+    bundle = tiny_bundle(tmp_path / "bundle.pt", bands, stats)
+    result = predict_patches(bundle, chips.path, tmp_path / "pred", threshold="0.5", batch_size=2,
+                             device="cpu", evaluate=True, previews=2)
+    pred = tmp_path / "pred"
+    assert sorted(p.name for p in pred.glob("mask_*.h5")) == ["mask_11.h5", "mask_3.h5", "mask_7.h5"]
+    for name in ("mask_3.h5", "mask_7.h5", "mask_11.h5"):
+        with h5py.File(pred / name) as f:
+            assert list(f) == ["mask"] and f["mask"].shape == (128, 128) and f["mask"].dtype == np.uint8
+            assert set(np.unique(f["mask"][()])) <= {0, 1}
+    assert len(list((pred / "previews").glob("*.png"))) == 2
+    info = json.loads((pred / "prediction.json").read_text())
+    assert info["kind"] == "patches" and info["threshold"] == 0.5
+    assert info["chips"] == str(chips.path.resolve())
+    assert "f1" in result and (pred / "metrics.json").exists()
+    # the masks are the bundle's network on the chips standardised with the BUNDLE's statistics
+    from slidemap.bundle import load_bundle
+
+    net = load_bundle(bundle).build_model()
+    x = np.asarray(chips.images[1:2])[:, [3, 2, 1, 13]]
+    x = np.nan_to_num((x - 5.0) / 2.0, nan=0.0).astype(np.float32)
+    with torch.no_grad():
+        expected = (torch.sigmoid(net(torch.from_numpy(x)))[0, 0].numpy() >= 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(read_mask(pred / "mask_7.h5"), expected)
+
+
+def test_predict_refuses_missing_bands(tmp_path):
+    chips = import_l4s(make_l4s(tmp_path / "d", [1]), tmp_path / "chips")
+    bands = ["B4", "nir"]
+    bundle = tiny_bundle(tmp_path / "bundle.pt", bands, {b: {"mean": 0, "std": 1} for b in bands})
+    with pytest.raises(UserError) as e:
+        predict_patches(bundle, chips.path, tmp_path / "pred", device="cpu")
+    one_line_error(e, "nir", "chips")
+    assert not (tmp_path / "pred").exists()
