@@ -93,6 +93,18 @@ def row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) ->
     return np.full(nrows, dx * dy)
 
 
+def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel width and height in metres for each row ``row_off .. row_off+nrows-1`` (the width shrinks
+    with latitude in a geographic CRS; both are constant otherwise)."""
+    rows = np.arange(row_off, row_off + nrows, dtype=np.float64) + 0.5
+    if crs is not None and crs.is_geographic:
+        lat = transform.f + transform.e * rows
+        m, n = _meridian_radii(lat)
+        return np.radians(abs(transform.a)) * n * np.cos(np.radians(lat)), np.radians(abs(transform.e)) * m
+    dx, dy = pixel_size_m(crs, transform, 1)
+    return np.full(nrows, dx), np.full(nrows, dy)
+
+
 def masked_area_km2(mask: np.ndarray, crs: CRS, transform: Affine, row_off: int = 0) -> float:
     """Area in km² of the True pixels of a 2-D boolean ``mask`` whose first row is ``row_off``."""
     per_row = mask.sum(axis=1, dtype=np.int64)

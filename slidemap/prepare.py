@@ -1,0 +1,642 @@
+"""``slidemap prepare``: co-register images, DEM, inventory and areas into a scene folder.
+
+The first image defines the grid. Every other input is brought onto it: images on another grid and the
+DEM are warped bilinearly (GDAL, through a virtual warped dataset read window by window, so memory stays
+bounded), the inventory and the areas are reprojected as vectors and rasterised with the centre rule.
+Terrain layers are computed from the warped DEM with true metric pixel sizes (see ``slidemap.terrain``).
+
+Two passes over the grid, block by block: the first writes ``stack.tif`` and ``mask.tif``; the second
+reads them back to measure each area (landslides, km²) and the band statistics over the train area(s).
+Everything is checked before anything is written, and the folder is built in a temporary sibling
+(``atomic_dir``), so a bad input or an interruption never leaves a scene folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio import features
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+import slidemap
+from slidemap.errors import UserError
+from slidemap.files import atomic_dir, sha256, write_json
+from slidemap.geo import (
+    block_windows,
+    gtiff_profile,
+    masked_area_km2,
+    open_raster,
+    pixel_size_m,
+    read_vector,
+    row_pixel_areas_m2,
+    row_pixel_sizes_m,
+)
+from slidemap.quicklook import QUICKLOOK_SIZE, render_quicklook, rgb_band_indexes
+from slidemap.scene import NODATA_MASK, SCENE_FORMAT, SCENE_FORMAT_VERSION, Scene
+from slidemap.terrain import TERRAIN_LAYERS, terrain_layers
+
+BLOCK = 1024  # pixels per side of a processing block (a multiple of the 256 px GeoTIFF tiles)
+GDAL_CACHE_MB = 256  # GDAL's block cache (its default, 5 % of RAM, is what would grow with the scene)
+ROLES = ("train", "test")
+
+
+class PrepareWarning(UserWarning):
+    """Something a user should know about the inputs that does not stop the scene being prepared."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of the scene (the first image's)."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return _bounds(self.transform, self.width, self.height)
+
+    def box(self, col_off: int = 0, row_off: int = 0, width: int | None = None, height: int | None = None):
+        """Polygon (scene CRS) covering a block of whole pixels; the whole grid by default."""
+        from shapely.geometry import Polygon
+
+        w = self.width - col_off if width is None else width
+        h = self.height - row_off if height is None else height
+        c0, r0 = col_off, row_off
+        corners = [(c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h)]
+        return Polygon([self.transform @ c for c in corners])
+
+    def window_transform(self, window: Window) -> Affine:
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
+
+
+@dataclass
+class Inventory:
+    """The landslide polygons, reprojected to the scene CRS and repaired."""
+
+    path: Path
+    gdf: object  # GeoDataFrame (geometry only), polygons intersecting the scene
+    features: int
+    repaired: int
+
+    @property
+    def inside(self) -> int:
+        return len(self.gdf)
+
+
+@dataclass
+class _Stats:
+    """Streaming per-band count/mean/M2/min/max (Chan's parallel update: exact and stable in float64)."""
+
+    bands: int
+    n: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    m2: np.ndarray = field(init=False)
+    lo: np.ndarray = field(init=False)
+    hi: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n = np.zeros(self.bands)
+        self.mean = np.zeros(self.bands)
+        self.m2 = np.zeros(self.bands)
+        self.lo = np.full(self.bands, np.inf)
+        self.hi = np.full(self.bands, -np.inf)
+
+    def add(self, values: np.ndarray) -> None:
+        """Add pixels (C, N) (all valid)."""
+        if values.shape[1] == 0:
+            return
+        v = values.astype(np.float64)
+        nb = v.shape[1]
+        mb = v.mean(axis=1)
+        m2b = ((v - mb[:, None]) ** 2).sum(axis=1)
+        delta = mb - self.mean
+        total = self.n + nb
+        self.mean = self.mean + delta * nb / total
+        self.m2 = self.m2 + m2b + delta**2 * self.n * nb / total
+        self.n = total
+        self.lo = np.minimum(self.lo, v.min(axis=1))
+        self.hi = np.maximum(self.hi, v.max(axis=1))
+
+    def as_dict(self, names: Sequence[str]) -> dict[str, dict[str, float]]:
+        if not self.n.any():
+            return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
+        std = np.sqrt(self.m2 / self.n)
+        return {name: {"mean": float(self.mean[i]), "std": float(std[i]), "min": float(self.lo[i]),
+                       "max": float(self.hi[i])} for i, name in enumerate(names)}
+
+
+def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path | None = None,
+                  inventory: str | Path | None = None, areas: str | Path | None = None,
+                  split: str | None = None, split_axis: str = "x",
+                  terrain: Sequence[str] = ("dem", "slope"), band_names: Sequence[str] | None = None,
+                  all_touched: bool = False) -> Scene:
+    """Write a scene folder at ``out`` and return it.
+
+    Args:
+        images: image rasters, stacked in this order; the first one defines the grid.
+        out: scene folder to write (replaced atomically if it exists).
+        dem: elevation raster in any CRS/resolution, warped bilinearly onto the grid.
+        inventory: landslide polygons (any OGR format and CRS); None for a scene to predict only.
+        areas: vector file of named areas (columns ``name``, ``role`` = train|test).
+        split: instead of ``areas``, ``"TRAIN:TEST"`` (e.g. ``"3:2"``): cut the scene in two along
+            ``split_axis`` where its valid area divides in that ratio. Neither: no areas, and the
+            statistics cover all valid pixels.
+        split_axis: ``"x"`` (train left, test right) or ``"y"`` (train top, test bottom).
+        terrain: layers derived from the DEM, any of dem, slope, aspect, hillshade (ignored without DEM).
+        band_names: names of the image bands in stack order (default: the files' band descriptions).
+        all_touched: mark every pixel a landslide polygon touches, not only those whose centre is inside.
+    """
+    image_paths = [Path(p) for p in images]
+    if not image_paths:
+        raise UserError("--image: give at least one image raster")
+    if areas is not None and split is not None:
+        raise UserError("--areas / --split: give one of them, not both")
+    terrain = _check_terrain(terrain) if dem is not None else []
+    ratio = _parse_split(split, split_axis) if split is not None else None
+
+    with contextlib.ExitStack() as stack:
+        image_ds = [stack.enter_context(open_raster(p, "--image")) for p in image_paths]
+        grid = _grid_of(image_ds[0], image_paths[0])
+        readers = [stack.enter_context(_aligned(ds, grid, "--image", p, image_paths[0]))
+                   for ds, p in zip(image_ds, image_paths, strict=True)]
+        image_bands = _band_names(image_ds, image_paths, band_names, reserved=terrain)
+        dem_reader = None
+        if dem is not None:
+            dem_ds = stack.enter_context(open_raster(dem, "--dem"))
+            dem_reader = stack.enter_context(_aligned(dem_ds, grid, "--dem", Path(dem), image_paths[0]))
+        inv = _load_inventory(Path(inventory), grid) if inventory is not None else None
+        area_gdf = _load_areas(Path(areas), grid) if areas is not None else None
+        bands = image_bands + list(terrain)
+
+        with atomic_dir(out) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            valid_profile, overview = _write_layers(tmp, grid, bands, readers, dem_reader, terrain, inv,
+                                                    all_touched)
+            if ratio is not None:
+                area_gdf = _split_areas(grid, valid_profile, ratio, split_axis)
+            if area_gdf is None:
+                area_gdf = _empty_areas(grid)
+            area_gdf.to_file(tmp / "areas.gpkg", driver="GPKG", layer="areas")
+            stats, area_rows = _summarise(tmp, grid, bands, area_gdf, inv, all_touched)
+            _quicklook(tmp, grid, overview, inv, area_gdf, image_paths[0], image_bands)
+            sources = _sources(image_paths, dem, inventory, areas)
+            write_json(tmp / "scene.json", {
+                "format": SCENE_FORMAT,
+                "format_version": SCENE_FORMAT_VERSION,
+                "slidemap_version": slidemap.__version__,
+                "bands": bands,
+                "image_bands": image_bands,
+                "terrain": list(terrain),
+                "crs": _crs_string(grid.crs),
+                "transform": list(grid.transform)[:6],
+                "width": grid.width,
+                "height": grid.height,
+                "pixel_size_m": list(pixel_size_m(grid.crs, grid.transform, grid.height)),
+                "stats": stats,
+                "stats_over": "train" if any(a["role"] == "train" for a in area_rows) else "all",
+                "areas": area_rows,
+                "inventory": None if inv is None else {
+                    "path": str(inv.path.resolve()), "features": inv.features, "repaired": inv.repaired,
+                    "inside": inv.inside, "all_touched": all_touched},
+                "split": None if ratio is None else {"ratio": list(ratio), "axis": split_axis},
+                "sources": sources,
+                "quicklook": "quicklook.png",
+            })
+    return Scene(out)
+
+
+# --- checks and loading ---------------------------------------------------------------------------
+
+def _check_terrain(terrain: Sequence[str]) -> list[str]:
+    names = [t.strip().lower() for t in terrain if t.strip()]
+    unknown = [n for n in names if n not in TERRAIN_LAYERS]
+    if unknown:
+        raise UserError(f"--terrain: unknown layer {', '.join(unknown)}; "
+                        f"choose from {','.join(TERRAIN_LAYERS)}")
+    return list(dict.fromkeys(names))
+
+
+def _parse_split(split: str, axis: str) -> tuple[int, int]:
+    if axis not in ("x", "y"):
+        raise UserError(f"--split-axis {axis}: choose x (train left, test right) or y (train top, "
+                        f"test bottom)")
+    parts = split.split(":")
+    try:
+        train, test = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--split {split}: expected TRAIN:TEST with whole numbers, e.g. 3:2") from None
+    if train <= 0 or test <= 0:
+        raise UserError(f"--split {split}: both parts must be positive, e.g. 3:2")
+    return train, test
+
+
+def _grid_of(ds: rasterio.DatasetReader, path: Path) -> Grid:
+    t = ds.transform
+    if t.b != 0 or t.d != 0:
+        raise UserError(f"--image {path}: has a rotated grid; warp it north-up first (gdalwarp) and retry")
+    if t.e >= 0:
+        raise UserError(f"--image {path}: rows run northwards (positive y pixel size); warp it north-up "
+                        f"first")
+    return Grid(ds.crs, t, ds.width, ds.height)
+
+
+def _bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    xs, ys = zip(*(transform @ c for c in ((0, 0), (width, 0), (0, height), (width, height))), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@dataclass(frozen=True)
+class _OnGrid:
+    """An input raster as seen on the scene grid: its data bands and where it holds data."""
+
+    ds: rasterio.io.DatasetReaderBase  # the file itself, or a WarpedVRT of it onto the grid
+    count: int  # data bands (a VRT's added alpha band excluded)
+    alpha: int | None = None  # 1-based alpha band of a VRT (sources without a nodata value)
+
+    def read(self, window: Window, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Bands (C, H, W) float32 with NaN at nodata, and validity (H, W): True where every band has data."""
+        idx = list(bands) if bands else list(range(1, self.count + 1))
+        data = self.ds.read(idx, window=window, out_dtype="float32", masked=True)
+        values = data.filled(np.nan)
+        valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(values).all(axis=0)
+        if self.alpha is not None:
+            valid &= self.ds.read(self.alpha, window=window) > 0
+        values[:, ~valid] = np.nan
+        return values, valid
+
+
+@contextlib.contextmanager
+def _aligned(ds: rasterio.DatasetReader, grid: Grid, option: str, path: Path, first: Path,
+             ) -> Iterator[_OnGrid]:
+    """``ds`` itself if it lies on ``grid``, else a bilinear WarpedVRT of it onto ``grid``."""
+    if (ds.crs == grid.crs and ds.width == grid.width and ds.height == grid.height
+            and ds.transform.almost_equals(grid.transform, precision=1e-9 * max(1.0, abs(grid.transform.a)))):
+        yield _OnGrid(ds, ds.count)
+        return
+    from rasterio.warp import transform_bounds
+
+    try:
+        in_grid_crs = transform_bounds(ds.crs, grid.crs, *ds.bounds, densify_pts=21)
+    except Exception as e:  # noqa: BLE001 - PROJ raises several types
+        raise UserError(f"{option} {path}: cannot be aligned with {first} (CRS transform failed: "
+                        f"{str(e).splitlines()[0]}); give rasters in compatible CRSs") from None
+    if not all(np.isfinite(in_grid_crs)) or not _overlaps(in_grid_crs, grid.bounds):
+        what = "the DEM" if option == "--dem" else "the image"
+        raise UserError(f"{option} {path}: {what} does not overlap {first}; give a raster that covers "
+                        f"the scene")
+    # Without a nodata value, an alpha band marks the pixels outside the source's footprint.
+    add_alpha = ds.nodata is None
+    vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.bilinear, add_alpha=add_alpha, tolerance=0.01)
+    try:
+        yield _OnGrid(vrt, ds.count, alpha=ds.count + 1 if add_alpha else None)
+    finally:
+        vrt.close()
+
+
+def _band_names(datasets: Sequence[rasterio.DatasetReader], paths: Sequence[Path],
+                given: Sequence[str] | None, reserved: Sequence[str]) -> list[str]:
+    """Names of the image bands: ``given``, else each file's band descriptions, else band<k> (k counting
+    all image bands); made unique, and never equal to a terrain layer's name."""
+    counts = [ds.count for ds in datasets]
+    total = sum(counts)
+    if given is not None:
+        names = [str(n).strip() for n in given]
+        if len(names) != total:
+            per_file = ", ".join(f"{p.name}: {c}" for p, c in zip(paths, counts, strict=True))
+            raise UserError(f"--band-names: {len(names)} names for {total} image bands ({per_file}); "
+                            f"give one name per band")
+        dup = sorted({n for n in names if names.count(n) > 1} | {n for n in names if n in reserved})
+        if dup or not all(names):
+            raise UserError(f"--band-names: names must be unique, non-empty and not a terrain layer "
+                            f"(clash: {', '.join(dup) or 'empty name'})")
+        return names
+    names = []
+    for ds in datasets:
+        for desc in ds.descriptions:
+            names.append((desc or "").strip().replace(",", "_") or f"band{len(names) + 1}")
+    seen = set(reserved)
+    unique = []
+    for n in names:
+        candidate, k = n, 2
+        while candidate in seen:
+            candidate, k = f"{n}_{k}", k + 1
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
+def _load_inventory(path: Path, grid: Grid) -> Inventory:
+    """Read, reproject and repair the inventory; keep the polygons that intersect the scene."""
+    import geopandas as gpd
+    import shapely
+
+    gdf = read_vector(path, "--inventory")
+    n_features = len(gdf)
+    geoms = gdf.geometry[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if len(geoms) == 0:
+        warnings.warn(f"--inventory {path}: holds no polygons; the mask will have no landslides",
+                      PrepareWarning, stacklevel=3)
+        return Inventory(path, gpd.GeoSeries([], crs=grid.crs), n_features, 0)
+    invalid = ~geoms.is_valid
+    repaired = int(invalid.sum())
+    if repaired:
+        geoms = geoms.copy()
+        geoms[invalid] = shapely.make_valid(geoms[invalid].values)
+        noun = "geometry" if repaired == 1 else "geometries"
+        warnings.warn(f"--inventory {path}: repaired {repaired} invalid {noun} (self-intersections etc.)",
+                      PrepareWarning, stacklevel=3)
+    polygons = geoms.apply(_polygonal)
+    polygons = polygons[polygons.notna()]
+    if len(polygons) == 0:
+        raise UserError(f"--inventory {path}: holds no polygons ({geoms.geom_type.iloc[0]}); give landslide "
+                        f"polygons")
+    polygons = gpd.GeoSeries(polygons.values, crs=gdf.crs).to_crs(grid.crs)
+    polygons = polygons[polygons.notna() & ~polygons.is_empty & np.isfinite(polygons.bounds).all(axis=1)]
+    if len(polygons) == 0 or not _overlaps(tuple(polygons.total_bounds), grid.bounds):
+        raise UserError(f"--inventory {path}: does not overlap the images; give the inventory of this scene")
+    inside = polygons[polygons.intersects(grid.box())].reset_index(drop=True)
+    if len(inside) == 0:
+        warnings.warn(f"--inventory {path}: no polygon lies inside the scene; the mask will have no "
+                      f"landslides", PrepareWarning, stacklevel=3)
+    return Inventory(path, inside, n_features, repaired)
+
+
+def _polygonal(geom):
+    """The polygon parts of a geometry (make_valid may return collections with lines), or None."""
+    import shapely
+
+    if geom is None:
+        return None
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    parts = [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else None
+
+
+def _load_areas(path: Path, grid: Grid):
+    """Read the named areas, reproject and clip them to the scene, and refuse overlaps and outsiders."""
+    import geopandas as gpd
+
+    gdf = read_vector(path, "--areas")
+    missing = [c for c in ("name", "role") if c not in gdf.columns]
+    if missing:
+        raise UserError(f"--areas {path}: no column {' / '.join(missing)}; give each area a name and a role "
+                        f"(train or test)")
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if len(gdf) == 0:
+        raise UserError(f"--areas {path}: holds no areas; draw at least one train or test polygon")
+    roles = gdf["role"].astype(str).str.strip().str.lower()
+    bad = sorted(set(roles) - set(ROLES))
+    if bad:
+        raise UserError(f"--areas {path}: role {', '.join(bad)} is not train or test; use one of those")
+    gdf = gpd.GeoDataFrame({"name": gdf["name"].astype(str).str.strip(), "role": roles},
+                           geometry=gdf.geometry.make_valid(), crs=gdf.crs)
+    mixed = [n for n, g in gdf.groupby("name") if g["role"].nunique() > 1]
+    if mixed:
+        raise UserError(f"--areas {path}: area {mixed[0]} is both train and test; give each name one role")
+    gdf = gdf.dissolve(by="name", as_index=False)[["name", "role", "geometry"]].to_crs(grid.crs)
+    scene_box = grid.box()
+    for name, geom in zip(gdf["name"], gdf.geometry, strict=True):
+        if not geom.intersects(scene_box) or geom.intersection(scene_box).area == 0:
+            raise UserError(f"--areas {path}: area {name} lies outside the scene; draw it over the images")
+    gdf["geometry"] = gdf.geometry.intersection(scene_box)
+    pixel_area = abs(grid.transform.a * grid.transform.e)
+    train, test = gdf[gdf["role"] == "train"], gdf[gdf["role"] == "test"]
+    for tn, tg in zip(train["name"], train.geometry, strict=True):
+        for sn, sg in zip(test["name"], test.geometry, strict=True):
+            if tg.intersection(sg).area > 0.5 * pixel_area:
+                raise UserError(f"--areas {path}: train area {tn} and test area {sn} overlap; make them "
+                                f"disjoint (shared pixels would leak test data into training)")
+    order = {r: i for i, r in enumerate(ROLES)}
+    return gdf.sort_values(by=["role", "name"], key=lambda s: s.map(order) if s.name == "role" else s,
+                           ignore_index=True)
+
+
+def _empty_areas(grid: Grid):
+    import geopandas as gpd
+
+    return gpd.GeoDataFrame({"name": [], "role": []}, geometry=[], crs=grid.crs)
+
+
+# --- pass 1: stack and mask -----------------------------------------------------------------------
+
+def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[_OnGrid],
+                  dem_reader: _OnGrid | None, terrain: Sequence[str], inv: Inventory | None,
+                  all_touched: bool) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, Affine, list[str]]]:
+    """Write stack.tif and mask.tif block by block.
+
+    Returns the valid area (m²) per column and per row (to place a --split cut), and a decimated copy
+    of the true-colour bands for the quicklook, gathered on the way so the stack is not read again.
+    """
+    stack_profile = gtiff_profile(grid.width, grid.height, len(bands), "float32", grid.crs, grid.transform,
+                                  nodata=float("nan"))
+    mask_profile = gtiff_profile(grid.width, grid.height, 1, "uint8", grid.crs, grid.transform,
+                                 nodata=None)
+    col_m2 = np.zeros(grid.width)
+    row_m2 = np.zeros(grid.height)
+    rgb = rgb_band_indexes(bands)
+    step = max(1, -(-max(grid.width, grid.height) // QUICKLOOK_SIZE))
+    overview = np.full((3, -(-grid.height // step), -(-grid.width // step)), np.nan, dtype=np.float32)
+    windows = list(block_windows(grid.width, grid.height, BLOCK))
+    with rasterio.open(folder / "stack.tif", "w", **stack_profile) as dst, \
+            rasterio.open(folder / "mask.tif", "w", **mask_profile) as mdst, _progress() as progress:
+        for i, name in enumerate(bands, start=1):
+            dst.set_band_description(i, name)
+        mdst.set_band_description(1, "landslide")
+        task = progress.add_task("stack + mask", total=len(windows))
+        for w in windows:
+            layers, valid = _read_block(grid, w, readers, dem_reader, terrain)
+            layers[:, ~valid] = np.nan
+            dst.write(layers, window=w)
+            mask = (_rasterise_inventory(grid, w, inv, all_touched) > 0).astype(np.uint8)
+            mask[~valid] = NODATA_MASK
+            mdst.write(mask, 1, window=w)
+            r0, c0 = int(w.row_off), int(w.col_off)
+            row_area = row_pixel_areas_m2(grid.crs, grid.transform, r0, int(w.height))
+            col_m2[c0:c0 + int(w.width)] += (valid * row_area[:, None]).sum(axis=0)
+            row_m2[r0:r0 + int(w.height)] += valid.sum(axis=1) * row_area
+            first_r, first_c = -r0 % step, -c0 % step
+            sub = layers[rgb][:, first_r::step, first_c::step]
+            orow, ocol = (r0 + first_r) // step, (c0 + first_c) // step
+            overview[:, orow:orow + sub.shape[1], ocol:ocol + sub.shape[2]] = sub
+            progress.advance(task)
+    if not col_m2.any():
+        raise UserError("--image: the images (and DEM) have no pixel where all of them hold data; check "
+                        "their nodata values and footprints")
+    overview_grid = grid.transform @ Affine.scale(step)
+    return {"x": col_m2, "y": row_m2}, (overview, overview_grid, [bands[i] for i in rgb])
+
+
+def _read_block(grid: Grid, w: Window, readers: Sequence[_OnGrid], dem_reader: _OnGrid | None,
+                terrain: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Layers (C, H, W) float32 of one block and its validity (H, W): valid where every input has data."""
+    shape = (int(w.height), int(w.width))
+    valid = np.ones(shape, dtype=bool)
+    layers = []
+    for reader in readers:
+        values, ok = reader.read(w)
+        valid &= ok
+        layers.append(values)
+    if dem_reader is not None and terrain:
+        # One pixel of context around the block so slopes at block edges are as inside it.
+        r0, c0 = int(w.row_off), int(w.col_off)
+        top, left = max(0, r0 - 1), max(0, c0 - 1)
+        bottom, right = min(grid.height, r0 + shape[0] + 1), min(grid.width, c0 + shape[1] + 1)
+        halo = Window(left, top, right - left, bottom - top)
+        values, _ = dem_reader.read(halo, bands=[1])
+        dem = values[0].astype(np.float64)
+        dx, dy = row_pixel_sizes_m(grid.crs, grid.transform, top, bottom - top)
+        derived = terrain_layers(dem, dx, dy, terrain)
+        crop = (slice(r0 - top, r0 - top + shape[0]), slice(c0 - left, c0 - left + shape[1]))
+        valid &= np.isfinite(dem[crop])
+        layers.append(np.stack([derived[n][crop] for n in terrain]))
+    return np.concatenate(layers).astype(np.float32), valid
+
+
+def _rasterise_inventory(grid: Grid, w: Window, inv: Inventory | None, all_touched: bool) -> np.ndarray:
+    """Polygon number (1-based, 0: none) of each pixel of block ``w``; where polygons overlap, the later."""
+    shape = (int(w.height), int(w.width))
+    if inv is None or len(inv.gdf) == 0:
+        return np.zeros(shape, dtype=np.int32)
+    box = grid.box(int(w.col_off), int(w.row_off), shape[1], shape[0])
+    hits = np.sort(inv.gdf.sindex.query(box, predicate="intersects"))
+    if len(hits) == 0:
+        return np.zeros(shape, dtype=np.int32)
+    return features.rasterize(((inv.gdf.iloc[i], int(i) + 1) for i in hits), out_shape=shape, fill=0,
+                              transform=grid.window_transform(w), all_touched=all_touched, dtype="int32")
+
+
+# --- areas from --split ---------------------------------------------------------------------------
+
+def _split_areas(grid: Grid, valid_profile: dict[str, np.ndarray], ratio: tuple[int, int], axis: str):
+    """Train and test rectangles cut where the scene's valid area divides in ``ratio`` along ``axis``."""
+    import geopandas as gpd
+
+    profile = valid_profile[axis]
+    if len(profile) < 2:
+        raise UserError(f"--split: the scene is one pixel along {axis}; it cannot be cut")
+    cumulative = np.cumsum(profile)
+    target = cumulative[-1] * ratio[0] / sum(ratio)
+    cut = int(np.clip(np.searchsorted(cumulative, target) + 1, 1, len(profile) - 1))
+    if axis == "x":
+        boxes = [grid.box(0, 0, cut, grid.height), grid.box(cut, 0, grid.width - cut, grid.height)]
+    else:
+        boxes = [grid.box(0, 0, grid.width, cut), grid.box(0, cut, grid.width, grid.height - cut)]
+    return gpd.GeoDataFrame({"name": ["train", "test"], "role": ["train", "test"]}, geometry=boxes,
+                            crs=grid.crs)
+
+
+# --- pass 2: statistics and per-area figures ------------------------------------------------------
+
+def _summarise(folder: Path, grid: Grid, bands: list[str], area_gdf, inv: Inventory | None,
+               all_touched: bool) -> tuple[dict, list[dict]]:
+    """Band statistics over the train area(s) (all valid pixels if none) and per-area figures.
+
+    An area's landslides are the inventory polygons that own at least one of its valid landslide
+    pixels: the count agrees with the mask (a polygon in nodata or smaller than a pixel has none).
+    """
+    names, roles, geoms = list(area_gdf["name"]), list(area_gdf["role"]), list(area_gdf.geometry)
+    n = len(names)
+    area_m2, valid_m2, slide_m2, slide_px = (np.zeros(n) for _ in range(4))
+    row_lo, col_lo = np.full(n, grid.height), np.full(n, grid.width)
+    row_hi, col_hi = np.full(n, -1), np.full(n, -1)
+    slide_ids: list[set[int]] = [set() for _ in range(n)]
+    stats = _Stats(len(bands))
+    use_train = "train" in roles
+    windows = list(block_windows(grid.width, grid.height, BLOCK))
+    with rasterio.open(folder / "stack.tif") as src, rasterio.open(folder / "mask.tif") as msrc, \
+            _progress() as progress:
+        task = progress.add_task("statistics", total=len(windows))
+        for w in windows:
+            mask = msrc.read(1, window=w)
+            valid = mask != NODATA_MASK
+            r0, c0 = int(w.row_off), int(w.col_off)
+            shape = mask.shape
+            wt = grid.window_transform(w)
+            in_train = np.zeros(shape, dtype=bool)
+            ids = _rasterise_inventory(grid, w, inv, all_touched) if n else None
+            for i, geom in enumerate(geoms):
+                inside = features.geometry_mask([geom], out_shape=shape, transform=wt, invert=True)
+                if not inside.any():
+                    continue
+                area_m2[i] += masked_area_km2(inside, grid.crs, grid.transform, r0) * 1e6
+                valid_m2[i] += masked_area_km2(inside & valid, grid.crs, grid.transform, r0) * 1e6
+                slide = inside & (mask == 1)
+                slide_m2[i] += masked_area_km2(slide, grid.crs, grid.transform, r0) * 1e6
+                slide_px[i] += slide.sum()
+                slide_ids[i].update(np.unique(ids[slide]).tolist())
+                rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+                row_lo[i], row_hi[i] = min(row_lo[i], r0 + rows[0]), max(row_hi[i], r0 + rows[-1])
+                col_lo[i], col_hi[i] = min(col_lo[i], c0 + cols[0]), max(col_hi[i], c0 + cols[-1])
+                if roles[i] == "train":
+                    in_train |= inside
+            counted = valid & in_train if use_train else valid
+            if counted.any():
+                stats.add(src.read(window=w)[:, counted])
+            progress.advance(task)
+
+    rows_out = []
+    for i in range(n):
+        if valid_m2[i] == 0:
+            warnings.warn(f"area {names[i]}: holds no valid pixel (all nodata)", PrepareWarning, stacklevel=3)
+        bounds = None
+        if row_hi[i] >= 0:
+            bounds = {"row_off": int(row_lo[i]), "col_off": int(col_lo[i]),
+                      "height": int(row_hi[i] - row_lo[i] + 1), "width": int(col_hi[i] - col_lo[i] + 1)}
+        rows_out.append({"name": names[i], "role": roles[i], "area_km2": area_m2[i] / 1e6,
+                         "valid_km2": valid_m2[i] / 1e6, "landslides": len(slide_ids[i]),
+                         "landslide_km2": slide_m2[i] / 1e6, "landslide_pixels": int(slide_px[i]),
+                         "bounds": bounds})
+    return stats.as_dict(bands), rows_out
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+def _quicklook(folder: Path, grid: Grid, overview: tuple[np.ndarray, Affine, list[str]],
+               inv: Inventory | None, area_gdf, first_image: Path, image_bands: list[str]) -> None:
+    pixels, transform, names = overview
+    title = f"{first_image.name}: {', '.join(image_bands[:8])}" + ("…" if len(image_bands) > 8 else "")
+    if inv is not None:
+        title += f" | {inv.inside} landslide polygons"
+    render_quicklook(folder / "quicklook.png", pixels, transform, grid.crs, names,
+                     inventory=None if inv is None else inv.gdf, areas=area_gdf, title=title)
+
+
+def _sources(images: Sequence[Path], dem, inventory, areas) -> list[dict]:
+    items = [("image", p) for p in images] + [(role, Path(p)) for role, p in
+                                               (("dem", dem), ("inventory", inventory), ("areas", areas))
+                                               if p is not None]
+    return [{"role": role, "path": str(p.resolve()), "sha256": sha256(p)} for role, p in items]
+
+
+def _crs_string(crs: CRS) -> str:
+    """``EPSG:n`` when the CRS is exactly that code (readable), else its WKT (lossless)."""
+    epsg = crs.to_epsg()
+    if epsg is not None and CRS.from_epsg(epsg) == crs:
+        return f"EPSG:{epsg}"
+    return crs.to_wkt()
+
+
+def _progress():
+    """A progress bar on stderr, shown only on a terminal (quiet in tests and logs)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    return Progress(console=console, transient=True, disable=not console.is_terminal)
