@@ -93,20 +93,34 @@ def prepare(
     dem: Path | None = typer.Option(None, help="DEM raster, any CRS and resolution (resampled bilinearly)."),
     inventory: Path | None = typer.Option(None, help="Landslide polygons (any OGR format and CRS)."),
     areas: Path | None = typer.Option(None, help="Named areas (columns name, role=train|test)."),
-    split: str | None = typer.Option(None, help="Cut the scene into train:test along --split-axis, e.g. 3:2."),
-    split_axis: Axis = typer.Option(Axis.x, help="Axis of --split: x (left train, right test) or y (top/bottom)."),
-    terrain: str = typer.Option("dem,slope", help="Terrain layers from the DEM: any of dem,slope,aspect,hillshade."),
-    band_names: str | None = typer.Option(None, help="Comma-separated names of the image bands, in order."),
-    all_touched: bool = typer.Option(False, help="Mask every pixel a polygon touches, not only centres inside."),
+    split: str | None = typer.Option(None, help="Cut the scene into train:test (by valid area) along "
+                                     "--split-axis, e.g. 3:2."),
+    split_axis: Axis = typer.Option(Axis.x, help="Axis of --split: x (left train, right test) or y "
+                                    "(top/bottom)."),
+    terrain: str = typer.Option("dem,slope", help="Terrain layers from the DEM: any of "
+                                "dem,slope,aspect,hillshade."),
+    band_names: str | None = typer.Option(None, help="Comma-separated names of the image bands, in order "
+                                          "(default: the files' band descriptions, else band1, band2, ...)."),
+    all_touched: bool = typer.Option(False, help="Mask every pixel a polygon touches, not only centres "
+                                     "inside."),
 ) -> None:
     """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
-    from slidemap.prepare import prepare_scene
+    import warnings
+
+    from slidemap.prepare import PrepareWarning, prepare_scene
 
     if (areas is None) == (split is None):
         raise UserError("--areas / --split: give exactly one (a file of named areas, or e.g. --split 3:2)")
-    scene = prepare_scene(image, out, dem=dem, inventory=inventory, areas=areas, split=split,
-                          split_axis=split_axis.value, terrain=_split_names(terrain) or [],
-                          band_names=_split_names(band_names), all_touched=all_touched)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PrepareWarning)
+        scene = prepare_scene(image, out, dem=dem, inventory=inventory, areas=areas, split=split,
+                              split_axis=split_axis.value, terrain=_split_names(terrain) or [],
+                              band_names=_split_names(band_names), all_touched=all_touched)
+    for w in caught:
+        if issubclass(w.category, PrepareWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     typer.echo(f"scene {scene.path}: {scene.width}x{scene.height} px, bands {', '.join(scene.bands)}")
     for a in scene.meta["areas"]:
         typer.echo(f"  {a['role']:5s} {a['name']}: {a.get('area_km2', 0):.3f} km², "
@@ -118,23 +132,31 @@ def sample(
     scene: Path = typer.Argument(..., help="Scene folder from `slidemap prepare`."),
     out: Path = typer.Option(..., "--out", help="Chip set folder to write."),
     method: Method = typer.Option(Method.grid, help="grid: regular windows; random: random windows."),
-    size: int = typer.Option(128, help="Patch size in pixels (a multiple of 16)."),
-    overlap: float = typer.Option(0.0, help="Grid overlap fraction in [0, 1) (study 000: 0.2; study 002: 0)."),
-    count: int = typer.Option(5000, help="Random windows to draw."),
+    size: int = typer.Option(128, help="Patch size in pixels (a multiple of 16, at least 32)."),
+    overlap: float = typer.Option(0.0, help="Grid overlap fraction in [0, 1) (study 000: 0.2; study 002: 0)"),
+    count: int = typer.Option(5000, help="Random windows to draw (distinct offsets; study 000: 5000)."),
     require_landslide: bool = typer.Option(False, help="Keep only windows holding a landslide pixel."),
     area: str | None = typer.Option(None, help="Train area to sample (default: all train areas)."),
     max_nodata: int = typer.Option(0, help="Most nodata pixels a window may hold."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, help="Random seed (same seed: identical chips)."),
 ) -> None:
     """Cut training chips from a scene's train area (regular grid or random windows)."""
     from slidemap.sample import sample_chips
 
     chips = sample_chips(scene, out, method=method.value, size=size, overlap=overlap, count=count,
                          require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed)
-    s = chips.meta.get("summary", {})
-    typer.echo(f"chip set {chips.path}: {len(chips)} chips of {chips.size} px")
-    for k, v in s.items():
-        typer.echo(f"  {k}: {v}")
+    s = chips.meta["summary"]
+    if method == Method.random:
+        how = f"random, seed {seed}"
+        windows = f"{s['drawn']} drawn of {s['fitting_windows']} that fit the train area, {s['kept']} kept"
+    else:
+        how = f"grid, overlap {overlap:.0%}"
+        windows = f"{s['drawn']} on the grid, {s['kept']} kept (fit the train area"
+        windows += ", with a landslide)" if require_landslide else ")"
+    typer.echo(f"chip set {chips.path}: {len(chips)} chips of {chips.size} px ({how})")
+    typer.echo(f"  windows: {windows}")
+    typer.echo(f"  landslide pixels: {s['landslide_fraction_chips']:.2%} in the chips vs "
+               f"{s['landslide_fraction_train_area']:.2%} in the train area")
 
 
 @app.command()
@@ -146,7 +168,8 @@ def train(
     batch_size: int = typer.Option(16, help="Chips per batch."),
     epochs: int = typer.Option(200, help="Maximum epochs."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    val_fraction: float = typer.Option(0.3, help="Fraction of chips held out for validation (spatial blocks)."),
+    val_fraction: float = typer.Option(0.3, help="Fraction of chips held out for validation (whole spatial "
+                                       "blocks; overlapping chips never straddle the split)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random 90° rotations and flips."),
     patience: int = typer.Option(20, help="Early-stopping patience in epochs (0: off)."),
     bands: str | None = typer.Option(None, help="Comma-separated band names to use (default: all)."),
@@ -155,6 +178,10 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
+    precision: str | None = typer.Option(None, help="32, bf16-mixed or 16-mixed (GPU only); default: 32 on "
+                                         "CPU, mixed precision on a GPU."),
+    max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a U-Net or ResU-Net on a chip set; writes a run folder with the model bundle."""
     from slidemap.train import train as train_fn
@@ -162,7 +189,8 @@ def train(
     result = train_fn(chips, out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs,
                       lr=lr, val_fraction=val_fraction, augment=augment, patience=patience,
                       bands=_split_names(bands), loss=loss.value, pos_weight=pos_weight, seed=seed,
-                      device=device.value, resume=resume)
+                      device=device.value, resume=resume, precision=precision, max_time=max_time,
+                      progress=progress)
     typer.echo(f"run {out}: bundle {result['bundle']}")
     for k, v in result.get("summary", {}).items():
         typer.echo(f"  {k}: {v}")
@@ -177,10 +205,12 @@ def predict(
     image: list[Path] | None = typer.Option(None, "--image", help="Bare image(s), prepared on the fly."),
     dem: Path | None = typer.Option(None, help="DEM for bare images."),
     chips: Path | None = typer.Option(None, help="Patch dataset (chip set) to predict patch by patch."),
-    tile: int = typer.Option(512, help="Tile size in pixels."),
-    overlap: int = typer.Option(64, help="Overlap between tiles in pixels."),
+    tile: int = typer.Option(512, help="Tile size in pixels (a multiple of 16)."),
+    overlap: int = typer.Option(64, help="Overlap between tiles in pixels; tile minus overlap must be a "
+                                "multiple of 16 (more overlap: closer to one-pass prediction, slower)."),
     threshold: str = typer.Option("best", help="'best' (validation F1 optimum), '0.5' or a number."),
-    min_area: float = typer.Option(0.0, help="Drop predicted polygons smaller than this (m²)."),
+    min_area: float = typer.Option(0.0, help="Drop predicted landslides smaller than this (m²) from the "
+                                   "polygons and from mask.tif."),
     batch_size: int = typer.Option(4, help="Tiles per forward pass."),
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
@@ -196,26 +226,48 @@ def predict(
         result = predict_patches(model, chips, out, threshold=threshold, batch_size=batch_size,
                                  device=device.value, evaluate=evaluate)
     else:
+        import warnings
+
         from slidemap.predict import predict as predict_fn
 
-        result = predict_fn(model, out, scene=scene, area=area, images=image or None, dem=dem, tile=tile,
-                            overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
-                            device=device.value, as_float=as_float, evaluate=evaluate)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = predict_fn(model, out, scene=scene, area=area, images=image or None, dem=dem, tile=tile,
+                                overlap=overlap, threshold=threshold, min_area=min_area,
+                                batch_size=batch_size, device=device.value, as_float=as_float,
+                                evaluate=evaluate)
+        for w in caught:  # slidemap's own warnings (predict, prepare on the fly, evaluate) as one line each
+            if w.category.__module__.startswith("slidemap"):
+                typer.echo(f"warning: {w.message}", err=True)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     _print_result(result)
 
 
 @app.command()
 def evaluate(
     pred: Path = typer.Argument(..., help="Prediction folder from `slidemap predict`."),
-    truth: Path = typer.Option(..., help="Scene folder (or chip set) holding the reference inventory."),
-    area: list[str] | None = typer.Option(None, "--area", help="Area(s) to evaluate (default: all test areas)."),
+    truth: Path | None = typer.Option(None, help="Scene folder (or chip set) holding the reference inventory "
+                                      "(default: the scene named in PRED/prediction.json)."),
+    area: list[str] | None = typer.Option(None, "--area", help="Area(s) to evaluate, repeatable (default: "
+                                          "the area PRED was predicted for, else all test areas)."),
     object_overlap: float = typer.Option(0.5, help="Fraction of a landslide's area that must be predicted "
                                          "for it to count as found."),
 ) -> None:
-    """Precision, recall, F1, IoU, areas in km² and error maps per test area."""
+    """Precision, recall, F1, IoU, areas in km², found landslides and error maps per test area."""
+    import warnings
+
+    from slidemap.evaluate import EvaluateWarning
     from slidemap.evaluate import evaluate as evaluate_fn
 
-    result = evaluate_fn(pred, truth, areas=area or None, object_overlap=object_overlap)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvaluateWarning)
+        result = evaluate_fn(pred, truth, areas=area or None, object_overlap=object_overlap)
+    for w in caught:
+        if issubclass(w.category, EvaluateWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     _print_result(result)
 
 

@@ -1,0 +1,182 @@
+"""End-to-end whole-scene prediction: peak RSS and Mpx/s for growing scenes (``slidemap predict``).
+
+    python bench/bench_predict.py                              # 2,000² and 10,000² px, 7 bands, U-Net 16
+    python bench/bench_predict.py --sizes 2000 --filters 8     # one size, a smaller network
+    python bench/bench_predict.py --workdir /tmp/pb --keep     # keep (and reuse) the synthetic scenes
+
+Each size gets a synthetic scene folder (7 float32 bands at 10 m, smooth terrain-like fields plus noise,
+a NaN stripe of nodata) written block by block, and one predict run in a fresh child process, so the
+peak RSS printed is that run's own (``os.wait4``), imports and the network included. The run is the
+whole product path: GeoTIFF in -> probability.tif, mask.tif, landslides.gpkg, overviews. The bundle
+is a randomly initialised U-Net whose head is scaled so about 2 % of the scene comes out landslide
+(realistic polygon counts; speed does not depend on the weights otherwise).
+
+What to look for: peak RSS should stay flat from 2,000² to 10,000² (streaming: memory depends on the
+scene width and tile size, not on its height) and well under 2 GiB; Mpx/s should not fall with size.
+Throughput on a shared 2-core machine depends on the load, printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GiB, format_table, load_average, machine_line  # noqa: E402
+
+BANDS = ["blue", "green", "red", "red_edge", "nir", "dem", "slope"]
+PIXEL_M = 10.0
+
+
+def write_scene(folder: Path, size: int, seed: int = 0) -> Path:
+    """A scene folder as ``slidemap prepare`` writes it (stack, mask, empty areas, scene.json), streamed."""
+    import geopandas as gpd
+    import rasterio
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    from slidemap.files import atomic_dir, write_json
+    from slidemap.geo import gtiff_profile
+    from slidemap.scene import SCENE_FORMAT, SCENE_FORMAT_VERSION
+
+    crs, transform = CRS.from_epsg(32645), Affine(PIXEL_M, 0, 400000, 0, -PIXEL_M, 3000000)
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * np.pi, (len(BANDS), 3))
+    stripe = (size // 3, size // 3 + max(size // 100, 1))  # rows of nodata
+    with atomic_dir(folder) as tmp:
+        stack_profile = gtiff_profile(size, size, len(BANDS), "float32", crs, transform, nodata=float("nan"))
+        mask_profile = gtiff_profile(size, size, 1, "uint8", crs, transform, nodata=255)
+        with rasterio.open(tmp / "stack.tif", "w", **stack_profile) as st, \
+                rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mk:
+            for i, b in enumerate(BANDS, start=1):
+                st.set_band_description(i, b)
+            for r0 in range(0, size, 512):
+                h = min(512, size - r0)
+                yy, xx = np.mgrid[r0:r0 + h, 0:size].astype(np.float32)
+                block = np.empty((len(BANDS), h, size), np.float32)
+                for k, (p0, p1, p2) in enumerate(phases):
+                    field = (np.sin(xx / 97 + p0) + np.sin(yy / 61 + p1) + 0.5 * np.sin((xx + yy) / 23 + p2))
+                    block[k] = np.round(1000 + 300 * field + rng.normal(0, 20, (h, size)))
+                nodata = np.zeros((h, size), bool)
+                lo, hi = max(stripe[0] - r0, 0), min(stripe[1] - r0, h)
+                if lo < hi:
+                    nodata[lo:hi] = True
+                block[:, nodata] = np.nan
+                st.write(block, window=Window(0, r0, size, h))
+                mk.write(np.where(nodata, 255, 0).astype(np.uint8)[None], window=Window(0, r0, size, h))
+        gpd.GeoDataFrame({"name": [], "role": []}, geometry=[], crs=crs).to_file(tmp / "areas.gpkg",
+                                                                                  layer="areas")
+        stats = {b: {"mean": 1000.0, "std": 300.0, "min": 0.0, "max": 2000.0} for b in BANDS}
+        write_json(tmp / "scene.json", {
+            "format": SCENE_FORMAT, "format_version": SCENE_FORMAT_VERSION, "bands": BANDS,
+            "crs": crs.to_wkt(), "transform": list(transform)[:6], "width": size, "height": size,
+            "pixel_size_m": [PIXEL_M, PIXEL_M], "stats": stats, "areas": [], "inventory": None})
+    return folder
+
+
+def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
+    """A random U-Net whose head makes ~2 % of a standardised synthetic scene come out as landslide."""
+    import torch
+
+    from slidemap.bundle import save_bundle
+    from slidemap.models import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("unet", in_channels=len(BANDS), filters=filters).eval()
+    noise = np.random.default_rng(seed).normal(size=(1, len(BANDS), 256, 256)).astype(np.float32)
+    x = torch.from_numpy(noise)
+    x = torch.nn.functional.avg_pool2d(x, 5, 1, 2) * 3  # smooth, like the scene's fields
+    with torch.no_grad():
+        logits = net(x).numpy()
+        lo, hi = np.percentile(logits, [16, 84])
+        scale = 6.0 / max(hi - lo, 1e-6)
+        net.head.weight.mul_(scale)
+        net.head.bias.mul_(scale)
+        net.head.bias.sub_(float(np.percentile(net(x).numpy(), 98)))
+    stats = {b: {"mean": 1000.0, "std": 300.0} for b in BANDS}
+    return save_bundle(path, net, {"architecture": "unet", "model_args": net.config, "bands": BANDS,
+                                   "stats": stats, "patch_size": 128,
+                                   "thresholds": {"0.5": 0.5, "best": 0.5}, "training": {"bench": True}})
+
+
+CHILD = """
+import sys, time
+from slidemap.predict import predict
+t = time.perf_counter()
+predict(sys.argv[1], sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]), overlap=int(sys.argv[5]),
+        batch_size=int(sys.argv[6]), device="cpu")
+print(time.perf_counter() - t)
+"""
+
+
+def run_predict(bundle: Path, scene: Path, out: Path, tile: int, overlap: int, batch: int) -> dict:
+    """One ``predict`` in a child process; its wall time, peak RSS and prediction.json."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(out), str(scene), str(tile),
+                             str(overlap), str(batch)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    inner = float(proc.stdout.read().decode().strip().splitlines()[-1]) if status == 0 else float("nan")
+    if status != 0:
+        raise SystemExit(f"predict failed on {scene} (status {status}); run it by hand to see why")
+    meta = json.loads((out / "prediction.json").read_text())
+    return {"wall_s": wall, "predict_s": inner, "peak_rss_gib": usage.ru_maxrss * 1024 / GiB, "meta": meta}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2000,10000", help="scene sides in px, comma-separated")
+    parser.add_argument("--filters", type=int, default=16, help="U-Net initial filters")
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workdir", type=Path, default=None, help="where scenes go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the scenes (reused by the next run)")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# bench_predict: {machine_line()}")
+    print(f"# U-Net {args.filters} filters, {len(BANDS)} bands, tile {args.tile}, overlap {args.overlap}, "
+          f"batch {args.batch_size}, CPU")
+    bundle = write_bundle(work / f"bundle_unet{args.filters}.pt", args.filters)
+    rows = []
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            scene = work / f"scene_{size}"
+            if not (scene / "scene.json").exists():
+                t = time.perf_counter()
+                write_scene(scene, size)
+                print(f"# wrote {scene} in {time.perf_counter() - t:.0f} s")
+            out = work / f"pred_{size}"
+            shutil.rmtree(out, ignore_errors=True)
+            r = run_predict(bundle, scene, out, args.tile, args.overlap, args.batch_size)
+            m = r["meta"]
+            mpx = size * size / 1e6
+            rows.append({"scene px": f"{size}²", "Mpx": mpx, "seconds": r["predict_s"],
+                         "Mpx/s": mpx / r["predict_s"], "km²/s @10 m": mpx * PIXEL_M**2 / r["predict_s"],
+                         "peak RSS GiB": r["peak_rss_gib"], "network+IO s": m["timings_s"]["predict"],
+                         "mask+polygons s": m["timings_s"]["mask_and_polygons"],
+                         "overviews s": m["timings_s"]["overviews"], "landslides": m["landslides"],
+                         "load": load_average()})
+            print(format_table(rows[-1:]), flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

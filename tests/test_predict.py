@@ -1,0 +1,335 @@
+"""Whole-scene prediction: tiling geometry, tiled == one pass, streamed outputs, polygons, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from conftest import make_rasters
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from slidemap.bundle import save_bundle
+from slidemap.cli import main
+from slidemap.errors import UserError
+from slidemap.models import build_model
+from slidemap.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
+from slidemap.predict import AxisTiling, check_tiling, predict, predict_array, standardise
+from slidemap.scene import Scene
+
+
+def lively(net: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
+    """Rescale a random network's head so its logits on ``x`` have median 0 and a spread (16-84 %) of ±3.
+
+    A freshly initialised network predicts ~0.5 everywhere; spread over 0-1, its probabilities make
+    tiling errors visible and its thresholded mask holds many landslide-like blobs.
+    """
+    with torch.no_grad():
+        lo, hi = np.percentile(net(torch.from_numpy(x[None])).numpy(), [16, 84])
+        net.head.weight.mul_(6.0 / max(hi - lo, 1e-6))  # the head is linear: this scales the logits
+        net.head.bias.mul_(6.0 / max(hi - lo, 1e-6))
+        net.head.bias.sub_(float(np.median(net(torch.from_numpy(x[None])).numpy())))
+    return net.eval()
+
+
+def random_scene(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Smooth-ish random bands (sums of noise at two scales), standardised."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    coarse = ndimage.zoom(rng.normal(size=(c, h // 16 + 1, w // 16 + 1)), (1, 16, 16), order=1)[:, :h, :w]
+    return (coarse + 0.5 * rng.normal(size=shape)).astype(np.float32)
+
+
+# --- tiling geometry -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,tile,overlap", [(430, 128, 64), (1000, 512, 64), (200, 512, 64), (20, 64, 0),
+                                                 (577, 256, 96)])
+def test_axis_tiling_covers_on_the_16px_grid(length, tile, overlap):
+    t = AxisTiling.plan(length, tile, overlap)
+    assert t.padded % 16 == 0 and t.padded >= length and t.tile % 16 == 0 and t.tile >= 32
+    assert all(o % 16 == 0 for o in t.offsets)
+    assert t.offsets[0] == 0 and t.offsets[-1] + t.tile == t.padded  # last one shifted back inside
+    assert all(b - a <= tile - overlap for a, b in zip(t.offsets, t.offsets[1:], strict=False))
+    covered = np.zeros(t.padded, bool)
+    for o in t.offsets:
+        covered[o:o + t.tile] = True
+    assert covered.all()
+
+
+def test_blend_weights_add_to_one_in_a_regular_overlap():
+    t = AxisTiling.plan(1000, 256, 128)
+    a, b = t.weights(0, 128, 32), t.weights(1, 128, 32)
+    assert a[0] == 1.0  # the region border is not tapered
+    stride = t.offsets[1]
+    np.testing.assert_allclose(a[stride:] + b[:256 - stride], 1.0, atol=2e-6)
+    assert b[:32].max() < 1e-5 and b[-32:].max() < 1e-5  # the floor within the margin of both shared edges
+    assert b[96:160].min() > 0.999  # flat beyond the overlaps
+
+
+@pytest.mark.parametrize("arch,tile,overlap,margin", [("unet", 384, 256, 112), ("resunet", 256, 128, 48)])
+def test_tiled_equals_one_pass(arch, tile, overlap, margin):
+    """With margin >= the receptive-field half-width (U-Net 102 px, ResU-Net 40 px), tiles on the 16-px grid
+    reproduce the one-pass prediction everywhere, whatever the weights; the defaults come close."""
+    torch.manual_seed(0)
+    x = random_scene((4, 400, 410))  # 410 px: the last column of tiles is shifted and reflection-padded
+    net = lively(build_model(arch, in_channels=4, filters=4), x[:, :, :400])
+    one = predict_array(net, x, tile=1024, overlap=0)  # one tile: the whole (reflection-padded) region
+    assert 0.2 < one.std() and one.min() < 0.05 and one.max() > 0.95
+    exact = predict_array(net, x, tile=tile, overlap=overlap, margin=margin)
+    assert np.abs(exact - one).max() < 1e-4
+    default_blend = predict_array(net, x, tile=256, overlap=64)  # margin 16: measured ~1e-5
+    assert np.abs(default_blend - one).max() < 1e-3
+    no_margin = predict_array(net, x, tile=256, overlap=64, margin=0)  # measured ~1e-4 to 4e-3
+    assert np.abs(no_margin - one).max() > np.abs(default_blend - one).max()
+
+
+def test_small_region_is_one_padded_tile_and_nodata_is_nan():
+    torch.manual_seed(1)
+    x = random_scene((3, 200, 300), seed=1)
+    x[:, 50:60, 100:130] = np.nan
+    net = build_model("unet", in_channels=3, filters=4)
+    p = predict_array(net, x, tile=512, overlap=64, batch_size=2)
+    assert p.shape == (200, 300)
+    assert np.isnan(p[50:60, 100:130]).all() and np.isfinite(p[:50]).all()
+    x0 = x.copy()
+    standardise(x0, None, None)
+    assert p[0, 0] == pytest.approx(predict_array(net, x0, tile=512, overlap=64)[0, 0], abs=1e-6)
+
+
+def test_bad_tiling_options():
+    with pytest.raises(UserError, match="--tile 100"):
+        check_tiling(100, 0)
+    with pytest.raises(UserError, match="--overlap 50"):
+        check_tiling(512, 50)
+    with pytest.raises(UserError, match="--overlap 512"):
+        check_tiling(512, 512)
+
+
+# --- polygons --------------------------------------------------------------------------------------
+
+def test_streamed_polygons_match_connected_components():
+    rng = np.random.default_rng(0)
+    mask = (ndimage.gaussian_filter(rng.normal(size=(300, 200)), 2) > 0.1).astype(np.uint8)
+    mask[100:110, :] = 255  # nodata never joins nor belongs to a landslide
+    transform = Affine(10, 0, 500000, 0, -10, 5100000)
+    labels, n = ndimage.label(mask == 1)  # 4-connected
+    whole = mask_to_landslides(mask, transform, CRS.from_epsg(32633), strip_rows=1000)
+    strips = mask_to_landslides(mask, transform, CRS.from_epsg(32633), strip_rows=7)
+    assert len(whole) == len(strips) == n
+    assert whole.geom_type.eq("Polygon").all() and strips.is_valid.all()
+    np.testing.assert_allclose(strips.area, strips.area_m2)  # polygon area == pixel area
+    assert strips.area_m2.sum() == pytest.approx((mask == 1).sum() * 100)
+    np.testing.assert_allclose(np.sort(strips.area_m2), np.sort(np.bincount(labels.ravel())[1:] * 100.0))
+    assert strips.geometry.union_all().equals(whole.geometry.union_all())
+
+
+def test_landslide_writer_streams_the_same_polygons(tmp_path):
+    rng = np.random.default_rng(1)
+    mask = (ndimage.gaussian_filter(rng.normal(size=(120, 90)), 3) > 0.05).astype(np.uint8)
+    transform, crs = Affine(5, 0, 400000, 0, -5, 3000000), CRS.from_epsg(32645)
+    labeler = ComponentLabeler()
+    strips = []
+    for r in range(0, 120, 9):  # 9-row strips: the last one has 3 rows
+        h = len(mask[r:r + 9])
+        strips.append((r, labeler.add(mask[r:r + h] == 1, np.full((h, 90), 0.7), np.full(h, 25.0))))
+    comps = labeler.components()
+    writer = LandslideWriter(tmp_path / "l.gpkg", comps, transform, crs, batch=3)
+    for r, labels in strips:
+        writer.add_strip(comps.ids(labels), r)
+    assert writer.close() == len(comps) > 5
+    streamed = gpd.read_file(tmp_path / "l.gpkg").sort_values("id").reset_index(drop=True)
+    whole = mask_to_landslides(mask, transform, crs, strip_rows=1000)
+    assert list(streamed.id) == list(whole.id)
+    np.testing.assert_allclose(streamed.area_m2, whole.area_m2)
+    assert all(a.equals(b) for a, b in zip(streamed.geometry, whole.geometry, strict=True))
+    np.testing.assert_allclose(streamed.mean_probability, 0.7)
+
+
+def test_polygon_areas_are_true_areas_in_a_geographic_crs():
+    mask = np.zeros((200, 200), np.uint8)
+    mask[20:60, 30:90] = 1
+    mask[120:190, 100:110] = 1
+    transform = Affine(1e-4, 0, 91.8, 0, -1e-4, 22.45)  # ~10 m pixels near Chattogram
+    gdf = mask_to_landslides(mask, transform, CRS.from_epsg(4326), strip_rows=50)  # both cross a seam
+    assert list(gdf.geom_type) == ["Polygon", "Polygon"]  # seams dissolve exactly (in pixel space)
+    equal_area = gdf.to_crs("+proj=laea +lat_0=22.44 +lon_0=91.81 +datum=WGS84")
+    np.testing.assert_allclose(gdf.area_m2, equal_area.area, rtol=1e-4)
+
+
+def test_min_area_drops_specks():
+    mask = np.zeros((50, 50), np.uint8)
+    mask[5:15, 5:15] = 1  # 100 px
+    mask[30, 30] = 1  # a 1 px speck
+    gdf = mask_to_landslides(mask, Affine(2, 0, 0, 0, -2, 0), CRS.from_epsg(32633), min_area_m2=10.0)
+    assert list(gdf.area_m2) == [400.0]
+
+
+# --- whole scenes ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A 160 px scene (nodata rows 70-75) and a lively 4-filter U-Net bundle for its bands."""
+    from slidemap.prepare import prepare_scene
+
+    root = tmp_path_factory.mktemp("predict")
+    r = make_rasters(root / "in", size=160, nodata_rows=(70, 75))
+    scene = prepare_scene([r.image], root / "scene", dem=r.dem, inventory=r.inventory, areas=r.areas)
+    torch.manual_seed(0)
+    net = build_model("unet", in_channels=len(scene.bands), filters=4)
+    mean = np.array([scene.stats[b]["mean"] for b in scene.bands], np.float32)
+    std = np.array([scene.stats[b]["std"] for b in scene.bands], np.float32)
+    lively(net, standardise(scene.read(), mean, std)[:, :128, :128])
+    bundle = save_bundle(root / "bundle.pt", net, {
+        "architecture": "unet", "model_args": net.config, "bands": scene.bands, "stats": scene.stats,
+        "patch_size": 64, "thresholds": {"0.5": 0.5, "best": 0.6}, "training": {}})
+    return {"root": root, "rasters": r, "scene": scene, "bundle": bundle}
+
+
+def read(path: Path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile, ds.overviews(1)
+
+
+def test_predict_scene_writes_georeferenced_outputs(study):
+    scene: Scene = study["scene"]
+    out = study["root"] / "pred"
+    result = predict(study["bundle"], out, scene=scene.path, tile=96, overlap=32, device="cpu")
+    prob, pp, p_ovr = read(out / "probability.tif")
+    mask, mp, m_ovr = read(out / "mask.tif")
+    for profile in (pp, mp):
+        assert profile["crs"] == scene.crs and profile["transform"] == scene.transform
+        assert (profile["width"], profile["height"]) == (scene.width, scene.height)
+        assert profile["dtype"] == "uint8" and profile["nodata"] == 255 and profile["compress"] == "deflate"
+    assert p_ovr and m_ovr
+    nodata = np.zeros(mask.shape, bool)
+    nodata[70:75] = True
+    assert ((mask == 255) == nodata).all() and ((prob == 255) == nodata).all()
+    assert prob[~nodata].max() <= 254
+    # the mask is the thresholded probability (0.6 = "best"), up to the uint8 rounding of probability.tif
+    p = prob[~nodata] / 254.0
+    m = mask[~nodata] == 1
+    assert m[p > 0.6 + 0.5 / 254].all() and not m[p < 0.6 - 0.5 / 254].any()
+    assert 0.05 < m.mean() < 0.95
+
+    gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
+    assert gdf.crs == scene.crs and list(gdf.columns) == ["id", "area_m2", "mean_probability", "geometry"]
+    assert len(gdf) == result["landslides"] == ndimage.label(mask == 1)[1] > 3
+    np.testing.assert_allclose(gdf.area, gdf.area_m2)
+    assert gdf.area_m2.sum() == pytest.approx((mask == 1).sum() * 100.0)
+    assert gdf.mean_probability.between(0.6, 1.0).all()
+
+    meta = json.loads((out / "prediction.json").read_text())
+    assert meta["scene"] == str(scene.path.resolve()) and meta["threshold"] == {"value": 0.6, "which": "best"}
+    assert meta["landslide_km2"] == pytest.approx((mask == 1).sum() * 100 / 1e6)
+    assert meta["valid_km2"] == pytest.approx((~nodata).sum() * 100 / 1e6)
+    assert result["mpx_per_s"] > 0 and not list(out.glob(".*"))  # no temporary files left
+
+
+def test_float_output_min_area_and_threshold(study):
+    out = study["root"] / "pred_float"
+    predict(study["bundle"], out, scene=study["scene"].path, tile=96, overlap=32, threshold="0.5",
+            min_area=2000.0, as_float=True)
+    prob, pp, _ = read(out / "probability.tif")
+    mask, _, _ = read(out / "mask.tif")
+    assert pp["dtype"] == "float32" and np.isnan(pp["nodata"])
+    assert np.isnan(prob[70:75]).all() and (mask[70:75] == 255).all()
+    gdf = gpd.read_file(out / "landslides.gpkg")
+    assert len(gdf) and (gdf.area_m2 >= 2000.0).all()
+    assert gdf.area_m2.sum() == pytest.approx((mask == 1).sum() * 100.0)  # specks gone from the mask too
+    kept = (prob >= 0.5) & (mask == 1)
+    dropped = (prob >= 0.5) & (mask == 0)
+    assert kept.sum() and dropped.sum()  # some specks were dropped, and they became background, not nodata
+    assert json.loads((out / "prediction.json").read_text())["dropped_specks"] > 0
+
+
+def test_area_window(study):
+    scene: Scene = study["scene"]
+    out = study["root"] / "pred_area"
+    result = predict(study["bundle"], out, scene=scene.path, area="test_a", tile=96, overlap=32,
+                     evaluate=True)
+    mask, mp, _ = read(out / "mask.tif")
+    # test_a is the pixel box cols 90-160, rows 0-75 of the 160 px scene (TINY_AREAS scaled)
+    assert mask.shape == (75, 70)
+    assert mp["transform"] == scene.transform @ Affine.translation(90, 0)
+    assert (mask[70:75] == 255).all() and (mask[:70] != 255).all()
+    meta = json.loads((out / "prediction.json").read_text())
+    assert meta["area"] == "test_a" and meta["window"] == {"col_off": 90, "row_off": 0, "width": 70,
+                                                           "height": 75}
+    assert "test_a" in result["table"] and (out / "metrics.json").exists()  # evaluated in the same folder
+
+
+def test_bare_images_equal_the_prepared_scene(study):
+    r = study["rasters"]
+    a, b = study["root"] / "from_scene", study["root"] / "from_images"
+    predict(study["bundle"], a, scene=study["scene"].path, tile=96, overlap=32, as_float=True)
+    res = predict(study["bundle"], b, images=[r.image], dem=r.dem, tile=96, overlap=32, as_float=True)
+    pa, pb = read(a / "probability.tif")[0], read(b / "probability.tif")[0]
+    np.testing.assert_array_equal(np.isnan(pa), np.isnan(pb))
+    np.testing.assert_allclose(pa, pb, atol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(read(a / "mask.tif")[0], read(b / "mask.tif")[0])
+    meta = json.loads((b / "prediction.json").read_text())
+    assert meta["scene"] is None and meta["images"] == [str(r.image.resolve())]
+    assert res["landslides"] > 0 and not (b / ".scene").exists()
+
+
+def test_interrupted_predict_leaves_no_output(study, monkeypatch):
+    import slidemap.predict as mod
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "_build_overviews", boom)  # the very last step
+    parent = study["root"] / "interrupted"
+    parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)
+    assert list(parent.iterdir()) == []
+
+
+def test_band_mismatch_names_missing_and_extra_bands(study, tmp_path):
+    net = build_model("unet", in_channels=3, filters=4)
+    bundle = save_bundle(tmp_path / "b.pt", net, {
+        "architecture": "unet", "model_args": net.config, "bands": ["red", "nir", "swir"], "stats": {},
+        "patch_size": 64, "thresholds": {"0.5": 0.5, "best": 0.5}})
+    with pytest.raises(UserError) as e:
+        predict(bundle, tmp_path / "pred", scene=study["scene"].path)
+    msg = str(e.value)
+    assert "swir" in msg and "blue, green, dem, slope" in msg and "\n" not in msg
+    assert not (tmp_path / "pred").exists()
+    with pytest.raises(UserError, match="images hold 4 band"):
+        predict(bundle, tmp_path / "pred", images=[study["rasters"].image])
+
+
+def test_bad_input_is_one_line(study, tmp_path, capsys):
+    scene = str(study["scene"].path)
+    with pytest.raises(UserError, match="--area nowhere: .*areas are: train, test_a, test_b"):
+        predict(study["bundle"], tmp_path / "p", scene=scene, area="nowhere")
+    with pytest.raises(UserError, match="--threshold"):
+        predict(study["bundle"], tmp_path / "p", scene=scene, threshold="1.5")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a bundle")
+    with pytest.raises(UserError, match="corrupt.pt"):
+        predict(tmp_path / "corrupt.pt", tmp_path / "p", scene=scene)
+    no_crs = tmp_path / "nocrs.tif"
+    with rasterio.open(no_crs, "w", driver="GTiff", width=8, height=8, count=4, dtype="uint16") as ds:
+        ds.write(np.ones((4, 8, 8), np.uint16))
+    with pytest.raises(UserError, match="has no CRS"):
+        predict(study["bundle"], tmp_path / "p", images=[no_crs], dem=study["rasters"].dem)
+    assert not (tmp_path / "p").exists()
+    args = ["predict", str(tmp_path / "missing.pt"), "--scene", scene, "--out", str(tmp_path / "p")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: MODEL")
+
+
+def test_cli_predict(study, capsys):
+    out = study["root"] / "pred_cli"
+    code = main(["predict", str(study["bundle"]), "--scene", str(study["scene"].path), "--out", str(out),
+                 "--tile", "96", "--overlap", "32", "--min-area", "500"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"mask: {out / 'mask.tif'}" in printed and "landslide_km2:" in printed
