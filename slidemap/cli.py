@@ -7,7 +7,7 @@ one line ``error: ...`` and exit status 2 (a traceback only with ``--debug``).
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -32,29 +32,29 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
     _DEBUG["on"] = debug
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     grid = "grid"
     random = "random"
 
 
-class Arch(str, Enum):
+class Arch(StrEnum):
     unet = "unet"
     resunet = "resunet"
 
 
-class Loss(str, Enum):
+class Loss(StrEnum):
     bce = "bce"
     bce_dice = "bce+dice"
     focal = "focal"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Axis(str, Enum):
+class Axis(StrEnum):
     x = "x"
     y = "y"
 
@@ -215,6 +215,8 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
+    precision: str = typer.Option("32", help="CPU inference precision: 32 or bf16 (about 2x faster on CPUs "
+                                  "with bf16 support; a GPU always uses mixed precision)."),
 ) -> None:
     """Predict landslides over a whole scene (tiled, blended, streamed) or a patch dataset."""
     given = sum(x is not None and x != [] for x in (scene, image or None, chips))
@@ -235,7 +237,7 @@ def predict(
             result = predict_fn(model, out, scene=scene, area=area, images=image or None, dem=dem, tile=tile,
                                 overlap=overlap, threshold=threshold, min_area=min_area,
                                 batch_size=batch_size, device=device.value, as_float=as_float,
-                                evaluate=evaluate)
+                                evaluate=evaluate, precision=precision)
         for w in caught:  # slidemap's own warnings (predict, prepare on the fly, evaluate) as one line each
             if w.category.__module__.startswith("slidemap"):
                 typer.echo(f"warning: {w.message}", err=True)
@@ -311,7 +313,7 @@ def _print_result(result) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning UserError into ``error: ...`` and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         if _DEBUG["on"]:
             raise
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "Abort":
             return 1
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 
                          seed=seed)
     console.print(f"      chips     {chips.path}  ({len(chips)} chips)")
 
-    step(4, f"train: U-Net, {cfg.filters} filters, up to {cfg.epochs} epochs, BCE + Adam, 8-fold augmentation")
+    step(4, f"train: U-Net, {cfg.filters} filters, up to {cfg.epochs} epochs, BCE + Adam, augmented")
     result = train(chips.path, out / "run", model="unet", filters=cfg.filters, batch_size=cfg.batch_size,
                    epochs=cfg.epochs, patience=cfg.patience, seed=seed, resume=(out / "run").exists()
                    and not (out / "run" / "bundle.pt").exists())

@@ -81,6 +81,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if tmp.exists():
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     os.replace(tmp, path)
 
 

@@ -185,6 +185,7 @@ class _Payload:
         return (_mark_executed, ())
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bundle_with_pickled_payload_is_refused(reference, tmp_path):
     good = torch.load(reference / "bundle.pt", map_location="cpu", weights_only=True)
     evil = tmp_path / "evil.pt"
@@ -345,8 +346,8 @@ def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     _, baseline_f1 = best_threshold(np.nan_to_num((brightness - low) / (high - low)),
                                     np.asarray(cs.masks)[split.val])
     unet_f1 = result["summary"]["val_f1_at_best"]
-    # measured: U-Net 0.838, baseline 0.495 (216 chips of 32 px: 112 training, 66 validation, 38 buffer)
-    assert baseline_f1 == pytest.approx(0.495, abs=0.1)
-    assert unet_f1 == pytest.approx(0.838, abs=0.1)
-    assert unet_f1 > baseline_f1 + 0.2, (unet_f1, baseline_f1)
+    # measured with synth.py of this issue: U-Net 0.751, baseline 0.083 (216 chips of 32 px: 112 training,
+    # 66 validation, 38 buffer); slack for other thread counts and later tuning of the synthetic scene
+    assert unet_f1 == pytest.approx(0.751, abs=0.15), (unet_f1, baseline_f1)
+    assert unet_f1 > baseline_f1 + 0.25, (unet_f1, baseline_f1)
 
