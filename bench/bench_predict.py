@@ -1,6 +1,7 @@
 """End-to-end whole-scene prediction: peak RSS and Mpx/s for growing scenes (``slidemap predict``).
 
-    python bench/bench_predict.py                              # 2,000² and 10,000² px, 7 bands, U-Net 16
+    python bench/bench_predict.py                              # 4,096² and 10,000² px, 7 bands, U-Net 16
+    python bench/bench_predict.py --precision 32,bf16          # fp32 (before) and bf16 autocast (after)
     python bench/bench_predict.py --sizes 2000 --filters 8     # one size, a smaller network
     python bench/bench_predict.py --workdir /tmp/pb --keep     # keep (and reuse) the synthetic scenes
 
@@ -13,7 +14,9 @@ is a randomly initialised U-Net whose head is scaled so about 2 % of the scene c
 
 What to look for: peak RSS should stay flat from 2,000² to 10,000² (streaming: memory depends on the
 scene width and tile size, not on its height) and well under 2 GiB; Mpx/s should not fall with size.
-Throughput on a shared 2-core machine depends on the load, printed beside the figures.
+Throughput on a shared 2-core machine depends on the load, printed beside the figures; the child runs
+with ``OMP_WAIT_POLICY=PASSIVE`` (unless ``--omp-active``) so its CPU time counts only its own work, and
+``Mpx/CPU-s`` x cores is the idle-machine figure at perfect thread scaling (an upper bound).
 """
 
 from __future__ import annotations
@@ -114,28 +117,37 @@ import sys, time
 from slidemap.predict import predict
 t = time.perf_counter()
 predict(sys.argv[1], sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]), overlap=int(sys.argv[5]),
-        batch_size=int(sys.argv[6]), device="cpu")
+        batch_size=int(sys.argv[6]), device="cpu", precision=sys.argv[7])
 print(time.perf_counter() - t)
 """
 
 
-def run_predict(bundle: Path, scene: Path, out: Path, tile: int, overlap: int, batch: int) -> dict:
-    """One ``predict`` in a child process; its wall time, peak RSS and prediction.json."""
+def run_predict(bundle: Path, scene: Path, out: Path, tile: int, overlap: int, batch: int,
+                precision: str = "32", omp_active: bool = False) -> dict:
+    """One ``predict`` in a child process; its wall time, CPU time, peak RSS and prediction.json."""
+    env = dict(os.environ)
+    if not omp_active:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(out), str(scene), str(tile),
-                             str(overlap), str(batch)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                             str(overlap), str(batch), precision], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     inner = float(proc.stdout.read().decode().strip().splitlines()[-1]) if status == 0 else float("nan")
     if status != 0:
         raise SystemExit(f"predict failed on {scene} (status {status}); run it by hand to see why")
     meta = json.loads((out / "prediction.json").read_text())
-    return {"wall_s": wall, "predict_s": inner, "peak_rss_gib": usage.ru_maxrss * 1024 / GiB, "meta": meta}
+    return {"wall_s": wall, "predict_s": inner, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_gib": usage.ru_maxrss * 1024 / GiB, "meta": meta}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2000,10000", help="scene sides in px, comma-separated")
+    parser.add_argument("--sizes", default="4096,10000", help="scene sides in px, comma-separated")
+    parser.add_argument("--precision", default="32,bf16", help="CPU inference precisions to run, "
+                        "comma-separated (32 and/or bf16)")
+    parser.add_argument("--omp-active", action="store_true", help="let OpenMP threads spin (torch's default)")
     parser.add_argument("--filters", type=int, default=16, help="U-Net initial filters")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
@@ -158,19 +170,23 @@ def main() -> None:
                 t = time.perf_counter()
                 write_scene(scene, size)
                 print(f"# wrote {scene} in {time.perf_counter() - t:.0f} s")
-            out = work / f"pred_{size}"
-            shutil.rmtree(out, ignore_errors=True)
-            r = run_predict(bundle, scene, out, args.tile, args.overlap, args.batch_size)
-            m = r["meta"]
-            mpx = size * size / 1e6
-            rows.append({"scene px": f"{size}²", "Mpx": mpx, "seconds": r["predict_s"],
-                         "Mpx/s": mpx / r["predict_s"], "km²/s @10 m": mpx * PIXEL_M**2 / r["predict_s"],
-                         "peak RSS GiB": r["peak_rss_gib"], "network+IO s": m["timings_s"]["predict"],
-                         "mask+polygons s": m["timings_s"]["mask_and_polygons"],
-                         "overviews s": m["timings_s"]["overviews"], "landslides": m["landslides"],
-                         "load": load_average()})
-            print(format_table(rows[-1:]), flush=True)
-            shutil.rmtree(out, ignore_errors=True)
+            for precision in args.precision.split(","):
+                out = work / f"pred_{size}_{precision}"
+                shutil.rmtree(out, ignore_errors=True)
+                r = run_predict(bundle, scene, out, args.tile, args.overlap, args.batch_size, precision,
+                                args.omp_active)
+                m = r["meta"]
+                mpx = size * size / 1e6
+                cores = os.cpu_count() or 1
+                rows.append({"scene px": f"{size}²", "precision": precision, "seconds": r["predict_s"],
+                             "Mpx/s": mpx / r["predict_s"], "km²/s @10 m": mpx * PIXEL_M**2 / r["predict_s"],
+                             "Mpx/CPU-s": mpx / r["cpu_s"], f"x{cores} cores Mpx/s": cores * mpx / r["cpu_s"],
+                             "peak RSS GiB": r["peak_rss_gib"], "network+IO s": m["timings_s"]["predict"],
+                             "mask+polygons s": m["timings_s"]["mask_and_polygons"],
+                             "overviews s": m["timings_s"]["overviews"], "landslides": m["landslides"],
+                             "load": load_average()})
+                print(format_table(rows[-1:]), flush=True)
+                shutil.rmtree(out, ignore_errors=True)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Training-step throughput (chips/s) of the slidemap networks on this machine, lever by lever.
 
-    python bench/bench_train.py                       # lever ladder on unet16@128, then the grid
+    python bench/bench_train.py                       # ladder on unet16@128, the grid, then e2e
     python bench/bench_train.py --section levers      # only the ladder (plain fp32 -> every lever)
     python bench/bench_train.py --section grid --configs unet16@128,resunet16@64 --precision bf16
     python bench/bench_train.py --section e2e         # through slidemap.train.train (whole epochs)
@@ -72,6 +72,9 @@ LADDER = [
     replace(PLAIN, name="compile + cl + bf16", compiled=True, bf16=True, channels_last=True),
     Lever("best: cl + bf16 + fused Adam, no sync", channels_last=True, bf16=True, adam="fused",
           sync_each_step=False),
+    replace(PLAIN, name="1 thread + channels_last", threads=1, channels_last=True),
+    replace(PLAIN, name="1 thread + bf16", threads=1, bf16=True),
+    replace(PLAIN, name="1 thread + cl + bf16", threads=1, channels_last=True, bf16=True),
 ]
 BEST = {"32": Lever("best fp32", channels_last=True, adam="fused", sync_each_step=False),
         "bf16": Lever("best bf16", channels_last=True, bf16=True, adam="fused", sync_each_step=False)}
@@ -238,16 +241,17 @@ def run_grid(configs: list[str], precisions: list[str], rounds: int) -> list[dic
     rows = []
     for text in configs:
         arch, filters, size = parse_config(text)
-        rows += measure(arch, filters, size, [PLAIN] + [BEST[p] for p in precisions],
-                        step_flops(arch, filters, size), rounds)
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        measured = measure(arch, filters, size, [PLAIN] + [BEST[p] for p in precisions],
+                           step_flops(arch, filters, size), rounds)
+        print("\n".join(format_table(measured).splitlines()[2:]), flush=True)  # as they come
+        rows += measured
     print("\n" + format_table(rows, ["config", "lever", "chips/s", "best chips/s", "chips/CPU-s",
                                      f"x{torch.get_num_threads()} cores", "GFLOP/step", "GFLOP/CPU-s",
                                      "% of matmul", "load"]), flush=True)
     return rows
 
 
-def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int) -> None:
+def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int, epochs: int) -> None:
     """Whole epochs through ``slidemap.train.train`` on a synthetic chip set: what a user gets."""
     from slidemap.train import train  # noqa: PLC0415  (only this section needs the trainer)
 
@@ -261,7 +265,7 @@ def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int) 
                     out = Path(tmp) / f"run-{text}-{precision}-{channels_last}"
                     t0 = time.perf_counter()
                     result = train(chipset, out, model=arch, filters=filters, batch_size=BATCH,
-                                   epochs=1 if quick else 2, patience=0, val_fraction=0.1, seed=0,
+                                   epochs=1 if quick else epochs, patience=0, val_fraction=0.1, seed=0,
                                    device="cpu", precision="32" if precision == "32" else "bf16-mixed",
                                    progress=False, channels_last=channels_last)
                     summary = result["summary"]
@@ -282,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", choices=["32", "bf16", "both"], default="both",
                    help="precisions of the grid and e2e sections (the plain fp32 row is always the 'before')")
     p.add_argument("--chips", type=int, default=400, help="chips in the e2e section's synthetic chip set")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each e2e run (its validation F1 compares "
+                   "the precisions)")
     p.add_argument("--rounds", type=int, default=8, help="timed steps per lever (round-robin)")
     p.add_argument("--no-compile", action="store_true", help="leave the torch.compile levers out of the "
                    "ladder (each compiles for a minute or two on 2 cores)")
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         run_grid(grid, precisions, rounds)
     if args.section in ("e2e", "all"):
         run_e2e(given or (["unet16@32"] if args.quick else ["unet16@128"]), precisions, args.quick,
-                64 if args.quick else args.chips)
+                64 if args.quick else args.chips, args.epochs)
     print(f"# done, load {load_average()}")
 
 

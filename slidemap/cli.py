@@ -178,8 +178,8 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    precision: str | None = typer.Option(None, help="32, bf16-mixed or 16-mixed (GPU only); default: 32 on "
-                                         "CPU, mixed precision on a GPU."),
+    precision: str | None = typer.Option(None, help="32, bf16 (bf16-mixed) or 16-mixed (GPU only); default: "
+                                         "32 on CPU, mixed precision on a GPU."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:

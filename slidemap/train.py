@@ -54,6 +54,8 @@ from slidemap.metrics import Counts, best_threshold, confusion, scores
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_precision", "val_recall", "val_f1", "val_iou", "lr")
 TIMING_COLUMNS = ("epoch", "train_seconds", "seconds", "chips_per_s")
 PRECISIONS = {"32": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+PRECISION_ALIASES = {"bf16": "bf16-mixed", "16": "16-mixed", "32-true": "32"}
+"""Short names users type (``--precision bf16``) for the names the run records."""
 RESUME_FIXED = ("chips_sha256", "model", "model_args", "filters", "batch_size", "lr", "val_fraction",
                 "augment", "bands", "loss", "pos_weight", "seed")
 """Options a resumed run must share with the run it continues (the others, e.g. epochs, may change)."""
@@ -529,6 +531,7 @@ def _resolve_precision(precision: str | None, accelerator: str) -> str:
         if accelerator == "cpu":
             return "32"
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    precision = PRECISION_ALIASES.get(precision, precision)
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
     if precision == "16-mixed" and accelerator == "cpu":
