@@ -34,6 +34,13 @@ finished and written, the overlapping rows are carried to the next strip. Memory
 region's width and the tile size, never on its height; peak RSS for 10,000² x 7 bands stays well
 under 2 GiB (``bench/bench_predict.py``).
 
+**Threads.** The network keeps the main thread (torch runs its own threads inside). A reader thread
+reads and standardises the next strip while the network runs on this one, and a writer thread labels
+and writes finished strips (at most two waiting) in order; in the second pass a tracer thread reads
+and polygonises the next block of rows while the main thread dissolves and writes the current one.
+GDAL's reads, writes and polygonising and numpy's array work release the GIL, so these overlap the
+network; every output is written in the same order and is byte-identical to a single-threaded run.
+
 **Outputs** (built in a temporary sibling of ``out`` and renamed when complete):
 ``probability.tif`` (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under
 ``--float``), ``mask.tif`` (uint8 1/0, 255 = nodata), both on the input's grid (or the area's window),
@@ -50,7 +57,9 @@ import contextlib
 import math
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +75,7 @@ from slidemap.bundle import Bundle, load_bundle
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir, write_json
 from slidemap.geo import gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.polygons import ComponentLabeler, LandslideWriter
+from slidemap.polygons import ComponentLabeler, LandslideWriter, polygon_pieces
 
 PREDICTION_FORMAT = "slidemap.prediction"
 PREDICTION_FORMAT_VERSION = 1
@@ -191,9 +200,12 @@ class TileRunner:
             self.amp_dtype = torch.bfloat16
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, h, w) float32 -> (N, h, w) float32 probabilities."""
+        """(N, C, h, w) float32 -> (N, h, w) float32 probabilities.
+
+        ``batch`` may be a channels-last view (strides of an (N, h, w, C) array): torch takes it as is.
+        """
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True)
+            x = torch.from_numpy(np.asarray(batch, dtype=np.float32)).to(self.device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
             amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
                    else contextlib.nullcontext())
@@ -229,12 +241,14 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
     """
     margin = check_tiling(tile, overlap, margin)
     rows, cols = AxisTiling.plan(height, tile, overlap), AxisTiling.plan(width, tile, overlap)
-    th, tw = rows.tile, cols.tile
+    th = rows.tile
     row_src, col_src = _reflect_index(height, rows.padded), _reflect_index(width, cols.padded)
     wx = [cols.weights(j, overlap, margin) for j in range(len(cols.offsets))]
     num = np.zeros((th, cols.padded), dtype=np.float32)
     den = np.zeros((th, cols.padded), dtype=np.float32)
-    for i, r in enumerate(rows.offsets):
+
+    def load_strip(r: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read, pad and standardise one strip; runs in the reader thread (GDAL and numpy drop the GIL)."""
         src = row_src[r:r + th]
         lo, hi = int(src.min()), int(src.max()) + 1
         raw = read_rows(lo, hi)
@@ -245,24 +259,46 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
         raw = np.asarray(raw, dtype=np.float32)
         valid = np.isfinite(raw[:, :, :width]).all(axis=0)
         x = standardise(raw if raw.flags.writeable else raw.copy(), mean, std)
-        wy = rows.weights(i, overlap, margin)
-        for b in range(0, len(cols.offsets), batch_size):
-            chunk = cols.offsets[b:b + batch_size]
-            probs = runner(np.stack([x[:, :, c:c + tw] for c in chunk]))
-            for k, c in enumerate(chunk):
-                w = wy[:, None] * wx[b + k][None, :]
-                num[:, c:c + tw] += probs[k] * w
-                den[:, c:c + tw] += w
-        nxt = rows.offsets[i + 1] if i + 1 < len(rows.offsets) else rows.padded
-        done = min(nxt, height) - r
-        if done > 0:
-            yield r, num[:done, :width] / den[:done, :width], valid[:done]
-        shift = nxt - r
-        if shift < th:
-            num[:th - shift] = num[shift:]
-            den[:th - shift] = den[shift:]
-        num[max(th - shift, 0):] = 0
-        den[max(th - shift, 0):] = 0
+        # Pixel-interleaved (H, W, C), so a batch of tiles is stacked straight into the channels-last
+        # layout the network runs in (one copy instead of two on the network's thread).
+        return np.ascontiguousarray(x.transpose(1, 2, 0)), valid
+
+    # The next strip is read while the network runs on this one, so reading costs no wall time.
+    with ThreadPoolExecutor(1, thread_name_prefix="slidemap-read") as reader:
+        pending = reader.submit(load_strip, rows.offsets[0])
+        for i, r in enumerate(rows.offsets):
+            x, valid = pending.result()
+            if i + 1 < len(rows.offsets):
+                pending = reader.submit(load_strip, rows.offsets[i + 1])
+            yield from _blend_strip(runner, x, valid, i, r, rows, cols, wx, num, den, overlap, margin,
+                                    batch_size, height, width)
+
+
+def _blend_strip(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, valid: np.ndarray, i: int, r: int,
+                 rows: AxisTiling, cols: AxisTiling, wx: list[np.ndarray], num: np.ndarray, den: np.ndarray,
+                 overlap: int, margin: int, batch_size: int, height: int,
+                 width: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Predict strip ``i`` (at row ``r``; ``x`` its (H, W, C) standardised pixels) into the running sums;
+    yield its finished rows, carry the rest."""
+    th, tw = rows.tile, cols.tile
+    wy = rows.weights(i, overlap, margin)
+    for b in range(0, len(cols.offsets), batch_size):
+        chunk = cols.offsets[b:b + batch_size]
+        probs = runner(np.stack([x[:, c:c + tw] for c in chunk]).transpose(0, 3, 1, 2))
+        for k, c in enumerate(chunk):
+            w = wy[:, None] * wx[b + k][None, :]
+            num[:, c:c + tw] += probs[k] * w
+            den[:, c:c + tw] += w
+    nxt = rows.offsets[i + 1] if i + 1 < len(rows.offsets) else rows.padded
+    done = min(nxt, height) - r
+    if done > 0:
+        yield r, num[:done, :width] / den[:done, :width], valid[:done]
+    shift = nxt - r
+    if shift < th:
+        num[:th - shift] = num[shift:]
+        den[:th - shift] = den[shift:]
+    num[max(th - shift, 0):] = 0
+    den[max(th - shift, 0):] = 0
 
 
 def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], array: np.ndarray,
@@ -544,9 +580,8 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
             win = Window(col0_scene, row0_scene + r0, width, r1 - r0)
             return src.read(band_idx, window=win, out_dtype="float32")
 
-        strips = iter_probability_strips(runner, read_rows, height, width, tile, overlap, margin, batch_size,
-                                         mean, std)
-        for r0, prob, valid in strips:
+        def finish_strip(r0: int, prob: np.ndarray, valid: np.ndarray) -> float:
+            """Mask, label and write one strip; returns its valid km². Runs in the writer thread."""
             h = len(prob)
             if msk is not None:
                 valid &= msk.read(1, window=Window(col0_scene, row0_scene + r0, width, h)) != MASK_NODATA
@@ -563,9 +598,21 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
                 q = np.rint(np.clip(prob, 0, 1) * 254).astype(np.uint8)
                 q[~valid] = PROB_NODATA_U8
                 prob_out.write(q)
-            strip_km2 = float(row_areas[r0:r0 + h].sum() * width / 1e6)
-            valid_km2 += float((valid.sum(axis=1) * row_areas[r0:r0 + h]).sum() / 1e6)
-            progress.update(task, advance=strip_km2)
+            progress.update(task, advance=float(row_areas[r0:r0 + h].sum() * width / 1e6))
+            return float((valid.sum(axis=1) * row_areas[r0:r0 + h]).sum() / 1e6)
+
+        # Strips are labelled and written (GDAL compresses without the GIL) in one writer thread, in
+        # order, while the network predicts the next strip; at most two finished strips wait.
+        strips = iter_probability_strips(runner, read_rows, height, width, tile, overlap, margin, batch_size,
+                                         mean, std)
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="slidemap-write"))
+        queued: deque = deque()
+        for r0, prob, valid in strips:
+            queued.append(writer.submit(finish_strip, r0, prob, valid))
+            while len(queued) > 2:
+                valid_km2 += queued.popleft().result()
+        while queued:
+            valid_km2 += queued.popleft().result()
         prob_out.close()
         lab_out.close()
     t_predict = time.perf_counter() - t0
@@ -574,14 +621,27 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
     comps = labeler.components(min_area)
     polygons = LandslideWriter(tmp / "landslides.gpkg", comps, transform, crs)
     mask_profile = gtiff_profile(width, height, 1, "uint8", crs, transform, nodata=MASK_NODATA)
-    with rasterio.open(labels_path) as lab_ds, rasterio.open(mask_path, "w", **mask_profile) as mask_ds:
-        for win in _row_blocks(width, height, 512):
+    with rasterio.open(labels_path) as lab_ds, rasterio.open(mask_path, "w", **mask_profile) as mask_ds, \
+            ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
+
+        def trace_block(win: Window) -> tuple[np.ndarray, list]:
+            """Final ids -> mask block and polygon pieces; runs in the tracer thread, one block ahead."""
             labels = lab_ds.read(1, window=win)
             ids = comps.ids(labels)
             m = (ids > 0).astype(np.uint8)
             m[labels < 0] = MASK_NODATA
+            return m, polygon_pieces(ids, int(win.row_off))
+
+        # Tracing block k + 1 (GDAL reads and polygonizes without the GIL) overlaps dissolving and
+        # writing the polygons and the mask of block k here.
+        blocks = list(_row_blocks(width, height, 512))
+        pending = tracer.submit(trace_block, blocks[0])
+        for k, win in enumerate(blocks):
+            m, pieces = pending.result()
+            if k + 1 < len(blocks):
+                pending = tracer.submit(trace_block, blocks[k + 1])
             mask_ds.write(m, 1, window=win)
-            polygons.add_strip(ids, int(win.row_off))
+            polygons.add_pieces(pieces, int(win.row_off + win.height))
     polygons.close()
     labels_path.unlink()
     t_polygons = time.perf_counter() - t1

@@ -333,3 +333,25 @@ def test_cli_predict(study, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert f"mask: {out / 'mask.tif'}" in printed and "landslide_km2:" in printed
+
+
+def test_vectorised_polygon_pieces_equal_shape_by_shape():
+    """The bulk shapely construction gives exactly the geometries of one ``shape()`` per polygon."""
+    from rasterio import features
+    from shapely.geometry import shape
+
+    from slidemap.polygons import polygon_pieces
+
+    ids = np.zeros((40, 50), dtype=np.int32)
+    ids[2:20, 3:30] = 7
+    ids[6:10, 8:12] = 0  # a hole
+    ids[12:14, 20:22] = 0  # a second hole
+    ids[25:39, 5:9] = 3
+    ids[30:33, 40:49] = 3  # the same id, apart
+    got = polygon_pieces(ids, row_offset=100)
+    want = [(int(v), shape(g)) for g, v in features.shapes(
+        ids, mask=ids > 0, connectivity=4, transform=Affine.translation(0, 100))]
+    assert [i for i, _ in got] == [i for i, _ in want] == [7, 3, 3]
+    assert [g.wkb for _, g in got] == [g.wkb for _, g in want]
+    assert len(got[0][1].interiors) == 2
+    assert polygon_pieces(np.zeros((4, 4), np.int32)) == []
