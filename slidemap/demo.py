@@ -7,6 +7,7 @@ minutes on a 2-core CPU; ``--fast`` is a smaller run for CI.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ class DemoConfig:
     patience: int
 
 
-DEFAULT = DemoConfig(size=1024, landslides=60, patch=64, overlap=0.5, filters=16, epochs=30, batch_size=16,
-                     patience=8)
-FAST = DemoConfig(size=512, landslides=24, patch=64, overlap=0.5, filters=8, epochs=8, batch_size=16,
+DEFAULT = DemoConfig(size=1536, landslides=120, patch=64, overlap=0.25, filters=16, epochs=40, batch_size=16,
+                     patience=10)
+FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, epochs=20, batch_size=16,
                   patience=0)
 
 
@@ -43,7 +44,7 @@ def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 
     cfg = FAST if fast else DEFAULT
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=False, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
 
     def step(n: int, text: str) -> None:
@@ -65,9 +66,9 @@ def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 
     console.print(f"      chips     {chips.path}  ({len(chips)} chips)")
 
     step(4, f"train: U-Net, {cfg.filters} filters, up to {cfg.epochs} epochs, BCE + Adam, augmented")
+    shutil.rmtree(out / "run", ignore_errors=True)  # the demo owns its folder: always a fresh run
     result = train(chips.path, out / "run", model="unet", filters=cfg.filters, batch_size=cfg.batch_size,
-                   epochs=cfg.epochs, patience=cfg.patience, seed=seed, resume=(out / "run").exists()
-                   and not (out / "run" / "bundle.pt").exists())
+                   epochs=cfg.epochs, patience=cfg.patience, seed=seed)
     console.print(f"      bundle    {result['bundle']}")
 
     step(5, "predict + evaluate: tiled, blended whole-scene prediction; metrics per test area")

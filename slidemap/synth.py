@@ -50,7 +50,7 @@ SPECTRA = {
     "dry_grass": (0.070, 0.100, 0.120, 0.190, 0.270),
     "crop": (0.040, 0.085, 0.050, 0.220, 0.420),
     "water": (0.060, 0.070, 0.050, 0.035, 0.020),
-    "scar": (0.105, 0.150, 0.215, 0.260, 0.300),  # fresh saprolite: bright, reddish
+    "scar": (0.100, 0.145, 0.225, 0.265, 0.300),  # fresh saprolite: bright, reddish
     "runout": (0.080, 0.105, 0.135, 0.170, 0.210),  # wet, mixed debris
     "bare_field": (0.105, 0.150, 0.185, 0.225, 0.265),  # tilled soil: browner than a scar
     "gravel": (0.140, 0.170, 0.195, 0.220, 0.250),  # roads and river bars: grey
@@ -163,7 +163,8 @@ class Landslide:
 
 @dataclass
 class Scene:
-    """Everything ``synthesize`` writes, in memory (also what the measurements in bench/ use)."""
+    """Everything ``synthesize`` writes, in memory, plus the slope and cover classes behind it (for tests
+    and measurements)."""
 
     grid: Grid
     image: np.ndarray  # (5, H, W) uint16 DN, 0 = nodata
@@ -822,7 +823,7 @@ def _roads(rng: np.random.Generator, grid: Grid, rivers: list[River], refl: np.n
                 lines.append((road, "asphalt" if river.order == 1 and rng.uniform() < 0.6 else "gravel"))
     area_km2 = (grid.extent_m / 1000.0) ** 2
     xmin, ymin, xmax, ymax = grid.terrain_bounds
-    for _ in range(max(1, round(area_km2 / 6))):
+    for _ in range(max(2, round(area_km2 / 4))):
         start = rng.uniform([xmin, ymin], [xmax, ymax])
         lines.append((LineString(_walk(rng, start, rng.uniform(0, 2 * np.pi), rng.uniform(800, 3000), 15.0,
                                        0.25, 0.9)), "gravel"))
@@ -854,7 +855,7 @@ def _landslides(rng: np.random.Generator, grid: Grid, slides: list[Landslide], r
     _paint(refl, scar, scar_spectra[:, body[scar] - 1] * (1.0 + 0.07 * grain[scar]),
            np.clip(0.92 + 0.08 * grain, 0.75, 1.0))
     _paint(refl, runout, runout_spectra[:, body[runout] - 1] * (1.0 + 0.1 * grain[runout]),
-           np.clip(0.6 + 0.2 * grain, 0.25, 0.9))
+           np.clip(0.75 + 0.15 * grain, 0.45, 0.95))
     cover[scar] = COVER["scar"]
     cover[runout] = COVER["runout"]
 
@@ -877,9 +878,8 @@ def to_digital_numbers(rng: np.random.Generator, grid: Grid, refl: np.ndarray, t
     uint16 DN (reflectance x 10,000, at least 1) and blank the nodata stripe to 0."""
     n, p = grid.size, grid.pixel
     refl *= _illumination(terrain)[None]
-    haze = np.clip(0.5 * (smooth_noise(rng, (n, n), 1500.0 / p) - 1.0), 0.0, 0.4)
+    haze = np.clip(0.35 * (smooth_noise(rng, (n, n), 1200.0 / p) - 0.8), 0.0, 0.28)  # thin: ground shows
     haze *= 1.0 + 0.15 * smooth_noise(rng, (n, n), 60.0 / p)
-    haze = np.clip(haze, 0.0, 0.45)
     dn = np.empty((5, n, n), np.uint16)
     for b in range(5):
         band = (1.0 - haze) * refl[b] + haze * SPECTRA["haze"][b] + PATH_RADIANCE[b]

@@ -570,6 +570,9 @@ def _keep_sigint() -> Iterator[None]:
 
 
 def _cpu_threads() -> int:
+    """Threads for training: OMP_NUM_THREADS if the user set it, else every core this process may use."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
