@@ -4,6 +4,7 @@ areas in any CRS (geographic included), and the GeoTIFF profile every stage writ
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasteri
     is a one-line UserError naming ``option``."""
     p = require_file(path, option)
     try:
-        ds = rasterio.open(p)
+        with warnings.catch_warnings():  # a raster without georeferencing gets our own one-line error below
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(p)
     except rasterio.errors.RasterioIOError:
         raise UserError(f"{option} {p}: not a raster GDAL can read; give a GeoTIFF") from None
     if need_crs and ds.crs is None:

@@ -328,14 +328,14 @@ def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     from slidemap.sample import sample_chips
     from slidemap.synth import synthesize
 
-    paths = synthesize(tmp_path / "synth", seed=0, size=512, landslides=24)
+    paths = synthesize(tmp_path / "synth", seed=0, size=1024, landslides=80)
     prepare_scene([paths["image"]], tmp_path / "scene", dem=paths["dem"], inventory=paths["inventory"],
                   areas=paths["areas"])
-    chipset = sample_chips(tmp_path / "scene", tmp_path / "chips", method="grid", size=32, overlap=0.2)
+    chipset = sample_chips(tmp_path / "scene", tmp_path / "chips", method="grid", size=64, overlap=0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = train(chipset.path, tmp_path / "run", model="unet", filters=16, epochs=10, batch_size=16,
-                       lr=3e-3, loss="bce+dice", progress=False, seed=0)
+        result = train(chipset.path, tmp_path / "run", model="unet", filters=16, epochs=20, batch_size=16,
+                       patience=0, progress=False, seed=0)
     # the baseline: mean optical brightness at its F1-best threshold on the same validation chips (the
     # same favour the network's best threshold gets)
     cs = ChipSet(chipset.path)
@@ -346,8 +346,8 @@ def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     _, baseline_f1 = best_threshold(np.nan_to_num((brightness - low) / (high - low)),
                                     np.asarray(cs.masks)[split.val])
     unet_f1 = result["summary"]["val_f1_at_best"]
-    # measured with synth.py of this issue: U-Net 0.751, baseline 0.083 (216 chips of 32 px: 112 training,
-    # 66 validation, 38 buffer); slack for other thread counts and later tuning of the synthetic scene
-    assert unet_f1 == pytest.approx(0.751, abs=0.15), (unet_f1, baseline_f1)
+    # measured on 2 cores: U-Net 0.719 (BCE, 20 epochs, 244 chips of 64 px: 130 training, 73 validation,
+    # 41 buffer), baseline 0.270; slack for other thread counts and later tuning of the synthetic scene
+    assert unet_f1 == pytest.approx(0.719, abs=0.15), (unet_f1, baseline_f1)
     assert unet_f1 > baseline_f1 + 0.25, (unet_f1, baseline_f1)
 
