@@ -20,7 +20,6 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from rasterio.windows import transform as window_transform
 
 from slidemap.errors import UserError
 from slidemap.files import atomic_file, read_json, require_dir, write_json
-from slidemap.geo import block_windows, gtiff_profile, open_raster, row_pixel_areas_m2
+from slidemap.geo import Grid, block_windows, gtiff_profile, open_raster, row_pixel_areas_m2
 from slidemap.metrics import Counts, scores
 from slidemap.scene import Scene
 
@@ -55,19 +54,6 @@ CSV_FIELDS = ("area", "role", "precision", "recall", "f1", "iou", "iou_backgroun
 class EvaluateWarning(UserWarning):
     """Something the user should know but that does not stop the evaluation (reprojection, coverage)."""
 
-
-@dataclass(frozen=True)
-class Grid:
-    """A north-up pixel grid: what two rasters must share to be compared pixel by pixel."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, ds) -> Grid:
-        return cls(ds.crs, ds.transform, ds.width, ds.height)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,41 @@ def block_windows(width: int, height: int, block: int = 1024):
     for r in range(0, height, block):
         for c in range(0, width, block):
             yield Window(c, r, min(block, width - c), min(block, height - r))
+
+
+def transform_bounds_xy(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a ``width`` x ``height`` pixel grid with ``transform``."""
+    xs, ys = zip(*(transform @ c for c in ((0, 0), (width, 0), (0, height), (width, height))), strict=True)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid (CRS, transform, size): what two rasters must share to be compared pixel by pixel."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, ds) -> Grid:
+        """The grid of an open rasterio dataset."""
+        return cls(ds.crs, ds.transform, ds.width, ds.height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return transform_bounds_xy(self.transform, self.width, self.height)
+
+    def box(self, col_off: int = 0, row_off: int = 0, width: int | None = None, height: int | None = None):
+        """Polygon (grid CRS) covering a block of whole pixels; the whole grid by default."""
+        from shapely.geometry import Polygon
+
+        w = self.width - col_off if width is None else width
+        h = self.height - row_off if height is None else height
+        c0, r0 = col_off, row_off
+        corners = [(c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h)]
+        return Polygon([self.transform @ c for c in corners])
+
+    def window_transform(self, window) -> Affine:
+        return self.transform @ Affine.translation(window.col_off, window.row_off)

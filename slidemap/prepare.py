@@ -32,6 +32,7 @@ import slidemap
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir, sha256, write_json
 from slidemap.geo import (
+    Grid,
     block_windows,
     gtiff_profile,
     masked_area_km2,
@@ -52,33 +53,6 @@ ROLES = ("train", "test")
 
 class PrepareWarning(UserWarning):
     """Something a user should know about the inputs that does not stop the scene being prepared."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """The pixel grid of the scene (the first image's)."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return _bounds(self.transform, self.width, self.height)
-
-    def box(self, col_off: int = 0, row_off: int = 0, width: int | None = None, height: int | None = None):
-        """Polygon (scene CRS) covering a block of whole pixels; the whole grid by default."""
-        from shapely.geometry import Polygon
-
-        w = self.width - col_off if width is None else width
-        h = self.height - row_off if height is None else height
-        c0, r0 = col_off, row_off
-        corners = [(c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h)]
-        return Polygon([self.transform @ c for c in corners])
-
-    def window_transform(self, window: Window) -> Affine:
-        return self.transform @ Affine.translation(window.col_off, window.row_off)
 
 
 @dataclass
@@ -251,9 +225,6 @@ def _grid_of(ds: rasterio.DatasetReader, path: Path) -> Grid:
     return Grid(ds.crs, t, ds.width, ds.height)
 
 
-def _bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
-    xs, ys = zip(*(transform @ c for c in ((0, 0), (width, 0), (0, height), (width, height))), strict=True)
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
