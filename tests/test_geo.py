@@ -1,0 +1,35 @@
+"""Ground metres and km² from slidemap.geo in geographic, projected and distorting projected CRSs."""
+
+import numpy as np
+import pyproj
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+from shapely.geometry import box
+from shapely.ops import transform as shp_transform
+
+from slidemap.geo import masked_area_km2, pixel_size_m
+
+
+def _geodesic_km2(crs: CRS, geom) -> float:
+    to_ll = pyproj.Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True).transform
+    return abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(shp_transform(to_ll, geom))[0]) / 1e6
+
+
+@pytest.mark.parametrize("epsg, transform", [
+    (3857, Affine(10, 0, 1_000_000, 0, -10, 5_621_521.5)),   # Web Mercator near 45° N: scale ~1.41
+    (32723, Affine(5, 0, 740_000, 0, -5, 7_540_000)),         # UTM: planar metres
+    (4326, Affine(1e-4, 0, -42.5, 0, -1e-4, -22.3)),          # degrees
+])
+def test_mask_km2_equals_geodesic_area(epsg, transform):
+    crs = CRS.from_epsg(epsg)
+    mask = np.ones((400, 300), bool)
+    west, north = transform.c, transform.f
+    geom = box(west, north + transform.e * 400, west + transform.a * 300, north)
+    assert masked_area_km2(mask, crs, transform) == pytest.approx(_geodesic_km2(crs, geom), rel=2e-3)
+
+
+def test_web_mercator_pixel_is_shrunk_to_ground_metres():
+    dx, dy = pixel_size_m(CRS.from_epsg(3857), Affine(10, 0, 0, 0, -10, 5_621_521.5), 10)
+    assert dx == pytest.approx(10 * np.cos(np.radians(45)), rel=5e-3)
+    assert dy == pytest.approx(dx, rel=1e-6)
