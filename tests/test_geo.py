@@ -3,17 +3,19 @@
 import numpy as np
 import pyproj
 import pytest
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from shapely.geometry import box
-from shapely.ops import transform as shp_transform
 
 from slidemap.geo import masked_area_km2, pixel_size_m
 
 
 def _geodesic_km2(crs: CRS, geom) -> float:
-    to_ll = pyproj.Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True).transform
-    return abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(shp_transform(to_ll, geom))[0]) / 1e6
+    to_ll = pyproj.Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True)
+    dense = shapely.segmentize(geom, max_segment_length=abs(geom.bounds[2] - geom.bounds[0]) / 50)
+    ll = shapely.transform(dense, lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    return abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(ll)[0]) / 1e6
 
 
 @pytest.mark.parametrize("epsg, transform", [
