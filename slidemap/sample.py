@@ -263,7 +263,7 @@ def _check_options(method: str, size: int, overlap: float, count: int, max_nodat
                    ) -> tuple[int, float, int, int]:
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown sampler; use one of {', '.join(METHODS)}")
-    from slidemap.models import check_patch_size  # the networks' rule, so no chip set is cut in vain
+    from slidemap.patch_size import check_patch_size  # the networks' rule, without importing torch
 
     try:
         check_patch_size(size)

@@ -18,7 +18,8 @@ import torch
 
 from slidemap.errors import UserError
 from slidemap.models.resunet import ResidualUnit, ResUNet
-from slidemap.models.unet import SegmentationNet, UNet, size_rule_message
+from slidemap.models.unet import SegmentationNet, UNet
+from slidemap.patch_size import MIN_PATCH_SIZE, PATCH_MULTIPLE, check_patch_size
 
 __all__ = ["MODELS", "PATCH_MULTIPLE", "MIN_PATCH_SIZE", "ResUNet", "ResidualUnit", "SegmentationNet",
            "UNet", "build_model", "check_patch_size", "count_layers", "count_parameters",
@@ -26,13 +27,6 @@ __all__ = ["MODELS", "PATCH_MULTIPLE", "MIN_PATCH_SIZE", "ResUNet", "ResidualUni
 
 MODELS: dict[str, type[SegmentationNet]] = {"unet": UNet, "resunet": ResUNet}
 """Architecture name (as stored in a bundle's ``architecture``) -> network class."""
-
-PATCH_MULTIPLE = 16
-"""The public patch-size rule for both networks (the U-Net's 4 poolings need it; the ResU-Net needs 8)."""
-
-MIN_PATCH_SIZE = 32
-"""Smallest patch: the U-Net bottleneck is then 2x2 (as `UNet`'s own forward check requires)."""
-
 
 def build_model(name: str, in_channels: int, filters: int = 16, **kwargs: Any) -> SegmentationNet:
     """Build a network by name; weights are initialised from torch's global RNG (seed it first).
@@ -61,12 +55,6 @@ def build_model(name: str, in_channels: int, filters: int = 16, **kwargs: Any) -
     if not 0.0 <= float(dropout) < 1.0:
         raise UserError(f"dropout {dropout}: must be at least 0 and below 1")
     return cls(in_channels=in_channels, filters=filters, **kwargs)
-
-
-def check_patch_size(size: int) -> None:
-    """Refuse, in one line, a patch size the networks cannot take (before any chip is cut)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_PATCH_SIZE or size % PATCH_MULTIPLE:
-        raise UserError(size_rule_message(f"patch size {size}", PATCH_MULTIPLE, MIN_PATCH_SIZE))
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:

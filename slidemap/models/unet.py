@@ -18,19 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from slidemap.patch_size import size_rule_message
+
 UNET_DEPTH = 4
 """Down-sampling steps of the U-Net: inputs must be multiples of 2**4 = 16 px."""
-
-
-def size_rule_message(subject: str, multiple: int, minimum: int) -> str:
-    """The one line that says which sizes work, shared by `check_patch_size` and the forward check.
-
-    One wording for both keeps the error a user meets at ``sample`` time and the one a developer meets
-    when feeding a tensor alike, so either points to the same fix.
-    """
-    examples = ", ".join(str(minimum + multiple * k) for k in range(4))
-    return (f"{subject}: height and width must be multiples of {multiple} px, at least {minimum} "
-            f"({examples}, ...); choose one of those")
 
 
 class SegmentationNet(nn.Module):
