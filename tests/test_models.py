@@ -230,3 +230,29 @@ def test_real_landslide4sense_patch(name):
         out = model(x.contiguous(memory_format=torch.channels_last))
     assert out.shape == (1, 1, 128, 128)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"batch_norm": True}])
+def test_unet_inference_path_computes_the_same_function(kwargs):
+    """Without autograd the U-Net pools by element-wise maxima and splits the decoder's first convolution
+    instead of concatenating: the same logits up to float rounding, NaN propagated alike."""
+    torch.manual_seed(0)
+    net = build_model("unet", in_channels=5, filters=8, **kwargs).eval()
+    with torch.no_grad():  # give batch norm non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 5, 96, 64)
+    with torch.enable_grad():
+        reference = net(x)
+    with torch.inference_mode():
+        fast = net(x)
+        fast_cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert reference.requires_grad and not fast.requires_grad
+    assert reference.abs().max() > 0.01  # a live network, not all zeros
+    torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast_cl, reference.detach(), rtol=0, atol=1e-5)
+    x[0, :, 10, 10] = float("nan")
+    with torch.inference_mode():
+        assert torch.isnan(net(x)[0]).any() and not torch.isnan(net(x)[1]).any()

@@ -20,7 +20,7 @@ from slidemap.cli import main
 from slidemap.errors import UserError
 from slidemap.models import build_model
 from slidemap.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
-from slidemap.predict import AxisTiling, check_tiling, predict, predict_array, standardise
+from slidemap.predict import AxisTiling, check_tiling, predict, predict_array, standardise, wide_tile
 from slidemap.scene import Scene
 
 
@@ -49,17 +49,28 @@ def random_scene(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 # --- tiling geometry -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("length,tile,overlap", [(430, 128, 64), (1000, 512, 64), (200, 512, 64), (20, 64, 0),
-                                                 (577, 256, 96)])
+                                                 (577, 256, 96), (10000, 512, 64), (10001, 1856, 64),
+                                                 (3000, 32, 16)])
 def test_axis_tiling_covers_on_the_16px_grid(length, tile, overlap):
     t = AxisTiling.plan(length, tile, overlap)
     assert t.padded % 16 == 0 and t.padded >= length and t.tile % 16 == 0 and t.tile >= 32
     assert all(o % 16 == 0 for o in t.offsets)
     assert t.offsets[0] == 0 and t.offsets[-1] + t.tile == t.padded  # last one shifted back inside
     assert all(b - a <= tile - overlap for a, b in zip(t.offsets, t.offsets[1:], strict=False))
+    assert all(a + t.tile - b >= overlap for a, b in zip(t.offsets, t.offsets[1:], strict=False))
     covered = np.zeros(t.padded, bool)
     for o in t.offsets:
         covered[o:o + t.tile] = True
     assert covered.all()
+
+
+def test_axis_tiling_shrinks_tiles_to_even_out_the_last_one():
+    ten_k = AxisTiling.plan(10000, 512, 64)  # 23 tiles either way; 496 px compute 11,408 px, not 11,776
+    assert (ten_k.tile, len(ten_k.offsets), ten_k.offsets[1]) == (496, 23, 432)
+    exact = AxisTiling.plan(4096, 512, 64)  # 9 x 448 + 64 = 4096: nothing to shrink
+    assert (exact.tile, len(exact.offsets)) == (512, 9)
+    wide = AxisTiling.plan(10000, wide_tile(512, 64, 4), 64)  # 4 tiles side by side per network pass
+    assert wide_tile(512, 64, 4) == 1856 and (wide.tile, len(wide.offsets)) == (1728, 6)
 
 
 def test_blend_weights_add_to_one_in_a_regular_overlap():

@@ -18,7 +18,7 @@ from shapely.geometry import Polygon, box
 from slidemap.cli import main
 from slidemap.errors import UserError
 from slidemap.files import sha256
-from slidemap.prepare import PrepareWarning, prepare_scene
+from slidemap.prepare import PrepareWarning, _Stats, prepare_scene
 from slidemap.scene import Scene
 
 GEOD = Geod(ellps="WGS84")
@@ -211,6 +211,36 @@ def test_split_cuts_the_valid_area_3_to_2(tmp_path, axis):
         assert train["bounds"]["height"] == 76 and test["bounds"]["row_off"] == 76
     assert scene.meta["split"] == {"ratio": [3, 2], "axis": axis}
     assert not (scene.area_mask("train") & scene.area_mask("test")).any()
+    # Statistics (gathered per column/row while writing, before the cut was known) cover the train area.
+    assert scene.meta["stats_over"] == "train"
+    values = scene.read()[:, scene.area_mask("train") & (scene.read_mask() != 255)].astype(np.float64)
+    for i, name in enumerate(scene.bands):
+        s = scene.stats[name]
+        assert (s["mean"], s["std"]) == pytest.approx((values[i].mean(), values[i].std()), rel=1e-9)
+        assert (s["min"], s["max"]) == (values[i].min(), values[i].max())
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_statistics_per_line_merge_exactly_across_blocks(axis):
+    """Chan's update per column (row), blocks added in any order and merged over a subset of lines."""
+    rng = np.random.default_rng(0)
+    block = rng.normal(1000, 300, (3, 40, 50))
+    counted = rng.random((40, 50)) > 0.3
+    lines = 50 if axis == "x" else 40
+    stats = _Stats(3, lines)
+    halves = [(slice(None), slice(25, None)), (slice(None), slice(0, 25))] if axis == "x" else \
+        [(slice(20, None), slice(None)), (slice(0, 20), slice(None))]
+    for rows, cols in halves:
+        first = (cols if axis == "x" else rows).start
+        stats.add_lines(block[:, rows, cols], counted[rows, cols], axis, first)
+    keep = np.arange(lines) < 30
+    selected = counted & (keep[None, :] if axis == "x" else keep[:, None])
+    values = block[:, selected]
+    d = stats.merged(keep).as_dict("abc")
+    for i, name in enumerate("abc"):
+        expected = (values[i].mean(), values[i].std())
+        assert (d[name]["mean"], d[name]["std"]) == pytest.approx(expected, rel=1e-12)
+        assert (d[name]["min"], d[name]["max"]) == (values[i].min(), values[i].max())
 
 
 def test_geographic_scene_km2_and_mask_counts(tmp_path):
