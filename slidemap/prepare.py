@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -482,14 +483,20 @@ def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[
     step = max(1, -(-max(grid.width, grid.height) // QUICKLOOK_SIZE))
     overview = np.full((3, -(-grid.height // step), -(-grid.width // step)), np.nan, dtype=np.float32)
     windows = list(block_windows(grid.width, grid.height, BLOCK))
-    with rasterio.open(folder / "stack.tif", "w", **stack_profile) as dst, \
+    with contextlib.ExitStack() as stack, rasterio.open(folder / "stack.tif", "w", **stack_profile) as dst, \
             rasterio.open(folder / "mask.tif", "w", **mask_profile) as mdst, _progress() as progress:
         for i, name in enumerate(bands, start=1):
             dst.set_band_description(i, name)
         mdst.set_band_description(1, "landslide")
         task = progress.add_task("stack + mask", total=len(windows))
-        for w in windows:
-            layers, valid = _read_block(grid, w, readers, dem_reader, terrain)
+        # A reader thread reads (and warps) block k + 1 while this one compresses and writes block k:
+        # GDAL drops the GIL for both, and only that thread touches the input datasets.
+        reader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="slidemap-read"))
+        pending = reader.submit(_read_block, grid, windows[0], readers, dem_reader, terrain)
+        for k, w in enumerate(windows):
+            layers, valid = pending.result()
+            if k + 1 < len(windows):
+                pending = reader.submit(_read_block, grid, windows[k + 1], readers, dem_reader, terrain)
             layers[:, ~valid] = np.nan
             dst.write(layers, window=w)
             r0, c0 = int(w.row_off), int(w.col_off)
