@@ -178,8 +178,8 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    precision: str | None = typer.Option(None, help="32, bf16 (bf16-mixed) or 16-mixed (GPU only); default: "
-                                         "32 on CPU, mixed precision on a GPU."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 (bf16-mixed) or 16-mixed (GPU only); auto: "
+                                  "mixed precision on a GPU, bf16 on a CPU with native bf16, else 32."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -216,8 +216,8 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
-    precision: str = typer.Option("32", help="CPU inference precision: 32 or bf16 (about 2x faster on CPUs "
-                                  "with bf16 support; a GPU always uses mixed precision)."),
+    precision: str = typer.Option("auto", help="CPU inference precision: auto, 32 or bf16 (auto: bf16 on "
+                                  "CPUs with native bf16, 1.6x faster; a GPU always uses mixed precision)."),
 ) -> None:
     """Predict landslides over a whole scene (tiled, blended, streamed) or a patch dataset."""
     given = sum(x is not None and x != [] for x in (scene, image or None, chips))
@@ -227,7 +227,7 @@ def predict(
         from slidemap.l4s import predict_patches
 
         result = predict_patches(model, chips, out, threshold=threshold, batch_size=batch_size,
-                                 device=device.value, evaluate=evaluate)
+                                 device=device.value, evaluate=evaluate, precision=precision)
     else:
         import warnings
 

@@ -342,29 +342,6 @@ def _bundle_norm(meta: dict[str, Any], model: Path) -> tuple[np.ndarray, np.ndar
     return (np.asarray(mean, np.float32)[:, None, None], np.asarray(std, np.float32)[:, None, None])
 
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return device
-
-
-def _probabilities(net, x: np.ndarray, device: str) -> np.ndarray:
-    """Landslide probability (B, H, W) for a standardised batch (B, C, H, W).
-
-    Every slidemap network returns logits (B, 1, H, W) (the sigmoid is kept out of the network so that
-    training can use the numerically stable BCE-with-logits); the sigmoid is applied here.
-    """
-    import torch
-
-    with torch.inference_mode():
-        logits = net(torch.from_numpy(x).to(device)).float()
-        return torch.sigmoid(logits[:, 0]).cpu().numpy()
-
-
 def _outline(mask: np.ndarray) -> np.ndarray:
     from scipy.ndimage import binary_erosion
 
@@ -399,16 +376,18 @@ def _preview_indexes(n: int, previews: int) -> list[int]:
 
 def predict_patches(model: str | Path, chips: str | Path, out: str | Path, threshold: str | float = "best",
                     batch_size: int = 4, device: str = "auto", evaluate: bool = False,
-                    previews: int = 24) -> dict[str, Any]:
+                    previews: int = 24, precision: str = "auto") -> dict[str, Any]:
     """Predict every patch of a chip set with a model bundle; write ``mask_N.h5`` files into ``out``.
 
     The masks are in the benchmark's submission format (dataset ``mask``, (128, 128) uint8, 0/1, named
     after the image numbers), so ``out`` can be zipped and submitted. Inputs are standardised with the
     *bundle's* statistics (those the network was trained with), never the chip set's; nodata (NaN)
     becomes 0 after standardisation, i.e. the training mean. ``previews`` PNGs (evenly spread over the
-    patches) go to ``out/previews``; ``evaluate`` also scores against the chip set's masks.
+    patches) go to ``out/previews``; ``evaluate`` also scores against the chip set's masks. The network
+    runs as in whole-scene prediction (`slidemap.predict.TileRunner`: device, ``precision``).
     """
     from slidemap.bundle import load_bundle
+    from slidemap.predict import TileRunner
 
     bundle = load_bundle(model)
     model = Path(model)
@@ -418,8 +397,7 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
     th = bundle.threshold(threshold)
     idx = _band_selection(bundle.bands, chipset, model)
     mean, std = _bundle_norm(bundle.meta, model)
-    device = _pick_device(device)
-    net = bundle.build_model().to(device)
+    runner = TileRunner(bundle.build_model(), device, precision)
     n = len(chipset)
     names = [_mask_name(w, i) for i, w in enumerate(chipset.windows)] if chipset.windows else \
         [f"mask_{i}.h5" for i in range(n)]
@@ -433,7 +411,7 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
             stop = min(start + batch_size, n)
             raw = np.asarray(chipset.images[start:stop], dtype=np.float32)[:, idx]
             x = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-            prob = _probabilities(net, x, device)
+            prob = runner(x)
             for k, i in enumerate(range(start, stop)):
                 pred = (prob[k] >= th).astype(np.uint8)
                 positive_px += int(pred.sum())
@@ -446,7 +424,7 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
             "kind": "patches", "chips": str(chipset.path.resolve()), "model": str(model.resolve()),
             "threshold": th, "threshold_choice": str(threshold), "bands": bundle.bands, "count": n,
             "masks": names, "sources": [w.get("source", "") for w in chipset.windows],
-            "landslide_pixels": positive_px,
+            "landslide_pixels": positive_px, "device": str(runner.device), "precision": runner.precision,
         })
     result: dict[str, Any] = {"out": str(out), "patches": n, "threshold": round(th, 4),
                               "previews": len(show), "landslide_pixels": positive_px}
