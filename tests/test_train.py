@@ -27,7 +27,7 @@ from slidemap.errors import UserError
 from slidemap.files import atomic_dir
 from slidemap.losses import build_loss, masked_bce
 from slidemap.metrics import best_threshold
-from slidemap.models import build_model
+from slidemap.models import build_model, cpu_has_native_bf16
 from slidemap.train import overlap_pairs, split_chips, train
 
 BANDS = ("red", "nir", "dem")
@@ -162,6 +162,8 @@ def test_bundle_round_trip(reference, chips):
     assert set(meta["stats"]) == set(BANDS) and "mean" in meta["stats"]["red"]
     assert meta["thresholds"]["0.5"] == 0.5 and 0 < meta["thresholds"]["best"] < 1
     assert meta["training"]["epochs_run"] == 3
+    # --precision auto (the default) trains in bf16 exactly where the CPU has bf16 natively.
+    assert meta["training"]["precision"] == ("bf16-mixed" if cpu_has_native_bf16() else "32")
     best = torch.load(reference / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     net = build_model("unet", in_channels=3, filters=8)
     net.load_state_dict({k.removeprefix("net."): v for k, v in best["state_dict"].items()})
