@@ -417,6 +417,8 @@ def true_colour(scene: Scene, grid: Grid, window: Window, shape: tuple[int, int]
         if finite.any():
             lo, hi = np.percentile(band[finite], (2, 98))
             out[..., i] = np.clip((np.where(finite, band, lo) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    # Image nodata mid-grey, not black: under the map's nodata shading it matches the legend's grey.
+    out[~np.isfinite(bands).all(axis=0)] = 0.6
     return out
 
 
