@@ -537,7 +537,7 @@ def _resolve_precision(precision: str | None, accelerator: str) -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     precision = PRECISION_ALIASES.get(precision, precision)
     if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        raise UserError(f"--precision {precision}: use one of auto, {', '.join(PRECISIONS)} (or bf16)")
     if precision == "16-mixed" and accelerator == "cpu":
         raise UserError("--precision 16-mixed: needs a GPU; on CPU use 32 or bf16-mixed")
     return precision
