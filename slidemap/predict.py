@@ -76,10 +76,10 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from slidemap.bundle import Bundle, load_bundle
+from slidemap.device import cpu_has_native_bf16, resolve_device
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir, write_json
 from slidemap.geo import gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.models import cpu_has_native_bf16
 from slidemap.polygons import ComponentLabeler, LandslideWriter, gc_paused, polygon_pieces
 
 PREDICTION_FORMAT = "slidemap.prediction"
@@ -92,7 +92,7 @@ MASK_NODATA = 255
 TERRAIN_LAYERS = ("dem", "slope", "aspect", "hillshade")
 PRECISIONS = ("auto", "32", "bf16")
 """CPU inference precisions (a GPU always runs mixed precision); ``auto``: bf16 where the CPU has it
-natively (`slidemap.models.cpu_has_native_bf16`), else fp32."""
+natively (`slidemap.device.cpu_has_native_bf16`), else fp32."""
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
 GDAL_CACHE_MB = 256  # GDAL's default, 5 % of RAM, would hold ~1 GiB of decoded blocks of a large scene
 
@@ -183,19 +183,6 @@ def _reflect_index(length: int, padded: int) -> np.ndarray:
 
 
 # --- the network -------------------------------------------------------------------------------------
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a UserError."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: give auto, cpu or cuda")
-    return torch.device(device)
-
 
 class TileRunner:
     """Runs the network on batches of standardised tiles and returns probabilities (sigmoid of logits).

@@ -46,6 +46,7 @@ from slidemap import __version__
 from slidemap.augment import apply_symmetries, draw_symmetries
 from slidemap.bundle import save_bundle
 from slidemap.chips import ChipSet
+from slidemap.device import cpu_has_native_bf16, resolve_device
 from slidemap.errors import UserError
 from slidemap.files import atomic_file, sha256
 from slidemap.losses import LOSSES, build_loss
@@ -518,20 +519,11 @@ def _load_net_weights(net: torch.nn.Module, ckpt: Path) -> None:
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
 
 
-def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {device}: use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: torch sees no CUDA GPU here; use --device cpu (or auto)")
-    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def _resolve_precision(precision: str | None, accelerator: str) -> str:
     """``None``/``auto``: mixed precision on a GPU; on CPU bf16-mixed where the CPU has bf16 natively
-    (1.4-3.2x the chips/s of fp32 there, validation F1 within 0.01: docs/performance.md), else 32."""
+    (1.4-3.2x the chips/s of fp32 there; validation F1 moved less than between seeds: docs/performance.md),
+    else 32."""
     if precision is None or precision == "auto":
-        from slidemap.models import cpu_has_native_bf16
-
         if accelerator == "cpu":
             return "bf16-mixed" if cpu_has_native_bf16() else "32"
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
@@ -629,7 +621,7 @@ def train(chips: str | Path, out: str | Path, model: str = "unet", filters: int 
     if loss not in LOSSES:
         raise UserError(f"--loss {loss}: unknown loss; use one of {', '.join(LOSSES)}")
     build_loss(loss, pos_weight)  # checks pos_weight
-    accelerator = _resolve_device(device)
+    accelerator = resolve_device(device).type
     precision = _resolve_precision(precision, accelerator)
     from slidemap.models import build_model, check_patch_size
 

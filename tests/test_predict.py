@@ -17,8 +17,9 @@ from scipy import ndimage
 
 from slidemap.bundle import save_bundle
 from slidemap.cli import main
+from slidemap.device import cpu_has_native_bf16
 from slidemap.errors import UserError
-from slidemap.models import build_model, cpu_has_native_bf16
+from slidemap.models import build_model
 from slidemap.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
 from slidemap.predict import (
     AxisTiling,

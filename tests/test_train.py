@@ -23,11 +23,12 @@ from slidemap.augment import apply_symmetries, draw_symmetries, transform
 from slidemap.bundle import load_bundle
 from slidemap.chips import ChipSet, write_chipset
 from slidemap.cli import main
+from slidemap.device import cpu_has_native_bf16
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir
 from slidemap.losses import build_loss, masked_bce
 from slidemap.metrics import best_threshold
-from slidemap.models import build_model, cpu_has_native_bf16
+from slidemap.models import build_model
 from slidemap.train import overlap_pairs, split_chips, train
 
 BANDS = ("red", "nir", "dem")

@@ -23,19 +23,10 @@ from slidemap.patch_size import MIN_PATCH_SIZE, PATCH_MULTIPLE, check_patch_size
 
 __all__ = ["MODELS", "PATCH_MULTIPLE", "MIN_PATCH_SIZE", "ResUNet", "ResidualUnit", "SegmentationNet",
            "UNet", "build_model", "check_patch_size", "count_layers", "count_parameters",
-           "cpu_has_native_bf16", "parameter_table", "receptive_field"]
+           "parameter_table", "receptive_field"]
 
 MODELS: dict[str, type[SegmentationNet]] = {"unet": UNet, "resunet": ResUNet}
 """Architecture name (as stored in a bundle's ``architecture``) -> network class."""
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), which is when ``--precision auto``
-    picks bf16 autocast: there it trains 1.4-3.2x and predicts 1.6x faster than fp32 (docs/performance.md);
-    elsewhere bf16 would be emulated, slower than fp32."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # a torch without these probes: stay with fp32
-        return False
 
 
 def build_model(name: str, in_channels: int, filters: int = 16, **kwargs: Any) -> SegmentationNet:
