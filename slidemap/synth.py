@@ -778,10 +778,7 @@ def _settlements(rng: np.random.Generator, grid: Grid, terrain: dict[str, np.nda
     yards = np.clip(0.35 + 0.25 * smooth_noise(rng, (n, n), 40.0 / p), 0.0, 1.0)
     _paint(refl, town, _spectrum("urban_ground"), 1.0 - yards)
     cover[town] = COVER["urban"]
-    ids = _rasterize(grid, buildings, all_touched=True)
-    roof = ids > 0
-    _paint(refl, roof, np.asarray(spectra).T[:, ids[roof] - 1], 0.85)
-    cover[roof] = COVER["building"]
+    _paint_numbered(grid, buildings, spectra, refl, cover, 0.85, "building")
 
 
 def _rivers(rng: np.random.Generator, grid: Grid, rivers: list[River], refl: np.ndarray,
@@ -831,10 +828,17 @@ def _roads(rng: np.random.Generator, grid: Grid, rivers: list[River], refl: np.n
     for i, (line, kind) in enumerate(lines):
         shapes.append((line.buffer(rng.uniform(2.0, 3.5)), i + 1))
         spectra.append(_jitter(rng, kind, 0.12))
+    _paint_numbered(grid, shapes, spectra, refl, cover, 0.8, "road")
+
+
+def _paint_numbered(grid: Grid, shapes: list, spectra: list, refl: np.ndarray, cover: np.ndarray,
+                    opacity: float, kind: str) -> None:
+    """Paint shapes numbered 1..n (``(geometry, i)``), each in its own spectrum ``spectra[i - 1]``, and
+    mark their pixels (every pixel they touch) as cover ``kind``."""
     ids = _rasterize(grid, shapes, all_touched=True)
-    road = ids > 0
-    _paint(refl, road, np.asarray(spectra).T[:, ids[road] - 1], 0.8)
-    cover[road] = COVER["road"]
+    inside = ids > 0
+    _paint(refl, inside, np.asarray(spectra).T[:, ids[inside] - 1], opacity)
+    cover[inside] = COVER[kind]
 
 
 def _landslides(rng: np.random.Generator, grid: Grid, slides: list[Landslide], refl: np.ndarray,
