@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from slidemap.chips import ChipSet, open_arrays, write_chipset
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir, atomic_file, read_json, require_dir, require_file, write_json
 from slidemap.metrics import Counts, confusion, scores
+from slidemap.progress import track
 
 L4S_SIZE = 128
 L4S_BANDS = [f"B{i}" for i in range(1, 13)] + ["slope", "dem"]
@@ -244,18 +244,6 @@ def published_band_stats() -> dict[str, dict[str, float]]:
 
 # --- import -------------------------------------------------------------------------------------------
 
-def _progress(items: Iterable, total: int, description: str) -> Iterator:
-    """Iterate with a progress bar on stderr when it is a terminal (silent in tests and logs)."""
-    from rich.console import Console
-    from rich.progress import track
-
-    if not sys.stderr.isatty():
-        yield from items
-        return
-    yield from track(items, total=total, description=description, console=Console(stderr=True),
-                     transient=True)
-
-
 def import_l4s(folder: str | Path, out: str | Path, list_file: str | Path | None = None,
                published_stats: bool = False) -> ChipSet:
     """Import Landslide4Sense patches into a chip set at ``out`` (images float32 channels first, masks uint8).
@@ -272,7 +260,7 @@ def import_l4s(folder: str | Path, out: str | Path, list_file: str | Path | None
     landslide_px = 0
     with atomic_dir(out) as tmp:
         images, masks = open_arrays(tmp, len(patches), len(L4S_BANDS), L4S_SIZE, with_masks=with_masks)
-        for i, patch in enumerate(_progress(patches, len(patches), "importing patches")):
+        for i, patch in enumerate(track(patches, "importing patches", len(patches))):
             chip = read_image(patch.image)
             images[i] = chip
             stats.add(chip)
@@ -407,7 +395,7 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
     positive_px = 0
     with atomic_dir(out) as tmp:
         (tmp / "previews").mkdir()
-        for start in _progress(range(0, n, batch_size), -(-n // batch_size), "predicting patches"):
+        for start in track(range(0, n, batch_size), "predicting patches", -(-n // batch_size)):
             stop = min(start + batch_size, n)
             raw = np.asarray(chipset.images[start:stop], dtype=np.float32)[:, idx]
             x = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)

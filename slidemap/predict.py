@@ -81,6 +81,7 @@ from slidemap.errors import UserError
 from slidemap.files import atomic_dir, write_json
 from slidemap.geo import gtiff_profile, open_raster, row_pixel_areas_m2
 from slidemap.polygons import ComponentLabeler, LandslideWriter, gc_paused, polygon_pieces
+from slidemap.progress import bar
 
 PREDICTION_FORMAT = "slidemap.prediction"
 PREDICTION_FORMAT_VERSION = 1
@@ -442,18 +443,6 @@ def _build_overviews(path: Path, resampling: Resampling) -> None:
             ds.update_tags(ns="rio_overview", resampling=resampling.name)
 
 
-def _progress():
-    """A progress bar on stderr that counts km² (stdout stays clean for the results)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(),
-                    TextColumn("{task.completed:,.2f}/{task.total:,.2f} km²"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=Console(stderr=True))
-
-
-# --- the command -------------------------------------------------------------------------------------
-
 def predict(model: str | Path | Bundle, out: str | Path, scene: str | Path | None = None,
             area: str | None = None, images: list[str | Path] | None = None, dem: str | Path | None = None,
             tile: int = 512, overlap: int = 64, threshold: str | float = "best", min_area: float = 0.0,
@@ -573,7 +562,7 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
     valid_km2 = 0.0
     t0 = time.perf_counter()
     has_mask = Path(sc.mask_path).exists()
-    progress = _progress()
+    progress = bar("km²", transient=False)
 
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(rasterio.open(sc.stack_path))

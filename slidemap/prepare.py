@@ -43,6 +43,7 @@ from slidemap.geo import (
     row_pixel_areas_m2,
     row_pixel_sizes_m,
 )
+from slidemap.progress import bar
 from slidemap.quicklook import QUICKLOOK_SIZE, render_quicklook, rgb_band_indexes
 from slidemap.scene import NODATA_MASK, SCENE_FORMAT, SCENE_FORMAT_VERSION, Scene
 from slidemap.terrain import TERRAIN_LAYERS, terrain_layers
@@ -484,7 +485,7 @@ def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[
     overview = np.full((3, -(-grid.height // step), -(-grid.width // step)), np.nan, dtype=np.float32)
     windows = list(block_windows(grid.width, grid.height, BLOCK))
     with contextlib.ExitStack() as stack, rasterio.open(folder / "stack.tif", "w", **stack_profile) as dst, \
-            rasterio.open(folder / "mask.tif", "w", **mask_profile) as mdst, _progress() as progress:
+            rasterio.open(folder / "mask.tif", "w", **mask_profile) as mdst, bar() as progress:
         for i, name in enumerate(bands, start=1):
             dst.set_band_description(i, name)
         mdst.set_band_description(1, "landslide")
@@ -599,7 +600,7 @@ def _summarise(folder: Path, grid: Grid, area_gdf, inv: Inventory | None, all_to
     row_hi, col_hi = np.full(n, -1), np.full(n, -1)
     slide_ids: list[set[int]] = [set() for _ in range(n)]
     windows = list(block_windows(grid.width, grid.height, BLOCK))
-    with rasterio.open(folder / "mask.tif") as msrc, _progress() as progress:
+    with rasterio.open(folder / "mask.tif") as msrc, bar() as progress:
         task = progress.add_task("areas", total=len(windows))
         for w in windows:
             mask = msrc.read(1, window=w)
@@ -663,12 +664,3 @@ def _crs_string(crs: CRS) -> str:
     if epsg is not None and CRS.from_epsg(epsg) == crs:
         return f"EPSG:{epsg}"
     return crs.to_wkt()
-
-
-def _progress():
-    """A progress bar on stderr, shown only on a terminal (quiet in tests and logs)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    console = Console(stderr=True)
-    return Progress(console=console, transient=True, disable=not console.is_terminal)

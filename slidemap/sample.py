@@ -15,8 +15,6 @@ files, so they can be property-tested; :func:`sample_chips` wires them to a scen
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from rasterio.windows import Window
 from slidemap.chips import ChipSet, open_arrays, write_chipset
 from slidemap.errors import UserError
 from slidemap.files import atomic_dir, require_file
+from slidemap.progress import track
 from slidemap.scene import NODATA_MASK, Scene
 
 METHODS = ("grid", "random")
@@ -361,7 +360,8 @@ def _fill_chips(sc: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.nd
                 continue
             nbytes = n_bands * int(box.window.height) * int(box.window.width) * 4
             stack = ds.read(window=box.window, out_dtype="float32") if nbytes < MAX_BBOX_BYTES else None
-            for j in _progress(idx, f"chips of {box.name}"):
+            # a bar only where it is worth drawing: thousands of chips
+            for j in track(idx, f"chips of {box.name}") if idx.size >= 2000 else idx:
                 r, c = int(rows[j]), int(cols[j])
                 if stack is not None:
                     chip = stack[:, r:r + size, c:c + size]
@@ -381,14 +381,3 @@ def _no_window_message(sc: Scene, method: str, size: int, max_nodata: int, requi
             f"(wholly inside, clear of test areas, at most {max_nodata} nodata px); try a smaller --size"
             f"{' or a larger --max-nodata' if max_nodata == 0 else ''}"
             f"{' or more --count' if method == 'random' and require_landslide else ''}")
-
-
-def _progress(items: Iterable, description: str) -> Iterator:
-    """Iterate with a progress bar on an interactive terminal, silently otherwise."""
-    items = list(items)
-    if len(items) < 2000 or not sys.stderr.isatty():
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, description=description, transient=True)
