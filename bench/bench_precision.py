@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from slidemap.demo import DEFAULT, FAST
-    from slidemap.predict import predict
-    from slidemap.prepare import prepare_scene
-    from slidemap.sample import sample_chips
-    from slidemap.synth import synthesize
-    from slidemap.train import train
+    from slidemap.sources.synth import synthesize
+    from slidemap.stages.predict import predict
+    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.sample import sample_chips
+    from slidemap.stages.train import train
 
     cfg = FAST if args.fast else DEFAULT
     print(f"# bench_precision  {machine_line()}")

@@ -48,15 +48,15 @@ def write_scene(folder: Path, size: int, seed: int = 0) -> Path:
     from rasterio.crs import CRS
     from rasterio.windows import Window
 
-    from slidemap.files import atomic_dir, write_json
-    from slidemap.geo import gtiff_profile
-    from slidemap.scene import SCENE_FORMAT, SCENE_FORMAT_VERSION
+    from slidemap.formats.files import atomic_dir, write_json
+    from slidemap.formats.scene import SCENE_FORMAT, SCENE_FORMAT_VERSION
+    from slidemap.raster.geo import gtiff_profile
 
     crs, transform = CRS.from_epsg(32645), Affine(PIXEL_M, 0, 400000, 0, -PIXEL_M, 3000000)
     rng = np.random.default_rng(seed)
     phases = rng.uniform(0, 2 * np.pi, (len(BANDS), 3))
     stripe = (size // 3, size // 3 + max(size // 100, 1))  # rows of nodata
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "scene.json") as tmp:
         stack_profile = gtiff_profile(size, size, len(BANDS), "float32", crs, transform, nodata=float("nan"))
         mask_profile = gtiff_profile(size, size, 1, "uint8", crs, transform, nodata=255)
         with rasterio.open(tmp / "stack.tif", "w", **stack_profile) as st, \
@@ -91,8 +91,8 @@ def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
     """A random U-Net whose head makes ~2 % of a standardised synthetic scene come out as landslide."""
     import torch
 
-    from slidemap.bundle import save_bundle
-    from slidemap.models import build_model
+    from slidemap.nn.bundle import save_bundle
+    from slidemap.nn.models import build_model
 
     torch.manual_seed(seed)
     net = build_model("unet", in_channels=len(BANDS), filters=filters).eval()
@@ -114,7 +114,7 @@ def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
 
 CHILD = """
 import sys, time
-from slidemap.predict import predict
+from slidemap.stages.predict import predict
 t = time.perf_counter()
 predict(sys.argv[1], sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]), overlap=int(sys.argv[5]),
         batch_size=int(sys.argv[6]), device="cpu", precision=sys.argv[7])

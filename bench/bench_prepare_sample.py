@@ -4,10 +4,10 @@
     python bench/bench_prepare_sample.py --size 2048 --chip-size 64 --overlap 0.5
     python bench/bench_prepare_sample.py --quick         # smoke run: 512² scene, 64 px chips
 
-The scene comes from ``slidemap.synth.synthesize`` (its time is printed, not judged). ``prepare`` is
+The scene comes from ``slidemap.sources.synth.synthesize`` (its time is printed, not judged). ``prepare`` is
 timed from the GeoTIFF/GeoPackage inputs to the complete scene folder and reported per scene pixel;
 ``sample`` per scene pixel and per chip pixel written. The epoch is one epoch of
-``slidemap.train.train`` (U-Net-16, batch 16, the trainer's defaults) on the very chips sampled, so the
+``slidemap.stages.train.train`` (U-Net-16, batch 16, the trainer's defaults) on the very chips sampled, so the
 target "prepare + sample < 10 % of an epoch" is a ratio measured in one run on one machine.
 """
 
@@ -53,10 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.size, args.chip_size = 512, 64
 
-    from slidemap.prepare import prepare_scene
-    from slidemap.sample import sample_chips
-    from slidemap.synth import synthesize
-    from slidemap.train import train
+    from slidemap.sources.synth import synthesize
+    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.sample import sample_chips
+    from slidemap.stages.train import train
 
     print(f"# bench_prepare_sample  {machine_line()}")
     print(f"# command: {' '.join(sys.argv)}")

@@ -3,7 +3,7 @@
     python bench/bench_train.py                       # ladder on unet16@128, the grid, then e2e
     python bench/bench_train.py --section levers      # only the ladder (plain fp32 -> every lever)
     python bench/bench_train.py --section grid --configs unet16@128,resunet16@64 --precision bf16
-    python bench/bench_train.py --section e2e         # through slidemap.train.train (whole epochs)
+    python bench/bench_train.py --section e2e         # through slidemap.stages.train.train (whole epochs)
     python bench/bench_train.py --quick               # smoke run: few steps, small configs
 
 A step is what the trainer does per batch: forward, masked BCE, backward, Adam. Inputs are one random
@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, load_average, machine_line, write_chipset  # noqa: E402
 
-from slidemap.losses import masked_bce  # noqa: E402
-from slidemap.models import build_model  # noqa: E402
+from slidemap.nn.losses import masked_bce  # noqa: E402
+from slidemap.nn.models import build_model  # noqa: E402
 
 BANDS = 6
 BATCH = 16
@@ -252,8 +252,8 @@ def run_grid(configs: list[str], precisions: list[str], rounds: int) -> list[dic
 
 
 def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int, epochs: int) -> None:
-    """Whole epochs through ``slidemap.train.train`` on a synthetic chip set: what a user gets."""
-    from slidemap.train import train  # noqa: PLC0415  (only this section needs the trainer)
+    """Whole epochs through ``slidemap.stages.train.train`` on a synthetic chip set: what a user gets."""
+    from slidemap.stages.train import train  # noqa: PLC0415  (only this section needs the trainer)
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

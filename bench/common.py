@@ -156,8 +156,8 @@ def write_chipset(folder: Path, count: int, size: int, bands: int = 6, seed: int
     """
     import numpy as np  # noqa: PLC0415
 
-    from slidemap.chips import write_chipset as write  # noqa: PLC0415
-    from slidemap.files import atomic_dir  # noqa: PLC0415
+    from slidemap.formats.chips import write_chipset as write  # noqa: PLC0415
+    from slidemap.formats.files import atomic_dir  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -176,7 +176,7 @@ def write_chipset(folder: Path, count: int, size: int, bands: int = 6, seed: int
     side = int(np.ceil(np.sqrt(count)))
     windows = [{"row": (i // side) * size, "col": (i % side) * size, "size": size, "area": "train",
                 "source": "synthetic"} for i in range(count)]
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "chips.json") as tmp:
         write(tmp, images, masks, windows, {"bands": names, "stats": stats, "sampler": {"method": "synthetic",
                                                                                       "seed": seed}})
     return Path(folder)

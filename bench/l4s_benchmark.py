@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from slidemap.errors import UserError
-from slidemap.l4s import L4S_BASELINE, format_table, import_l4s, predict_patches
-from slidemap.metrics import Counts
+from slidemap.raster.metrics import Counts
+from slidemap.sources.l4s import L4S_BASELINE, format_table, import_l4s, predict_patches
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
 SMOKE_TRAIN = [1, 2, 3, 16, 27]
@@ -73,7 +73,7 @@ def smoke_lists(work: Path) -> tuple[Path, Path, Path]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from slidemap.train import train
+    from slidemap.stages.train import train
 
     smoke = args.data is None
     work = args.work or Path(tempfile.mkdtemp(prefix="slidemap-l4s-"))

@@ -77,7 +77,7 @@ def synth(
                                        help="Blank a stripe of the image, declared as nodata."),
 ) -> None:
     """Write a synthetic study area: image, DEM, landslide inventory and train/test areas."""
-    from slidemap.synth import synthesize
+    from slidemap.sources.synth import synthesize
 
     paths = synthesize(out, seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
                        nodata_stripe=nodata_stripe)
@@ -107,7 +107,7 @@ def prepare(
     """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
     import warnings
 
-    from slidemap.prepare import PrepareWarning, prepare_scene
+    from slidemap.stages.prepare import PrepareWarning, prepare_scene
 
     if (areas is None) == (split is None):
         raise UserError("--areas / --split: give exactly one (a file of named areas, or e.g. --split 3:2)")
@@ -141,7 +141,7 @@ def sample(
     seed: int = typer.Option(0, help="Random seed (same seed: identical chips)."),
 ) -> None:
     """Cut training chips from a scene's train area (regular grid or random windows)."""
-    from slidemap.sample import sample_chips
+    from slidemap.stages.sample import sample_chips
 
     chips = sample_chips(scene, out, method=method.value, size=size, overlap=overlap, count=count,
                          require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed)
@@ -184,7 +184,7 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a U-Net or ResU-Net on a chip set; writes a run folder with the model bundle."""
-    from slidemap.train import train as train_fn
+    from slidemap.stages.train import train as train_fn
 
     result = train_fn(chips, out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs,
                       lr=lr, val_fraction=val_fraction, augment=augment, patience=patience,
@@ -224,14 +224,14 @@ def predict(
     if given != 1:
         raise UserError("--scene / --image / --chips: give exactly one input to predict")
     if chips is not None:
-        from slidemap.l4s import predict_patches
+        from slidemap.sources.l4s import predict_patches
 
         result = predict_patches(model, chips, out, threshold=threshold, batch_size=batch_size,
                                  device=device.value, evaluate=evaluate, precision=precision)
     else:
         import warnings
 
-        from slidemap.predict import predict as predict_fn
+        from slidemap.stages.predict import predict as predict_fn
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
@@ -260,8 +260,8 @@ def evaluate(
     """Precision, recall, F1, IoU, areas in km², found landslides and error maps per test area."""
     import warnings
 
-    from slidemap.evaluate import EvaluateWarning
-    from slidemap.evaluate import evaluate as evaluate_fn
+    from slidemap.stages.evaluate import EvaluateWarning
+    from slidemap.stages.evaluate import evaluate as evaluate_fn
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluateWarning)
@@ -295,7 +295,7 @@ def l4s_import(
                                          "statistics computed from the imported patches."),
 ) -> None:
     """Import Landslide4Sense HDF5 patches into a slidemap chip set."""
-    from slidemap.l4s import import_l4s
+    from slidemap.sources.l4s import import_l4s
 
     chips = import_l4s(folder, out, list_file=list_file, published_stats=published_stats)
     typer.echo(f"chip set {chips.path}: {len(chips)} patches, bands {', '.join(chips.bands)}")

@@ -35,11 +35,11 @@ FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, 
 
 def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 0) -> dict:
     """Run every stage into ``out`` and return the evaluation result (with its printable table)."""
-    from slidemap.predict import predict
-    from slidemap.prepare import prepare_scene
-    from slidemap.sample import sample_chips
-    from slidemap.synth import synthesize
-    from slidemap.train import train
+    from slidemap.sources.synth import synthesize
+    from slidemap.stages.predict import predict
+    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.sample import sample_chips
+    from slidemap.stages.train import train
 
     cfg = FAST if fast else DEFAULT
     out = Path(out)

@@ -18,9 +18,9 @@ from shapely.geometry import box
 
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.evaluate import FN, FP, NODATA, TN, TP, ObjectTracker, evaluate
-from slidemap.geo import block_windows
-from slidemap.metrics import confusion
+from slidemap.raster.geo import block_windows
+from slidemap.raster.metrics import confusion
+from slidemap.stages.evaluate import FN, FP, NODATA, TN, TP, ObjectTracker, evaluate
 
 UTM = "EPSG:32633"
 UTM_10M = Affine(10, 0, 500000, 0, -10, 5000000)
@@ -420,9 +420,9 @@ def test_chip_set_truth_is_delegated(hand, tmp_path, monkeypatch):
     chips = tmp_path / "chips"
     chips.mkdir()
     (chips / "chips.json").write_text("{}")
-    fake = types.ModuleType("slidemap.l4s")
+    fake = types.ModuleType("slidemap.sources.l4s")
     fake.evaluate_patches = lambda p, t: {"table": "patches", "called": (Path(p), Path(t))}
-    monkeypatch.setitem(sys.modules, "slidemap.l4s", fake)
+    monkeypatch.setitem(sys.modules, "slidemap.sources.l4s", fake)
     assert evaluate(pred, chips)["called"] == (pred, chips)
 
 

@@ -1,4 +1,4 @@
-"""Ground metres and km² from slidemap.geo in geographic, projected and distorting projected CRSs."""
+"""Ground metres and km² from slidemap.raster.geo in geographic, projected and distorting projected CRSs."""
 
 import numpy as np
 import pyproj
@@ -8,7 +8,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from shapely.geometry import box
 
-from slidemap.geo import masked_area_km2, pixel_size_m
+from slidemap.raster.geo import masked_area_km2, pixel_size_m
 
 
 def _geodesic_km2(crs: CRS, geom) -> float:

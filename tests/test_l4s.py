@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from slidemap.chips import ChipSet
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.l4s import (
+from slidemap.formats.chips import ChipSet
+from slidemap.sources.l4s import (
     L4S_BANDS,
     L4S_PUBLISHED_MEAN,
     L4S_PUBLISHED_STD,
@@ -310,8 +310,8 @@ def test_evaluate_errors(tmp_path):
 def tiny_bundle(path: Path, bands: list[str], stats: dict) -> Path:
     import torch
 
-    from slidemap.bundle import save_bundle
-    from slidemap.models import build_model
+    from slidemap.nn.bundle import save_bundle
+    from slidemap.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model("unet", len(bands), filters=4)
@@ -346,7 +346,7 @@ def test_predict_writes_submission_masks(tmp_path):
     assert info["chips"] == str(chips.path.resolve())
     assert "f1" in result and (pred / "metrics.json").exists()
     # the masks are the bundle's network on the chips standardised with the BUNDLE's statistics
-    from slidemap.bundle import load_bundle
+    from slidemap.nn.bundle import load_bundle
 
     net = load_bundle(bundle).build_model()
     x = np.asarray(chips.images[1:2])[:, [3, 2, 1, 13]]

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slidemap.bundle import load_bundle, save_bundle
 from slidemap.errors import UserError
-from slidemap.models import (
+from slidemap.nn.bundle import load_bundle, save_bundle
+from slidemap.nn.models import (
     MODELS,
     build_model,
     check_patch_size,

@@ -15,13 +15,14 @@ from conftest import make_rasters
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from slidemap.bundle import save_bundle
 from slidemap.cli import main
-from slidemap.device import cpu_has_native_bf16
 from slidemap.errors import UserError
-from slidemap.models import build_model
-from slidemap.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
-from slidemap.predict import (
+from slidemap.formats.scene import Scene
+from slidemap.nn.bundle import save_bundle
+from slidemap.nn.device import cpu_has_native_bf16
+from slidemap.nn.models import build_model
+from slidemap.raster.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
+from slidemap.stages.predict import (
     AxisTiling,
     TileRunner,
     check_tiling,
@@ -30,7 +31,6 @@ from slidemap.predict import (
     standardise,
     wide_tile,
 )
-from slidemap.scene import Scene
 
 
 def lively(net: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
@@ -195,7 +195,7 @@ def test_min_area_drops_specks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A 160 px scene (nodata rows 70-75) and a lively 4-filter U-Net bundle for its bands."""
-    from slidemap.prepare import prepare_scene
+    from slidemap.stages.prepare import prepare_scene
 
     root = tmp_path_factory.mktemp("predict")
     r = make_rasters(root / "in", size=160, nodata_rows=(70, 75))
@@ -299,7 +299,7 @@ def test_bare_images_equal_the_prepared_scene(study):
 
 
 def test_interrupted_predict_leaves_no_output(study, monkeypatch):
-    import slidemap.predict as mod
+    import slidemap.stages.predict as mod
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -360,7 +360,7 @@ def test_vectorised_polygon_pieces_equal_shape_by_shape():
     from rasterio import features
     from shapely.geometry import shape
 
-    from slidemap.polygons import polygon_pieces
+    from slidemap.raster.polygons import polygon_pieces
 
     ids = np.zeros((40, 50), dtype=np.int32)
     ids[2:20, 3:30] = 7

@@ -17,9 +17,9 @@ from shapely.geometry import Polygon, box
 
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.files import sha256
-from slidemap.prepare import PrepareWarning, _Stats, prepare_scene
-from slidemap.scene import Scene
+from slidemap.formats.files import sha256
+from slidemap.formats.scene import Scene
+from slidemap.stages.prepare import PrepareWarning, _Stats, prepare_scene
 
 GEOD = Geod(ellps="WGS84")
 
@@ -181,7 +181,7 @@ def test_dem_without_nodata_value_is_nodata_outside_its_footprint(tmp_path):
 
 
 def test_quicklook_true_colour_choice_and_stretch():
-    from slidemap.quicklook import rgb_band_indexes, stretch, true_colour
+    from slidemap.figures import rgb_band_indexes, stretch, true_colour
 
     assert rgb_band_indexes(["blue", "green", "red", "nir"]) == [2, 1, 0]
     assert rgb_band_indexes(["B02", "B03", "B04", "B08"]) == [2, 1, 0]

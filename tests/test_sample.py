@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
 
-from slidemap import sample as sample_mod
-from slidemap.chips import ChipSet
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.sample import (
+from slidemap.formats.chips import ChipSet
+from slidemap.formats.scene import Scene
+from slidemap.stages import sample as sample_mod
+from slidemap.stages.sample import (
     draw_offsets,
     fitting_windows,
     grid_candidates,
@@ -28,7 +29,6 @@ from slidemap.sample import (
     sample_chips,
     windows_within,
 )
-from slidemap.scene import Scene
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = settings(max_examples=30, deadline=None)

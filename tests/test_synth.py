@@ -13,9 +13,9 @@ from rasterio.warp import Resampling, reproject, transform_bounds
 
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.files import sha256
-from slidemap.geo import pixel_size_m
-from slidemap.synth import BANDS, COVER, MAX_AREA_M2, MIN_AREA_M2, generate, synthesize
+from slidemap.formats.files import sha256
+from slidemap.raster.geo import pixel_size_m
+from slidemap.sources.synth import BANDS, COVER, MAX_AREA_M2, MIN_AREA_M2, generate, synthesize
 
 SIZE, COUNT = 512, 30
 FILES = ("image", "dem", "inventory", "areas")

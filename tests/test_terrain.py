@@ -8,9 +8,9 @@ import rasterio
 from affine import Affine
 from conftest import make_rasters, plane_dem, surface_at
 
-from slidemap.geo import row_pixel_sizes_m
-from slidemap.prepare import prepare_scene
-from slidemap.terrain import aspect_deg, gradient, hillshade, slope_deg, terrain_layers
+from slidemap.raster.geo import row_pixel_sizes_m
+from slidemap.raster.terrain import aspect_deg, gradient, hillshade, slope_deg, terrain_layers
+from slidemap.stages.prepare import prepare_scene
 
 
 def _plane(h: int, w: int, dx: float, dy: float, east: float, north: float) -> np.ndarray:

@@ -19,17 +19,17 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from slidemap.augment import apply_symmetries, draw_symmetries, transform
-from slidemap.bundle import load_bundle
-from slidemap.chips import ChipSet, write_chipset
 from slidemap.cli import main
-from slidemap.device import cpu_has_native_bf16
 from slidemap.errors import UserError
-from slidemap.files import atomic_dir
-from slidemap.losses import build_loss, masked_bce
-from slidemap.metrics import best_threshold
-from slidemap.models import build_model
-from slidemap.train import overlap_pairs, split_chips, train
+from slidemap.formats.chips import ChipSet, write_chipset
+from slidemap.formats.files import atomic_dir
+from slidemap.nn.augment import apply_symmetries, draw_symmetries, transform
+from slidemap.nn.bundle import load_bundle
+from slidemap.nn.device import cpu_has_native_bf16
+from slidemap.nn.losses import build_loss, masked_bce
+from slidemap.nn.models import build_model
+from slidemap.raster.metrics import best_threshold
+from slidemap.stages.train import overlap_pairs, split_chips, train
 
 BANDS = ("red", "nir", "dem")
 FAST = dict(model="unet", filters=8, batch_size=8, epochs=3, progress=False, seed=3)
@@ -61,7 +61,7 @@ def make_chipset(folder: Path, n_side: int = 6, size: int = 32, step: int = 24, 
     stats = {b: {"mean": float(np.nanmean(images[:, k])), "std": float(np.nanstd(images[:, k])),
                  "min": float(np.nanmin(images[:, k])), "max": float(np.nanmax(images[:, k]))}
              for k, b in enumerate(BANDS)}
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, "chips.json") as tmp:
         write_chipset(tmp, images, np.stack(masks), windows,
                       {"bands": list(BANDS), "stats": stats, "sampler": {"method": "grid", "seed": seed}})
     if version is not None:
@@ -327,9 +327,9 @@ def test_batch_larger_than_training_set_warns_and_cli_runs(chips, tmp_path, caps
 # --- a real learning check on the synthetic study area ----------------------------------------------------
 
 def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
-    from slidemap.prepare import prepare_scene
-    from slidemap.sample import sample_chips
-    from slidemap.synth import synthesize
+    from slidemap.sources.synth import synthesize
+    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.sample import sample_chips
 
     paths = synthesize(tmp_path / "synth", seed=0, size=1024, landslides=80)
     prepare_scene([paths["image"]], tmp_path / "scene", dem=paths["dem"], inventory=paths["inventory"],

@@ -3,7 +3,7 @@
 The first image defines the grid. Every other input is brought onto it: images on another grid and the
 DEM are warped bilinearly (GDAL, through a virtual warped dataset read window by window, so memory stays
 bounded), the inventory and the areas are reprojected as vectors and rasterised with the centre rule.
-Terrain layers are computed from the warped DEM with true metric pixel sizes (see ``slidemap.terrain``).
+Terrain layers are computed from the warped DEM with true metric pixel sizes (see ``slidemap.raster.terrain``).
 
 Two passes over the grid, block by block: the first writes ``stack.tif`` and ``mask.tif``; the second
 reads them back to measure each area (landslides, km²) and the band statistics over the train area(s).
@@ -31,8 +31,11 @@ from rasterio.windows import Window
 
 import slidemap
 from slidemap.errors import UserError
-from slidemap.files import atomic_dir, sha256, write_json
-from slidemap.geo import (
+from slidemap.figures import QUICKLOOK_SIZE, render_quicklook, rgb_band_indexes
+from slidemap.formats.files import atomic_dir, sha256, write_json
+from slidemap.formats.scene import NODATA_MASK, SCENE_FORMAT, SCENE_FORMAT_VERSION, Scene
+from slidemap.progress import bar
+from slidemap.raster.geo import (
     Grid,
     block_windows,
     gtiff_profile,
@@ -43,10 +46,7 @@ from slidemap.geo import (
     row_pixel_areas_m2,
     row_pixel_sizes_m,
 )
-from slidemap.progress import bar
-from slidemap.quicklook import QUICKLOOK_SIZE, render_quicklook, rgb_band_indexes
-from slidemap.scene import NODATA_MASK, SCENE_FORMAT, SCENE_FORMAT_VERSION, Scene
-from slidemap.terrain import TERRAIN_LAYERS, terrain_layers
+from slidemap.raster.terrain import TERRAIN_LAYERS, terrain_layers
 
 BLOCK = 1024  # pixels per side of a processing block (a multiple of the 256 px GeoTIFF tiles)
 GDAL_CACHE_MB = 256  # GDAL's block cache (its default, 5 % of RAM, is what would grow with the scene)
@@ -209,7 +209,9 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
             train_geoms = list(area_gdf.loc[area_gdf["role"] == "train"].geometry)
         lines = grid.width if split_axis == "x" else grid.height
         stats = _Stats(len(bands), lines if ratio is not None else 1)
-        with atomic_dir(out) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        inputs = [*image_paths, *(p for p in (dem, inventory, areas) if p is not None)]
+        with atomic_dir(out, "scene.json", inputs, "scene") as tmp, \
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             valid_profile, overview = _write_layers(tmp, grid, bands, readers, dem_reader, terrain, inv,
                                                     all_touched, stats, split_axis if ratio else None,
                                                     train_geoms)

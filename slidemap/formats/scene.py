@@ -18,7 +18,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from slidemap.errors import UserError
-from slidemap.files import read_json, require_dir
+from slidemap.formats.files import read_json, require_dir
 
 SCENE_FORMAT = "slidemap.scene"
 SCENE_FORMAT_VERSION = 1

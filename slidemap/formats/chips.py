@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from slidemap.errors import UserError
-from slidemap.files import read_json, require_dir, write_json
+from slidemap.formats.files import read_json, require_dir, write_json
 
 CHIPS_FORMAT = "slidemap.chips"
 CHIPS_FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from slidemap.errors import UserError
-from slidemap.files import require_file
+from slidemap.formats.files import require_file
 
 WGS84_A = 6378137.0
 WGS84_F = 1 / 298.257223563

@@ -20,7 +20,7 @@ import torch
 
 from slidemap import __version__
 from slidemap.errors import UserError
-from slidemap.files import atomic_file, require_file
+from slidemap.formats.files import atomic_file, require_file
 
 BUNDLE_FORMAT = "slidemap.bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ class Bundle:
 
     def build_model(self) -> torch.nn.Module:
         """The network with the bundle's weights, in eval mode."""
-        from slidemap.models import build_model
+        from slidemap.nn.models import build_model
 
         model = build_model(self.meta["architecture"], in_channels=len(self.bands), **self.meta["model_args"])
         model.load_state_dict(self.state_dict)

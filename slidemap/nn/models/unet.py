@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from slidemap.patch_size import size_rule_message
+from slidemap.raster.tiling import size_rule_message
 
 UNET_DEPTH = 4
 """Down-sampling steps of the U-Net: inputs must be multiples of 2**4 = 16 px."""

@@ -19,7 +19,7 @@ are not tapered at all, since no other tile covers them. In a regular overlap th
 
 **When is tiled == one pass?** A pixel's probability can depend on inputs up to the receptive-field
 half-width R away: about 102 px for the 4-level U-Net and 40 px for the ResU-Net
-(``slidemap.models.receptive_field`` measures 204 and 79 px wide). A tile sees zero padding instead of
+(``slidemap.nn.models.receptive_field`` measures 204 and 79 px wide). A tile sees zero padding instead of
 the scene beyond its edge, so its values within R of an interior tile edge may differ from a one-pass
 prediction. With tiles on the 16-px grid and ``margin >= R`` every pixel takes its value (up to the
 1e-6 floor) only from tiles in which it lies at least R from any interior edge, so the result equals
@@ -49,7 +49,7 @@ network; every output is written in the same order and is byte-identical to a si
 ``probability.tif`` (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under
 ``--float``), ``mask.tif`` (uint8 1/0, 255 = nodata), both on the input's grid (or the area's window),
 tiled, deflate-compressed, with overviews; ``landslides.gpkg`` (one polygon per 4-connected landslide,
-columns id, area_m2, mean_probability; see :mod:`slidemap.polygons`); ``prediction.json``. Landslides
+columns id, area_m2, mean_probability; see :mod:`slidemap.raster.polygons`); ``prediction.json``. Landslides
 smaller than ``--min-area`` are removed from both the polygons and ``mask.tif`` so the two always
 agree; ``probability.tif`` keeps the raw probabilities. Nodata (NaN in any used band, 255 in the
 scene's mask, or outside ``--area``) is 255 / NaN in the rasters and never part of a landslide.
@@ -75,13 +75,13 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from slidemap.bundle import Bundle, load_bundle
-from slidemap.device import cpu_has_native_bf16, resolve_device
 from slidemap.errors import UserError
-from slidemap.files import atomic_dir, write_json
-from slidemap.geo import gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.polygons import ComponentLabeler, LandslideWriter, gc_paused, polygon_pieces
+from slidemap.formats.files import atomic_dir, write_json
+from slidemap.nn.bundle import Bundle, load_bundle
+from slidemap.nn.device import cpu_has_native_bf16, resolve_device
 from slidemap.progress import bar
+from slidemap.raster.geo import gtiff_profile, open_raster, row_pixel_areas_m2
+from slidemap.raster.polygons import ComponentLabeler, LandslideWriter, gc_paused, polygon_pieces
 
 PREDICTION_FORMAT = "slidemap.prediction"
 PREDICTION_FORMAT_VERSION = 1
@@ -93,7 +93,7 @@ MASK_NODATA = 255
 TERRAIN_LAYERS = ("dem", "slope", "aspect", "hillshade")
 PRECISIONS = ("auto", "32", "bf16")
 """CPU inference precisions (a GPU always runs mixed precision); ``auto``: bf16 where the CPU has it
-natively (`slidemap.device.cpu_has_native_bf16`), else fp32."""
+natively (`slidemap.nn.device.cpu_has_native_bf16`), else fp32."""
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
 GDAL_CACHE_MB = 256  # GDAL's default, 5 % of RAM, would hold ~1 GiB of decoded blocks of a large scene
 
@@ -369,7 +369,7 @@ def match_bands(bundle_bands: list[str], have: list[str], where: str, model: str
 
 def _prepare_images(bundle: Bundle, model_name: str, images: list[Path], dem: Path | None, folder: Path):
     """Prepare bare images (+ DEM) into a scene in ``folder`` exactly as at training time."""
-    from slidemap.prepare import prepare_scene
+    from slidemap.stages.prepare import prepare_scene
 
     image_bands, terrain = bundle_image_bands(bundle), bundle_terrain(bundle)
     n = 0
@@ -478,12 +478,13 @@ def predict(model: str | Path | Bundle, out: str | Path, scene: str | Path | Non
     runner = TileRunner(bundle.build_model(), torch_device, precision)
     out = Path(out)
 
-    with atomic_dir(out) as tmp:
+    inputs = [p for p in (model if not isinstance(model, Bundle) else None, scene, dem, *(images or [])) if p]
+    with atomic_dir(out, "prediction.json", inputs, "prediction") as tmp:
         if images is not None:
             sc = _prepare_images(bundle, model_name, images, Path(dem) if dem else None, tmp / ".scene")
             where = "--image " + ", ".join(str(p) for p in images)
         else:
-            from slidemap.scene import Scene
+            from slidemap.formats.scene import Scene
 
             sc = Scene(scene, "--scene")
             where = f"--scene {sc.path}"
@@ -537,7 +538,7 @@ def predict(model: str | Path | Bundle, out: str | Path, scene: str | Path | Non
         "mpx_per_s": meta["mpx_per_s"],
     }
     if evaluate:
-        from slidemap.evaluate import evaluate as evaluate_fn
+        from slidemap.stages.evaluate import evaluate as evaluate_fn
 
         result.update(evaluate_fn(out, scene, areas=[area] if area else None))
     return result

@@ -83,7 +83,7 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
     Returns:
         ``{"image", "dem", "inventory", "areas"}`` paths inside ``out``.
     """
-    from slidemap.files import atomic_dir
+    from slidemap.formats.files import atomic_dir
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -91,7 +91,7 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
     scene = generate(seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
                      nodata_stripe=nodata_stripe)
     names = {"image": "image.tif", "dem": "dem.tif", "inventory": "inventory.gpkg", "areas": "areas.gpkg"}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "areas.gpkg", what="synthetic study area") as tmp:
         _write_image(tmp / names["image"], scene)
         _write_dem(tmp / names["dem"], scene)
         _write_vectors(tmp / names["inventory"], tmp / names["areas"], scene)
@@ -903,7 +903,7 @@ def to_digital_numbers(rng: np.random.Generator, grid: Grid, refl: np.ndarray, t
 def _write_image(path: Path, scene: Scene) -> None:
     import rasterio
 
-    from slidemap.geo import gtiff_profile
+    from slidemap.raster.geo import gtiff_profile
 
     g = scene.grid
     profile = gtiff_profile(g.size, g.size, len(BANDS), "uint16", IMAGE_CRS, g.transform, nodata=0)
@@ -918,7 +918,7 @@ def dem_grid(grid: Grid) -> tuple[Affine, int, int]:
     with a margin."""
     from rasterio.warp import transform_bounds
 
-    from slidemap.geo import _meridian_radii
+    from slidemap.raster.geo import _meridian_radii
 
     x0, y0 = ORIGIN_XY
     west, south, east, north = transform_bounds(IMAGE_CRS, DEM_CRS, x0, y0 - grid.extent_m,
@@ -937,7 +937,7 @@ def _write_dem(path: Path, scene: Scene) -> None:
     import rasterio
     from pyproj import Transformer
 
-    from slidemap.geo import gtiff_profile
+    from slidemap.raster.geo import gtiff_profile
 
     transform, width, height = dem_grid(scene.grid)
     lon = transform.c + (np.arange(width) + 0.5) * transform.a

@@ -8,7 +8,7 @@ the same seed on CPU), ``timing.csv`` (wall times, kept apart so metrics.csv sta
 How the pieces follow the studies, and where they depart from them (docs/training.md says more):
 - the validation split is drawn before any augmentation and is spatial (`split_chips`): overlapping
   windows never straddle training and validation;
-- augmentation draws one of the 8 symmetries of the square per sample and epoch (`slidemap.augment`);
+- augmentation draws one of the 8 symmetries of the square per sample and epoch (`slidemap.nn.augment`);
 - bands are standardised with the chip set's train-area statistics, nodata becomes 0 after that and its
   pixels weigh 0 in the loss and count nowhere in the metrics;
 - Lightning drives the loop over chips held in memory as one tensor (no DataLoader workers); every random
@@ -43,14 +43,14 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from slidemap import __version__
-from slidemap.augment import apply_symmetries, draw_symmetries
-from slidemap.bundle import save_bundle
-from slidemap.chips import ChipSet
-from slidemap.device import cpu_has_native_bf16, resolve_device
 from slidemap.errors import UserError
-from slidemap.files import atomic_file, sha256
-from slidemap.losses import LOSSES, build_loss
-from slidemap.metrics import Counts, best_threshold, confusion, scores
+from slidemap.formats.chips import ChipSet
+from slidemap.formats.files import atomic_file, sha256
+from slidemap.nn.augment import apply_symmetries, draw_symmetries
+from slidemap.nn.bundle import save_bundle
+from slidemap.nn.device import cpu_has_native_bf16, resolve_device
+from slidemap.nn.losses import LOSSES, build_loss
+from slidemap.raster.metrics import Counts, best_threshold, confusion, scores
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_precision", "val_recall", "val_f1", "val_iou", "lr")
 TIMING_COLUMNS = ("epoch", "train_seconds", "seconds", "chips_per_s")
@@ -592,7 +592,7 @@ def train(chips: str | Path, out: str | Path, model: str = "unet", filters: int 
         chips: chip set folder (``slidemap sample`` or ``slidemap l4s import``).
         out: run folder to write; refused if it holds a run, unless ``resume``.
         model: ``unet`` or ``resunet``; ``filters``: maps of the first block; ``model_args``: further
-            options of ``slidemap.models.build_model`` (e.g. ``batch_norm``, ``dropout``).
+            options of ``slidemap.nn.models.build_model`` (e.g. ``batch_norm``, ``dropout``).
         batch_size: chips per step (lowered, with a warning, to the training-set size).
         epochs: most epochs; ``patience``: epochs without a lower validation loss before stopping (0: off).
         lr: Adam learning rate (betas 0.9/0.999); ``val_fraction``: share of chips held out (spatially).
@@ -623,7 +623,7 @@ def train(chips: str | Path, out: str | Path, model: str = "unet", filters: int 
     build_loss(loss, pos_weight)  # checks pos_weight
     accelerator = resolve_device(device).type
     precision = _resolve_precision(precision, accelerator)
-    from slidemap.models import build_model, check_patch_size
+    from slidemap.nn.models import build_model, check_patch_size
 
     chipset = ChipSet(chips)
     band_idx = chipset.band_indexes(bands)

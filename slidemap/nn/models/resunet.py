@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slidemap.models.unet import SegmentationNet
+from slidemap.nn.models.unet import SegmentationNet
 
 RESUNET_DEPTH = 3
 """Down-sampling steps of the ResU-Net: inputs must be multiples of 2**3 = 8 px."""

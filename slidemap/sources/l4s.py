@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.chips import ChipSet, open_arrays, write_chipset
 from slidemap.errors import UserError
-from slidemap.files import atomic_dir, atomic_file, read_json, require_dir, require_file, write_json
-from slidemap.metrics import Counts, confusion, scores
+from slidemap.formats.chips import ChipSet, open_arrays, write_chipset
+from slidemap.formats.files import atomic_dir, atomic_file, read_json, require_dir, require_file, write_json
 from slidemap.progress import track
+from slidemap.raster.metrics import Counts, confusion, scores
 
 L4S_SIZE = 128
 L4S_BANDS = [f"B{i}" for i in range(1, 13)] + ["slope", "dem"]
@@ -258,7 +258,7 @@ def import_l4s(folder: str | Path, out: str | Path, list_file: str | Path | None
     stats = _BandStats(len(L4S_BANDS))
     positives = 0
     landslide_px = 0
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "chips.json", [folder, *([list_file] if list_file else [])], "chip set") as tmp:
         images, masks = open_arrays(tmp, len(patches), len(L4S_BANDS), L4S_SIZE, with_masks=with_masks)
         for i, patch in enumerate(track(patches, "importing patches", len(patches))):
             chip = read_image(patch.image)
@@ -372,10 +372,10 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
     *bundle's* statistics (those the network was trained with), never the chip set's; nodata (NaN)
     becomes 0 after standardisation, i.e. the training mean. ``previews`` PNGs (evenly spread over the
     patches) go to ``out/previews``; ``evaluate`` also scores against the chip set's masks. The network
-    runs as in whole-scene prediction (`slidemap.predict.TileRunner`: device, ``precision``).
+    runs as in whole-scene prediction (`slidemap.stages.predict.TileRunner`: device, ``precision``).
     """
-    from slidemap.bundle import load_bundle
-    from slidemap.predict import TileRunner
+    from slidemap.nn.bundle import load_bundle
+    from slidemap.stages.predict import TileRunner
 
     bundle = load_bundle(model)
     model = Path(model)
@@ -393,7 +393,7 @@ def predict_patches(model: str | Path, chips: str | Path, out: str | Path, thres
         raise UserError(f"--chips {chipset.path}: windows.csv does not name each chip once; import it again")
     show = set(_preview_indexes(n, previews))
     positive_px = 0
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "prediction.json", [model, chipset.path], "prediction") as tmp:
         (tmp / "previews").mkdir()
         for start in track(range(0, n, batch_size), "predicting patches", -(-n // batch_size)):
             stop = min(start + batch_size, n)

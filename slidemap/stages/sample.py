@@ -22,11 +22,11 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from slidemap.chips import ChipSet, open_arrays, write_chipset
 from slidemap.errors import UserError
-from slidemap.files import atomic_dir, require_file
+from slidemap.formats.chips import ChipSet, open_arrays, write_chipset
+from slidemap.formats.files import atomic_dir, require_file
+from slidemap.formats.scene import NODATA_MASK, Scene
 from slidemap.progress import track
-from slidemap.scene import NODATA_MASK, Scene
 
 METHODS = ("grid", "random")
 MAX_BBOX_BYTES = 2 << 30  # read a train area's stack box in one go below this, else window by window
@@ -240,7 +240,7 @@ def sample_chips(scene: str | Path, out: str | Path, method: str = "grid", size:
     sampler = {"method": method, "overlap": overlap if method == "grid" else None,
                "count": count if method == "random" else None,
                "require_landslide": require_landslide, "area": area, "max_nodata": max_nodata, "seed": seed}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "chips.json", [sc.path], "chip set") as tmp:
         images, masks = open_arrays(tmp, len(windows), len(sc.bands), size)
         _fill_chips(sc, boxes, which, rows, cols, size, images, masks)
         ls = int(np.count_nonzero(masks == 1))
@@ -262,7 +262,7 @@ def _check_options(method: str, size: int, overlap: float, count: int, max_nodat
                    ) -> tuple[int, float, int, int]:
     if method not in METHODS:
         raise UserError(f"--method {method}: unknown sampler; use one of {', '.join(METHODS)}")
-    from slidemap.patch_size import check_patch_size  # the networks' rule, without importing torch
+    from slidemap.raster.tiling import check_patch_size  # the networks' rule, without importing torch
 
     try:
         check_patch_size(size)

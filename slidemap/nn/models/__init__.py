@@ -6,7 +6,7 @@ and the bundle (``build_model(meta["architecture"], in_channels=len(bands), **me
 build the very same network; ``model.config`` is what the trainer stores as ``model_args``.
 
 Regenerate the parameter table of docs/models.md with
-``python -c "from slidemap.models import parameter_table; print(parameter_table())"``.
+``python -c "from slidemap.nn.models import parameter_table; print(parameter_table())"``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from slidemap.errors import UserError
-from slidemap.models.resunet import ResidualUnit, ResUNet
-from slidemap.models.unet import SegmentationNet, UNet
-from slidemap.patch_size import MIN_PATCH_SIZE, PATCH_MULTIPLE, check_patch_size
+from slidemap.nn.models.resunet import ResidualUnit, ResUNet
+from slidemap.nn.models.unet import SegmentationNet, UNet
+from slidemap.raster.tiling import MIN_PATCH_SIZE, PATCH_MULTIPLE, check_patch_size
 
 __all__ = ["MODELS", "PATCH_MULTIPLE", "MIN_PATCH_SIZE", "ResUNet", "ResidualUnit", "SegmentationNet",
            "UNet", "build_model", "check_patch_size", "count_layers", "count_parameters",

@@ -11,7 +11,7 @@ probability sums are accumulated as the strips go by, so after the last strip ev
 and mean probability are known without holding the scene. Memory grows with the number of landslides
 (the output), never with the number of pixels.
 
-Areas come from per-row pixel areas (``slidemap.geo.row_pixel_areas_m2``): they are the true ground
+Areas come from per-row pixel areas (``slidemap.raster.geo.row_pixel_areas_m2``): they are the true ground
 areas also in a geographic CRS, and equal the polygon's planar area in a projected one.
 """
 
@@ -321,7 +321,7 @@ def mask_to_landslides(mask: np.ndarray, transform: Affine, crs: CRS | None, pro
     Uses the same streamed labelling as ``slidemap predict`` (strips of ``strip_rows``), so other stages
     and tests get identical polygons for identical masks.
     """
-    from slidemap.geo import row_pixel_areas_m2
+    from slidemap.raster.geo import row_pixel_areas_m2
 
     mask = np.asarray(mask)
     prob = np.zeros(mask.shape, dtype=np.float32) if prob is None else np.asarray(prob)

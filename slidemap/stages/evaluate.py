@@ -1,7 +1,7 @@
 """Evaluate a prediction folder against the inventory of a scene, per area and pooled.
 
 Pixel level: TP/FP/FN/TN counts of the landslide class (also as km², correct in any CRS) and the scores
-of :mod:`slidemap.metrics`. Object level: connected components (``scipy.ndimage.label``, 4-connected like
+of :mod:`slidemap.raster.metrics`. Object level: connected components (``scipy.ndimage.label``, 4-connected like
 the polygons ``predict`` writes) of the truth and of the prediction inside each area, labelled block by
 block and merged across block seams, so that a 10,000² scene is never held in memory at once. Per area
 it writes an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 nodata/outside) and a PNG of the image with
@@ -31,10 +31,10 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.errors import UserError
-from slidemap.files import atomic_file, read_json, require_dir, write_json
-from slidemap.geo import Grid, block_windows, gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.metrics import Counts, scores
-from slidemap.scene import Scene
+from slidemap.formats.files import atomic_file, read_json, require_dir, write_json
+from slidemap.formats.scene import Scene
+from slidemap.raster.geo import Grid, block_windows, gtiff_profile, open_raster, row_pixel_areas_m2
+from slidemap.raster.metrics import Counts, scores
 
 TN, TP, FP, FN, NODATA = 0, 1, 2, 3, 255
 CLASS_NAMES = {TN: "tn", TP: "tp", FP: "fp", FN: "fn"}
@@ -68,7 +68,7 @@ def evaluate(pred: str | Path, truth: str | Path | None = None, areas: Sequence[
     Args:
         pred: prediction folder from ``slidemap predict`` (``mask.tif`` 1/0/255, ``prediction.json``).
         truth: scene folder holding the reference mask; a chip set is handed to
-            ``slidemap.l4s.evaluate_patches``; None uses the scene named in ``prediction.json``.
+            ``slidemap.sources.l4s.evaluate_patches``; None uses the scene named in ``prediction.json``.
         areas: area names to evaluate (default: the area the prediction was made for, else every test area).
         object_overlap: fraction of an inventory landslide's valid pixels that must be predicted for it to
             count as found.
@@ -82,7 +82,7 @@ def evaluate(pred: str | Path, truth: str | Path | None = None, areas: Sequence[
     if truth is not None and (Path(truth) / "chips.json").is_file():
         if areas:
             raise UserError("--area: a chip set has no named areas; leave --area out to evaluate patches")
-        from slidemap.l4s import evaluate_patches
+        from slidemap.sources.l4s import evaluate_patches
 
         return evaluate_patches(pred_dir, Path(truth))
     if not 0.0 < object_overlap <= 1.0:
