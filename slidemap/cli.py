@@ -6,7 +6,12 @@ one line ``error: ...`` and exit status 2 (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 
@@ -105,26 +110,20 @@ def prepare(
                                      "inside."),
 ) -> None:
     """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
-    import warnings
-
-    from slidemap.stages.prepare import PrepareWarning, prepare_scene
+    from slidemap.stages import prepare as stage
 
     if (areas is None) == (split is None):
         raise UserError("--areas / --split: give exactly one (a file of named areas, or e.g. --split 3:2)")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PrepareWarning)
-        scene = prepare_scene(image, out, dem=dem, inventory=inventory, areas=areas, split=split,
-                              split_axis=split_axis.value, terrain=_split_names(terrain) or [],
-                              band_names=_split_names(band_names), all_touched=all_touched)
-    for w in caught:
-        if issubclass(w.category, PrepareWarning):
-            typer.echo(f"warning: {w.message}", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    typer.echo(f"scene {scene.path}: {scene.width}x{scene.height} px, bands {', '.join(scene.bands)}")
-    for a in scene.meta["areas"]:
-        typer.echo(f"  {a['role']:5s} {a['name']}: {a.get('area_km2', 0):.3f} km², "
-                   f"{a.get('landslides', 0)} landslides, {a.get('landslide_km2', 0):.4f} km² landslide")
+    with _warnings_as_lines():
+        result = stage.run(stage.PrepareOptions(
+            images=image, out=out, dem=dem, inventory=inventory, areas=areas, split=split,
+            split_axis=split_axis.value, terrain=_split_names(terrain) or [],
+            band_names=_split_names(band_names), all_touched=all_touched))
+    m = result.meta
+    typer.echo(f"scene {result.path}: {m.width}x{m.height} px, bands {', '.join(m.bands)}")
+    for a in m.areas:
+        typer.echo(f"  {a.role:5s} {a.name}: {a.area_km2:.3f} km², {a.landslides} landslides, "
+                   f"{a.landslide_km2:.4f} km² landslide")
 
 
 @app.command()
@@ -141,11 +140,12 @@ def sample(
     seed: int = typer.Option(0, help="Random seed (same seed: identical chips)."),
 ) -> None:
     """Cut training chips from a scene's train area (regular grid or random windows)."""
-    from slidemap.stages.sample import sample_chips
+    from slidemap.stages import sample as stage
 
-    chips = sample_chips(scene, out, method=method.value, size=size, overlap=overlap, count=count,
-                         require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed)
-    s = chips.meta["summary"]
+    result = stage.run(stage.SampleOptions(
+        scene=scene, out=out, method=method.value, size=size, overlap=overlap, count=count,
+        require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed))
+    s = result.meta.summary
     if method == Method.random:
         how = f"random, seed {seed}"
         windows = f"{s['drawn']} drawn of {s['fitting_windows']} that fit the train area, {s['kept']} kept"
@@ -153,7 +153,7 @@ def sample(
         how = f"grid, overlap {overlap:.0%}"
         windows = f"{s['drawn']} on the grid, {s['kept']} kept (fit the train area"
         windows += ", with a landslide)" if require_landslide else ")"
-    typer.echo(f"chip set {chips.path}: {len(chips)} chips of {chips.size} px ({how})")
+    typer.echo(f"chip set {result.path}: {result.meta.count} chips of {result.meta.size} px ({how})")
     typer.echo(f"  windows: {windows}")
     typer.echo(f"  landslide pixels: {s['landslide_fraction_chips']:.2%} in the chips vs "
                f"{s['landslide_fraction_train_area']:.2%} in the train area")
@@ -161,7 +161,8 @@ def sample(
 
 @app.command()
 def train(
-    chips: Path = typer.Argument(..., help="Chip set folder (from `sample` or `l4s import`)."),
+    chips: list[Path] = typer.Argument(..., help="Chip set folder(s) (from `sample` or `l4s import`); "
+                                       "several chip sets (sites) train one model on all of them."),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     model: Arch = typer.Option(Arch.unet, help="Network architecture."),
     filters: int = typer.Option(16, help="Initial number of filters (study 000: 16/32/64)."),
@@ -178,21 +179,23 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    precision: str = typer.Option("auto", help="auto, 32, bf16 (bf16-mixed) or 16-mixed (GPU only); auto: "
-                                  "mixed precision on a GPU, bf16 on a CPU with native bf16, else 32."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: mixed precision on a "
+                                  "GPU, bf16 on a CPU with native bf16, else 32."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train a U-Net or ResU-Net on a chip set; writes a run folder with the model bundle."""
-    from slidemap.stages.train import train as train_fn
+    """Train a U-Net or ResU-Net on chip set(s); writes a run folder with the model bundle."""
+    from slidemap.stages import train as stage
 
-    result = train_fn(chips, out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs,
-                      lr=lr, val_fraction=val_fraction, augment=augment, patience=patience,
-                      bands=_split_names(bands), loss=loss.value, pos_weight=pos_weight, seed=seed,
-                      device=device.value, resume=resume, precision=precision, max_time=max_time,
-                      progress=progress)
-    typer.echo(f"run {out}: bundle {result['bundle']}")
-    for k, v in result.get("summary", {}).items():
+    options = stage.TrainOptions(
+        chips=chips, out=out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs, lr=lr,
+        val_fraction=val_fraction, augment=augment, patience=patience, bands=_split_names(bands),
+        loss=loss.value, pos_weight=pos_weight, seed=seed, device=device.value, resume=resume,
+        precision=precision, max_time=max_time, progress=progress)
+    with _warnings_as_lines():
+        result = stage.run(options)
+    typer.echo(f"run {result.run}: bundle {result.bundle}")
+    for k, v in result.summary.model_dump().items():
         typer.echo(f"  {k}: {v}")
 
 
@@ -216,35 +219,30 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
-    precision: str = typer.Option("auto", help="CPU inference precision: auto, 32 or bf16 (auto: bf16 on "
-                                  "CPUs with native bf16, 1.6x faster; a GPU always uses mixed precision)."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: bf16 on CPUs with "
+                                  "native bf16 (1.6x faster), mixed precision on a GPU, else 32."),
 ) -> None:
     """Predict landslides over a whole scene (tiled, blended, streamed) or a patch dataset."""
-    given = sum(x is not None and x != [] for x in (scene, image or None, chips))
-    if given != 1:
-        raise UserError("--scene / --image / --chips: give exactly one input to predict")
-    if chips is not None:
-        from slidemap.sources.l4s import predict_patches
+    from slidemap.stages import predict as stage
 
-        result = predict_patches(model, chips, out, threshold=threshold, batch_size=batch_size,
-                                 device=device.value, evaluate=evaluate, precision=precision)
+    options = stage.PredictOptions(
+        model=model, out=out, scene=scene, area=area, images=image or None, dem=dem, chips=chips, tile=tile,
+        overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size, device=device.value,
+        as_float=as_float, evaluate=evaluate, precision=precision)
+    with _warnings_as_lines():
+        result = stage.run(options)
+    m = result.meta
+    if m.kind == "patches":
+        typer.echo(f"prediction {result.path}: {m.count} patch masks, threshold {m.threshold:.4f}, "
+                   f"{m.landslide_pixels} landslide pixels, {result.previews} previews")
     else:
-        import warnings
-
-        from slidemap.stages.predict import predict as predict_fn
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            result = predict_fn(model, out, scene=scene, area=area, images=image or None, dem=dem, tile=tile,
-                                overlap=overlap, threshold=threshold, min_area=min_area,
-                                batch_size=batch_size, device=device.value, as_float=as_float,
-                                evaluate=evaluate, precision=precision)
-        for w in caught:  # slidemap's own warnings (predict, prepare on the fly, evaluate) as one line each
-            if w.category.__module__.startswith("slidemap"):
-                typer.echo(f"warning: {w.message}", err=True)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    _print_result(result)
+        typer.echo(f"prediction {result.path}: {m.landslides} landslides, {m.landslide_km2:.4f} km² of "
+                   f"{m.valid_km2:.3f} km² valid, threshold {m.threshold.value:.4f} ({m.threshold.which}), "
+                   f"{m.mpx_per_s} Mpx/s")
+        for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
+            typer.echo(f"  {name:16s} {result.path / name}")
+    if result.evaluation is not None:
+        _print_evaluation(result.evaluation)
 
 
 @app.command()
@@ -258,20 +256,12 @@ def evaluate(
                                          "for it to count as found."),
 ) -> None:
     """Precision, recall, F1, IoU, areas in km², found landslides and error maps per test area."""
-    import warnings
+    from slidemap.stages import evaluate as stage
 
-    from slidemap.stages.evaluate import EvaluateWarning
-    from slidemap.stages.evaluate import evaluate as evaluate_fn
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EvaluateWarning)
-        result = evaluate_fn(pred, truth, areas=area or None, object_overlap=object_overlap)
-    for w in caught:
-        if issubclass(w.category, EvaluateWarning):
-            typer.echo(f"warning: {w.message}", err=True)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    _print_result(result)
+    with _warnings_as_lines():
+        result = stage.run(stage.EvaluateOptions(pred=pred, truth=truth, areas=area or None,
+                                                 object_overlap=object_overlap))
+    _print_evaluation(result)
 
 
 @app.command()
@@ -299,26 +289,59 @@ def l4s_import(
 
     chips = import_l4s(folder, out, list_file=list_file, published_stats=published_stats)
     typer.echo(f"chip set {chips.path}: {len(chips)} patches, bands {', '.join(chips.bands)}")
+    typer.echo("  train on it with `slidemap train`, predict it with `slidemap predict MODEL --chips`, score "
+               "a prediction with `slidemap evaluate PRED --truth CHIPS`")
 
 
-def _print_result(result) -> None:
-    if isinstance(result, dict):
-        table = result.get("table")
-        if table:
-            typer.echo(table)
-        for k, v in result.items():
-            if k != "table" and isinstance(v, str | Path | int | float):
-                typer.echo(f"{k}: {v}")
+def _print_evaluation(result) -> None:
+    typer.echo(result.table)
+    for key, path in result.files.items():
+        typer.echo(f"{key}: {path}")
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """slidemap's own warnings as one ``warning: ...`` line each on stderr; others as Python shows them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                if w.category.__module__.startswith("slidemap") or issubclass(w.category, UserWarning) \
+                        and str(w.filename).find("slidemap") >= 0:
+                    typer.echo(f"warning: {w.message}", err=True)
+                elif not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM cleans up like Ctrl-C: temporary folders removed, locks released."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning UserError into ``error: ...`` and exit status 2."""
+    # OpenMP threads that spin while waiting burn the other core on a shared machine (a 2-thread training
+    # step took 5.6x the CPU time of a 1-thread step at load 9, docs/performance.md); sleeping waiters cost
+    # nothing measurable on an idle machine. Read when torch loads libgomp, so set before any stage runs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with contextlib.suppress(ValueError):  # not in the main thread (tests calling main from a thread)
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         if _DEBUG["on"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        message = " ".join(str(e).split()) or type(e).__name__
+        typer.echo(f"error: {message}", err=True)
+        return 2
+    except OSError as e:
+        from slidemap.formats.files import DISK_ERRORS
+
+        if e.errno not in DISK_ERRORS or _DEBUG["on"]:
+            raise
+        typer.echo(f"error: {e.filename or ''}: {DISK_ERRORS[e.errno]}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -33,13 +33,10 @@ FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, 
                   patience=0)
 
 
-def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 0) -> dict:
-    """Run every stage into ``out`` and return the evaluation result (with its printable table)."""
+def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 0):
+    """Run every stage into ``out`` and return the evaluation (with its printable table)."""
     from slidemap.sources.synth import synthesize
-    from slidemap.stages.predict import predict
-    from slidemap.stages.prepare import prepare_scene
-    from slidemap.stages.sample import sample_chips
-    from slidemap.stages.train import train
+    from slidemap.stages import predict, prepare, sample, train
 
     cfg = FAST if fast else DEFAULT
     out = Path(out)
@@ -56,29 +53,30 @@ def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 
         console.print(f"      {role:9s} {p}")
 
     step(2, "prepare: co-register image + DEM (bilinear), slope, rasterised inventory, named areas")
-    scene = prepare_scene([data["image"]], out / "scene", dem=data["dem"], inventory=data["inventory"],
-                          areas=data["areas"])
-    console.print(f"      scene     {scene.path}  bands {', '.join(scene.bands)}")
+    scene = prepare.run(prepare.PrepareOptions(images=[data["image"]], out=out / "scene", dem=data["dem"],
+                                               inventory=data["inventory"], areas=data["areas"]))
+    console.print(f"      scene     {scene.path}  bands {', '.join(scene.meta.bands)}")
 
     step(3, f"sample: {cfg.patch} px grid chips with {cfg.overlap:.0%} overlap inside the train area")
-    chips = sample_chips(scene.path, out / "chips", method="grid", size=cfg.patch, overlap=cfg.overlap,
-                         seed=seed)
-    console.print(f"      chips     {chips.path}  ({len(chips)} chips)")
+    chips = sample.run(sample.SampleOptions(scene=scene.path, out=out / "chips", method="grid", size=cfg.patch,
+                                            overlap=cfg.overlap, seed=seed))
+    console.print(f"      chips     {chips.path}  ({chips.meta.count} chips)")
 
     step(4, f"train: U-Net, {cfg.filters} filters, up to {cfg.epochs} epochs, BCE + Adam, augmented")
     shutil.rmtree(out / "run", ignore_errors=True)  # the demo owns its folder: always a fresh run
-    result = train(chips.path, out / "run", model="unet", filters=cfg.filters, batch_size=cfg.batch_size,
-                   epochs=cfg.epochs, patience=cfg.patience, seed=seed)
-    console.print(f"      bundle    {result['bundle']}")
+    run = train.run(train.TrainOptions(chips=[chips.path], out=out / "run", model="unet", filters=cfg.filters,
+                                       batch_size=cfg.batch_size, epochs=cfg.epochs, patience=cfg.patience,
+                                       seed=seed))
+    console.print(f"      bundle    {run.bundle}")
 
     step(5, "predict + evaluate: tiled, blended whole-scene prediction; metrics per test area")
-    pred = predict(result["bundle"], out / "prediction", scene=scene.path, evaluate=True)
+    pred = predict.run(predict.PredictOptions(model=run.bundle, out=out / "prediction", scene=scene.path,
+                                              evaluate=True))
     step(6, "done")
-    if pred.get("table"):
-        console.print(pred["table"])
-    for key in ("probability", "mask", "polygons", "metrics_json", "metrics_csv"):
-        if pred.get(key):
-            console.print(f"      {key:12s} {pred[key]}")
-    for p in sorted((out / "prediction").glob("*.png")):
-        console.print(f"      map          {p}")
-    return pred
+    evaluation = pred.evaluation
+    console.print(evaluation.table)
+    for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
+        console.print(f"      {name:16s} {pred.path / name}")
+    for key, path in evaluation.files.items():
+        console.print(f"      {key:16s} {path}")
+    return evaluation

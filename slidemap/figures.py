@@ -1,47 +1,49 @@
-"""Quicklook PNGs: a true-colour view of a stack with polygons drawn on top.
+"""Every picture slidemap draws: quicklooks, error maps, learning curves and patch previews.
 
-The view is read decimated (never the whole stack at full resolution), stretched per band between
-percentiles of its valid pixels (satellite digital numbers use a fraction of their range), and nodata is
-shown transparent over a light grey background so that it is never mistaken for dark terrain.
-Other stages reuse :func:`true_colour`, :func:`read_overview` and :func:`quicklook_from_stack`.
+One true-colour renderer (:func:`true_colour`) serves them all: it finds red, green and blue by any of their
+names (``slidemap.raster.bands``: generic, Sentinel-2, Landsat), stretches each band between percentiles of
+its valid pixels (satellite digital numbers use a fraction of their range) and marks nodata transparent,
+so that each figure shows it on a light grey instead of as dark terrain. Stack pixels are read decimated
+(never the whole stack at full resolution).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
-from rasterio.enums import Resampling
 
-# Names a band may carry, per colour, in order of preference (generic names, Sentinel-2, Landsat 8/9).
-COLOUR_NAMES = {
-    "red": ("red", "r", "b4", "b04", "sr_b4"),
-    "green": ("green", "g", "b3", "b03", "sr_b3"),
-    "blue": ("blue", "b", "b2", "b02", "sr_b2"),
-}
+from slidemap.formats.files import atomic_file
+from slidemap.raster.bands import rgb_band_indexes
+from slidemap.raster.metrics import CLASS_COLOURS, CLASS_LABELS, FN, FP, NODATA_CLASS, TP
+
 NODATA_GREY = "#d9d9d9"
 QUICKLOOK_SIZE = 1200  # pixels along the longer side of the rendered raster
+PNG_MAX_SIDE = 1200
 
 
-def rgb_band_indexes(bands: Sequence[str]) -> list[int]:
-    """0-based indexes of the red, green and blue bands, found by name; else the first three bands.
+def _agg_figure(width_in: float, height_in: float, dpi: int = 100):
+    """A matplotlib Figure on the Agg canvas (no GUI backend, safe in threads and on servers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    Fewer than three bands give a grey view of the first band.
-    """
-    lower = [b.lower() for b in bands]
-    found = []
-    for colour in ("red", "green", "blue"):
-        idx = next((lower.index(n) for n in COLOUR_NAMES[colour] if n in lower), None)
-        found.append(idx)
-    if all(i is not None for i in found):
-        return found  # type: ignore[return-value]
-    if len(bands) >= 3:
-        return [0, 1, 2]
-    return [0, 0, 0]
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
 
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+# --- true colour -----------------------------------------------------------------------------------
 
 def stretch(values: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
     """Linear stretch of a 2-D band to [0, 1] between percentiles of its finite pixels (NaN stays NaN)."""
@@ -56,7 +58,7 @@ def stretch(values: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) 
 
 def true_colour(pixels: np.ndarray, bands: Sequence[str],
                 percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
-    """RGBA image (H, W, 4) in [0, 1] from a (C, H, W) stack; alpha 0 where any chosen band is NaN."""
+    """RGBA image (H, W, 4) in [0, 1] from a (C, H, W) stack named ``bands``; alpha 0 where nodata."""
     idx = rgb_band_indexes(bands)
     rgb = np.stack([stretch(pixels[i].astype(np.float32), percentiles) for i in idx], axis=-1)
     valid = np.all(np.isfinite(rgb), axis=-1)
@@ -66,48 +68,43 @@ def true_colour(pixels: np.ndarray, bands: Sequence[str],
     return rgba
 
 
-def read_overview(path: str | Path, max_size: int = QUICKLOOK_SIZE, indexes: Sequence[int] | None = None,
-                  ) -> tuple[np.ndarray, Affine]:
-    """Bands of a raster decimated so the longer side is at most ``max_size`` (float32, NaN at nodata),
-    and the transform of that decimated grid."""
-    with rasterio.open(path) as ds:
-        scale = max(1.0, max(ds.width, ds.height) / max_size)
-        h, w = max(1, round(ds.height / scale)), max(1, round(ds.width / scale))
-        idx = list(indexes) if indexes else list(range(1, ds.count + 1))
-        data = ds.read(idx, out_shape=(len(idx), h, w), resampling=Resampling.nearest,
-                       out_dtype="float32", masked=True)
-        pixels = data.filled(np.nan)
-        transform = ds.transform @ Affine.scale(ds.width / w, ds.height / h)
-    return pixels, transform
+def on_grey(rgba: np.ndarray, grey: float = 0.6) -> np.ndarray:
+    """RGB (H, W, 3) of an RGBA image with its transparent (nodata) pixels grey."""
+    return np.where(rgba[..., 3:] > 0, rgba[..., :3], grey)
 
+
+def read_true_colour(stack_path: Path, bands: Sequence[str], crs, transform: Affine,
+                     shape: tuple[int, int]) -> np.ndarray | None:
+    """RGBA of a stack warped straight onto a (decimated) grid: only the output pixels are computed.
+    None when the stack is missing."""
+    import rasterio
+    from rasterio.vrt import WarpedVRT
+
+    if not Path(stack_path).is_file():
+        return None
+    idx = rgb_band_indexes(bands)
+    with rasterio.open(stack_path) as src, WarpedVRT(src, crs=crs, transform=transform, width=shape[1],
+                                                     height=shape[0], src_nodata=np.nan,
+                                                     nodata=np.nan) as vrt:
+        pixels = vrt.read([i + 1 for i in idx], out_dtype="float32")
+    return true_colour(pixels, [bands[i] for i in idx])
+
+
+# --- quicklook -------------------------------------------------------------------------------------
 
 def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine, crs, bands: Sequence[str],
                      inventory=None, areas=None, title: str | None = None) -> Path:
-    """Write a PNG of ``pixels`` in true colour with inventory outlines and labelled areas.
-
-    Args:
-        out_png: PNG to write.
-        pixels: (C, H, W) decimated layers, NaN where nodata (see read_overview).
-        transform: the affine transform of ``pixels``' grid.
-        crs: its CRS (a geographic one is drawn with the east-west stretch of its latitude).
-        bands: names of the C layers (used to find red/green/blue).
-        inventory: GeoDataFrame/GeoSeries of landslide polygons in ``crs``, or None.
-        areas: GeoDataFrame with ``name``, ``role`` and geometry in ``crs``, or None.
-        title: text above the map.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write a PNG of ``pixels`` (C, H, W; decimated, NaN at nodata) in true colour with inventory
+    outlines and labelled areas, in map coordinates (a geographic grid drawn with its latitude's
+    east-west stretch)."""
     rgba = true_colour(pixels, bands)
     h, w = rgba.shape[:2]
     left, top = transform.c, transform.f
     right, bottom = left + transform.a * w, top + transform.e * h
     aspect = _ground_aspect(crs, top + transform.e * h / 2)
-
     fig_w = 9.0
-    fig, ax = plt.subplots(figsize=(fig_w, max(3.0, min(16.0, fig_w * h / w * aspect))), dpi=110)
+    fig = _agg_figure(fig_w, max(3.0, min(16.0, fig_w * h / w * aspect)), dpi=110)
+    ax = fig.subplots()
     ax.set_facecolor(NODATA_GREY)
     ax.imshow(rgba, extent=(left, right, bottom, top), interpolation="nearest", aspect=aspect)
     if inventory is not None and len(inventory):
@@ -128,21 +125,7 @@ def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine,
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
-
-
-def quicklook_from_stack(stack_path: str | Path, out_png: str | Path, bands: Sequence[str], inventory=None,
-                         areas=None, title: str | None = None, max_size: int = QUICKLOOK_SIZE) -> Path:
-    """render_quicklook of a stack file (its true-colour bands read decimated); ``bands`` names all of
-    the stack's bands in order."""
-    idx = rgb_band_indexes(bands)
-    pixels, transform = read_overview(stack_path, max_size, indexes=[i + 1 for i in idx])
-    with rasterio.open(stack_path) as ds:
-        crs = ds.crs
-    return render_quicklook(out_png, pixels, transform, crs, [bands[i] for i in idx], inventory, areas, title)
+    return _save(fig, out_png)
 
 
 def _ground_aspect(crs, lat: float) -> float:
@@ -151,3 +134,81 @@ def _ground_aspect(crs, lat: float) -> float:
     if crs is None or not crs.is_geographic:
         return 1.0
     return float(1.0 / max(np.cos(np.radians(lat)), 1e-3))
+
+
+# --- error maps ------------------------------------------------------------------------------------
+
+def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
+    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour,
+    decimated to at most PNG_MAX_SIDE px."""
+    import rasterio
+    from matplotlib.patches import Patch
+
+    with rasterio.open(tif) as ds:
+        factor = max(1, math.ceil(max(ds.width, ds.height) / PNG_MAX_SIDE))
+        shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
+        cls = ds.read(1, out_shape=shape)
+        transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+        crs = ds.crs
+    rgba = read_true_colour(stack_path, bands, crs, transform, shape)
+    # Image nodata mid-grey, not black: under the map's nodata shading it matches the legend's grey.
+    image = on_grey(rgba) if rgba is not None else np.full((*shape, 3), 0.55)
+    overlay = np.zeros((*shape, 4))
+    overlay[cls == NODATA_CLASS] = (0, 0, 0, 0.55)
+    for k in (TP, FP, FN):
+        overlay[cls == k] = (*(c / 255 for c in CLASS_COLOURS[k]), 0.85)
+    h, w = shape
+    scale = min(max(1.0, 760 / w), max(1.0, 1600 / h))  # small areas drawn larger, never past 1600 px
+    disp_w, disp_h, header, fig_w = w * scale, h * scale, 64, max(w * scale, 760)
+    fig = _agg_figure(fig_w / 100, (disp_h + header) / 100)
+    ax = fig.add_axes(((fig_w - disp_w) / 2 / fig_w, 0, disp_w / fig_w, disp_h / (disp_h + header)))
+    ax.imshow(image, interpolation="nearest")
+    ax.imshow(overlay, interpolation="nearest")
+    ax.set_axis_off()
+    handles = [Patch(color=np.array(CLASS_COLOURS[k]) / 255, label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
+    handles.append(Patch(color=(0.3, 0.3, 0.3), label="nodata / outside area"))
+    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.2)
+    fig.text(0.5, 1 - 40 / (disp_h + header), title, ha="center", va="top", fontsize=9)
+    return _save(fig, png)
+
+
+# --- training and patches --------------------------------------------------------------------------
+
+def plot_learning_curve(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Train and validation loss, and validation F1 at 0.5, per epoch (PNG)."""
+    epochs = [r["epoch"] for r in rows]
+    fig = _agg_figure(8, 3.5)
+    ax_loss, ax_f1 = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_f1.plot(epochs, [r["val_f1"] for r in rows], color="tab:green")
+    ax_f1.set(xlabel="epoch", ylabel="F1", title="Validation F1 (threshold 0.5)", ylim=(0, 1))
+    for ax in (ax_loss, ax_f1):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
+
+    m = mask.astype(bool)
+    return m & ~binary_erosion(m, border_value=0)
+
+
+def patch_preview(chip: np.ndarray, bands: Sequence[str], pred: np.ndarray, truth: np.ndarray | None,
+                  path: Path) -> Path:
+    """A patch in true colour at 2x, the predicted outline red, the true outline cyan (PNG)."""
+    import matplotlib.image
+
+    img = on_grey(true_colour(np.asarray(chip, np.float32), bands))
+    img = img.repeat(2, axis=0).repeat(2, axis=1)
+    if truth is not None:
+        img[_outline((truth == 1).repeat(2, axis=0).repeat(2, axis=1))] = (0.0, 1.0, 1.0)
+    img[_outline(pred.astype(bool).repeat(2, axis=0).repeat(2, axis=1))] = (1.0, 0.1, 0.1)
+    with atomic_file(path) as tmp:
+        matplotlib.image.imsave(tmp, (img * 255).astype(np.uint8), format="png")
+    return Path(path)

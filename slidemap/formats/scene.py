@@ -1,83 +1,172 @@
-"""Reading a scene folder written by ``slidemap prepare``.
+"""The scene folder written by ``slidemap prepare``, and its description ``scene.json``.
 
 A scene folder holds ``stack.tif`` (float32, one band per layer, band descriptions = layer names,
 nodata NaN), ``mask.tif`` (uint8: 1 landslide, 0 background, 255 nodata; always present, so it is also
 the validity mask of scenes prepared without an inventory), ``areas.gpkg`` (named train/test polygons in
-the scene CRS, columns ``name`` and ``role``), ``scene.json`` and ``quicklook.png``.
+the scene CRS, columns ``name`` and ``role``), ``scene.json`` (:class:`SceneMeta`) and ``quicklook.png``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
 from affine import Affine
+from pydantic import Field, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from slidemap.errors import UserError
-from slidemap.formats.files import read_json, require_dir
+from slidemap.formats.base import Record, Sidecar
+from slidemap.formats.files import require_dir
 
-SCENE_FORMAT = "slidemap.scene"
-SCENE_FORMAT_VERSION = 1
 NODATA_MASK = 255
+Role = Literal["train", "test"]
 
 
-@dataclass(frozen=True)
-class Area:
-    name: str
-    role: str  # "train" or "test"
+class BandStats(Record):
+    """Per-band statistics over the valid pixels of the train area(s); None where a band has none."""
+
+    mean: float | None = None
+    std: float | None = Field(None, ge=0)
+    min: float | None = None
+    max: float | None = None
+    count: int | None = Field(None, ge=0)
+
+
+class PixelBox(Record):
+    """A block of whole pixels of the scene grid."""
+
+    row_off: int = Field(ge=0)
+    col_off: int = Field(ge=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+
+
+class AreaInfo(Record):
+    """One named area: its role and what prepare measured in it."""
+
+    name: str = Field(min_length=1)
+    role: Role
+    area_km2: float = Field(0.0, ge=0)
+    valid_km2: float = Field(0.0, ge=0)
+    landslides: int = Field(0, ge=0)
+    landslide_km2: float = Field(0.0, ge=0)
+    landslide_pixels: int = Field(0, ge=0)
+    bounds: PixelBox | None = None
+
+
+class InventoryInfo(Record):
+    """Where the landslide inventory came from and how much of it lies in the scene."""
+
+    path: str = ""
+    features: int = Field(0, ge=0)
+    repaired: int = Field(0, ge=0)
+    inside: int = Field(0, ge=0)
+    all_touched: bool = False
+
+
+class SourceInfo(Record):
+    role: str
+    path: str
+    sha256: str = ""
+
+
+class SplitInfo(Record):
+    ratio: tuple[int, int]
+    axis: Literal["x", "y"]
+
+
+class SceneMeta(Sidecar):
+    """``scene.json``: the grid, the layers, their train-area statistics, the areas and the sources."""
+
+    REDO = "prepare the scene again"
+
+    format: str = "slidemap.scene"
+    bands: list[str] = Field(min_length=1)
+    image_bands: list[str] | None = None
+    terrain: list[str] = []
+    crs: str
+    transform: list[float] = Field(min_length=6, max_length=9)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    pixel_size_m: tuple[float, float]
+    stats: dict[str, BandStats] = {}
+    stats_over: Literal["train", "all"] = "train"
+    areas: list[AreaInfo] = []
+    inventory: InventoryInfo | None = None
+    split: SplitInfo | None = None
+    sources: list[SourceInfo] = []
+    quicklook: str | None = None
+
+    @field_validator("bands")
+    @classmethod
+    def _unique(cls, bands: list[str]) -> list[str]:
+        dup = sorted({b for b in bands if bands.count(b) > 1})
+        if dup:
+            raise ValueError(f"band names repeat ({', '.join(dup)})")
+        return bands
+
+    @field_validator("crs")
+    @classmethod
+    def _crs(cls, crs: str) -> str:
+        try:
+            CRS.from_user_input(crs)
+        except Exception as e:  # noqa: BLE001 - rasterio raises CRSError and others
+            raise ValueError(f"not a CRS ({str(e).splitlines()[0][:80]})") from None
+        return crs
+
+    @model_validator(mode="after")
+    def _areas_unique(self) -> SceneMeta:
+        names = [a.name for a in self.areas]
+        if len(set(names)) != len(names):
+            raise ValueError("areas: area names repeat")
+        return self
 
 
 class Scene:
-    """A prepared scene: its grid, band names, train-area statistics and named areas."""
+    """A prepared scene folder: its grid, band names, train-area statistics and named areas."""
 
     def __init__(self, path: str | Path, option: str = "SCENE"):
         self.path = require_dir(path, option, marker="scene.json", what="scene folder")
-        meta = read_json(self.path / "scene.json", option)
-        if meta.get("format") != SCENE_FORMAT:
-            raise UserError(f"{option} {self.path}: scene.json is not a slidemap scene description")
-        if meta.get("format_version") != SCENE_FORMAT_VERSION:
-            raise UserError(f"{option} {self.path}: scene format version {meta.get('format_version')} is not "
-                            f"{SCENE_FORMAT_VERSION}; prepare the scene again with this slidemap")
-        self.meta = meta
+        self.meta = SceneMeta.load(self.path / "scene.json", option)
         self.option = option
 
     # --- grid -------------------------------------------------------------------------------------
     @property
     def bands(self) -> list[str]:
-        return list(self.meta["bands"])
+        return list(self.meta.bands)
 
     @property
     def crs(self) -> CRS:
-        return CRS.from_user_input(self.meta["crs"])
+        return CRS.from_user_input(self.meta.crs)
 
     @property
     def transform(self) -> Affine:
-        return Affine(*self.meta["transform"][:6])
+        return Affine(*self.meta.transform[:6])
 
     @property
     def width(self) -> int:
-        return int(self.meta["width"])
+        return self.meta.width
 
     @property
     def height(self) -> int:
-        return int(self.meta["height"])
+        return self.meta.height
 
     @property
     def pixel_size_m(self) -> tuple[float, float]:
-        return tuple(self.meta["pixel_size_m"])
+        return self.meta.pixel_size_m
 
     @property
-    def stats(self) -> dict[str, dict[str, float]]:
+    def stats(self) -> dict[str, BandStats]:
         """Per-band mean/std/min/max over the valid pixels of the train area(s)."""
-        return self.meta["stats"]
+        return self.meta.stats
 
     @property
     def has_inventory(self) -> bool:
-        return bool(self.meta.get("inventory"))
+        return self.meta.inventory is not None
 
     @property
     def stack_path(self) -> Path:
@@ -93,51 +182,59 @@ class Scene:
 
     # --- areas ------------------------------------------------------------------------------------
     @property
-    def areas(self) -> list[Area]:
-        return [Area(a["name"], a["role"]) for a in self.meta["areas"]]
+    def areas(self) -> list[AreaInfo]:
+        return list(self.meta.areas)
 
-    def area(self, name: str) -> Area:
+    def area(self, name: str) -> AreaInfo:
         for a in self.areas:
             if a.name == name:
                 return a
         known = ", ".join(a.name for a in self.areas) or "none"
         raise UserError(f"--area {name}: no such area in {self.path}; areas are: {known}")
 
-    def areas_with_role(self, role: str) -> list[Area]:
+    def areas_with_role(self, role: str) -> list[AreaInfo]:
         return [a for a in self.areas if a.role == role]
 
     def area_geometries(self):
         """GeoDataFrame of the named areas (columns name, role, geometry) in the scene CRS."""
-        import geopandas as gpd
+        from slidemap.formats.gdal import read_vector
 
-        return gpd.read_file(self.areas_path)
+        return read_vector(self.areas_path, f"SCENE {self.path}: areas.gpkg")
+
+    def area_geometry(self, name: str):
+        """The (dissolved) polygon of area ``name`` in the scene CRS, or None if it has none."""
+        self.area(name)
+        gdf = self.area_geometries()
+        sel = gdf.loc[gdf["name"] == name].geometry
+        sel = sel[sel.notna() & ~sel.is_empty]
+        return sel.union_all() if len(sel) else None
 
     def area_mask(self, name: str, window: Window | None = None) -> np.ndarray:
         """Boolean raster of pixels whose centre lies in area ``name`` (whole grid or one window)."""
         from rasterio import features
 
-        self.area(name)
-        gdf = self.area_geometries()
-        geoms = list(gdf.loc[gdf["name"] == name].geometry)
+        geom = self.area_geometry(name)
         if window is None:
             window = Window(0, 0, self.width, self.height)
         transform = rasterio.windows.transform(window, self.transform)
         shape = (int(window.height), int(window.width))
-        if not geoms:
+        if geom is None:
             return np.zeros(shape, dtype=bool)
-        return features.geometry_mask(geoms, out_shape=shape, transform=transform, invert=True)
+        return features.geometry_mask([geom], out_shape=shape, transform=transform, invert=True)
 
     # --- pixels -----------------------------------------------------------------------------------
     def read(self, window: Window | None = None, bands: list[str] | None = None) -> np.ndarray:
         """Stack pixels (C, H, W) float32, NaN where nodata; ``bands`` selects layers by name."""
+        from slidemap.formats.gdal import read_raster
+
         idx = self.band_indexes(bands) if bands else None
-        with rasterio.open(self.stack_path) as ds:
-            return ds.read(idx, window=window, out_dtype="float32")
+        return read_raster(self.stack_path, f"SCENE {self.path}: stack.tif", idx, window, "float32")
 
     def read_mask(self, window: Window | None = None) -> np.ndarray:
         """mask.tif pixels (H, W) uint8: 1 landslide, 0 background, 255 nodata."""
-        with rasterio.open(self.mask_path) as ds:
-            return ds.read(1, window=window)
+        from slidemap.formats.gdal import read_raster
+
+        return read_raster(self.mask_path, f"SCENE {self.path}: mask.tif", 1, window)
 
     def band_indexes(self, names: list[str]) -> list[int]:
         """1-based stack band indexes of ``names``; unknown names are a UserError listing the known ones."""

@@ -1,7 +1,8 @@
-"""Where the networks run: the device (``--device``) and whether this CPU has bf16 (``--precision auto``).
+"""Where and in what precision the networks run: ``--device`` and ``--precision``, resolved once.
 
-Training, whole-scene prediction and Landslide4Sense patch prediction resolve both here, so the three
-agree on what ``auto`` means and word a missing GPU alike.
+Training, whole-scene prediction and patch prediction resolve both here, so the three take the same words
+(``auto``, ``32``, ``bf16``, ``16``; Lightning's ``32-true``, ``bf16-mixed``, ``16-mixed`` too), agree on
+what ``auto`` means and word a missing GPU alike. Runs record the canonical name (``32``, ``bf16``, ``16``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ from __future__ import annotations
 import torch
 
 from slidemap.errors import UserError
+
+PRECISIONS = ("32", "bf16", "16")
+"""Canonical precisions: fp32; bf16 autocast (CPU with native bf16, or GPU); fp16 autocast (GPU only)."""
+PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16-mixed": "bf16", "16-mixed": "16", "fp16": "16"}
+LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+AUTOCAST_DTYPE = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -25,10 +32,32 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), which is when ``--precision auto``
-    picks bf16 autocast: there it trains 1.4-3.2x and predicts 1.6x faster than fp32 (docs/performance.md);
-    elsewhere bf16 would be emulated, slower than fp32."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes: stay with fp32
         return False
+
+
+def check_precision(precision: str | None) -> str:
+    """The canonical name of ``precision`` (``auto`` stays ``auto``); an unknown word is a UserError."""
+    if precision is None or precision == "auto":
+        return "auto"
+    name = PRECISION_ALIASES.get(str(precision), str(precision))
+    if name not in PRECISIONS:
+        raise UserError(f"--precision {precision}: use auto, 32, bf16 or 16 (16: GPU only)")
+    return name
+
+
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """The precision to run in on ``device``: ``auto`` is mixed precision on a GPU (bf16 where supported,
+    else fp16), bf16 on a CPU with native bf16 and fp32 elsewhere; fp16 on a CPU is a UserError."""
+    name = check_precision(precision)
+    kind = torch.device(device).type
+    if name == "auto":
+        if kind == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "16"
+        return "bf16" if cpu_has_native_bf16() else "32"
+    if name == "16" and kind == "cpu":
+        raise UserError("--precision 16: fp16 needs a GPU; on a CPU use 32 or bf16")
+    return name

@@ -1,57 +1,20 @@
-"""Small geospatial helpers: opening rasters and vectors with clear errors, metric pixel sizes and
-areas in any CRS (geographic included), and the GeoTIFF profile every stage writes with."""
+"""Pixel grids in ground units: metric pixel sizes and areas in any CRS (geographic included), the grid
+value object every stage compares rasters by, and the one rule that turns an area's polygon into a
+pixel window."""
 
 from __future__ import annotations
 
 import functools
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-
-from slidemap.errors import UserError
-from slidemap.formats.files import require_file
+from rasterio.windows import Window, subdivide
 
 WGS84_A = 6378137.0
 WGS84_F = 1 / 298.257223563
 WGS84_E2 = WGS84_F * (2 - WGS84_F)
-
-
-def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasterio.DatasetReader:
-    """Open a raster for reading; a missing file, a non-raster or (with ``need_crs``) a raster without a CRS
-    is a one-line UserError naming ``option``."""
-    p = require_file(path, option)
-    try:
-        with warnings.catch_warnings():  # a raster without georeferencing gets our own one-line error below
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(p)
-    except rasterio.errors.RasterioIOError:
-        raise UserError(f"{option} {p}: not a raster GDAL can read; give a GeoTIFF") from None
-    if need_crs and ds.crs is None:
-        ds.close()
-        raise UserError(f"{option} {p}: has no CRS; assign one (gdal_edit.py -a_srs EPSG:XXXX) and retry")
-    return ds
-
-
-def read_vector(path: str | Path, option: str):
-    """Read any OGR vector into a GeoDataFrame; errors name ``option``."""
-    import geopandas as gpd
-    import pyogrio
-
-    p = require_file(path, option)
-    try:
-        gdf = gpd.read_file(p)
-    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError, ValueError) as e:
-        raise UserError(f"{option} {p}: not a vector file OGR can read ({str(e).splitlines()[0]})") from None
-    if "geometry" not in gdf or gdf.geometry.name is None:
-        raise UserError(f"{option} {p}: has no geometry column")
-    if len(gdf) and gdf.crs is None:
-        raise UserError(f"{option} {p}: has no CRS; save it with a CRS (e.g. a .prj beside a Shapefile)")
-    return gdf
 
 
 def _meridian_radii(lat_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -139,37 +102,9 @@ def masked_area_km2(mask: np.ndarray, crs: CRS, transform: Affine, row_off: int 
     return float((per_row * row_pixel_areas_m2(crs, transform, row_off, mask.shape[0])).sum() / 1e6)
 
 
-DEFLATE_LEVEL = 1
-"""Deflate level of every GeoTIFF slidemap writes: level 1 writes a float32 stack 2.6x faster than GDAL's
-default 6 at the same size (with predictor 3; docs/performance.md), and writing was most of ``prepare``."""
-
-
-def gtiff_profile(width: int, height: int, count: int, dtype: str, crs, transform, nodata=None,
-                  block: int = 256, compress: str = "deflate") -> dict:
-    """Profile of a tiled, compressed GeoTIFF (the only raster layout slidemap writes)."""
-    profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
-        "crs": crs, "transform": transform, "nodata": nodata, "compress": compress,
-        "BIGTIFF": "IF_SAFER",
-    }
-    if width >= block and height >= block:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    if compress == "deflate":
-        profile["zlevel"] = DEFLATE_LEVEL
-    if np.dtype(dtype).kind == "f":
-        profile["predictor"] = 3
-    elif np.dtype(dtype).itemsize > 1:
-        profile["predictor"] = 2
-    return profile
-
-
-def block_windows(width: int, height: int, block: int = 1024):
-    """Row-major ``rasterio.windows.Window`` blocks covering a ``width`` x ``height`` grid."""
-    from rasterio.windows import Window
-
-    for r in range(0, height, block):
-        for c in range(0, width, block):
-            yield Window(c, r, min(block, width - c), min(block, height - r))
+def block_windows(width: int, height: int, block: int = 1024) -> list[Window]:
+    """Row-major ``block`` x ``block`` windows covering a ``width`` x ``height`` grid."""
+    return subdivide(Window(0, 0, width, height), block, block)
 
 
 def transform_bounds_xy(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
@@ -208,3 +143,29 @@ class Grid:
 
     def window_transform(self, window) -> Affine:
         return self.transform @ Affine.translation(window.col_off, window.row_off)
+
+
+def area_window(geoms, grid: Grid) -> Window | None:
+    """The one rule from an area's polygon(s) to pixels: the smallest whole-pixel window of ``grid``
+    holding their bounds (rounded outwards, as ``rasterio.features.geometry_window``), clipped to the
+    grid; None when they miss it or are empty."""
+    from rasterio.errors import WindowError
+    from rasterio.features import geometry_window
+
+    geoms = [g for g in (geoms if isinstance(geoms, list | tuple) else [geoms])
+             if g is not None and not g.is_empty]
+    if not geoms:
+        return None
+    try:
+        w = geometry_window(grid, geoms)
+    except WindowError:
+        return None
+    w = Window(int(w.col_off), int(w.row_off), int(w.width), int(w.height))
+    return w if w.width > 0 and w.height > 0 else None
+
+
+def bounds_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Whether two (xmin, ymin, xmax, ymax) boxes in one CRS share area (touching edges do not)."""
+    from rasterio.coords import disjoint_bounds
+
+    return not disjoint_bounds(a, b) and a[0] != b[2] and b[0] != a[2] and a[1] != b[3] and b[1] != a[3]

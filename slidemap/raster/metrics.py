@@ -12,6 +12,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+TN, TP, FP, FN, NODATA_CLASS = 0, 1, 2, 3, 255
+"""Error classes of an error map; 255: nodata in either layer, or outside the area."""
+CLASS_NAMES = {TN: "tn", TP: "tp", FP: "fp", FN: "fn"}
+# TP yellow, FP magenta, FN cyan: distinct for the common colour-vision deficiencies and on any image.
+CLASS_COLOURS = {TN: (210, 210, 210), TP: (255, 215, 0), FP: (235, 0, 235), FN: (0, 200, 255)}
+CLASS_LABELS = {TP: "TP: landslide found", FP: "FP: false alarm", FN: "FN: landslide missed"}
+
 
 @dataclass
 class Counts:
@@ -97,3 +104,15 @@ def best_threshold(prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
     k = int(np.argmax(f1))
     return float(bins[k + 1]), float(f1[k])
+
+
+def error_classes(pred: np.ndarray, truth: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Per-pixel error class (0 TN, 1 TP, 2 FP, 3 FN; 255 where either is nodata or ``inside`` is False)."""
+    cls = np.full(pred.shape, NODATA_CLASS, dtype=np.uint8)
+    ok = inside & (pred != NODATA_CLASS) & (truth != NODATA_CLASS)
+    p, t = pred == 1, truth == 1
+    cls[ok & ~p & ~t] = TN
+    cls[ok & p & t] = TP
+    cls[ok & p & ~t] = FP
+    cls[ok & ~p & t] = FN
+    return cls

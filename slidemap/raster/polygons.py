@@ -1,15 +1,10 @@
 """Predicted-landslide mask -> one polygon per landslide, streamed strip by strip.
 
-A landslide is a **4-connected** group of mask pixels (pixels that touch only at a corner are two
-landslides). 4-connectivity is what ``rasterio.features.shapes(connectivity=4)`` traces, so every
-landslide is one valid Polygon (holes allowed) and never a figure-eight touching itself at a vertex.
-
-Scenes are too large to label in one piece, so labelling streams: each horizontal strip is labelled
-on its own (``scipy.ndimage.label``) with labels made globally unique by an offset, and the labels that
-meet across the seam between two strips are joined in a union-find. Per-label pixel counts, areas and
-probability sums are accumulated as the strips go by, so after the last strip every landslide's area
-and mean probability are known without holding the scene. Memory grows with the number of landslides
-(the output), never with the number of pixels.
+A landslide is a 4-connected group of mask pixels, labelled strip by strip with
+:class:`slidemap.raster.components.ComponentLabeler`; its area and mean probability are summed on the way,
+so after the last strip every landslide is known without holding the scene. Polygons are then traced per
+strip in pixel coordinates (exact integers, so pieces cut by a seam dissolve into one polygon) and written
+as soon as the strips have passed a landslide's last row (:class:`LandslideWriter`).
 
 Areas come from per-row pixel areas (``slidemap.raster.geo.row_pixel_areas_m2``): they are the true ground
 areas also in a geographic CRS, and equal the polygon's planar area in a projected one.
@@ -21,17 +16,35 @@ import contextlib
 import gc
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-from scipy import ndimage
+from rasterio.windows import Window
 
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+from slidemap.raster.components import ComponentLabeler, Components
+
 LAYER = "landslides"
+AREA, PROB = "area_m2", "prob"
+
+
+def landslide_labeler(width: int) -> ComponentLabeler:
+    """The labeller of predicted landslides: 4-connected, summing ground area and probability."""
+    return ComponentLabeler(width, connectivity=4, weights=(AREA, PROB))
+
+
+def label_strip(labeler: ComponentLabeler, row: int, binary: np.ndarray, prob: np.ndarray,
+                row_areas_m2: np.ndarray) -> np.ndarray:
+    """Label the full-width strip starting at ``row``; returns its provisional labels."""
+    window = Window(0, row, binary.shape[1], binary.shape[0])
+    return labeler.add(window, binary, **{AREA: row_areas_m2[:, None], PROB: prob})
+
+
+def mean_probability(components: Components) -> np.ndarray:
+    """Mean predicted probability of each landslide."""
+    return components.sums[PROB] / np.maximum(components.pixels, 1)
 
 
 @contextlib.contextmanager
@@ -50,141 +63,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-class ComponentLabeler:
-    """Streaming 4-connected component labelling over consecutive horizontal strips.
-
-    Feed strips top to bottom with :meth:`add`; each returns that strip's provisional labels (int32, 0 =
-    background, globally unique across strips). :meth:`components` then resolves the labels joined across
-    seams into final landslide ids with their areas and mean probabilities.
-    """
-
-    def __init__(self) -> None:
-        self._n = 0
-        self._parent = np.zeros(1024, dtype=np.int64)
-        self._count = np.zeros(1024, dtype=np.int64)
-        self._area = np.zeros(1024, dtype=np.float64)
-        self._prob_sum = np.zeros(1024, dtype=np.float64)
-        self._bottom = np.zeros(1024, dtype=np.int64)  # last row each label reaches
-        self._rows_seen = 0
-        self._last_row: np.ndarray | None = None
-
-    @property
-    def labels_used(self) -> int:
-        """Number of provisional labels handed out so far."""
-        return self._n
-
-    def add(self, binary: np.ndarray, prob: np.ndarray, row_areas_m2: np.ndarray) -> np.ndarray:
-        """Label the next strip (rows directly below the previous one) and record its statistics.
-
-        Args:
-            binary: (h, w) bool, True where a landslide is predicted.
-            prob: (h, w) probabilities, averaged per landslide.
-            row_areas_m2: (h,) ground area of one pixel in each row.
-        """
-        local, n = ndimage.label(binary, structure=FOUR_CONNECTED)
-        labels = local.astype(np.int32, copy=True)
-        if n:
-            offset = self._n
-            labels[local > 0] += offset
-            self._grow(offset + n + 1)
-            self._parent[offset + 1:offset + n + 1] = np.arange(offset + 1, offset + n + 1)
-            flat = local.ravel()
-            weights_area = np.broadcast_to(row_areas_m2[:, None], local.shape).ravel()
-            self._count[offset + 1:offset + n + 1] += np.bincount(flat, minlength=n + 1)[1:]
-            self._area[offset + 1:offset + n + 1] += np.bincount(flat, weights_area, minlength=n + 1)[1:]
-            self._prob_sum[offset + 1:offset + n + 1] += np.bincount(
-                flat, np.asarray(prob, dtype=np.float64).ravel(), minlength=n + 1)[1:]
-            self._bottom[offset + 1:offset + n + 1] = [self._rows_seen + sl[0].stop - 1
-                                                      for sl in ndimage.find_objects(local)]
-            self._n = offset + n
-        self._rows_seen += labels.shape[0]
-        if self._last_row is not None and labels.shape[0]:
-            self._join_seam(self._last_row, labels[0])
-        if labels.shape[0]:
-            self._last_row = labels[-1].copy()
-        return labels
-
-    def components(self, min_area_m2: float = 0.0) -> Components:
-        """Final landslides, ids 1..k by top-most pixel; those under ``min_area_m2`` are dropped."""
-        n = self._n
-        roots = self._roots()
-        count = np.bincount(roots, self._count[:n + 1], minlength=n + 1)
-        area = np.bincount(roots, self._area[:n + 1], minlength=n + 1)
-        prob_sum = np.bincount(roots, self._prob_sum[:n + 1], minlength=n + 1)
-        bottom = np.zeros(n + 1, dtype=np.int64)
-        np.maximum.at(bottom, roots, self._bottom[:n + 1])
-        is_root = (roots == np.arange(n + 1)) & (np.arange(n + 1) > 0)
-        keep = is_root & (area >= min_area_m2)
-        final_id = np.zeros(n + 1, dtype=np.int32)
-        final_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        kept = np.flatnonzero(keep)
-        return Components(
-            lut=final_id[roots],
-            area_m2=area[kept],
-            pixels=count[kept].astype(np.int64),
-            mean_probability=prob_sum[kept] / np.maximum(count[kept], 1),
-            bottom_row=bottom[kept],
-            dropped=int(is_root.sum() - keep.sum()),
-            dropped_m2=float(area[is_root & ~keep].sum()),
-        )
-
-    # --- union-find ---------------------------------------------------------------------------------
-    def _grow(self, size: int) -> None:
-        if size <= len(self._parent):
-            return
-        new = max(size, 2 * len(self._parent))
-        for name in ("_parent", "_count", "_area", "_prob_sum", "_bottom"):
-            old = getattr(self, name)
-            grown = np.zeros(new, dtype=old.dtype)
-            grown[:len(old)] = old
-            setattr(self, name, grown)
-
-    def _find(self, a: int) -> int:
-        parent = self._parent
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = int(parent[a])
-        return a
-
-    def _join_seam(self, above: np.ndarray, below: np.ndarray) -> None:
-        both = (above > 0) & (below > 0)
-        if not both.any():
-            return
-        pairs = np.unique(np.stack([above[both], below[both]], axis=1), axis=0)
-        for a, b in pairs:
-            ra, rb = self._find(int(a)), self._find(int(b))
-            if ra != rb:  # the smaller label (the one seen first) stays the root
-                self._parent[max(ra, rb)] = min(ra, rb)
-
-    def _roots(self) -> np.ndarray:
-        parent = self._parent[:self._n + 1].copy()
-        while True:
-            nxt = parent[parent]
-            if np.array_equal(nxt, parent):
-                return parent
-            parent = nxt
-
-
-@dataclass
-class Components:
-    """Resolved landslides: ``lut`` maps a provisional label to its final id (0: none or dropped)."""
-
-    lut: np.ndarray
-    area_m2: np.ndarray
-    pixels: np.ndarray
-    mean_probability: np.ndarray
-    bottom_row: np.ndarray
-    dropped: int
-    dropped_m2: float
-
-    def __len__(self) -> int:
-        return len(self.area_m2)
-
-    def ids(self, labels: np.ndarray) -> np.ndarray:
-        """Final ids of a strip of provisional labels (negative labels, e.g. nodata, give 0)."""
-        return self.lut[np.clip(labels, 0, None)]
 
 
 def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, object]]:
@@ -216,6 +94,7 @@ def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, obje
     geoms = shapely.polygons(linear_rings, indices=np.asarray(ring_owner, dtype=np.intp))
     return list(zip(values, geoms.tolist(), strict=True))
 
+
 def merge_pieces(pieces: Iterable[tuple[int, object]]) -> dict[int, object]:
     """One geometry per id: pieces of a landslide cut by strip seams share edges and dissolve into one."""
     import shapely
@@ -238,8 +117,8 @@ def landslides_frame(components: Components, pixel_geometries: dict[int, object]
     if len(geoms):
         geoms = gpd.GeoSeries(shapely.transform(geoms.values.to_numpy(), _affine(transform)))
     return gpd.GeoDataFrame(
-        {"id": ids, "area_m2": components.area_m2[ids - 1].astype(np.float64),
-         "mean_probability": components.mean_probability[ids - 1].astype(np.float64)},
+        {"id": ids, "area_m2": components.sums[AREA][ids - 1].astype(np.float64),
+         "mean_probability": mean_probability(components)[ids - 1].astype(np.float64)},
         geometry=geoms.set_crs(crs, allow_override=True), crs=crs)
 
 
@@ -271,10 +150,6 @@ class LandslideWriter:
         self.done: dict[int, object] = {}
         self.written = 0
 
-    def add_strip(self, ids: np.ndarray, row_offset: int) -> None:
-        """Polygonise one strip of final ids whose first row is ``row_offset``."""
-        self.add_pieces(polygon_pieces(ids, row_offset), row_offset + ids.shape[0])
-
     def add_pieces(self, pieces: Iterable[tuple[int, object]], below: int) -> None:
         """Take one strip's pieces (from :func:`polygon_pieces`) whose strip ends above row ``below``;
         lets the caller polygonise the next strip in another thread meanwhile."""
@@ -304,16 +179,6 @@ class LandslideWriter:
         self.done = {}
 
 
-def write_landslides(path: str | Path, frame) -> Path:
-    """Write the polygons as a GeoPackage layer ``landslides`` (also when there are none)."""
-    import pyogrio
-
-    path = Path(path)
-    pyogrio.write_dataframe(frame, path, layer=LAYER, driver="GPKG", geometry_type="Polygon",
-                            promote_to_multi=False)
-    return path
-
-
 def mask_to_landslides(mask: np.ndarray, transform: Affine, crs: CRS | None, prob: np.ndarray | None = None,
                        min_area_m2: float = 0.0, strip_rows: int = 512):
     """In-memory convenience: polygons of a (H, W) 0/1 mask (255 = nodata) as a GeoDataFrame.
@@ -325,13 +190,13 @@ def mask_to_landslides(mask: np.ndarray, transform: Affine, crs: CRS | None, pro
 
     mask = np.asarray(mask)
     prob = np.zeros(mask.shape, dtype=np.float32) if prob is None else np.asarray(prob)
-    labeler = ComponentLabeler()
+    labeler = landslide_labeler(mask.shape[1])
     strips = []
     for r0 in range(0, mask.shape[0], strip_rows):
         r1 = min(r0 + strip_rows, mask.shape[0])
-        strips.append((r0, labeler.add(mask[r0:r1] == 1, prob[r0:r1],
+        strips.append((r0, label_strip(labeler, r0, mask[r0:r1] == 1, prob[r0:r1],
                                        row_pixel_areas_m2(crs, transform, r0, r1 - r0))))
-    comps = labeler.components(min_area_m2)
+    comps = labeler.resolve({AREA: min_area_m2})
     pieces = []
     for r0, labels in strips:
         pieces += polygon_pieces(comps.ids(labels), r0)

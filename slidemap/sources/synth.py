@@ -903,7 +903,7 @@ def to_digital_numbers(rng: np.random.Generator, grid: Grid, refl: np.ndarray, t
 def _write_image(path: Path, scene: Scene) -> None:
     import rasterio
 
-    from slidemap.raster.geo import gtiff_profile
+    from slidemap.formats.gdal import gtiff_profile
 
     g = scene.grid
     profile = gtiff_profile(g.size, g.size, len(BANDS), "uint16", IMAGE_CRS, g.transform, nodata=0)
@@ -937,7 +937,7 @@ def _write_dem(path: Path, scene: Scene) -> None:
     import rasterio
     from pyproj import Transformer
 
-    from slidemap.raster.geo import gtiff_profile
+    from slidemap.formats.gdal import gtiff_profile
 
     transform, width, height = dem_grid(scene.grid)
     lon = transform.c + (np.arange(width) + 0.5) * transform.a

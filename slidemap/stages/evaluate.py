@@ -1,12 +1,13 @@
-"""Evaluate a prediction folder against the inventory of a scene, per area and pooled.
+"""``slidemap evaluate``: score a prediction against a scene's inventory, per area and pooled.
 
-Pixel level: TP/FP/FN/TN counts of the landslide class (also as km², correct in any CRS) and the scores
-of :mod:`slidemap.raster.metrics`. Object level: connected components (``scipy.ndimage.label``, 4-connected like
-the polygons ``predict`` writes) of the truth and of the prediction inside each area, labelled block by
-block and merged across block seams, so that a 10,000² scene is never held in memory at once. Per area
-it writes an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 nodata/outside) and a PNG of the image with
-TP/FP/FN overlaid; for the whole run ``metrics.json`` and ``metrics.csv``; all atomically, in the
-prediction folder.
+Pixel level: TP/FP/FN/TN counts of the landslide class (also as km², correct in any CRS) and the scores of
+``slidemap.raster.metrics``. Object level: connected components (4-connected like the polygons ``predict``
+writes) of the truth and of the prediction inside each area, streamed block by block
+(``slidemap.raster.components``), so that a 10,000² scene is never held in memory at once. Per area it
+writes an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 nodata/outside) and a PNG of the image with
+TP/FP/FN overlaid; for the whole run ``metrics.csv`` and, last, ``metrics.json`` (its presence means the
+evaluation is complete), into the prediction folder, which is locked meanwhile. A patch prediction
+(Landslide4Sense) is scored against its chip set (``slidemap.stages.patches``).
 
 Nodata is excluded everywhere: truth 255, prediction 255 and pixels outside the area (pixel centre
 outside the area polygon) or outside the prediction's extent.
@@ -25,27 +26,43 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from affine import Affine
+from pydantic import Field
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from slidemap.errors import UserError
-from slidemap.formats.files import atomic_file, read_json, require_dir, write_json
+from slidemap.figures import error_map_png
+from slidemap.formats.files import atomic_file, output_lock, require_dir
+from slidemap.formats.gdal import gtiff_profile, open_raster, read_block
+from slidemap.formats.prediction import (
+    AreaMetrics,
+    PatchMetrics,
+    SceneMetrics,
+    ScenePrediction,
+    read_prediction,
+)
 from slidemap.formats.scene import Scene
-from slidemap.raster.geo import Grid, block_windows, gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.raster.metrics import Counts, scores
+from slidemap.raster.components import ComponentLabeler
+from slidemap.raster.geo import Grid, area_window, block_windows, bounds_overlap, row_pixel_areas_m2
+from slidemap.raster.metrics import (
+    CLASS_COLOURS,
+    CLASS_NAMES,
+    FN,
+    FP,
+    TN,
+    TP,
+    Counts,
+    error_classes,
+    scores,
+)
+from slidemap.raster.metrics import NODATA_CLASS as NODATA
+from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.patches import evaluate_patches
 
-TN, TP, FP, FN, NODATA = 0, 1, 2, 3, 255
-CLASS_NAMES = {TN: "tn", TP: "tp", FP: "fp", FN: "fn"}
-# TP yellow, FP magenta, FN cyan: distinct for the common colour-vision deficiencies and on any image.
-CLASS_COLOURS = {TN: (210, 210, 210), TP: (255, 215, 0), FP: (235, 0, 235), FN: (0, 200, 255)}
-CLASS_LABELS = {TP: "TP: landslide found", FP: "FP: false alarm", FN: "FN: landslide missed"}
 CONNECTIVITY = 4  # as predict's polygons (rasterio.features.shapes): one object = one polygon
 POOLED = "all"
-PNG_MAX_SIDE = 1200
 GDAL_CACHE_MB = 128
-METRICS_FORMAT = "slidemap.metrics"
 CSV_FIELDS = ("area", "role", "precision", "recall", "f1", "iou", "iou_background", "miou", "accuracy",
               "tp", "fp", "fn", "tn", "nodata", "tp_km2", "fp_km2", "fn_km2", "tn_km2",
               "landslides_found", "landslides_total", "predicted_objects", "false_alarms", "threshold")
@@ -55,54 +72,56 @@ class EvaluateWarning(UserWarning):
     """Something the user should know but that does not stop the evaluation (reprojection, coverage)."""
 
 
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return rasterio.transform.array_bounds(self.height, self.width, self.transform)[:4]
+class EvaluateOptions(StageOptions):
+    """Everything ``slidemap evaluate`` takes (see ``slidemap evaluate --help``).
 
-
-# --- public API -------------------------------------------------------------------------------------
-def evaluate(pred: str | Path, truth: str | Path | None = None, areas: Sequence[str] | None = None,
-             object_overlap: float = 0.5, block: int = 1024) -> dict[str, Any]:
-    """Score a prediction folder against a scene's inventory per area and pooled; write maps and tables.
-
-    Args:
-        pred: prediction folder from ``slidemap predict`` (``mask.tif`` 1/0/255, ``prediction.json``).
-        truth: scene folder holding the reference mask; a chip set is handed to
-            ``slidemap.sources.l4s.evaluate_patches``; None uses the scene named in ``prediction.json``.
-        areas: area names to evaluate (default: the area the prediction was made for, else every test area).
-        object_overlap: fraction of an inventory landslide's valid pixels that must be predicted for it to
-            count as found.
-        block: side of the square blocks the rasters are streamed in (memory is O(block²)).
-
-    Returns:
-        ``table`` (printable), ``metrics_json``, ``metrics_csv``, ``error_map_<area>`` and
-        ``error_png_<area>`` paths, and ``metrics`` (the content of metrics.json).
+    ``truth``: the scene folder holding the reference mask (default: the scene named in prediction.json),
+    or the chip set a patch prediction was made from; ``areas``: area names (default: the area the
+    prediction was made for, else every test area); ``object_overlap``: share of a landslide's valid
+    pixels that must be predicted for it to count as found; ``block``: side of the streamed blocks.
     """
-    pred_dir = require_dir(pred, "PRED", marker="prediction.json", what="prediction folder")
-    if truth is not None and (Path(truth) / "chips.json").is_file():
-        if areas:
-            raise UserError("--area: a chip set has no named areas; leave --area out to evaluate patches")
-        from slidemap.sources.l4s import evaluate_patches
 
-        return evaluate_patches(pred_dir, Path(truth))
-    if not 0.0 < object_overlap <= 1.0:
-        raise UserError(f"--object-overlap {object_overlap}: must be in (0, 1], e.g. 0.5")
-    if block < 16:
-        raise UserError(f"block {block}: must be at least 16 pixels")
-    info = _prediction_info(pred_dir)
-    scene = _truth_scene(truth, info)
-    names = _choose_areas(scene, areas, info)
+    pred: Path
+    truth: Path | None = None
+    areas: list[str] | None = None
+    object_overlap: float = Field(0.5, gt=0.0, le=1.0)
+    block: int = Field(1024, ge=16)
+
+
+class EvaluateResult(StageResult):
+    """The evaluation written into the prediction folder, and its printable table."""
+
+    path: Path
+    table: str
+    metrics: SceneMetrics | PatchMetrics
+    files: dict[str, Path] = {}
+
+
+def run(options: EvaluateOptions) -> EvaluateResult:
+    """Score a prediction folder against its truth; write maps and tables into the prediction folder."""
+    o = options
+    pred_dir = require_dir(o.pred, "PRED", marker="prediction.json", what="prediction folder")
+    info = read_prediction(pred_dir)
+    if not isinstance(info, ScenePrediction) or (o.truth is not None and (o.truth / "chips.json").is_file()):
+        if o.areas:
+            raise UserError("--area: a chip set has no named areas; leave --area out to evaluate patches")
+        metrics, table, files = evaluate_patches(pred_dir, o.truth, info)
+        return EvaluateResult(path=pred_dir, table=table, metrics=metrics, files=files)
+    if not (pred_dir / "mask.tif").is_file():
+        raise UserError(f"PRED {pred_dir}: no mask.tif inside; predict again (the folder is incomplete)")
+    scene = _truth_scene(o.truth, info)
+    names = _choose_areas(scene, o.areas, info)
     # each block is read once: a small GDAL cache keeps memory flat (GDAL's default is 5 % of the RAM)
     cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20}
-    with rasterio.Env(**cache):
-        return _evaluate_scene(pred_dir, scene, names, bool(areas), info, object_overlap, block)
+    with rasterio.Env(**cache), output_lock(pred_dir.resolve()):
+        (pred_dir / "metrics.json").unlink(missing_ok=True)  # the folder never claims a half evaluation
+        return _evaluate_scene(pred_dir, scene, names, bool(o.areas), info, o.object_overlap, o.block)
 
 
-def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool, info: dict[str, Any],
-                    object_overlap: float, block: int) -> dict[str, Any]:
-    """Evaluate the chosen areas and write every output (the body of :func:`evaluate`)."""
+def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool, info: ScenePrediction,
+                    object_overlap: float, block: int) -> EvaluateResult:
+    """Evaluate the chosen areas and write every output."""
     roles = {a.name: a.role for a in scene.areas}
-
     rows: list[dict[str, Any]] = []
     with open_raster(pred_dir / "mask.tif", "PRED mask.tif") as pred_ds, \
             open_raster(scene.mask_path, "--truth mask.tif") as truth_ds:
@@ -134,43 +153,27 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
             raise UserError(f"PRED {pred_dir} and --truth {scene.path}: the prediction covers none of the "
                             f"areas {', '.join(names)}; prediction and truth do not overlap there")
 
-    threshold, threshold_source = _threshold(info.get("threshold"))
+    threshold, threshold_source = info.threshold.value, info.threshold.which
     for row in rows:
         png = Path(row["error_map"]).with_suffix(".png")
-        error_map_png(Path(row["error_map"]), png, scene, grid, _title(row, threshold))
+        error_map_png(Path(row["error_map"]), png, scene.stack_path, scene.bands, _title(row, threshold))
         row["error_map_png"] = str(png)
     pooled = pool(rows)
-    metrics = {
-        "format": METRICS_FORMAT, "format_version": 1,
-        "prediction": str(pred_dir), "truth": str(scene.path), "threshold": threshold,
-        "threshold_source": threshold_source,
-        "object_overlap": object_overlap, "connectivity": CONNECTIVITY,
-        "iou_note": "iou is the landslide-class IoU (study 000's 'mIoU', its eq. 4); miou is the mean of "
-                    "the landslide and background IoU",
-        "areas": rows, POOLED: pooled,
-    }
+    metrics = SceneMetrics(
+        prediction=str(pred_dir), truth=str(scene.path), threshold=threshold,
+        threshold_source=threshold_source, object_overlap=object_overlap, connectivity=CONNECTIVITY,
+        iou_note="iou is the landslide-class IoU (study 000's 'mIoU', its eq. 4); miou is the mean of the "
+                 "landslide and background IoU",
+        areas=[AreaMetrics(**r) for r in rows], all=AreaMetrics(**pooled))
     json_path, csv_path = pred_dir / "metrics.json", pred_dir / "metrics.csv"
-    write_json(json_path, metrics)
     write_metrics_csv(csv_path, [*rows, pooled], threshold)
-    result: dict[str, Any] = {"table": format_table(rows, pooled, threshold, threshold_source),
-                              "metrics_json": str(json_path), "metrics_csv": str(csv_path)}
+    metrics.save(json_path)
+    files = {"metrics_json": json_path, "metrics_csv": csv_path}
     for row in rows:
-        result[f"error_map_{_slug(row['area'])}"] = row["error_map"]
-        result[f"error_png_{_slug(row['area'])}"] = row["error_map_png"]
-    result["metrics"] = metrics
-    return result
-
-
-def error_classes(pred: np.ndarray, truth: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Per-pixel error class (0 TN, 1 TP, 2 FP, 3 FN; 255 where either is nodata or ``inside`` is False)."""
-    cls = np.full(pred.shape, NODATA, dtype=np.uint8)
-    ok = inside & (pred != NODATA) & (truth != NODATA)
-    p, t = pred == 1, truth == 1
-    cls[ok & ~p & ~t] = TN
-    cls[ok & p & t] = TP
-    cls[ok & p & ~t] = FP
-    cls[ok & ~p & t] = FN
-    return cls
+        files[f"error_map_{_slug(row['area'])}"] = Path(row["error_map"])
+        files[f"error_png_{_slug(row['area'])}"] = Path(row["error_map_png"])
+    return EvaluateResult(path=pred_dir, table=format_table(rows, pooled, threshold, threshold_source),
+                          metrics=metrics, files=files)
 
 
 def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndarray]:
@@ -180,14 +183,14 @@ def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndar
     any other grid is reprojected (nearest) with a warning; no overlap at all is a UserError.
     """
     tgrid = Grid.of(truth_ds)
-    if not _bounds_overlap(tgrid, grid):
+    if not _grids_overlap(tgrid, grid):
         raise UserError(f"--truth {path}: prediction and truth do not overlap; give the scene the prediction "
                         f"was made from")
     offset = _pixel_offset(tgrid, grid)
     if offset is not None:
         row_off, col_off = offset
-        return lambda w: read_padded(truth_ds, Window(w.col_off + col_off, w.row_off + row_off,
-                                                      w.width, w.height))
+        return lambda w: truth_ds.read(1, window=Window(w.col_off + col_off, w.row_off + row_off, w.width,
+                                                        w.height), boundless=True, fill_value=NODATA)
     warnings.warn(f"--truth {path}: on another grid than the prediction ({_describe(tgrid)} vs "
                   f"{_describe(grid)}); reprojecting it (nearest) onto the prediction grid", EvaluateWarning,
                   stacklevel=3)
@@ -203,112 +206,12 @@ def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndar
     return read
 
 
-def read_padded(ds, window: Window, fill: int = NODATA) -> np.ndarray:
-    """Band 1 of ``ds`` in ``window``, which may reach outside the raster (filled with ``fill``)."""
-    r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
-    out = np.full((h, w), fill, dtype=ds.dtypes[0])
-    rr0, cc0 = max(r0, 0), max(c0, 0)
-    rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
-    if rr1 > rr0 and cc1 > cc0:
-        out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = ds.read(1, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
-    return out
-
-
-def area_window(geom, grid: Grid) -> Window | None:
-    """Smallest whole-pixel window of ``grid`` holding ``geom``'s bounds, clipped to it (None if empty)."""
-    from rasterio.windows import from_bounds
-
-    if geom is None or geom.is_empty:
-        return None
-    w = from_bounds(*geom.bounds, transform=grid.transform)
-    c0, r0 = max(math.floor(w.col_off + 1e-9), 0), max(math.floor(w.row_off + 1e-9), 0)
-    c1 = min(math.ceil(w.col_off + w.width - 1e-9), grid.width)
-    r1 = min(math.ceil(w.row_off + w.height - 1e-9), grid.height)
-    if c1 <= c0 or r1 <= r0:
-        return None
-    return Window(c0, r0, c1 - c0, r1 - r0)
-
-
-class ObjectTracker:
-    """Connected components of a binary layer streamed block by block (row-major) over one window.
-
-    Each block is labelled alone; labels touching across a block seam (4- or 8-connected) are recorded as
-    pairs and merged at the end with a graph's connected components, so memory stays O(block² + objects).
-    Per object it sums ``valid`` pixels and ``hit`` pixels (valid pixels where the other layer agrees).
-    """
-
-    def __init__(self, width: int, connectivity: int = CONNECTIVITY):
-        from scipy import ndimage
-
-        if connectivity not in (4, 8):
-            raise ValueError(f"connectivity {connectivity}: must be 4 or 8")
-        self.width = width
-        self._structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-        self._shifts = (0,) if connectivity == 4 else (-1, 0, 1)
-        self.count = 0
-        self._valid: list[np.ndarray] = []
-        self._hit: list[np.ndarray] = []
-        self._pairs: list[np.ndarray] = []
-        self._above = np.zeros(width, dtype=np.int64)   # last row of the previous block row
-        self._bottom = np.zeros(width, dtype=np.int64)  # last row of the current block row, being filled
-        self._left: np.ndarray | None = None            # last column of the block to the left
-        self._row = -1
-
-    def add(self, block: Window, objects: np.ndarray, valid: np.ndarray, hit: np.ndarray) -> None:
-        """Label one block (offsets relative to the window) and link it to its upper and left neighbours."""
-        from scipy import ndimage
-
-        r0, c0 = int(block.row_off), int(block.col_off)
-        if r0 != self._row:
-            self._above, self._bottom = self._bottom, np.zeros_like(self._bottom)
-            self._left, self._row = None, r0
-        lab, n = ndimage.label(objects, structure=self._structure)
-        if n:
-            self._valid.append(np.bincount(lab[valid], minlength=n + 1)[1:])
-            self._hit.append(np.bincount(lab[valid & hit], minlength=n + 1)[1:])
-        glab = np.where(lab > 0, lab.astype(np.int64) + self.count, 0)
-        self.count += n
-        h, w = glab.shape
-        if r0 > 0:
-            self._link_shifted(glab[0], self._above, np.arange(c0, c0 + w), self.width)
-        if c0 > 0 and self._left is not None:
-            self._link_shifted(glab[:, 0], self._left, np.arange(h), h)
-        self._bottom[c0:c0 + w] = glab[-1]
-        self._left = glab[:, -1]
-
-    def _link_shifted(self, edge: np.ndarray, neighbour: np.ndarray, index: np.ndarray, size: int) -> None:
-        for d in self._shifts:
-            j = index + d
-            ok = (j >= 0) & (j < size)
-            other = np.zeros_like(edge)
-            other[ok] = neighbour[j[ok]]
-            both = (edge > 0) & (other > 0)
-            if both.any():
-                self._pairs.append(np.stack([edge[both], other[both]]))
-
-    def totals(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per merged object: (valid pixels, hit pixels)."""
-        if self.count == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        valid, hit = np.concatenate(self._valid), np.concatenate(self._hit)
-        if not self._pairs:
-            return valid, hit
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        pairs = np.concatenate(self._pairs, axis=1) - 1
-        graph = coo_matrix((np.ones(pairs.shape[1], dtype=np.int8), (pairs[0], pairs[1])),
-                           shape=(self.count, self.count))
-        n, comp = connected_components(graph, directed=False)
-        return (np.bincount(comp, weights=valid, minlength=n).astype(np.int64),
-                np.bincount(comp, weights=hit, minlength=n).astype(np.int64))
-
-
-def object_counts(truth: ObjectTracker, pred: ObjectTracker, object_overlap: float) -> dict[str, int]:
+def object_counts(truth: ComponentLabeler, pred: ComponentLabeler, object_overlap: float) -> dict[str, int]:
     """Inventory landslides found / total and predicted objects / false alarms (objects with no valid
     pixel are left out: they lie wholly on nodata)."""
-    t_valid, t_hit = truth.totals()
-    p_valid, p_hit = pred.totals()
+    t, p = truth.resolve(), pred.resolve()
+    t_valid, t_hit = t.sums["valid"], t.sums["hit"]
+    p_valid, p_hit = p.sums["valid"], p.sums["hit"]
     t_seen, p_seen = t_valid > 0, p_valid > 0
     return {
         "landslides_total": int(t_seen.sum()),
@@ -357,72 +260,6 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], threshold: Any
             writer.writerow({k: flat.get(k) for k in CSV_FIELDS})
 
 
-def error_map_png(tif: Path, png: Path, scene: Scene, grid: Grid, title: str) -> None:
-    """Draw the error map over the scene's true-colour image (decimated to at most PNG_MAX_SIDE px)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    with rasterio.open(tif) as ds:
-        factor = max(1, math.ceil(max(ds.width, ds.height) / PNG_MAX_SIDE))
-        shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
-        cls = ds.read(1, out_shape=shape)
-        window = _window_in(grid, ds.transform, ds.width, ds.height)
-    rgb = true_colour(scene, grid, window, shape)
-    image = rgb if rgb is not None else np.full((*shape, 3), 0.55)
-    overlay = np.zeros((*shape, 4))
-    overlay[cls == NODATA] = (0, 0, 0, 0.55)
-    for k in (TP, FP, FN):
-        overlay[cls == k] = (*(c / 255 for c in CLASS_COLOURS[k]), 0.85)
-    h, w = shape
-    scale = min(max(1.0, 760 / w), max(1.0, 1600 / h))  # small areas drawn larger, never past 1600 px
-    disp_w, disp_h, header, fig_w = w * scale, h * scale, 64, max(w * scale, 760)
-    fig = Figure(figsize=(fig_w / 100, (disp_h + header) / 100), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes(((fig_w - disp_w) / 2 / fig_w, 0, disp_w / fig_w, disp_h / (disp_h + header)))
-    ax.imshow(image, interpolation="nearest")
-    ax.imshow(overlay, interpolation="nearest")
-    ax.set_axis_off()
-    handles = [Patch(color=np.array(CLASS_COLOURS[k]) / 255, label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
-    handles.append(Patch(color=(0.3, 0.3, 0.3), label="nodata / outside area"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.2)
-    fig.text(0.5, 1 - 40 / (disp_h + header), title, ha="center", va="top", fontsize=9)
-    with atomic_file(png) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-def true_colour(scene: Scene, grid: Grid, window: Window, shape: tuple[int, int]) -> np.ndarray | None:
-    """RGB (H, W, 3) in 0..1 of the scene stack on ``grid``'s ``window``: red/green/blue by band name,
-    else bands 1-3 as R, G, B (1 band: grey); a 2-98 % percentile stretch per band. None without a stack."""
-    from rasterio.vrt import WarpedVRT
-
-    if not scene.stack_path.is_file():
-        return None
-    lower = [b.lower() for b in scene.bands]
-    if all(n in lower for n in ("red", "green", "blue")):
-        idx = [lower.index(n) + 1 for n in ("red", "green", "blue")]
-    else:
-        idx = [1, 2, 3] if len(lower) >= 3 else [1, 1, 1]
-    # warp straight onto the decimated grid: only the output pixels are computed, not the full window
-    transform = window_transform(window, grid.transform) @ Affine.scale(window.width / shape[1],
-                                                                        window.height / shape[0])
-    with rasterio.open(scene.stack_path) as src, WarpedVRT(src, crs=grid.crs, transform=transform,
-                                                         width=shape[1], height=shape[0],
-                                                         src_nodata=np.nan, nodata=np.nan) as vrt:
-        bands = vrt.read(idx, out_dtype="float32")
-    out = np.zeros((*shape, 3))
-    for i, band in enumerate(bands):
-        finite = np.isfinite(band)
-        if finite.any():
-            lo, hi = np.percentile(band[finite], (2, 98))
-            out[..., i] = np.clip((np.where(finite, band, lo) - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    # Image nodata mid-grey, not black: under the map's nodata shading it matches the legend's grey.
-    out[~np.isfinite(bands).all(axis=0)] = 0.6
-    return out
-
-
-# --- internals --------------------------------------------------------------------------------------
 def _evaluate_area(pred_ds, read_truth, grid: Grid, geom, window: Window, tif: Path, object_overlap: float,
                    block: int) -> dict[str, Any]:
     """Stream one area's window: error classes to ``tif``, pixel counts, km² and object counts."""
@@ -431,13 +268,14 @@ def _evaluate_area(pred_ds, read_truth, grid: Grid, geom, window: Window, tif: P
     pixels = np.zeros(5, dtype=np.int64)  # TN, TP, FP, FN, nodata inside the area
     km2 = np.zeros(4)
     width, height = int(window.width), int(window.height)
-    truth_objects, pred_objects = ObjectTracker(width), ObjectTracker(width)
+    truth_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
+    pred_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
     profile = gtiff_profile(width, height, 1, "uint8", grid.crs, window_transform(window, grid.transform),
                             nodata=NODATA)
     with atomic_file(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for b in block_windows(width, height, block):
             gw = Window(window.col_off + b.col_off, window.row_off + b.row_off, b.width, b.height)
-            pred = pred_ds.read(1, window=gw)
+            pred = read_block(pred_ds, "PRED mask.tif", 1, gw)
             bad = (pred > 1) & (pred != NODATA)
             if bad.any():
                 raise UserError(f"PRED {pred_ds.name}: value {int(pred[bad][0])} in mask.tif; expected 1 "
@@ -453,8 +291,8 @@ def _evaluate_area(pred_ds, read_truth, grid: Grid, geom, window: Window, tif: P
                 pixels[k] += int(per_row.sum())
                 km2[k] += float(per_row @ row_m2) / 1e6
             pixels[4] += int(np.count_nonzero(inside & (cls == NODATA)))
-            truth_objects.add(b, objects=(truth == 1) & inside, valid=pred != NODATA, hit=pred == 1)
-            pred_objects.add(b, objects=(pred == 1) & inside, valid=truth != NODATA, hit=truth == 1)
+            truth_objects.add(b, (truth == 1) & inside, valid=pred != NODATA, hit=(pred != NODATA) & (pred == 1))
+            pred_objects.add(b, (pred == 1) & inside, valid=truth != NODATA, hit=(truth != NODATA) & (truth == 1))
         dst.write_colormap(1, {**{k: (*c, 255) for k, c in CLASS_COLOURS.items()}, NODATA: (0, 0, 0, 0)})
         dst.update_tags(1, classes="0 TN, 1 TP, 2 FP, 3 FN, 255 nodata or outside the area")
     counts = Counts(tp=int(pixels[TP]), fp=int(pixels[FP]), fn=int(pixels[FN]), tn=int(pixels[TN]))
@@ -469,33 +307,22 @@ def _evaluate_area(pred_ds, read_truth, grid: Grid, geom, window: Window, tif: P
     }
 
 
-def _prediction_info(pred_dir: Path) -> dict[str, Any]:
-    info = read_json(pred_dir / "prediction.json", "PRED")
-    if not isinstance(info, dict):
-        raise UserError(f"PRED {pred_dir}: prediction.json is not an object; predict again")
-    if info.get("kind") == "patches":
-        raise UserError(f"PRED {pred_dir}: a patch prediction; evaluate it with --truth CHIPS (its chip set)")
-    if not (pred_dir / "mask.tif").is_file():
-        raise UserError(f"PRED {pred_dir}: no mask.tif inside; predict again (the folder is incomplete)")
-    return info
-
-
-def _truth_scene(truth: str | Path | None, info: dict[str, Any]) -> Scene:
+def _truth_scene(truth: Path | None, info: ScenePrediction) -> Scene:
     if truth is None:
-        if not info.get("scene"):
+        if not info.scene:
             raise UserError("--truth: give the scene folder with the inventory (prediction.json names none)")
-        truth = info["scene"]
+        truth = Path(info.scene)
     scene = Scene(truth, "--truth")
-    if "inventory" in scene.meta and not scene.meta["inventory"]:
+    if not scene.has_inventory:
         raise UserError(f"--truth {scene.path}: the scene was prepared without an inventory; prepare it with "
                         f"--inventory to evaluate against it")
     return scene
 
 
-def _choose_areas(scene: Scene, areas: Sequence[str] | None, info: dict[str, Any]) -> list[str]:
+def _choose_areas(scene: Scene, areas: Sequence[str] | None, info: ScenePrediction) -> list[str]:
     if areas:
         return [scene.area(n).name for n in dict.fromkeys(areas)]
-    own = info.get("area")
+    own = info.area
     if own and own in {a.name for a in scene.areas}:
         return [own]
     tests = [a.name for a in scene.areas_with_role("test")]
@@ -522,15 +349,14 @@ def _coverage(geom, grid: Grid) -> float:
     return float(geom.intersection(box(*grid.bounds)).area / geom.area) if geom.area else 0.0
 
 
-def _bounds_overlap(a: Grid, b: Grid) -> bool:
+def _grids_overlap(a: Grid, b: Grid) -> bool:
     from rasterio.warp import transform_bounds
 
     try:
         ab = transform_bounds(a.crs, b.crs, *a.bounds, densify_pts=21) if a.crs != b.crs else a.bounds
     except Exception:  # noqa: BLE001 - CRSs that cannot be related cannot overlap usefully
         return False
-    bb = b.bounds
-    return ab[0] < bb[2] and bb[0] < ab[2] and ab[1] < bb[3] and bb[1] < ab[3]
+    return bounds_overlap(ab, b.bounds)
 
 
 def _pixel_offset(truth: Grid, pred: Grid) -> tuple[int, int] | None:
@@ -546,11 +372,6 @@ def _pixel_offset(truth: Grid, pred: Grid) -> tuple[int, int] | None:
     return round(row), round(col)
 
 
-def _window_in(grid: Grid, transform: Affine, width: int, height: int) -> Window:
-    col, row = ~grid.transform @ (transform.c, transform.f)
-    return Window(round(col), round(row), width, height)
-
-
 def _describe(g: Grid) -> str:
     crs = g.crs.to_string() if g.crs else "no CRS"
     return f"{crs}, {abs(g.transform.a):.6g} x {abs(g.transform.e):.6g} px"
@@ -558,15 +379,6 @@ def _describe(g: Grid) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "area"
-
-
-def _threshold(value: Any) -> tuple[float | None, str | None]:
-    """The decision threshold ``predict`` used and how it was chosen, from prediction.json's
-    ``threshold`` (a number, or ``{"value": 0.42, "which": "best"}``)."""
-    if isinstance(value, dict):
-        v = value.get("value")
-        return (float(v) if isinstance(v, int | float) else None), value.get("which")
-    return (float(value) if isinstance(value, int | float) else None), None
 
 
 def _title(row: dict[str, Any], threshold: Any) -> str:

@@ -1,597 +1,322 @@
-"""Whole-scene prediction: tiled, blended, streamed to disk (``slidemap predict``).
+"""``slidemap predict``: whole scenes tiled, blended and streamed to disk; patch sets patch by patch.
 
-**Tiling.** The region is cut into strips of tiles that overlap by ``overlap`` px. A network pass takes
-one tile ``tile`` px high and ``batch_size`` tiles wide (`wide_tile`): the pixels of a batch, without
-computing the overlaps between its tiles twice. Along each axis the fewest tiles that fit are shrunk
-evenly so the last one is not mostly overlap (`AxisTiling.plan`); with the defaults the network
-computes 1.18x the pixels of a 10,000² scene instead of 1.39x. Every tile offset is a multiple of 16:
-the networks pool four times, so only tiles aligned to the same 16-px grid as a one-pass prediction
-compute the same pooled features. That is why ``tile`` and the stride ``tile - overlap`` must be
-multiples of 16 (tile sizes and strides then stay multiples of 16 when shrunk), and why a region whose
-size is not a multiple of 16 is padded by reflection at its bottom/right edge to one (and cropped back):
-the last tile then still starts on the grid. A region smaller than a tile is one reflection-padded tile.
+A region (a prepared scene, one named area of it, or bare images prepared on the fly exactly as at
+training time) is predicted strip by strip by the engine of ``slidemap.nn.inference`` (tiles on the
+networks' 16-px grid, blended with tapered weights; see ``slidemap.raster.tiling``). Two passes:
 
-**Blending.** Each tile's probabilities are accumulated as ``prob * w`` and ``w`` and divided at the
-end. ``w`` is the outer product of two 1-D windows that are flat in the middle, rise as ``sin²`` across
-the middle of the overlap, and sit at a tiny floor (1e-6, only to keep ``w > 0``) in the outer
-``margin`` px next to a tile edge (default ``overlap // 4``). Tile sides that lie on the region border
-are not tapered at all, since no other tile covers them. In a regular overlap the two ramps add up to 1.
+1. **probabilities**: each finished strip is masked (nodata: NaN in any used band, 255 in the scene's
+   mask, or outside ``--area``), thresholded, labelled (``slidemap.raster.components``: 4-connected,
+   summing area and probability per landslide) and written, in a writer thread, while the network runs on
+   the next strip; a reader thread reads and standardises the strip after that. Memory depends on the
+   region's width and the tile size, never on its height (peak RSS for 10,000² x 7 bands stays well under
+   2 GiB, ``bench/bench_predict.py``).
+2. **mask and polygons**: the provisional labels are resolved into landslide ids; landslides smaller than
+   ``--min-area`` are dropped from both the polygons and ``mask.tif`` (so the two always agree), and the
+   polygons are traced one block ahead in a thread and written as soon as a landslide ends.
 
-**When is tiled == one pass?** A pixel's probability can depend on inputs up to the receptive-field
-half-width R away: about 102 px for the 4-level U-Net and 40 px for the ResU-Net
-(``slidemap.nn.models.receptive_field`` measures 204 and 79 px wide). A tile sees zero padding instead of
-the scene beyond its edge, so its values within R of an interior tile edge may differ from a one-pass
-prediction. With tiles on the 16-px grid and ``margin >= R`` every pixel takes its value (up to the
-1e-6 floor) only from tiles in which it lies at least R from any interior edge, so the result equals
-the one-pass prediction of the same reflection-padded region everywhere, whatever the weights, up to
-float rounding: the test runs ``tile=384, overlap=256, margin=112`` and finds differences of ~1e-6.
-In practice the influence of far pixels fades long before R: for random networks whose probabilities
-span 0-1, a tile's own error is ~1 at its edge, 2e-3 at 8 px, 6e-5 at 16 px. So the defaults
-(overlap 64, margin 16) gave differences below 2e-5 in that measurement, against 3e-3 with margin 0;
-trained networks can reach further, so raise ``--overlap`` (e.g. 256) where exact agreement matters
-more than speed (overlap 256 costs 3x the compute of 64 at tile 512).
-
-**Streaming.** One row of tiles is one strip: its rows are read from ``stack.tif`` (only the
-bundle's bands, selected by name), standardised with the bundle's statistics (NaN -> 0 afterwards),
-predicted tile by tile, and accumulated in a strip-sized buffer; rows no later tile touches are
-finished and written, the overlapping rows are carried to the next strip. Memory depends on the
-region's width and the tile size, never on its height; peak RSS for 10,000² x 7 bands stays well
-under 2 GiB (``bench/bench_predict.py``).
-
-**Threads.** The network keeps the main thread (torch runs its own threads inside). A reader thread
-reads and standardises the next strip while the network runs on this one, and a writer thread labels
-and writes finished strips (at most two waiting) in order; in the second pass a tracer thread reads
-and polygonises the next block of rows while the main thread dissolves and writes the current one.
-GDAL's reads, writes and polygonising and numpy's array work release the GIL, so these overlap the
+GDAL's reads, writes and polygonising and numpy's array work release the GIL, so the threads overlap the
 network; every output is written in the same order and is byte-identical to a single-threaded run.
 
-**Outputs** (built in a temporary sibling of ``out`` and renamed when complete):
-``probability.tif`` (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under
-``--float``), ``mask.tif`` (uint8 1/0, 255 = nodata), both on the input's grid (or the area's window),
-tiled, deflate-compressed, with overviews; ``landslides.gpkg`` (one polygon per 4-connected landslide,
-columns id, area_m2, mean_probability; see :mod:`slidemap.raster.polygons`); ``prediction.json``. Landslides
-smaller than ``--min-area`` are removed from both the polygons and ``mask.tif`` so the two always
-agree; ``probability.tif`` keeps the raw probabilities. Nodata (NaN in any used band, 255 in the
-scene's mask, or outside ``--area``) is 255 / NaN in the rasters and never part of a landslide.
+**Outputs** (built in a temporary sibling of ``out`` and renamed when complete): ``probability.tif``
+(uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under ``--float``), ``mask.tif`` (uint8
+1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
+``landslides.gpkg`` (one polygon per landslide, columns id, area_m2, mean_probability);
+``prediction.json``. ``probability.tif`` keeps the raw probabilities.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import shutil
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
-import torch
 from affine import Affine
+from pydantic import Field, model_validator
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from slidemap.errors import UserError
-from slidemap.formats.files import atomic_dir, write_json
+from slidemap.formats.files import atomic_dir
+from slidemap.formats.gdal import (
+    GDAL_CACHE_MB,
+    RowWriter,
+    build_overviews,
+    gtiff_profile,
+    open_raster,
+    read_block,
+)
+from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Threshold
+from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import Bundle, load_bundle
-from slidemap.nn.device import cpu_has_native_bf16, resolve_device
+from slidemap.nn.device import check_precision
+from slidemap.nn.inference import TileRunner, iter_probability_strips
+from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
-from slidemap.raster.geo import gtiff_profile, open_raster, row_pixel_areas_m2
-from slidemap.raster.polygons import ComponentLabeler, LandslideWriter, gc_paused, polygon_pieces
+from slidemap.raster.bands import image_bands, terrain_bands
+from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
+from slidemap.raster.polygons import (
+    AREA,
+    LandslideWriter,
+    gc_paused,
+    label_strip,
+    landslide_labeler,
+    polygon_pieces,
+)
+from slidemap.raster.tiling import check_tiling
+from slidemap.stages.evaluate import EvaluateOptions, EvaluateResult
+from slidemap.stages.evaluate import run as evaluate_run
+from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.patches import predict_patches
 
-PREDICTION_FORMAT = "slidemap.prediction"
-PREDICTION_FORMAT_VERSION = 1
-NETWORK_STRIDE = 16  # 2**4: four 2x down-samplings in both networks
-MIN_TILE = 2 * NETWORK_STRIDE  # the U-Net's bottleneck must be at least 2x2
-WEIGHT_FLOOR = 1e-6
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
-TERRAIN_LAYERS = ("dem", "slope", "aspect", "hillshade")
-PRECISIONS = ("auto", "32", "bf16")
-"""CPU inference precisions (a GPU always runs mixed precision); ``auto``: bf16 where the CPU has it
-natively (`slidemap.nn.device.cpu_has_native_bf16`), else fp32."""
-OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
-GDAL_CACHE_MB = 256  # GDAL's default, 5 % of RAM, would hold ~1 GiB of decoded blocks of a large scene
-
-ReadRows = Callable[[int, int], np.ndarray]
 
 
 class PredictWarning(UserWarning):
     """Something the user should know about an input that prediction could still use."""
 
 
-# --- tiling geometry ---------------------------------------------------------------------------------
+class PredictOptions(StageOptions):
+    """Everything ``slidemap predict`` takes (see ``slidemap predict --help``): one input of ``scene``
+    (optionally one ``area`` of it), ``images`` (+ ``dem``) or ``chips``."""
 
-def _ceil_to(n: int, k: int) -> int:
-    return -(-n // k) * k
+    model: Path | Bundle
+    out: Path
+    scene: Path | None = None
+    area: str | None = None
+    images: list[Path] | None = None
+    dem: Path | None = None
+    chips: Path | None = None
+    tile: int = 512
+    overlap: int = 64
+    threshold: str | float = "best"
+    min_area: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    as_float: bool = False
+    evaluate: bool = False
+    precision: str = "auto"
+    previews: int = Field(24, ge=0)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictOptions:
+        given = [n for n, v in (("--scene", self.scene), ("--image", self.images), ("--chips", self.chips))
+                 if v]
+        if len(given) != 1:
+            raise ValueError("give exactly one input to predict: --scene, --image or --chips")
+        if self.area is not None and self.scene is None:
+            raise ValueError("--area goes with --scene (bare images and chip sets have no named areas)")
+        if self.dem is not None and self.images is None:
+            raise ValueError("--dem goes with --image (a prepared scene already holds its terrain layers)")
+        if self.evaluate and self.images:
+            raise ValueError("--evaluate needs --scene (or --chips) with a reference to compare against")
+        check_tiling(self.tile, self.overlap)
+        check_precision(self.precision)
+        return self
+
+
+class PredictResult(StageResult):
+    """The prediction folder, its description and (with ``evaluate``) the evaluation."""
+
+    path: Path
+    meta: ScenePrediction | PatchPrediction
+    evaluation: EvaluateResult | None = None
+    previews: int = 0
 
 
 @dataclass(frozen=True)
-class AxisTiling:
-    """Tile offsets along one axis of a region ``length`` px long (reflection-padded to ``padded``)."""
+class _Region:
+    """What is predicted: a window of a scene, its grid, the bands to read and where pixels count."""
 
-    length: int
-    tile: int
-    padded: int
-    offsets: tuple[int, ...]
+    scene: Scene
+    band_idx: list[int]  # 1-based stack bands, in the bundle's order
+    window: Window
+    area_geoms: list | None
 
-    @classmethod
-    def plan(cls, length: int, tile: int, overlap: int) -> AxisTiling:
-        """The fewest tiles of at most ``tile`` px that cover the region with ``overlap``, shrunk to even
-        out the last one's excess; offsets every ``size - overlap`` px, the last one flush with the end.
+    @property
+    def transform(self) -> Affine:
+        return self.scene.transform @ Affine.translation(int(self.window.col_off), int(self.window.row_off))
 
-        Shrinking matters: 10,000 px in tiles of 512 needs 23 tiles; at 512 px they would compute
-        11,776 px, at the 496 px chosen here 11,408 (sizes and offsets stay multiples of 16).
-        """
-        padded = max(_ceil_to(length, NETWORK_STRIDE), MIN_TILE)
-        if padded <= tile:
-            return cls(length, padded, padded, (0,))
-        n = -(-(padded - overlap) // (tile - overlap))
-        size = min(tile, _ceil_to(-(-(padded - overlap) // n) + overlap, NETWORK_STRIDE))
-        offsets = [k * (size - overlap) for k in range(n - 1)] + [padded - size]
-        return cls(length, size, padded, tuple(sorted(set(offsets))))
+    @property
+    def crs(self) -> CRS:
+        return self.scene.crs
 
-    def weights(self, index: int, overlap: int, margin: int) -> np.ndarray:
-        """1-D blending window of tile ``index``: tapered only on sides shared with another tile."""
-        d = np.arange(self.tile, dtype=np.float64) + 0.5
-        w = np.ones(self.tile)
-        if index > 0:
-            w *= _ramp(d, overlap, margin)
-        if index < len(self.offsets) - 1:
-            w *= _ramp(d[::-1], overlap, margin)
-        return w.astype(np.float32)
+    @property
+    def width(self) -> int:
+        return int(self.window.width)
+
+    @property
+    def height(self) -> int:
+        return int(self.window.height)
 
 
-def _ramp(distance: np.ndarray, overlap: int, margin: int) -> np.ndarray:
-    """Weight by distance to a shared tile edge: floor within ``margin``, sin² up to ``overlap - margin``."""
-    if overlap <= 0:
-        return np.ones_like(distance)
-    width = max(overlap - 2 * margin, 1)
-    t = np.clip((distance - margin) / width, 0.0, 1.0)
-    return WEIGHT_FLOOR + (1 - WEIGHT_FLOOR) * np.sin(np.pi / 2 * t) ** 2
-
-
-def wide_tile(tile: int, overlap: int, batch_size: int) -> int:
-    """Width of one network pass: ``batch_size`` tiles side by side, run as one wide tile, so the
-    overlaps between them are computed once (the pixels per pass, hence the memory, stay the same)."""
-    return tile + (batch_size - 1) * (tile - overlap)
-
-
-def check_tiling(tile: int, overlap: int, margin: int | None = None) -> int:
-    """Validate tile/overlap for the networks' 16-px grid; returns the blending margin to use."""
-    if tile < MIN_TILE or tile % NETWORK_STRIDE:
-        raise UserError(f"--tile {tile}: must be a multiple of {NETWORK_STRIDE} and at least {MIN_TILE} (the "
-                        f"networks halve the image 4 times), e.g. 256 or 512")
-    if overlap < 0 or overlap >= tile or (tile - overlap) % NETWORK_STRIDE:
-        raise UserError(f"--overlap {overlap}: must be in [0, {tile}) with --tile minus --overlap a multiple "
-                        f"of {NETWORK_STRIDE} so tiles stay on the networks' pooling grid, e.g. 64")
-    margin = overlap // 4 if margin is None else margin
-    if overlap and not 0 <= margin < overlap / 2:
-        raise UserError(f"margin {margin}: must be in [0, overlap/2 = {overlap / 2:g})")
-    return margin
-
-
-def _reflect_index(length: int, padded: int) -> np.ndarray:
-    """Source index of each padded position: identity, then reflection beyond ``length`` (as np.pad)."""
-    idx = np.arange(length)
-    if padded == length:
-        return idx
-    return np.pad(idx, (0, padded - length), mode="reflect" if length > 1 else "edge")
-
-
-# --- the network -------------------------------------------------------------------------------------
-
-class TileRunner:
-    """Runs the network on batches of standardised tiles and returns probabilities (sigmoid of logits).
-
-    On CUDA it uses autocast (bf16 where supported, else fp16); everywhere inference mode and the
-    channels-last layout that the convolution kernels prefer. On CPU ``precision="bf16"`` runs the
-    network under bf16 autocast: 1.6x the end-to-end throughput of fp32 on a CPU with avx512_bf16,
-    probabilities within ~1e-3 of fp32 (docs/performance.md); ``"auto"`` picks it where the CPU has bf16
-    natively. ``precision`` after construction names what runs: ``32``, ``bf16`` or ``cuda-mixed``.
-    """
-
-    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "32"):
-        if precision not in PRECISIONS:
-            raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
-        self.device = resolve_device(device)
-        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.amp_dtype = None
-        if self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            self.precision = "cuda-mixed"
+def run(options: PredictOptions) -> PredictResult:
+    """Predict a scene (or an area of it), bare images or a patch set into the folder ``options.out``."""
+    o = options
+    t_start = time.perf_counter()
+    bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "MODEL")
+    th = bundle.threshold(o.threshold)
+    if o.chips is not None:
+        meta, previews = predict_patches(bundle, o.chips, o.out, o.threshold, o.batch_size, o.device,
+                                         o.precision, o.previews)
+        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
+        return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
+    runner = TileRunner(bundle.build_model(), o.device, o.precision)
+    inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or [])) if p is not None]
+    with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
+        if o.images is not None:
+            sc = _prepare_images(bundle, o.images, o.dem, tmp / ".scene")
+            where = "--image " + ", ".join(str(p) for p in o.images)
         else:
-            if precision == "auto":
-                precision = "bf16" if cpu_has_native_bf16() else "32"
-            self.amp_dtype = torch.bfloat16 if precision == "bf16" else None
-            self.precision = precision
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, h, w) float32 -> (N, h, w) float32 probabilities.
-
-        ``batch`` may be a channels-last view (strides of an (N, h, w, C) array): torch takes it as is.
-        """
-        with torch.inference_mode():
-            x = torch.from_numpy(np.asarray(batch, dtype=np.float32)).to(self.device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
-            amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
-                   else contextlib.nullcontext())
-            with amp:
-                logits = self.net(x)
-            if logits.ndim != 4 or logits.shape[1] != 1 or logits.shape[2:] != x.shape[2:]:
-                raise RuntimeError(f"network output {tuple(logits.shape)} for input {tuple(x.shape)}: "
-                                   f"expected one logit channel at the input size")
-            return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
-
-
-# --- the strip engine --------------------------------------------------------------------------------
-
-def standardise(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:
-    """In place: ``(x - mean) / std`` per band, then NaN/inf -> 0 (the standardised mean)."""
-    if mean is not None:
-        x -= np.asarray(mean, dtype=np.float32)[:, None, None]
-    if std is not None:
-        s = np.asarray(std, dtype=np.float32)
-        x /= np.where(s > 0, s, 1.0).astype(np.float32)[:, None, None]
-    np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return x
-
-
-def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_rows: ReadRows, height: int,
-                            width: int, tile: int = 512, overlap: int = 64, margin: int | None = None,
-                            batch_size: int = 4, mean: np.ndarray | None = None,
-                            std: np.ndarray | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Predict a region strip by strip; yields ``(row0, prob, valid)`` for consecutive finished rows.
-
-    ``read_rows(r0, r1)`` returns the raw (C, r1 - r0, width) float32 pixels of region rows r0..r1 (NaN
-    = nodata). ``prob`` is (h, width) float32 (not yet masked); ``valid`` is False where any band is NaN.
-    """
-    margin = check_tiling(tile, overlap, margin)
-    rows = AxisTiling.plan(height, tile, overlap)
-    cols = AxisTiling.plan(width, wide_tile(tile, overlap, batch_size), overlap)
-    th = rows.tile
-    row_src, col_src = _reflect_index(height, rows.padded), _reflect_index(width, cols.padded)
-    wx = [cols.weights(j, overlap, margin) for j in range(len(cols.offsets))]
-    num = np.zeros((th, cols.padded), dtype=np.float32)
-    den = np.zeros((th, cols.padded), dtype=np.float32)
-
-    def load_strip(r: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read, pad and standardise one strip; runs in the reader thread (GDAL and numpy drop the GIL)."""
-        src = row_src[r:r + th]
-        lo, hi = int(src.min()), int(src.max()) + 1
-        raw = read_rows(lo, hi)
-        if hi - lo != th or (src[0] != lo):
-            raw = raw[:, src - lo]
-        if cols.padded != width:
-            raw = raw[:, :, col_src]
-        raw = np.asarray(raw, dtype=np.float32)
-        valid = np.isfinite(raw[:, :, :width]).all(axis=0)
-        x = standardise(raw if raw.flags.writeable else raw.copy(), mean, std)
-        # Pixel-interleaved (H, W, C), so a batch of tiles is stacked straight into the channels-last
-        # layout the network runs in (one copy instead of two on the network's thread).
-        return np.ascontiguousarray(x.transpose(1, 2, 0)), valid
-
-    # The next strip is read while the network runs on this one, so reading costs no wall time.
-    with ThreadPoolExecutor(1, thread_name_prefix="slidemap-read") as reader:
-        pending = reader.submit(load_strip, rows.offsets[0])
-        for i, r in enumerate(rows.offsets):
-            x, valid = pending.result()
-            if i + 1 < len(rows.offsets):
-                pending = reader.submit(load_strip, rows.offsets[i + 1])
-            yield from _blend_strip(runner, x, valid, i, r, rows, cols, wx, num, den, overlap, margin,
-                                    height, width)
-
-
-def _blend_strip(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, valid: np.ndarray, i: int, r: int,
-                 rows: AxisTiling, cols: AxisTiling, wx: list[np.ndarray], num: np.ndarray, den: np.ndarray,
-                 overlap: int, margin: int, height: int,
-                 width: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Predict strip ``i`` (at row ``r``; ``x`` its (H, W, C) standardised pixels) into the running sums;
-    yield its finished rows, carry the rest."""
-    th, tw = rows.tile, cols.tile
-    wy = rows.weights(i, overlap, margin)
-    for j, c in enumerate(cols.offsets):
-        prob = runner(x[None, :, c:c + tw].transpose(0, 3, 1, 2))[0]
-        w = wy[:, None] * wx[j][None, :]
-        num[:, c:c + tw] += prob * w
-        den[:, c:c + tw] += w
-    nxt = rows.offsets[i + 1] if i + 1 < len(rows.offsets) else rows.padded
-    done = min(nxt, height) - r
-    if done > 0:
-        yield r, num[:done, :width] / den[:done, :width], valid[:done]
-    shift = nxt - r
-    if shift < th:
-        num[:th - shift] = num[shift:]
-        den[:th - shift] = den[shift:]
-    num[max(th - shift, 0):] = 0
-    den[max(th - shift, 0):] = 0
-
-
-def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], array: np.ndarray,
-                  tile: int = 512, overlap: int = 64, margin: int | None = None, batch_size: int = 4,
-                  device: str | torch.device = "cpu", mean: np.ndarray | None = None,
-                  std: np.ndarray | None = None) -> np.ndarray:
-    """Tiled, blended probability of an in-memory (C, H, W) array; NaN where any band is NaN.
-
-    The same engine as :func:`predict` (which streams from disk). ``mean``/``std`` standardise per band
-    (the bundle's statistics; omit for an array already standardised). ``tile >= max(H, W)`` (rounded
-    up to 16) gives the one-pass prediction.
-    """
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 3:
-        raise UserError(f"array of shape {array.shape}: expected (bands, height, width)")
-    runner = TileRunner(model, device) if isinstance(model, torch.nn.Module) else model
-    _, h, w = array.shape
-    out = np.empty((h, w), dtype=np.float32)
-    for r0, prob, valid in iter_probability_strips(runner, lambda a, b: array[:, a:b].copy(), h, w, tile,
-                                                   overlap, margin, batch_size, mean, std):
-        out[r0:r0 + len(prob)] = np.where(valid, prob, np.nan)
-    return out
+            sc = Scene(o.scene, "--scene")
+            where = f"--scene {sc.path}"
+        band_idx = [i + 1 for i in match_bands(bundle.bands, sc.bands, where, bundle.name)]
+        window, area_geoms = _window_of(sc, o.area)
+        region = _Region(sc, band_idx, window, area_geoms)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused():
+            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, th)
+        if o.images is not None:
+            shutil.rmtree(tmp / ".scene", ignore_errors=True)
+        seconds = time.perf_counter() - t_start
+        mpx = region.width * region.height / 1e6
+        which = str(o.threshold) if str(o.threshold) in bundle.meta.thresholds else "given"
+        meta = ScenePrediction(
+            model=bundle.name,
+            bundle=bundle.meta.model_dump(include={"architecture", "model_args", "bands", "patch_size",
+                                                   "thresholds", "training", "slidemap_version"}),
+            scene=None if o.images is not None else str(Path(sc.path).resolve()),
+            images=[str(p.resolve()) for p in o.images] if o.images else None,
+            dem=str(Path(o.dem).resolve()) if o.dem else None, area=o.area,
+            window={"col_off": int(window.col_off), "row_off": int(window.row_off),
+                    "width": region.width, "height": region.height},
+            crs=sc.crs.to_wkt(), transform=list(region.transform)[:6], threshold=Threshold(value=th, which=which),
+            tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
+            batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
+            probability_dtype="float32" if o.as_float else "uint8", min_area_m2=o.min_area, connectivity=4,
+            **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
+        meta.save(tmp / "prediction.json")
+    evaluation = None
+    if o.evaluate:
+        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene, areas=[o.area] if o.area else None))
+    return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation)
 
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-def bundle_terrain(bundle: Bundle) -> list[str]:
-    """The bundle's bands that prepare derives from a DEM (dem, slope, aspect, hillshade)."""
-    return [b for b in bundle.bands if b in TERRAIN_LAYERS]
-
-
-def bundle_image_bands(bundle: Bundle) -> list[str]:
-    """The bundle's bands that come from the images, in order."""
-    return [b for b in bundle.bands if b not in TERRAIN_LAYERS]
-
-
-def bundle_stats(bundle: Bundle, model_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std the network was trained with, in the bundle's band order."""
-    stats = bundle.meta.get("stats") or {}
-    missing = [b for b in bundle.bands if "mean" not in stats.get(b, {}) or "std" not in stats.get(b, {})]
-    if missing:
-        raise UserError(f"MODEL {model_name}: the bundle holds no normalisation statistics for band(s) "
-                        f"{', '.join(missing)}; train it again with this slidemap")
-    return (np.array([stats[b]["mean"] for b in bundle.bands], dtype=np.float32),
-            np.array([stats[b]["std"] for b in bundle.bands], dtype=np.float32))
-
-
-def match_bands(bundle_bands: list[str], have: list[str], where: str, model: str) -> list[int]:
-    """1-based indexes in ``have`` of the bundle's bands, in the bundle's order; a mismatch is a UserError."""
-    missing = [b for b in bundle_bands if b not in have]
-    if missing:
-        extra = [b for b in have if b not in bundle_bands]
-        raise UserError(f"{where}: lacks band(s) {', '.join(missing)} that model {model} needs (it has "
-                        f"{', '.join(extra) or 'no others'} besides); give an input with bands "
-                        f"{', '.join(bundle_bands)}")
-    return [have.index(b) + 1 for b in bundle_bands]
-
-
-def _prepare_images(bundle: Bundle, model_name: str, images: list[Path], dem: Path | None, folder: Path):
+def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, folder: Path) -> Scene:
     """Prepare bare images (+ DEM) into a scene in ``folder`` exactly as at training time."""
-    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.prepare import PrepareOptions
+    from slidemap.stages.prepare import run as prepare_run
 
-    image_bands, terrain = bundle_image_bands(bundle), bundle_terrain(bundle)
+    wanted_images, terrain = image_bands(bundle.bands), terrain_bands(bundle.bands)
     n = 0
     for p in images:
         with open_raster(p, "--image") as ds:
             n += ds.count
-    if n != len(image_bands):
-        raise UserError(f"--image: the images hold {n} band(s) but model {model_name} expects "
-                        f"{len(image_bands)} image band(s) ({', '.join(image_bands)}), in that order")
+    if n != len(wanted_images):
+        raise UserError(f"--image: the images hold {n} band(s) but model {bundle.name} expects "
+                        f"{len(wanted_images)} image band(s) ({', '.join(wanted_images)}), in that order")
     if terrain and dem is None:
-        raise UserError(f"--dem: model {model_name} uses terrain layer(s) {', '.join(terrain)}; give the DEM")
+        raise UserError(f"--dem: model {bundle.name} uses terrain layer(s) {', '.join(terrain)}; give the DEM")
     if dem is not None and not terrain:
-        warnings.warn(f"--dem {dem}: model {model_name} uses no terrain layer; the DEM is not used",
+        warnings.warn(f"--dem {dem}: model {bundle.name} uses no terrain layer; the DEM is not used",
                       PredictWarning, stacklevel=3)
-    return prepare_scene(list(images), folder, dem=dem if terrain else None, terrain=terrain,
-                         band_names=image_bands)
+    prepare_run(PrepareOptions(images=list(images), out=folder, dem=dem if terrain else None,
+                               terrain=terrain, band_names=wanted_images))
+    return Scene(folder)
 
 
-def _area_window(scene, name: str) -> tuple[Window, list]:
-    """The pixel window (rounded outwards, clipped to the scene) of area ``name``'s bounding box."""
-    from rasterio.windows import from_bounds
-
-    scene.area(name)
-    gdf = scene.area_geometries()
-    geoms = list(gdf.loc[gdf["name"] == name].geometry)
-    if not geoms:
-        raise UserError(f"--area {name}: has no geometry in {scene.areas_path}; prepare the scene again")
-    bounds = gdf.loc[gdf["name"] == name].total_bounds
-    win = from_bounds(*bounds, transform=scene.transform)
-    r0, c0 = max(math.floor(win.row_off + 1e-9), 0), max(math.floor(win.col_off + 1e-9), 0)
-    r1 = min(math.ceil(win.row_off + win.height - 1e-9), scene.height)
-    c1 = min(math.ceil(win.col_off + win.width - 1e-9), scene.width)
-    if r1 <= r0 or c1 <= c0:
-        raise UserError(f"--area {name}: does not overlap the scene {scene.path}")
-    return Window(c0, r0, c1 - c0, r1 - r0), geoms
+def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
+    """The pixel window to predict (the whole scene, or the area's by the one window rule) and the area's
+    polygon (pixels outside it are nodata)."""
+    if area is None:
+        return Window(0, 0, scene.width, scene.height), None
+    geom = scene.area_geometry(area)
+    if geom is None:
+        raise UserError(f"--area {area}: has no geometry in {scene.areas_path}; prepare the scene again")
+    window = area_window(geom, Grid(scene.crs, scene.transform, scene.width, scene.height))
+    if window is None:
+        raise UserError(f"--area {area}: does not overlap the scene {scene.path}")
+    return window, [geom]
 
 
-# --- outputs -----------------------------------------------------------------------------------------
+# --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
-class _RowWriter:
-    """Writes consecutive rows to band 1, buffered to whole block rows so no compressed block is
-    written twice (rewritten blocks would bloat a compressed GeoTIFF)."""
-
-    def __init__(self, ds, block: int = 256):
-        self.ds, self.block, self.next_row, self.pending = ds, block, 0, []
-
-    def write(self, rows: np.ndarray) -> None:
-        self.pending.append(rows)
-        n = sum(len(p) for p in self.pending)
-        full = (n // self.block) * self.block
-        if full:
-            self._flush(full)
-
-    def close(self) -> None:
-        n = sum(len(p) for p in self.pending)
-        if n:
-            self._flush(n)
-
-    def _flush(self, n: int) -> None:
-        data = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.ds.write(data[:n], 1, window=Window(0, self.next_row, data.shape[1], n))
-        self.next_row += n
-        self.pending = [data[n:]] if n < len(data) else []
-
-
-def _build_overviews(path: Path, resampling: Resampling) -> None:
-    with rasterio.Env(COMPRESS_OVERVIEW="DEFLATE"), rasterio.open(path, "r+") as ds:
-        factors = [f for f in OVERVIEW_FACTORS if min(ds.width, ds.height) // f >= 16] or [2]
-        if min(ds.width, ds.height) >= 2:
-            ds.build_overviews(factors, resampling)
-            ds.update_tags(ns="rio_overview", resampling=resampling.name)
-
-
-def predict(model: str | Path | Bundle, out: str | Path, scene: str | Path | None = None,
-            area: str | None = None, images: list[str | Path] | None = None, dem: str | Path | None = None,
-            tile: int = 512, overlap: int = 64, threshold: str | float = "best", min_area: float = 0.0,
-            batch_size: int = 4, device: str = "auto", as_float: bool = False,
-            evaluate: bool = False, precision: str = "auto") -> dict[str, Any]:
-    """Predict landslides over a prepared scene (or an area of it) or bare images, into folder ``out``.
-
-    Returns printable results: output paths, landslide count and km², threshold, seconds and Mpx/s
-    (plus the evaluation's keys and ``table`` when ``evaluate``).
-    """
-    t_start = time.perf_counter()
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
-    images = [Path(p) for p in images] if images else None
-    if (scene is None) == (images is None):
-        raise UserError("--scene / --image: give exactly one input to predict")
-    if area is not None and scene is None:
-        raise UserError("--area: only with --scene (bare images have no named areas)")
-    if dem is not None and images is None:
-        raise UserError("--dem: only with --image (a prepared scene already holds its terrain layers)")
-    if evaluate and scene is None:
-        raise UserError("--evaluate: needs --scene with an inventory to compare against")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    if min_area < 0:
-        raise UserError(f"--min-area {min_area}: must be >= 0 (m²)")
-    margin = check_tiling(tile, overlap)
-    bundle = model if isinstance(model, Bundle) else load_bundle(model, "MODEL")
-    model_name = "<in memory>" if isinstance(model, Bundle) else str(Path(model).resolve())
-    th = bundle.threshold(threshold)
-    which = str(threshold) if str(threshold) in bundle.meta.get("thresholds", {}) else "given"
-    torch_device = resolve_device(device)
-    runner = TileRunner(bundle.build_model(), torch_device, precision)
-    out = Path(out)
-
-    inputs = [p for p in (model if not isinstance(model, Bundle) else None, scene, dem, *(images or [])) if p]
-    with atomic_dir(out, "prediction.json", inputs, "prediction") as tmp:
-        if images is not None:
-            sc = _prepare_images(bundle, model_name, images, Path(dem) if dem else None, tmp / ".scene")
-            where = "--image " + ", ".join(str(p) for p in images)
-        else:
-            from slidemap.formats.scene import Scene
-
-            sc = Scene(scene, "--scene")
-            where = f"--scene {sc.path}"
-        band_idx = match_bands(bundle.bands, sc.bands, where, model_name)
-        if area is not None:
-            window, area_geoms = _area_window(sc, area)
-        else:
-            window, area_geoms = Window(0, 0, sc.width, sc.height), None
-        mean, std = bundle_stats(bundle, model_name)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused():
-            summary = _run(runner, sc, band_idx, window, area_geoms, tmp, tile, overlap, margin, batch_size,
-                           mean, std, th, min_area, as_float)
-        if images is not None:
-            import shutil
-
-            shutil.rmtree(tmp / ".scene", ignore_errors=True)
-        seconds = time.perf_counter() - t_start
-        mpx = window.width * window.height / 1e6
-        meta = {
-            "format": PREDICTION_FORMAT, "format_version": PREDICTION_FORMAT_VERSION,
-            "model": model_name,
-            "bundle": {k: bundle.meta.get(k) for k in ("architecture", "model_args", "bands", "patch_size",
-                                                       "thresholds", "training", "slidemap_version")},
-            "scene": None if images is not None else str(Path(sc.path).resolve()),
-            "images": [str(p.resolve()) for p in images] if images else None,
-            "dem": str(Path(dem).resolve()) if dem else None,
-            "area": area,
-            "window": {"col_off": int(window.col_off), "row_off": int(window.row_off),
-                       "width": int(window.width), "height": int(window.height)},
-            "crs": sc.crs.to_wkt(), "transform": list(summary.pop("transform"))[:6],
-            "threshold": {"value": th, "which": which},
-            "tile": tile, "overlap": overlap, "blend_margin": margin, "batch_size": batch_size,
-            "device": str(torch_device), "precision": runner.precision,
-            "probability_dtype": "float32" if as_float else "uint8",
-            "min_area_m2": min_area, "connectivity": 4,
-            **summary,
-            "seconds": round(seconds, 3), "mpx": round(mpx, 4), "mpx_per_s": round(mpx / seconds, 4),
-        }
-        write_json(tmp / "prediction.json", meta)
-
-    result: dict[str, Any] = {
-        "prediction": str(out),
-        "probability": str(out / "probability.tif"),
-        "mask": str(out / "mask.tif"),
-        "polygons": str(out / "landslides.gpkg"),
-        "landslides": meta["landslides"],
-        "landslide_km2": meta["landslide_km2"],
-        "valid_km2": meta["valid_km2"],
-        "threshold": th,
-        "seconds": meta["seconds"],
-        "mpx_per_s": meta["mpx_per_s"],
-    }
-    if evaluate:
-        from slidemap.stages.evaluate import evaluate as evaluate_fn
-
-        result.update(evaluate_fn(out, scene, areas=[area] if area else None))
-    return result
-
-
-def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms: list | None, tmp: Path,
-         tile: int, overlap: int, margin: int, batch_size: int, mean: np.ndarray, std: np.ndarray,
-         threshold: float, min_area: float, as_float: bool) -> dict[str, Any]:
+def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
+                    o: PredictOptions, threshold: float) -> dict[str, Any]:
     """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews."""
+    t0 = time.perf_counter()
+    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, threshold)
+    t_predict = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    comps = labeler.resolve({AREA: o.min_area})
+    _mask_and_polygons(region, comps, tmp)
+    t_polygons = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    build_overviews(tmp / "probability.tif", Resampling.average)
+    build_overviews(tmp / "mask.tif", Resampling.nearest)
+    return {
+        "width": region.width, "height": region.height, "landslides": len(comps),
+        "landslide_km2": round(float(comps.sums[AREA].sum()) / 1e6, 6), "valid_km2": round(valid_km2, 6),
+        "dropped_specks": comps.dropped, "dropped_specks_km2": round(comps.dropped_sums.get(AREA, 0) / 1e6, 6),
+        "timings_s": {"predict": round(t_predict, 3), "mask_and_polygons": round(t_polygons, 3),
+                      "overviews": round(time.perf_counter() - t2, 3)},
+    }
+
+
+def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path, o: PredictOptions,
+                      threshold: float):
     from rasterio import features
 
-    crs = sc.crs
-    transform: Affine = sc.transform @ Affine.translation(int(window.col_off), int(window.row_off))
-    height, width = int(window.height), int(window.width)
-    row0_scene, col0_scene = int(window.row_off), int(window.col_off)
-    prob_path, mask_path, labels_path = tmp / "probability.tif", tmp / "mask.tif", tmp / ".labels.tif"
-    prob_profile = gtiff_profile(width, height, 1, "float32" if as_float else "uint8", crs, transform,
-                                 nodata=float("nan") if as_float else PROB_NODATA_U8)
-    labeler = ComponentLabeler()
+    sc, width, height = region.scene, region.width, region.height
+    transform, crs = region.transform, region.crs
+    row0, col0 = int(region.window.row_off), int(region.window.col_off)
+    prob_profile = gtiff_profile(width, height, 1, "float32" if o.as_float else "uint8", crs, transform,
+                                 nodata=float("nan") if o.as_float else PROB_NODATA_U8)
+    labeler = landslide_labeler(width)
     row_areas = row_pixel_areas_m2(crs, transform, 0, height)
     total_km2 = float(row_areas.sum() * width / 1e6)
     valid_km2 = 0.0
-    t0 = time.perf_counter()
-    has_mask = Path(sc.mask_path).exists()
     progress = bar("km²", transient=False)
+    stack_name, mask_name = f"--scene {sc.path}: stack.tif", f"--scene {sc.path}: mask.tif"
 
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(rasterio.open(sc.stack_path))
-        msk = stack.enter_context(rasterio.open(sc.mask_path)) if has_mask else None
-        prob_ds = stack.enter_context(rasterio.open(prob_path, "w", **prob_profile))
+        src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
+        msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
+               if sc.mask_path.exists() else None)
+        prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
         lab_ds = stack.enter_context(rasterio.open(
-            labels_path, "w", **gtiff_profile(width, height, 1, "int32", crs, transform)))
-        prob_out, lab_out = _RowWriter(prob_ds), _RowWriter(lab_ds)
+            tmp / ".labels.tif", "w", **gtiff_profile(width, height, 1, "int32", crs, transform)))
+        prob_out, lab_out = RowWriter(prob_ds), RowWriter(lab_ds)
         stack.enter_context(progress)
         task = progress.add_task("predict", total=total_km2)
 
         def read_rows(r0: int, r1: int) -> np.ndarray:
-            win = Window(col0_scene, row0_scene + r0, width, r1 - r0)
-            return src.read(band_idx, window=win, out_dtype="float32")
+            return read_block(src, stack_name, region.band_idx, Window(col0, row0 + r0, width, r1 - r0),
+                              "float32")
 
         def finish_strip(r0: int, prob: np.ndarray, valid: np.ndarray) -> float:
             """Mask, label and write one strip; returns its valid km². Runs in the writer thread."""
             h = len(prob)
             if msk is not None:
-                valid &= msk.read(1, window=Window(col0_scene, row0_scene + r0, width, h)) != MASK_NODATA
-            if area_geoms is not None:
-                valid &= features.geometry_mask(area_geoms, out_shape=(h, width), invert=True,
+                valid &= read_block(msk, mask_name, 1, Window(col0, row0 + r0, width, h)) != MASK_NODATA
+            if region.area_geoms is not None:
+                valid &= features.geometry_mask(region.area_geoms, out_shape=(h, width), invert=True,
                                                 transform=transform @ Affine.translation(0, r0))
-            binary = valid & (prob >= threshold)
-            labels = labeler.add(binary, prob, row_areas[r0:r0 + h])
+            labels = label_strip(labeler, r0, valid & (prob >= threshold), prob, row_areas[r0:r0 + h])
             labels[~valid] = -1
             lab_out.write(labels)
-            if as_float:
+            if o.as_float:
                 prob_out.write(np.where(valid, prob, np.float32(np.nan)).astype(np.float32))
             else:
                 q = np.rint(np.clip(prob, 0, 1) * 254).astype(np.uint8)
@@ -602,8 +327,8 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
 
         # Strips are labelled and written (GDAL compresses without the GIL) in one writer thread, in
         # order, while the network predicts the next strip; at most two finished strips wait.
-        strips = iter_probability_strips(runner, read_rows, height, width, tile, overlap, margin, batch_size,
-                                         mean, std)
+        strips = iter_probability_strips(runner, read_rows, height, width, o.tile, o.overlap, None,
+                                         o.batch_size, normalise)
         writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="slidemap-write"))
         queued: deque = deque()
         for r0, prob, valid in strips:
@@ -614,13 +339,17 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
             valid_km2 += queued.popleft().result()
         prob_out.close()
         lab_out.close()
-    t_predict = time.perf_counter() - t0
+    return labeler, valid_km2
 
-    t1 = time.perf_counter()
-    comps = labeler.components(min_area)
-    polygons = LandslideWriter(tmp / "landslides.gpkg", comps, transform, crs)
-    mask_profile = gtiff_profile(width, height, 1, "uint8", crs, transform, nodata=MASK_NODATA)
-    with rasterio.open(labels_path) as lab_ds, rasterio.open(mask_path, "w", **mask_profile) as mask_ds, \
+
+# --- pass 2: mask and polygons -------------------------------------------------------------------------
+
+def _mask_and_polygons(region: _Region, comps, tmp: Path) -> None:
+    width, height = region.width, region.height
+    polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs)
+    mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
+    labels_path = tmp / ".labels.tif"
+    with rasterio.open(labels_path) as lab_ds, rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
             ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
 
         def trace_block(win: Window) -> tuple[np.ndarray, list]:
@@ -643,25 +372,8 @@ def _run(runner: TileRunner, sc, band_idx: list[int], window: Window, area_geoms
             polygons.add_pieces(pieces, int(win.row_off + win.height))
     polygons.close()
     labels_path.unlink()
-    t_polygons = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    _build_overviews(prob_path, Resampling.average)
-    _build_overviews(mask_path, Resampling.nearest)
-    t_overviews = time.perf_counter() - t2
-    return {
-        "transform": transform,
-        "width": width, "height": height,
-        "landslides": len(comps),
-        "landslide_km2": round(float(comps.area_m2.sum()) / 1e6, 6),
-        "valid_km2": round(valid_km2, 6),
-        "dropped_specks": comps.dropped, "dropped_specks_km2": round(comps.dropped_m2 / 1e6, 6),
-        "timings_s": {"predict": round(t_predict, 3), "mask_and_polygons": round(t_polygons, 3),
-                      "overviews": round(t_overviews, 3)},
-    }
 
 
 def _row_blocks(width: int, height: int, rows: int) -> Iterator[Window]:
     for r in range(0, height, rows):
         yield Window(0, r, width, min(rows, height - r))
-

@@ -17,39 +17,41 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
 from affine import Affine
+from pydantic import Field, field_validator, model_validator
 from rasterio import features
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-import slidemap
 from slidemap.errors import UserError
-from slidemap.figures import QUICKLOOK_SIZE, render_quicklook, rgb_band_indexes
-from slidemap.formats.files import atomic_dir, sha256, write_json
-from slidemap.formats.scene import NODATA_MASK, SCENE_FORMAT, SCENE_FORMAT_VERSION, Scene
+from slidemap.figures import QUICKLOOK_SIZE, render_quicklook
+from slidemap.formats.files import atomic_dir, sha256
+from slidemap.formats.gdal import GDAL_CACHE_MB, gtiff_profile, open_raster, read_vector
+from slidemap.formats.scene import NODATA_MASK, Scene, SceneMeta
 from slidemap.progress import bar
+from slidemap.raster.bands import TERRAIN_LAYERS, rgb_band_indexes
 from slidemap.raster.geo import (
     Grid,
     block_windows,
-    gtiff_profile,
+    bounds_overlap,
     masked_area_km2,
-    open_raster,
     pixel_size_m,
-    read_vector,
     row_pixel_areas_m2,
     row_pixel_sizes_m,
 )
-from slidemap.raster.terrain import TERRAIN_LAYERS, terrain_layers
+from slidemap.raster.stats import RunningStats
+from slidemap.raster.terrain import terrain_layers
+from slidemap.stages.options import StageOptions, StageResult
 
 BLOCK = 1024  # pixels per side of a processing block (a multiple of the 256 px GeoTIFF tiles)
-GDAL_CACHE_MB = 256  # GDAL's block cache (its default, 5 % of RAM, is what would grow with the scene)
 ROLES = ("train", "test")
 
 
@@ -71,122 +73,77 @@ class Inventory:
         return len(self.gdf)
 
 
-@dataclass
-class _Stats:
-    """Streaming per-band count/mean/M2/min/max, kept per slot (Chan's parallel update: exact and stable
-    in float64).
+class PrepareOptions(StageOptions):
+    """Everything ``slidemap prepare`` takes (see ``slidemap prepare --help``).
 
-    One slot sums every pixel added. With a slot per column (or row), the statistics of any set of
-    columns can be merged afterwards: a ``--split`` train area is only known once the stack is written,
-    and this way the stack is not read a second time to describe it.
+    ``images`` are stacked in order, the first defining the grid; ``dem`` (any CRS/resolution) is warped
+    bilinearly onto it; ``inventory`` (any OGR format and CRS) is rasterised (None: a scene to predict
+    only); ``areas`` names train/test polygons, or ``split`` ("3:2") cuts the scene along ``split_axis``
+    where its valid area divides in that ratio (neither: statistics over all valid pixels); ``terrain``
+    lists the layers derived from the DEM; ``all_touched`` marks every pixel a polygon touches.
     """
 
-    bands: int
-    slots: int = 1
-    n: np.ndarray = field(init=False)
-    mean: np.ndarray = field(init=False)
-    m2: np.ndarray = field(init=False)
-    lo: np.ndarray = field(init=False)
-    hi: np.ndarray = field(init=False)
+    images: list[Path] = Field(min_length=1)
+    out: Path
+    dem: Path | None = None
+    inventory: Path | None = None
+    areas: Path | None = None
+    split: str | None = None
+    split_axis: Literal["x", "y"] = "x"
+    terrain: list[str] = ["dem", "slope"]
+    band_names: list[str] | None = None
+    all_touched: bool = False
 
-    def __post_init__(self) -> None:
-        shape = (self.bands, self.slots)
-        self.n = np.zeros(self.slots)
-        self.mean = np.zeros(shape)
-        self.m2 = np.zeros(shape)
-        self.lo = np.full(shape, np.inf)
-        self.hi = np.full(shape, -np.inf)
+    @field_validator("images", mode="before")
+    @classmethod
+    def _one_or_more(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str | Path) else v
 
-    def add(self, values: np.ndarray) -> None:
-        """Add pixels (C, N) (all valid) to slot 0."""
-        if values.shape[1] == 0:
-            return
-        v = values.astype(np.float64)
-        mb = v.mean(axis=1, keepdims=True)
-        self._merge(slice(0, 1), np.array([v.shape[1]], dtype=np.float64), mb,
-                    ((v - mb) ** 2).sum(axis=1, keepdims=True), v.min(axis=1, keepdims=True),
-                    v.max(axis=1, keepdims=True))
+    @field_validator("terrain")
+    @classmethod
+    def _terrain(cls, terrain: list[str]) -> list[str]:
+        names = [t.strip().lower() for t in terrain if t.strip()]
+        unknown = [n for n in names if n not in TERRAIN_LAYERS]
+        if unknown:
+            raise ValueError(f"unknown layer {', '.join(unknown)}; choose from {','.join(TERRAIN_LAYERS)}")
+        return list(dict.fromkeys(names))
 
-    def add_lines(self, block: np.ndarray, counted: np.ndarray, axis: str, first: int) -> None:
-        """Add the ``counted`` pixels of ``block`` (C, H, W), each column (``axis="x"``) or row (``"y"``)
-        to its own slot, the block's first column/row being slot ``first``."""
-        if axis == "y":
-            block, counted = block.transpose(0, 2, 1), counted.T
-        nb = counted.sum(axis=0).astype(np.float64)
-        if not nb.any():
-            return
-        v = block.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mb = np.where(counted, v, 0).sum(axis=1) / nb
-        m2b = (np.where(counted, v - mb[:, None, :], 0) ** 2).sum(axis=1)
-        lo, hi = np.where(counted, v, np.inf).min(axis=1), np.where(counted, v, -np.inf).max(axis=1)
-        used = nb > 0
-        index = np.flatnonzero(used) + first
-        self._merge(index, nb[used], mb[:, used], m2b[:, used], lo[:, used], hi[:, used])
+    @field_validator("split")
+    @classmethod
+    def _split(cls, split: str | None) -> str | None:
+        if split is None:
+            return None
+        try:
+            train, test = (int(p) for p in split.split(":"))
+        except ValueError:
+            raise ValueError("expected TRAIN:TEST with whole numbers, e.g. 3:2") from None
+        if train <= 0 or test <= 0:
+            raise ValueError("both parts must be positive, e.g. 3:2")
+        return split
 
-    def _merge(self, idx, nb: np.ndarray, mb: np.ndarray, m2b: np.ndarray, lo: np.ndarray,
-               hi: np.ndarray) -> None:
-        """Chan's update of slots ``idx`` with batches of ``nb`` pixels of mean ``mb`` and M2 ``m2b``."""
-        n0, mean0 = self.n[idx], self.mean[:, idx]
-        total = n0 + nb
-        delta = mb - mean0
-        self.mean[:, idx] = mean0 + delta * nb / total
-        self.m2[:, idx] += m2b + delta**2 * n0 * nb / total
-        self.n[idx] = total
-        self.lo[:, idx] = np.minimum(self.lo[:, idx], lo)
-        self.hi[:, idx] = np.maximum(self.hi[:, idx], hi)
+    @model_validator(mode="after")
+    def _areas_or_split(self) -> PrepareOptions:
+        if self.areas is not None and self.split is not None:
+            raise ValueError("give --areas or --split, not both")
+        return self
 
-    def merged(self, keep: np.ndarray | None = None) -> _Stats:
-        """The one-slot statistics of the slots where ``keep`` is True (default: all)."""
-        keep = np.ones(self.slots, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
-        out = _Stats(self.bands)
-        n = self.n[keep]
-        if n.sum() == 0:
-            return out
-        out.n[:] = n.sum()
-        out.mean[:, 0] = (self.mean[:, keep] * n).sum(axis=1) / out.n[0]
-        out.m2[:, 0] = (self.m2[:, keep] + n * (self.mean[:, keep] - out.mean[:, :1]) ** 2).sum(axis=1)
-        out.lo[:, 0] = self.lo[:, keep].min(axis=1)
-        out.hi[:, 0] = self.hi[:, keep].max(axis=1)
-        return out
-
-    def as_dict(self, names: Sequence[str]) -> dict[str, dict[str, float]]:
-        one = self if self.slots == 1 else self.merged()
-        if not one.n.any():
-            return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
-        std = np.sqrt(one.m2[:, 0] / one.n[0])
-        return {name: {"mean": float(one.mean[i, 0]), "std": float(std[i]), "min": float(one.lo[i, 0]),
-                       "max": float(one.hi[i, 0])} for i, name in enumerate(names)}
+    @property
+    def ratio(self) -> tuple[int, int] | None:
+        return None if self.split is None else tuple(int(p) for p in self.split.split(":"))  # type: ignore
 
 
-def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path | None = None,
-                  inventory: str | Path | None = None, areas: str | Path | None = None,
-                  split: str | None = None, split_axis: str = "x",
-                  terrain: Sequence[str] = ("dem", "slope"), band_names: Sequence[str] | None = None,
-                  all_touched: bool = False) -> Scene:
-    """Write a scene folder at ``out`` and return it.
+class PrepareResult(StageResult):
+    path: Path
+    meta: SceneMeta
 
-    Args:
-        images: image rasters, stacked in this order; the first one defines the grid.
-        out: scene folder to write (replaced atomically if it exists).
-        dem: elevation raster in any CRS/resolution, warped bilinearly onto the grid.
-        inventory: landslide polygons (any OGR format and CRS); None for a scene to predict only.
-        areas: vector file of named areas (columns ``name``, ``role`` = train|test).
-        split: instead of ``areas``, ``"TRAIN:TEST"`` (e.g. ``"3:2"``): cut the scene in two along
-            ``split_axis`` where its valid area divides in that ratio. Neither: no areas, and the
-            statistics cover all valid pixels.
-        split_axis: ``"x"`` (train left, test right) or ``"y"`` (train top, test bottom).
-        terrain: layers derived from the DEM, any of dem, slope, aspect, hillshade (ignored without DEM).
-        band_names: names of the image bands in stack order (default: the files' band descriptions).
-        all_touched: mark every pixel a landslide polygon touches, not only those whose centre is inside.
-    """
-    image_paths = [Path(p) for p in images]
-    if not image_paths:
-        raise UserError("--image: give at least one image raster")
-    if areas is not None and split is not None:
-        raise UserError("--areas / --split: give one of them, not both")
-    terrain = _check_terrain(terrain) if dem is not None else []
-    ratio = _parse_split(split, split_axis) if split is not None else None
+
+def run(options: PrepareOptions) -> PrepareResult:
+    """Write a scene folder (replaced atomically if it is an earlier scene) and describe it."""
+    o = options
+    image_paths, dem, inventory, areas = o.images, o.dem, o.inventory, o.areas
+    split_axis, band_names, all_touched = o.split_axis, o.band_names, o.all_touched
+    terrain = o.terrain if dem is not None else []
+    ratio = o.ratio
 
     with contextlib.ExitStack() as stack:
         image_ds = [stack.enter_context(open_raster(p, "--image")) for p in image_paths]
@@ -208,9 +165,9 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
         if area_gdf is not None and (area_gdf["role"] == "train").any():
             train_geoms = list(area_gdf.loc[area_gdf["role"] == "train"].geometry)
         lines = grid.width if split_axis == "x" else grid.height
-        stats = _Stats(len(bands), lines if ratio is not None else 1)
+        stats = RunningStats(len(bands), lines if ratio is not None else 1)
         inputs = [*image_paths, *(p for p in (dem, inventory, areas) if p is not None)]
-        with atomic_dir(out, "scene.json", inputs, "scene") as tmp, \
+        with atomic_dir(o.out, "scene.json", inputs, "scene") as tmp, \
                 rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             valid_profile, overview = _write_layers(tmp, grid, bands, readers, dem_reader, terrain, inv,
                                                     all_touched, stats, split_axis if ratio else None,
@@ -224,10 +181,7 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
             area_rows = _summarise(tmp, grid, area_gdf, inv, all_touched)
             _quicklook(tmp, grid, overview, inv, area_gdf, image_paths[0], image_bands)
             sources = _sources(image_paths, dem, inventory, areas)
-            write_json(tmp / "scene.json", {
-                "format": SCENE_FORMAT,
-                "format_version": SCENE_FORMAT_VERSION,
-                "slidemap_version": slidemap.__version__,
+            SceneMeta(**{
                 "bands": bands,
                 "image_bands": image_bands,
                 "terrain": list(terrain),
@@ -245,34 +199,12 @@ def prepare_scene(images: Sequence[str | Path], out: str | Path, dem: str | Path
                 "split": None if ratio is None else {"ratio": list(ratio), "axis": split_axis},
                 "sources": sources,
                 "quicklook": "quicklook.png",
-            })
-    return Scene(out)
+            }).save(tmp / "scene.json")
+    scene = Scene(o.out)
+    return PrepareResult(path=scene.path, meta=scene.meta)
 
 
 # --- checks and loading ---------------------------------------------------------------------------
-
-def _check_terrain(terrain: Sequence[str]) -> list[str]:
-    names = [t.strip().lower() for t in terrain if t.strip()]
-    unknown = [n for n in names if n not in TERRAIN_LAYERS]
-    if unknown:
-        raise UserError(f"--terrain: unknown layer {', '.join(unknown)}; "
-                        f"choose from {','.join(TERRAIN_LAYERS)}")
-    return list(dict.fromkeys(names))
-
-
-def _parse_split(split: str, axis: str) -> tuple[int, int]:
-    if axis not in ("x", "y"):
-        raise UserError(f"--split-axis {axis}: choose x (train left, test right) or y (train top, "
-                        f"test bottom)")
-    parts = split.split(":")
-    try:
-        train, test = (int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--split {split}: expected TRAIN:TEST with whole numbers, e.g. 3:2") from None
-    if train <= 0 or test <= 0:
-        raise UserError(f"--split {split}: both parts must be positive, e.g. 3:2")
-    return train, test
-
 
 def _grid_of(ds: rasterio.DatasetReader, path: Path) -> Grid:
     t = ds.transform
@@ -284,10 +216,6 @@ def _grid_of(ds: rasterio.DatasetReader, path: Path) -> Grid:
     return Grid(ds.crs, t, ds.width, ds.height)
 
 
-
-
-def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 @dataclass(frozen=True)
@@ -325,7 +253,7 @@ def _aligned(ds: rasterio.DatasetReader, grid: Grid, option: str, path: Path, fi
     except Exception as e:  # noqa: BLE001 - PROJ raises several types
         raise UserError(f"{option} {path}: cannot be aligned with {first} (CRS transform failed: "
                         f"{str(e).splitlines()[0]}); give rasters in compatible CRSs") from None
-    if not all(np.isfinite(in_grid_crs)) or not _overlaps(in_grid_crs, grid.bounds):
+    if not all(np.isfinite(in_grid_crs)) or not bounds_overlap(in_grid_crs, grid.bounds):
         what = "the DEM" if option == "--dem" else "the image"
         raise UserError(f"{option} {path}: {what} does not overlap {first}; give a raster that covers "
                         f"the scene")
@@ -398,7 +326,7 @@ def _load_inventory(path: Path, grid: Grid) -> Inventory:
                         f"polygons")
     polygons = gpd.GeoSeries(polygons.values, crs=gdf.crs).to_crs(grid.crs)
     polygons = polygons[polygons.notna() & ~polygons.is_empty & np.isfinite(polygons.bounds).all(axis=1)]
-    if len(polygons) == 0 or not _overlaps(tuple(polygons.total_bounds), grid.bounds):
+    if len(polygons) == 0 or not bounds_overlap(tuple(polygons.total_bounds), grid.bounds):
         raise UserError(f"--inventory {path}: does not overlap the images; give the inventory of this scene")
     inside = polygons[polygons.intersects(grid.box())].reset_index(drop=True)
     if len(inside) == 0:
@@ -468,7 +396,7 @@ def _empty_areas(grid: Grid):
 
 def _write_layers(folder: Path, grid: Grid, bands: list[str], readers: Sequence[_OnGrid],
                   dem_reader: _OnGrid | None, terrain: Sequence[str], inv: Inventory | None,
-                  all_touched: bool, stats: _Stats, split_axis: str | None,
+                  all_touched: bool, stats: RunningStats, split_axis: str | None,
                   train_geoms: list | None) -> tuple[dict[str, np.ndarray], tuple]:
     """Write stack.tif and mask.tif block by block, adding the valid pixels to ``stats`` on the way
     (per column or row along ``split_axis`` if given, else those inside ``train_geoms`` if given).

@@ -1,0 +1,164 @@
+"""The 0.1 import paths, kept for one release: ``slidemap.prepare`` and friends, with a DeprecationWarning.
+
+The package was reorganised into layers (formats, raster, nn, sources, stages). Importing an old module
+path gives a module that forwards to the new home and warns once; the old stage functions, whose options
+became pydantic models and whose results became typed, are kept here with their old signatures and
+return values. Nothing in the package itself imports these paths.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+MOVED = {
+    "slidemap.files": "slidemap.formats.files", "slidemap.scene": "slidemap.formats.scene",
+    "slidemap.chips": "slidemap.formats.chips", "slidemap.geo": "slidemap.raster.geo",
+    "slidemap.terrain": "slidemap.raster.terrain", "slidemap.metrics": "slidemap.raster.metrics",
+    "slidemap.polygons": "slidemap.raster.polygons", "slidemap.patch_size": "slidemap.raster.tiling",
+    "slidemap.quicklook": "slidemap.figures", "slidemap.models": "slidemap.nn.models",
+    "slidemap.models.unet": "slidemap.nn.models.unet", "slidemap.models.resunet": "slidemap.nn.models.resunet",
+    "slidemap.augment": "slidemap.nn.augment", "slidemap.losses": "slidemap.nn.losses",
+    "slidemap.device": "slidemap.nn.device", "slidemap.bundle": "slidemap.nn.bundle",
+    "slidemap.prepare": "slidemap.stages.prepare", "slidemap.sample": "slidemap.stages.sample",
+    "slidemap.train": "slidemap.stages.train", "slidemap.predict": "slidemap.stages.predict",
+    "slidemap.evaluate": "slidemap.stages.evaluate", "slidemap.l4s": "slidemap.sources.l4s",
+    "slidemap.synth": "slidemap.sources.synth",
+}
+
+
+def prepare_scene(images, out, dem=None, inventory=None, areas=None, split=None, split_axis="x",
+                  terrain=("dem", "slope"), band_names=None, all_touched=False):
+    """0.1 API: ``slidemap.stages.prepare.run(PrepareOptions(...))``, returning the Scene."""
+    from slidemap.formats.scene import Scene
+    from slidemap.stages import prepare
+
+    result = prepare.run(prepare.PrepareOptions(
+        images=list(images), out=out, dem=dem, inventory=inventory, areas=areas, split=split,
+        split_axis=split_axis, terrain=list(terrain), band_names=band_names, all_touched=all_touched))
+    return Scene(result.path)
+
+
+def sample_chips(scene, out, method="grid", size=128, overlap=0.0, count=5000, require_landslide=False,
+                 area=None, max_nodata=0, seed=0):
+    """0.1 API: ``slidemap.stages.sample.run(SampleOptions(...))``, returning the ChipSet."""
+    from slidemap.formats.chips import ChipSet
+    from slidemap.stages import sample
+
+    result = sample.run(sample.SampleOptions(
+        scene=scene, out=out, method=method, size=size, overlap=overlap, count=count,
+        require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed))
+    return ChipSet(result.path)
+
+
+def train(chips, out, model="unet", filters=16, batch_size=16, epochs=200, lr=1e-3, val_fraction=0.3,
+          augment=True, patience=20, bands=None, loss="bce", pos_weight=None, seed=0, device="auto",
+          resume=False, *, precision=None, progress=True, max_time=None, model_args=None, channels_last=True,
+          callbacks=()) -> dict[str, Any]:
+    """0.1 API: ``slidemap.stages.train.run(TrainOptions(...))``, returning ``{bundle, run, summary}``."""
+    from slidemap.stages import train as stage
+
+    result = stage.run(stage.TrainOptions(
+        chips=chips, out=out, model=model, filters=filters, batch_size=batch_size, epochs=epochs, lr=lr,
+        val_fraction=val_fraction, augment=augment, patience=patience, bands=bands, loss=loss,
+        pos_weight=pos_weight, seed=seed, device=device, resume=resume, precision=precision or "auto",
+        progress=progress, max_time=max_time, model_args=model_args or {}, channels_last=channels_last),
+        callbacks=callbacks)
+    return {"bundle": result.bundle, "run": result.run, "summary": result.summary.model_dump()}
+
+
+def _evaluation_dict(evaluation) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": evaluation.table, **{k: str(v) for k, v in evaluation.files.items()}}
+    out["metrics"] = evaluation.metrics.model_dump()
+    return out
+
+
+def predict(model, out, scene=None, area=None, images=None, dem=None, tile=512, overlap=64, threshold="best",
+            min_area=0.0, batch_size=4, device="auto", as_float=False, evaluate=False,
+            precision="auto") -> dict[str, Any]:
+    """0.1 API: ``slidemap.stages.predict.run(PredictOptions(...))``, returning a dict of figures."""
+    from slidemap.stages import predict as stage
+
+    result = stage.run(stage.PredictOptions(
+        model=model, out=out, scene=scene, area=area, images=images, dem=dem, tile=tile, overlap=overlap,
+        threshold=threshold, min_area=min_area, batch_size=batch_size, device=device, as_float=as_float,
+        evaluate=evaluate, precision=precision))
+    m = result.meta
+    d: dict[str, Any] = {"prediction": str(out), "probability": str(Path(out) / "probability.tif"),
+                         "mask": str(Path(out) / "mask.tif"), "polygons": str(Path(out) / "landslides.gpkg"),
+                         "landslides": m.landslides, "landslide_km2": m.landslide_km2, "valid_km2": m.valid_km2,
+                         "threshold": m.threshold.value, "seconds": m.seconds, "mpx_per_s": m.mpx_per_s}
+    if result.evaluation is not None:
+        d.update(_evaluation_dict(result.evaluation))
+    return d
+
+
+def evaluate(pred, truth=None, areas=None, object_overlap=0.5, block=1024) -> dict[str, Any]:
+    """0.1 API: ``slidemap.stages.evaluate.run(EvaluateOptions(...))``, returning a dict."""
+    from slidemap.stages import evaluate as stage
+
+    return _evaluation_dict(stage.run(stage.EvaluateOptions(pred=pred, truth=truth, areas=areas,
+                                                            object_overlap=object_overlap, block=block)))
+
+
+def predict_patches(model, chips, out, threshold="best", batch_size=4, device="auto", evaluate=False,
+                    previews=24, precision="auto") -> dict[str, Any]:
+    """0.1 API of ``slidemap.l4s.predict_patches``: ``predict --chips``."""
+    from slidemap.stages import predict as stage
+
+    result = stage.run(stage.PredictOptions(model=model, out=out, chips=chips, threshold=threshold,
+                                            batch_size=batch_size, device=device, evaluate=evaluate,
+                                            previews=previews, precision=precision))
+    d: dict[str, Any] = {"out": str(out), "patches": result.meta.count, "threshold": round(result.meta.threshold, 4),
+                         "previews": result.previews, "landslide_pixels": result.meta.landslide_pixels}
+    if result.evaluation is not None:
+        d.update(_evaluation_dict(result.evaluation))
+    return d
+
+
+def evaluate_patches(pred, chips) -> dict[str, Any]:
+    """0.1 API of ``slidemap.l4s.evaluate_patches``: ``evaluate PRED --truth CHIPS``."""
+    return evaluate(pred, truth=chips)
+
+
+WRAPPED = {
+    "slidemap.prepare": {"prepare_scene": prepare_scene},
+    "slidemap.sample": {"sample_chips": sample_chips},
+    "slidemap.train": {"train": train},
+    "slidemap.predict": {"predict": predict},
+    "slidemap.evaluate": {"evaluate": evaluate},
+    "slidemap.l4s": {"predict_patches": predict_patches, "evaluate_patches": evaluate_patches},
+}
+
+
+class _Loader(importlib.abc.Loader):
+    def create_module(self, spec):
+        return types.ModuleType(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        new = MOVED[module.__name__]
+        warnings.warn(f"{module.__name__} moved to {new}; import from there (the old path goes in the next "
+                      f"release)", DeprecationWarning, stacklevel=4)
+        target = importlib.import_module(new)
+        module.__dict__.update({k: v for k, v in vars(target).items() if not k.startswith("__")})
+        module.__dict__.update(WRAPPED.get(module.__name__, {}))
+        module.__doc__ = f"Deprecated alias of {new}."
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path, target=None):
+        if fullname in MOVED:
+            return importlib.util.spec_from_loader(fullname, _Loader())
+        return None
+
+
+def install() -> None:
+    """Make the old module paths importable (idempotent)."""
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.append(_Finder())

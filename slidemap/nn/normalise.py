@@ -1,0 +1,77 @@
+"""The one standardisation and band matching: the place where training and prediction must never disagree.
+
+A network is trained on bands standardised with the train area's per-band mean and std (from the chip set),
+and those statistics travel in the bundle; prediction of a scene, of patches, or of an exported model
+standardises with exactly the same numbers, in the bundle's band order, and turns nodata (NaN) into 0,
+the standardised mean. A band whose std is 0, unknown or not finite is only centred (divided by 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from slidemap.errors import UserError
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-band mean and std (float32) of named bands, in order."""
+
+    bands: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_stats(cls, bands: Sequence[str], stats: Mapping[str, Any], where: str, redo: str) -> Normaliser:
+        """From ``{band: {mean, std, ...}}`` (dicts or models); a band without statistics is a UserError
+        naming ``where`` and saying ``redo`` (what to do)."""
+        mean, std, missing = [], [], []
+        for b in bands:
+            s = stats.get(b)
+            m = _field(s, "mean")
+            d = _field(s, "std")
+            if m is None:
+                missing.append(b)
+                continue
+            mean.append(m)
+            std.append(d if d is not None and np.isfinite(d) and d > 0 else 1.0)
+        if missing:
+            raise UserError(f"{where}: holds no normalisation statistics for band(s) {', '.join(missing)}; "
+                            f"{redo}")
+        return cls(tuple(bands), np.asarray(mean, np.float32), np.asarray(std, np.float32))
+
+    def __call__(self, x: np.ndarray, channel_axis: int = -3) -> np.ndarray:
+        """Standardise ``x`` (..., C, H, W) float32 IN PLACE and return it; NaN/inf -> 0."""
+        shape = [1] * x.ndim
+        shape[channel_axis] = len(self.bands)
+        x -= self.mean.reshape(shape)
+        x /= self.std.reshape(shape)
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return x
+
+    def as_stats(self) -> dict[str, dict[str, float]]:
+        return {b: {"mean": float(m), "std": float(s)} for b, m, s in zip(self.bands, self.mean, self.std,
+                                                                           strict=True)}
+
+
+def _field(stats: Any, name: str) -> float | None:
+    if stats is None:
+        return None
+    value = stats.get(name) if isinstance(stats, Mapping) else getattr(stats, name, None)
+    return None if value is None else float(value)
+
+
+def match_bands(wanted: Sequence[str], have: Sequence[str], where: str, model: str) -> list[int]:
+    """0-based indexes in ``have`` of the bands ``wanted`` (a model's), in that order; a band missing from
+    the input is a UserError naming the missing and the extra bands."""
+    missing = [b for b in wanted if b not in have]
+    if missing:
+        extra = [b for b in have if b not in wanted]
+        raise UserError(f"{where}: lacks band(s) {', '.join(missing)} that model {model} needs (it has "
+                        f"{', '.join(extra) or 'no others'} besides); give an input with bands "
+                        f"{', '.join(wanted)}")
+    return [list(have).index(b) for b in wanted]

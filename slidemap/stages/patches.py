@@ -1,0 +1,141 @@
+"""Prediction and evaluation of patch datasets (Landslide4Sense and any other chip set), patch by patch.
+
+Prediction writes one ``mask_N.h5`` per patch exactly as the benchmark's own ``Predict.py`` does (dataset
+``mask``, (128, 128) uint8, 0/1, named after the image numbers), so the folder can be zipped and submitted.
+Inputs are standardised with the *bundle's* statistics (those the network was trained with), never the chip
+set's; nodata (NaN) becomes 0 after standardisation, i.e. the training mean. Evaluation pools pixel counts
+over all patches, as the benchmark scores: one confusion matrix over every pixel, then the scores, so the
+many all-background patches do not dominate as a per-patch mean would.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from slidemap.errors import UserError
+from slidemap.figures import patch_preview
+from slidemap.formats.chips import ChipSet
+from slidemap.formats.files import atomic_dir, atomic_file, output_lock, sha256
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction, Scores
+from slidemap.nn.bundle import Bundle
+from slidemap.nn.inference import TileRunner
+from slidemap.nn.normalise import match_bands
+from slidemap.progress import track
+from slidemap.raster.metrics import Counts, confusion, scores
+from slidemap.sources.l4s import mask_name, read_mask, write_mask
+
+
+def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | float, batch_size: int,
+                    device: str, precision: str, previews: int = 24) -> tuple[PatchPrediction, int]:
+    """Predict every patch of a chip set into ``out`` (replaced atomically); returns its description and
+    the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
+    """
+    chipset = ChipSet(chips, "--chips")
+    th = bundle.threshold(threshold)
+    idx = match_bands(bundle.bands, chipset.bands, f"--chips {chipset.path}", bundle.name)
+    normalise = bundle.normaliser()
+    runner = TileRunner(bundle.build_model(), device, precision)
+    n = len(chipset)
+    names = [mask_name(w, i) for i, w in enumerate(chipset.windows)] if chipset.windows else \
+        [f"mask_{i}.h5" for i in range(n)]
+    if len(names) != n or len(set(names)) != n:
+        raise UserError(f"--chips {chipset.path}: windows.csv does not name each chip once; import it again")
+    show = set(_preview_indexes(n, previews))
+    positive_px = 0
+    inputs = [p for p in (bundle.path, chipset.path) if p is not None]
+    with atomic_dir(out, "prediction.json", inputs, "prediction") as tmp:
+        (tmp / "previews").mkdir()
+        for start in track(range(0, n, batch_size), "predicting patches", -(-n // batch_size)):
+            stop = min(start + batch_size, n)
+            raw = np.asarray(chipset.images[start:stop], dtype=np.float32)[:, idx]
+            prob = runner(normalise(raw.copy()))
+            for k, i in enumerate(range(start, stop)):
+                pred = (prob[k] >= th).astype(np.uint8)
+                positive_px += int(pred.sum())
+                write_mask(tmp / names[i], pred)
+                if i in show:
+                    truth = None if chipset.masks is None else np.asarray(chipset.masks[i])
+                    patch_preview(raw[k], bundle.bands, pred, truth,
+                                  tmp / "previews" / f"{Path(names[i]).stem}.png")
+        meta = PatchPrediction(
+            chips=str(chipset.path.resolve()), chips_sha256=sha256(chipset.path / "chips.json"),
+            model=bundle.name, threshold=th, threshold_choice=str(threshold), bands=bundle.bands, count=n,
+            masks=names, sources=[w.get("source", "") for w in chipset.windows],
+            landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision)
+        meta.save(tmp / "prediction.json")
+    return meta, len(show)
+
+
+def _preview_indexes(n: int, previews: int) -> list[int]:
+    if previews <= 0 or n == 0:
+        return []
+    if n <= previews:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, previews)})
+
+
+def evaluate_patches(pred: Path, chips: Path | None, info: PatchPrediction
+                     ) -> tuple[PatchMetrics, str, dict[str, Path]]:
+    """Score predicted ``mask_N.h5`` files against the chip set they were predicted from; writes
+    ``metrics.csv`` (one row per patch) and ``metrics.json`` (pooled) into ``pred``. Returns the metrics,
+    a printable table and the files written."""
+    if not isinstance(info, PatchPrediction):
+        raise UserError(f"PRED {pred}: a scene prediction, not a patch prediction; evaluate it against its "
+                        f"scene folder")
+    chipset = ChipSet(chips if chips is not None else Path(info.chips), "--truth")
+    if chipset.masks is None:
+        raise UserError(f"--truth {chipset.path}: chip set has no masks (imported without mask/); give one "
+                        f"with masks")
+    if info.chips_sha256 and sha256(chipset.path / "chips.json") != info.chips_sha256:
+        raise UserError(f"--truth {chipset.path}: is not the chip set PRED {pred} was predicted from "
+                        f"({info.chips}); give that chip set")
+    n = len(chipset)
+    sources = [w.get("source", "") for w in chipset.windows]
+    if len(info.masks) != n or (info.sources and info.sources != sources):
+        raise UserError(f"--truth {chipset.path}: does not hold the {len(info.masks)} patches PRED {pred} was "
+                        f"predicted from; give that chip set")
+    total = Counts()
+    rows = []
+    for i, name in enumerate(info.masks):
+        path = pred / name
+        if not path.is_file():
+            raise UserError(f"PRED {path}: missing; predict the chip set again")
+        p = read_mask(path, "PRED")
+        if np.any(p > 1):
+            raise UserError(f"PRED {path}: holds value {int(p[p > 1][0])}; a prediction is 0 or 1 per pixel")
+        c = confusion(p, np.asarray(chipset.masks[i]))
+        total = total + c
+        s = scores(c)
+        rows.append({"id": i, "source": sources[i] if i < len(sources) else "", "mask": name, **c.as_dict(),
+                     **{k: round(s[k], 6) for k in ("precision", "recall", "f1", "iou")}})
+    pooled = scores(total)
+    metrics = PatchMetrics(chips=str(chipset.path.resolve()), patches=n, threshold=info.threshold,
+                           counts=total.as_dict(), scores=Scores(**pooled))
+    with output_lock(pred.resolve()):
+        with atomic_file(pred / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        metrics.save(pred / "metrics.json")
+    return metrics, format_table(pooled, total, n), {"metrics_json": pred / "metrics.json",
+                                                      "metrics_csv": pred / "metrics.csv"}
+
+
+def format_table(s: dict[str, float], c: Counts, patches: int,
+                 baseline: dict[str, float] | None = None) -> str:
+    """A printable table of pooled scores in %, beside a baseline column (e.g. ``L4S_BASELINE``) if given."""
+    head = f"{'pooled over ' + str(patches) + ' patches':28s} {'slidemap':>9s}"
+    if baseline:
+        head += f" {'baseline':>9s}"
+    lines = [head]
+    for key, label in (("precision", "precision %"), ("recall", "recall %"), ("f1", "F1 %"),
+                       ("iou", "IoU (landslide) %"), ("miou", "mIoU %")):
+        line = f"{label:28s} {100 * s[key]:9.2f}"
+        if baseline:
+            line += f" {baseline[key]:9.2f}" if key in baseline else f" {'':>9s}"
+        lines.append(line)
+    lines.append(f"{'pixels tp/fp/fn/tn':28s} {c.tp}/{c.fp}/{c.fn}/{c.tn}")
+    return "\n".join(lines)
