@@ -20,6 +20,27 @@ from slidemap.sources.synth import BANDS, COVER, MAX_AREA_M2, MIN_AREA_M2, gener
 SIZE, COUNT = 512, 30
 FILES = ("image", "dem", "inventory", "areas")
 
+# sha256 of the files synth wrote at three settings before it became a package (commit 8bbb54b, GDAL and
+# PROJ of the project venv). They change only when synth's output is *meant* to change: a refactoring,
+# or a new parameter left at its default, must keep every byte.
+REFERENCE = [
+    ({"seed": 0, "size": 512},
+     {"image": "51b10e4ccf0be7aa5d52ea711a1b350b6f68d2c9352471b98313097e931432f7",
+      "dem": "5efdc19c4bc9f199d881a255bb40dc93fbb5bdc0de1e797ad898c852020aed39",
+      "inventory": "4272fcfbe8161de816ca2a4dbcf8871013c2379d08d5d5e479373b8c3a4e924e",
+      "areas": "d05b6d784b49c9fd97a6f640e1d4f318aaf380e1d23de590bfe9dc6dc8e6e346"}),
+    ({"seed": 3, "size": 768, "landslides": 60},
+     {"image": "1619f71e6ad3a55afb2fb2cb40e3c5243dafa52f6d668ee91468a12bb9aa8be7",
+      "dem": "737e80690403c7dc4cab4d031a988c905eda6ccdcef949d3a1e001a7a4e951d8",
+      "inventory": "fd1272b87a7bff957a0e9dc1e9fa2c9b4fd75bd5038645d3c24c3e6440f4a2ea",
+      "areas": "c43c215886d27afd80a2a88ad939964778152a760b4dc6cbae658f02f7a4306e"}),
+    ({"seed": 1, "size": 640, "pixel_size": 10.0, "landslides": 40, "nodata_stripe": False},
+     {"image": "9a5ae878b424bb5f6d2a4bf802b1ca94f0ddfa4cefc1782e722ee101982bf55c",
+      "dem": "7a71ca2698a58051c6cda6127f4d163ee56cf0b1787defbf68238cbda3bdf440",
+      "inventory": "5f91a49e00a91c10f1bbb02f625e3abf5c677e1bcf389d10de8d5eca6f164a14",
+      "areas": "d800a1b97ee36a60587db79711a9231a9ccc51b19980dc6cc078953c73009f1f"}),
+]
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
@@ -52,6 +73,12 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, stud
     other = synthesize(tmp_path / "other", seed=8, size=SIZE, landslides=COUNT)
     for role in ("image", "dem", "inventory"):
         assert sha256(other[role]) != sha256(study[role]), role
+
+
+@pytest.mark.parametrize("kwargs, hashes", REFERENCE, ids=["seed0", "seed3-768", "seed1-10m-nostripe"])
+def test_reference_outputs_are_byte_identical(tmp_path, kwargs, hashes):
+    paths = synthesize(tmp_path / "ref", **kwargs)
+    assert {role: sha256(paths[role]) for role in hashes} == hashes
 
 
 def test_image_format(study):
