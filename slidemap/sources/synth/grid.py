@@ -23,6 +23,7 @@ BANDS = ("blue", "green", "red", "red_edge", "nir")
 DEM_RESOLUTION_M = 12.5  # like ALOS PALSAR RTC
 DEM_MARGIN_M = 250.0
 TRAIN_FRACTION = 0.6
+PRE_EVENT_ZOOM = 2  # pre-event pixels are 2x the image's (sensor.py's averaging assumes exactly 2)
 
 # Cover classes of the internal class raster (kept for diagnostics; not written).
 COVER = {"vegetation": 0, "bare_field": 1, "crop_field": 2, "urban": 3, "building": 4, "water": 5,
@@ -97,3 +98,15 @@ def region_raster(grid: SynthGrid) -> np.ndarray:
     region[grid.size // 2:, round(TRAIN_FRACTION * grid.size):] = 2
     return region
 
+
+def pre_event_grid(grid: SynthGrid) -> tuple[Affine, int]:
+    """Transform and width (= height) of the pre-event image's grid: pixels ``PRE_EVENT_ZOOM`` times
+    larger, offset by half an image pixel to the south-east, inside the image's extent.
+
+    A different grid on purpose: a consumer that stacks the two images must co-register them, as it
+    must with real images from two dates. Pre-event pixel ``j`` spans image pixels ``2j + 0.5`` to
+    ``2j + 2.5`` (columns and rows alike).
+    """
+    pixel = grid.pixel * PRE_EVENT_ZOOM
+    x0, y0 = ORIGIN_XY[0] + grid.pixel / 2, ORIGIN_XY[1] - grid.pixel / 2
+    return Affine(pixel, 0.0, x0, 0.0, -pixel, y0), (grid.size - 1) // PRE_EVENT_ZOOM

@@ -1,6 +1,5 @@
-"""Land cover and the sensor: surface reflectance painted back to front (vegetation, fields,
-settlements, rivers with gravel bars, roads), then topographic shading, thin cloud, blur, noise and
-quantisation to digital numbers.
+"""Land cover: surface reflectance painted back to front (vegetation, fields, settlements, rivers with
+gravel bars, roads), with the class of every pixel.
 
 The look-alikes of landslides that study 000 names (bare fields, gravel roads, riverbeds with
 bedload, settlements) are painted where they sit in nature: on flat valley floors, or as thin lines.
@@ -8,13 +7,13 @@ bedload, settlements) are painted where they sit in nature: on flat valley floor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
 from slidemap.sources.synth.grid import COVER, SynthGrid
 from slidemap.sources.synth.terrain import River, smooth_noise, walk
-
-SUN_AZIMUTH_DEG, SUN_ELEVATION_DEG = 60.0, 55.0
 
 # Surface reflectance (blue, green, red, red_edge, nir), typical of RapidEye over south-east Brazil.
 SPECTRA = {
@@ -34,8 +33,6 @@ SPECTRA = {
     "roof_metal": (0.220, 0.240, 0.250, 0.260, 0.270),
     "haze": (0.300, 0.300, 0.290, 0.280, 0.270),
 }
-PATH_RADIANCE = (0.012, 0.007, 0.004, 0.002, 0.001)  # additive, strongest in blue
-
 
 
 # --- land cover and reflectance --------------------------------------------------------------------
@@ -72,16 +69,22 @@ def paint(reflectance: np.ndarray, where: np.ndarray, spectra: np.ndarray, alpha
 
 
 def render_surface(rng: dict[str, np.random.Generator], grid: SynthGrid, terrain: dict[str, np.ndarray],
-                   rivers: list[River]) -> tuple[np.ndarray, np.ndarray]:
+                   rivers: list[River], bare_fields: float = 1.0, settlements: float = 1.0, roads: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Surface reflectance (5, H, W) and cover classes before the landslides, painted back to front:
-    vegetation, fields, settlements, rivers with gravel bars, roads."""
+    vegetation, fields, settlements, rivers with gravel bars, roads.
+
+    ``bare_fields``, ``settlements`` and ``roads`` are density factors of the look-alikes that make a
+    site hard (1.0 = the default mix); each painter draws from its own random stream, so changing one
+    leaves the others where they were.
+    """
     n = grid.size
     cover = np.zeros((n, n), np.uint8)
     refl = _vegetation(rng["surface"], grid, terrain)
-    _fields(rng["fields"], grid, terrain, refl, cover)
-    _settlements(rng["settlements"], grid, terrain, rivers, refl, cover)
+    _fields(rng["fields"], grid, terrain, refl, cover, bare_fields)
+    _settlements(rng["settlements"], grid, terrain, rivers, refl, cover, settlements)
     _rivers(rng["surface"], grid, rivers, refl, cover)
-    _roads(rng["roads"], grid, rivers, refl, cover)
+    _roads(rng["roads"], grid, rivers, refl, cover, roads)
     return refl, cover
 
 
@@ -124,16 +127,22 @@ def _random_xy(rng: np.random.Generator, grid: SynthGrid, mask: np.ndarray, k: i
 
 
 def _fields(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.ndarray], refl: np.ndarray,
-            cover: np.ndarray) -> None:
-    """Field parcels on gentle ground: bare tilled soil (as bright as a scar, browner), crops, stubble."""
+            cover: np.ndarray, bare: float = 1.0) -> None:
+    """Field parcels on gentle ground: bare tilled soil (as bright as a scar, browner), crops, stubble.
+
+    ``bare`` multiplies the expected number of bare parcels (55 % of 9 per km² by default) and leaves
+    that of crops and stubble as it is.
+    """
     area_km2 = (grid.extent_m / 1000.0) ** 2
     gentle = terrain["slope"] < 10.0
-    xy = _random_xy(rng, grid, gentle, round(9 * area_km2), np.exp(-terrain["river_dist"] / 400.0))
+    weights = 0.55 * bare + 0.45  # parcels relative to the default: 0.55 bare + 0.45 crops and stubble
+    kind_p = np.array([0.55 * bare, 0.25, 0.2]) / weights
+    xy = _random_xy(rng, grid, gentle, round(9 * area_km2 * weights), np.exp(-terrain["river_dist"] / 400.0))
     shapes, spectra, kinds = [], [], []
     for i, (x, y) in enumerate(xy):
         shapes.append((_rotated_rect(x, y, rng.uniform(60, 220), rng.uniform(40, 120), rng.uniform(0, np.pi)),
                        i + 1))
-        kind = rng.choice(["bare_field", "crop", "dry_grass"], p=[0.55, 0.25, 0.2])
+        kind = rng.choice(["bare_field", "crop", "dry_grass"], p=kind_p)
         kinds.append(COVER["bare_field"] if kind == "bare_field" else COVER["crop_field"])
         spectra.append(jitter(rng, kind, 0.2 if kind == "bare_field" else 0.1))
     ids = rasterize(grid, shapes)
@@ -148,17 +157,24 @@ def _fields(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.nda
 
 
 def _settlements(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.ndarray],
-                 rivers: list[River], refl: np.ndarray, cover: np.ndarray) -> None:
-    """Towns on valley floors: streets and yards, dense small buildings with tile, concrete or metal roofs."""
+                 rivers: list[River], refl: np.ndarray, cover: np.ndarray, density: float = 1.0) -> None:
+    """Towns on valley floors: streets and yards, dense small buildings with tile, concrete or metal roofs.
+
+    ``density`` multiplies the settled area: the number of towns where the scene is large enough to
+    hold several, the towns' areas where a whole number of towns cannot follow (a small scene has one).
+    """
     area_km2 = (grid.extent_m / 1000.0) ** 2
     flat = (terrain["slope"] < 6.0) & (terrain["river_dist"] < 250.0)
-    centres = _random_xy(rng, grid, flat, max(1, round(area_km2 / 12)))
+    usual = max(1, round(area_km2 / 12))
+    count = max(1, round(usual * density)) if density > 0 else 0
+    scale = math.sqrt(usual * density / count) if count else 0.0  # radius factor for the rounding
+    centres = _random_xy(rng, grid, flat, count)
     n, p = grid.size, grid.pixel
     edge = smooth_noise(rng, (n, n), 120.0 / p)
     town = np.zeros((n, n), bool)
     buildings, spectra = [], []
     for cx, cy in centres:
-        radius = rng.uniform(150.0, 420.0)
+        radius = rng.uniform(150.0, 420.0) * scale
         c0, r0 = ~grid.transform @ (cx, cy)
         reach = 1.3 * radius / p
         win = (slice(int(np.clip(r0 - reach, 0, n)), int(np.clip(r0 + reach + 1, 0, n))),
@@ -209,10 +225,16 @@ def _rivers(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], refl
 
 
 def _roads(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], refl: np.ndarray,
-           cover: np.ndarray) -> None:
-    """Valley roads along the rivers (paved or gravel) and winding gravel roads up the hills."""
+           cover: np.ndarray, density: float = 1.0) -> None:
+    """Valley roads along the rivers (paved or gravel) and winding gravel roads up the hills.
+
+    ``density`` multiplies the number of hill roads (one per 4 km², at least 2, by default); at 0 there
+    are no roads at all, valley roads included.
+    """
     from shapely.geometry import LineString
 
+    if density == 0:
+        return
     lines = []
     for river in rivers:
         if river.order <= 2 and len(river.xy) > 40:
@@ -222,7 +244,7 @@ def _roads(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], refl:
                 lines.append((road, "asphalt" if river.order == 1 and rng.uniform() < 0.6 else "gravel"))
     area_km2 = (grid.extent_m / 1000.0) ** 2
     xmin, ymin, xmax, ymax = grid.terrain_bounds
-    for _ in range(max(2, round(area_km2 / 4))):
+    for _ in range(round(max(2, round(area_km2 / 4)) * density)):
         start = rng.uniform([xmin, ymin], [xmax, ymax])
         lines.append((LineString(walk(rng, start, rng.uniform(0, 2 * np.pi), rng.uniform(800, 3000), 15.0,
                                        0.25, 0.9)), "gravel"))
@@ -241,37 +263,3 @@ def _paint_numbered(grid: SynthGrid, shapes: list, spectra: list, refl: np.ndarr
     inside = ids > 0
     paint(refl, inside, np.asarray(spectra).T[:, ids[inside] - 1], opacity)
     cover[inside] = COVER[kind]
-
-
-# --- sensor ---------------------------------------------------------------------------------------
-
-
-def _illumination(terrain: dict[str, np.ndarray]) -> np.ndarray:
-    """Relative illumination: direct sun on the slope (cos of the incidence angle) plus sky light."""
-    az, zen = np.radians(SUN_AZIMUTH_DEG), np.radians(90.0 - SUN_ELEVATION_DEG)
-    gx, gy = terrain["dz_du"], -terrain["dz_dv"]  # dz/dx east, dz/dy north
-    norm = np.sqrt(1.0 + gx ** 2 + gy ** 2)
-    cos_i = (np.cos(zen) - np.sin(zen) * (gx * np.sin(az) + gy * np.cos(az))) / norm
-    return np.clip(0.3 + 0.7 * np.maximum(cos_i, 0.0) / np.cos(zen), 0.25, 1.6).astype(np.float32)
-
-
-def to_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarray,
-                       terrain: dict[str, np.ndarray], nodata_stripe: bool) -> np.ndarray:
-    """Shade the terrain, add thin cloud and path radiance, blur (sensor PSF), add noise, quantise to
-    uint16 DN (reflectance x 10,000, at least 1) and blank the nodata stripe to 0."""
-    n, p = grid.size, grid.pixel
-    refl *= _illumination(terrain)[None]
-    haze = np.clip(0.35 * (smooth_noise(rng, (n, n), 1200.0 / p) - 0.8), 0.0, 0.28)  # thin: ground shows
-    haze *= 1.0 + 0.15 * smooth_noise(rng, (n, n), 60.0 / p)
-    dn = np.empty((5, n, n), np.uint16)
-    for b in range(5):
-        band = (1.0 - haze) * refl[b] + haze * SPECTRA["haze"][b] + PATH_RADIANCE[b]
-        band = ndimage.gaussian_filter(band, 0.5, truncate=3.0)
-        band += rng.standard_normal((n, n), dtype=np.float32) * (0.0015 + 0.01 * band)
-        dn[b] = np.clip(np.rint(band * 10_000.0), 1, 65_535).astype(np.uint16)
-    if nodata_stripe:
-        rows, cols = np.mgrid[0:n, 0:n]
-        offset = rows - 0.72 * n - 0.12 * (cols - n / 2)
-        dn[:, (offset >= 0) & (offset < 0.035 * n)] = 0
-    return dn
-

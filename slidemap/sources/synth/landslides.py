@@ -4,6 +4,7 @@ a narrower track and a fan-shaped runout; painted as a bright fresh scar over a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,6 @@ class Landslide:
     outline: object  # shapely Polygon in the image CRS
     scar: object  # the upper part: fresh bright scar
     region: int  # 0 train, 1 test_a, 2 test_b
-
 
 
 def _trace_downslope(grid: SynthGrid, terrain: dict[str, np.ndarray], start: np.ndarray,
@@ -98,10 +98,15 @@ def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float, split: 
 
 
 def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.ndarray],
-                     areas: dict[str, tuple[str, object]], count: int) -> list[Landslide]:
+                     areas: dict[str, tuple[str, object]], count: int, size: float = 1.0) -> list[Landslide]:
     """Place ``count`` landslides: crowns on steep slopes, bodies down the fall line, sizes
     log-uniform in 200-80,000 m², none overlapping another or crossing an area's edge; 20 % in each
     test area (the train area makes up what a crowded test area cannot hold).
+
+    ``size`` multiplies the range of areas (and the longest run by its square root, so that shapes
+    stay alike). Most slides here are as long as their fall line down to gentle ground, so larger
+    slides also run out further, onto gentler ground (down to 7°/size instead of 7°), as more mobile
+    large slides do; the slopes still cap what a small scene can hold.
 
     Raises:
         UserError: when the terrain of this size cannot hold that many.
@@ -110,6 +115,7 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
 
     if count == 0:
         return []
+    min_area, max_area, max_run = MIN_AREA_M2 * size, MAX_AREA_M2 * size, MAX_RUN_M * math.sqrt(size)
     region = region_raster(grid)
     slope = terrain["slope"]
     to_xy = [grid.pixel, 0.0, 0.0, -grid.pixel, ORIGIN_XY[0], ORIGIN_XY[1]]
@@ -133,12 +139,13 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
             picks = rng.choice(candidates, size=k, replace=False)
             start = np.column_stack([picks % grid.size + rng.uniform(0, 1, k),
                                      picks // grid.size + rng.uniform(0, 1, k)])
-            paths, n_valid = _trace_downslope(grid, terrain, start, np.full(k, MAX_RUN_M / grid.pixel))
-            reach = (n_valid - 1) * MAX_RUN_M / grid.pixel / (len(paths) - 1)
+            paths, n_valid = _trace_downslope(grid, terrain, start, np.full(k, max_run / grid.pixel),
+                                              min_slope=7.0 / size)
+            reach = (n_valid - 1) * max_run / grid.pixel / (len(paths) - 1)
             # the longest runs get the largest slides (up to a little shuffling), as on real slopes
             # a crowded scene is filled up with smaller slides in later rounds
-            largest = max(MAX_AREA_M2 * 0.9 / 4 ** attempt, MIN_AREA_M2 * 4)
-            area = np.sort(np.exp(rng.uniform(np.log(MIN_AREA_M2 * 1.1), np.log(largest), k)))
+            largest = max(max_area * 0.9 / 4 ** attempt, min_area * 4)
+            area = np.sort(np.exp(rng.uniform(np.log(min_area * 1.1), np.log(largest), k)))
             area = area[np.argsort(np.argsort(reach * rng.lognormal(0.0, 0.5, k)))]
             ratio = rng.uniform(2.5, 6.0, k)
             length_px = np.minimum(np.sqrt(area * ratio / 0.9) / grid.pixel, reach)
@@ -153,7 +160,7 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
                 if outline is None or scar is None:
                     continue
                 outline = affinity.affine_transform(outline, to_xy)
-                if not max(MIN_AREA_M2 * 1.02, 0.5 * area[j]) <= outline.area <= MAX_AREA_M2 * 0.98:
+                if not max(min_area * 1.02, 0.5 * area[j]) <= outline.area <= max_area * 0.98:
                     continue
                 if not inner.contains(outline):
                     continue
@@ -169,7 +176,8 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
                 got += 1
     if len(placed) < count:
         raise UserError(f"--landslides {count}: only {len(placed)} fit on the steep slopes of a "
-                        f"{grid.size} px scene; ask for fewer or a larger --size")
+                        f"{grid.size} px scene; ask for fewer, a larger --size, a higher --relief or a "
+                        f"smaller --landslide-size")
     return placed
 
 

@@ -28,7 +28,6 @@ class River:
     base: np.ndarray  # (N,) elevation of the valley floor along the river in m
 
 
-
 # --- noise -----------------------------------------------------------------------------------------
 
 
@@ -223,12 +222,15 @@ def _floodplains(grid: SynthGrid, rivers: list[River]) -> np.ndarray:
                               dtype="uint8").astype(bool)
 
 
-def make_elevation(rng: np.random.Generator, grid: SynthGrid, rivers: list[River]) -> np.ndarray:
+def make_elevation(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], relief: float = 1.0
+                   ) -> np.ndarray:
     """Elevation (m) on the terrain grid: flat valley floors along the rivers, concave hillslopes rising
     with distance from the valley floor up to sharp ridges, spurs and hollows from noise octaves.
 
     Valleys are where the rivers are by construction, so rivers lie in valley bottoms and landslides
-    running down the fall line end on valley floors.
+    running down the fall line end on valley floors. ``relief`` multiplies everything above the valley
+    floors (hill height, roughness, regional swell), so slopes steepen with it while the valleys stay
+    where they are.
     """
     shape, cell = grid.terrain_shape, grid.cell
     is_river, base = _rasterize_rivers(grid, rivers)
@@ -239,12 +241,13 @@ def make_elevation(rng: np.random.Generator, grid: SynthGrid, rivers: list[River
     dist, (ri, ci) = ndimage.distance_transform_edt(~is_river, return_indices=True)
     floor = _smooth_large(base[ri, ci], cell, 350.0) + 0.01 * np.minimum(dist * cell, 60.0)
     hill = (ndimage.distance_transform_edt(~(floodplain | is_river)) * cell).astype(np.float32)
-    relief = RELIEF_M * (1.0 + 0.25 * smooth_noise(rng, shape, 3000.0 / cell, order=3))
+    height = RELIEF_M * relief * (1.0 + 0.25 * smooth_noise(rng, shape, 3000.0 / cell, order=3))
     length = HILL_LENGTH_M * (1.0 + 0.2 * smooth_noise(rng, shape, 2500.0 / cell, order=3))
-    profile = relief * (1.0 - np.exp(-hill / length)) * (1.0 - np.exp(-hill / 45.0))
-    rough = (ROUGH_M[0] * smooth_noise(rng, shape, 600.0 / cell, order=3)
-             + ROUGH_M[1] * smooth_noise(rng, shape, 200.0 / cell, order=3)) * (1.0 - np.exp(-hill / 80.0))
-    regional = 60.0 * smooth_noise(rng, shape, 8000.0 / cell, order=3)
+    profile = height * (1.0 - np.exp(-hill / length)) * (1.0 - np.exp(-hill / 45.0))
+    rough_m = (ROUGH_M[0] * relief, ROUGH_M[1] * relief)
+    rough = (rough_m[0] * smooth_noise(rng, shape, 600.0 / cell, order=3)
+             + rough_m[1] * smooth_noise(rng, shape, 200.0 / cell, order=3)) * (1.0 - np.exp(-hill / 80.0))
+    regional = 60.0 * relief * smooth_noise(rng, shape, 8000.0 / cell, order=3)
     z = floor + profile + rough + regional
     return ndimage.gaussian_filter(z, 20.0 / cell).astype(np.float32)  # round the ridge crests
 

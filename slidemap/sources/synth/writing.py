@@ -1,5 +1,6 @@
-"""Writing a study area: the image, the DEM, the inventory and the areas, each in its own CRS, built in
-a temporary folder that replaces ``out`` in one rename.
+"""Writing a study area: the image (and the pre-event image), the DEM, the inventory and the areas, each
+in its own CRS, and the ``synth.json`` marker, built in a temporary folder that replaces ``out`` in one
+rename.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
+from slidemap import __version__
 from slidemap.errors import UserError
 from slidemap.sources.synth.grid import (
     AREAS_CRS,
@@ -21,53 +23,98 @@ from slidemap.sources.synth.grid import (
     IMAGE_CRS,
     INVENTORY_CRS,
     ORIGIN_XY,
+    PRE_EVENT_ZOOM,
     SynthGrid,
 )
-from slidemap.sources.synth.study import StudyArea, generate
+from slidemap.sources.synth.marker import MARKER, SynthFile, SynthMarker
+from slidemap.sources.synth.params import SynthParams
+from slidemap.sources.synth.study import StudyArea, generate_from
 
 GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # fixed last_change, so the GeoPackages are byte-identical
+WHAT = "synthetic study area"
 
 
 def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: float = 5.0,
-               landslides: int = 120, nodata_stripe: bool = True) -> dict[str, Path]:
-    """Write a synthetic study area into ``out`` (atomically) and return its four files by role.
+               landslides: int = 120, nodata_stripe: bool = True, relief: float = 1.0,
+               bare_fields: float = 1.0, settlements: float = 1.0, roads: float = 1.0,
+               landslide_size: float = 1.0, pre_event: bool = False) -> dict[str, Path]:
+    """Write a synthetic study area into ``out`` (atomically) and return its files by role.
+
+    Every factor defaults to 1.0, the study area synth has always made; sites that differ in seed and
+    factors differ in how hard they are (steeper slopes, more look-alikes, larger slides).
 
     Args:
-        out: folder to write (replaced if it exists).
-        seed: every random choice derives from it; the same seed gives byte-identical files.
+        out: folder to write; an earlier synthetic study area there (one holding ``synth.json``) is
+            replaced, any other non-empty folder is refused.
+        seed: every random choice derives from it; the same parameters give byte-identical files.
         size: image width and height in pixels.
         pixel_size: image pixel size in metres.
         landslides: number of landslides; about 60 % go to the train area, 20 % to each test area.
         nodata_stripe: blank a slanted stripe of the image to 0, the declared nodata value.
+        relief: factor on the height of the hills above the valley floors (0.2-3): steeper slopes.
+        bare_fields: factor on the number of bare-field parcels (0-10), the commonest look-alike.
+        settlements: factor on the settled area (0-10).
+        roads: factor on the number of hill roads (0-10); 0 removes every road.
+        landslide_size: factor on landslide areas (0.25-4); lengths and widths grow by its root.
+        pre_event: also write ``pre_image.tif``: the same ground before the landslides, acquired under
+            another sun with other cloud and noise, on a 2x coarser grid offset by half an image pixel.
 
     Returns:
-        ``{"image", "dem", "inventory", "areas"}`` paths inside ``out``.
+        ``{"image", "dem", "inventory", "areas", "marker"}`` paths inside ``out`` (and ``"pre_image"``).
     """
-    from slidemap.formats.files import atomic_dir
+    from slidemap.formats.files import atomic_dir, check_out, write_json
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"OUT {out}: exists and is not a folder; choose another path")
-    study = generate(seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
-                     nodata_stripe=nodata_stripe)
-    names = {"image": "image.tif", "dem": "dem.tif", "inventory": "inventory.gpkg", "areas": "areas.gpkg"}
-    with atomic_dir(out, "areas.gpkg", what="synthetic study area") as tmp:
-        _write_image(tmp / names["image"], study)
-        _write_dem(tmp / names["dem"], study)
-        _write_vectors(tmp / names["inventory"], tmp / names["areas"], study)
-    return {role: out / name for role, name in names.items()}
+    params = SynthParams.checked(seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
+                                 nodata_stripe=nodata_stripe, relief=relief, bare_fields=bare_fields,
+                                 settlements=settlements, roads=roads, landslide_size=landslide_size,
+                                 pre_event=pre_event)
+    check_out(out, MARKER, what=WHAT)  # refuse a user's folder before minutes of work, not after
+    study = generate_from(params)
+    files = _files(study)
+    marker = SynthMarker(slidemap_version=__version__, files=files, **params.model_dump())
+    with atomic_dir(out, MARKER, what=WHAT) as tmp:
+        _write_image(tmp / "image.tif", study.image, study.grid.transform, study.seed)
+        if study.pre_image is not None:
+            _write_image(tmp / "pre_image.tif", study.pre_image, study.pre_transform, study.seed,
+                         "pre-event: before the landslides; other sun, cloud, noise and grid")
+        _write_dem(tmp / "dem.tif", study)
+        _write_vectors(tmp / "inventory.gpkg", tmp / "areas.gpkg", study)
+        write_json(tmp / MARKER, marker)
+    return {f.role: out / f.name for f in files} | {"marker": out / MARKER}
 
-def _write_image(path: Path, study: StudyArea) -> None:
+
+def _files(study: StudyArea) -> list[SynthFile]:
+    """What :func:`synthesize` writes besides the marker, for the marker."""
+    files = [SynthFile(role="image", name="image.tif", crs=IMAGE_CRS.to_string(),
+                       pixel_size_m=study.grid.pixel)]
+    if study.pre_image is not None:
+        files.append(SynthFile(role="pre_image", name="pre_image.tif", crs=IMAGE_CRS.to_string(),
+                               pixel_size_m=study.grid.pixel * PRE_EVENT_ZOOM))
+    return files + [
+        SynthFile(role="dem", name="dem.tif", crs=DEM_CRS.to_string(), pixel_size_m=DEM_RESOLUTION_M),
+        SynthFile(role="inventory", name="inventory.gpkg", crs=INVENTORY_CRS.to_string()),
+        SynthFile(role="areas", name="areas.gpkg", crs=AREAS_CRS.to_string()),
+    ]
+
+
+def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int,
+                 acquisition: str | None = None) -> None:
     import rasterio
 
     from slidemap.raster.geo import gtiff_profile
 
-    g = study.grid
-    profile = gtiff_profile(g.size, g.size, len(BANDS), "uint16", IMAGE_CRS, g.transform, nodata=0)
+    height, width = image.shape[1:]
+    profile = gtiff_profile(width, height, len(BANDS), "uint16", IMAGE_CRS, transform, nodata=0)
     with rasterio.open(path, "w", **profile) as ds:
-        ds.write(study.image)
+        ds.write(image)
         ds.descriptions = BANDS
-        ds.update_tags(SOURCE="slidemap synth", SEED=str(study.seed), UNITS="surface reflectance x 10000")
+        tags = {"SOURCE": "slidemap synth", "SEED": str(seed), "UNITS": "surface reflectance x 10000"}
+        if acquisition:
+            tags["ACQUISITION"] = acquisition
+        ds.update_tags(**tags)
 
 
 def dem_grid(grid: SynthGrid) -> tuple[Affine, int, int]:
