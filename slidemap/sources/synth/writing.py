@@ -71,7 +71,7 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
                                  nodata_stripe=nodata_stripe, relief=relief, bare_fields=bare_fields,
                                  settlements=settlements, roads=roads, landslide_size=landslide_size,
                                  pre_event=pre_event)
-    check_out(out, MARKER, what=WHAT)  # refuse a user's folder before minutes of work, not after
+    check_out(out, MARKER, what=WHAT, option="OUT")  # refuse a user's folder before the work, not after
     study = generate_from(params)
     files = _files(study)
     marker = SynthMarker(slidemap_version=__version__, files=files, **params.model_dump())
