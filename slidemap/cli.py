@@ -80,12 +80,23 @@ def synth(
     landslides: int = typer.Option(120, help="Number of landslides to place."),
     nodata_stripe: bool = typer.Option(True, "--nodata-stripe/--no-nodata-stripe",
                                        help="Blank a stripe of the image, declared as nodata."),
+    relief: float = typer.Option(1.0, help="Factor on the height of the hills (0.2-3): steeper slopes."),
+    bare_fields: float = typer.Option(1.0, help="Factor on the number of bare fields (0-10), the commonest "
+                                      "look-alike of a landslide."),
+    settlements: float = typer.Option(1.0, help="Factor on the settled area (0-10)."),
+    roads: float = typer.Option(1.0, help="Factor on the number of hill roads (0-10); 0: no roads."),
+    landslide_size: float = typer.Option(1.0, help="Factor on landslide areas (0.25-4)."),
+    pre_event: bool = typer.Option(False, "--pre-event/--no-pre-event",
+                                   help="Also write pre_image.tif: the area before the landslides, acquired "
+                                   "differently, on a coarser and shifted grid."),
 ) -> None:
     """Write a synthetic study area: image, DEM, landslide inventory and train/test areas."""
     from slidemap.sources.synth import synthesize
 
     paths = synthesize(out, seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
-                       nodata_stripe=nodata_stripe)
+                       nodata_stripe=nodata_stripe, relief=relief, bare_fields=bare_fields,
+                       settlements=settlements, roads=roads, landslide_size=landslide_size,
+                       pre_event=pre_event)
     for role, p in paths.items():
         typer.echo(f"{role:10s} {p}")
 

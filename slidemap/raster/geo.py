@@ -17,7 +17,7 @@ WGS84_F = 1 / 298.257223563
 WGS84_E2 = WGS84_F * (2 - WGS84_F)
 
 
-def _meridian_radii(lat_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+def meridian_radii(lat_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """Meridional (M) and prime-vertical (N) radii of curvature of WGS84 at a latitude."""
     phi = np.radians(lat_deg)
     s2 = np.sin(phi) ** 2
@@ -57,7 +57,7 @@ def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> 
     rows = np.arange(row_off, row_off + nrows, dtype=np.float64) + 0.5
     if crs is not None and crs.is_geographic:
         lat = transform.f + transform.e * rows
-        m, n = _meridian_radii(lat)
+        m, n = meridian_radii(lat)
         return np.radians(abs(transform.a)) * n * np.cos(np.radians(lat)), np.radians(abs(transform.e)) * m
     unit = _linear_unit_m(crs) if crs is not None else 1.0
     dx = np.full(nrows, abs(transform.a) * unit)

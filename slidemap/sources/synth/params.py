@@ -1,0 +1,72 @@
+"""The parameters of a synthetic study area, checked in one place.
+
+One model for the API, the CLI and the ``synth.json`` marker, so that the marker records exactly what
+made the files. Every factor defaults to 1.0 = the study area synth has always made, whose bytes the
+tests pin; sites for a transferability experiment differ by seed and by these factors.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slidemap.errors import UserError
+
+# option -> (lowest, highest) accepted value of a factor, and what 1.0 means
+FACTORS = {
+    "relief": (0.2, 3.0, "the default relief, hills of about 480 m"),
+    "bare_fields": (0.0, 10.0, "the default share of bare fields"),
+    "settlements": (0.0, 10.0, "the default settled area"),
+    "roads": (0.0, 10.0, "the default number of hill roads"),
+    "landslide_size": (0.25, 4.0, "the default landslide areas, 200-80,000 m²"),
+}
+
+
+class SynthParams(BaseModel):
+    """Everything that decides a synthetic study area's bytes (with the slidemap version)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    size: int = 2048
+    pixel_size: float = 5.0
+    landslides: int = 120
+    nodata_stripe: bool = True
+    relief: float = 1.0  # factor on hill height: steeper slopes
+    bare_fields: float = 1.0  # factor on the number of bare-field parcels (crops and stubble unchanged)
+    settlements: float = 1.0  # factor on the settled area
+    roads: float = 1.0  # factor on the number of hill roads; 0 removes every road
+    landslide_size: float = 1.0  # factor on landslide areas (lengths and widths scale by its root)
+    pre_event: bool = False  # also write pre_image.tif: before the landslides, on another grid
+
+    @classmethod
+    def checked(cls, **values: object) -> SynthParams:
+        """The parameters, or a one-line UserError naming the first bad option."""
+        try:
+            params = cls(**values)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            raise UserError(f"{_option(name)} {values.get(name)!r}: {err['msg'].lower()}") from None
+        params.check()
+        return params
+
+    def check(self) -> None:
+        """Refuse, in one line naming the option, a value the generator cannot work with."""
+        if self.seed < 0:
+            raise UserError(f"--seed {self.seed}: must be 0 or positive")
+        if self.size < 256:
+            raise UserError(f"--size {self.size}: too small for a train and two test areas; use at least "
+                            f"256 px")
+        if not 1.0 <= self.pixel_size <= 60.0:
+            raise UserError(f"--pixel-size {self.pixel_size}: use a pixel size between 1 and 60 m")
+        if self.landslides < 0:
+            raise UserError(f"--landslides {self.landslides}: must be 0 or positive")
+        for name, (low, high, default) in FACTORS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # NaN fails too
+                raise UserError(f"{_option(name)} {value}: use a factor between {low:g} and {high:g} "
+                                f"(1 = {default})")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")

@@ -1,0 +1,183 @@
+"""Writing a study area: the image (and the pre-event image), the DEM, the inventory and the areas, each
+in its own CRS, and the ``synth.json`` marker, built in a temporary folder that replaces ``out`` in one
+rename.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from scipy import ndimage
+
+from slidemap import __version__
+from slidemap.errors import UserError
+from slidemap.sources.synth.grid import (
+    AREAS_CRS,
+    BANDS,
+    DEM_CRS,
+    DEM_MARGIN_M,
+    DEM_RESOLUTION_M,
+    IMAGE_CRS,
+    INVENTORY_CRS,
+    ORIGIN_XY,
+    PRE_EVENT_ZOOM,
+    SynthGrid,
+)
+from slidemap.sources.synth.marker import MARKER, SynthFile, SynthMarker
+from slidemap.sources.synth.params import SynthParams
+from slidemap.sources.synth.study import StudyArea, generate_from
+
+GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # fixed last_change, so the GeoPackages are byte-identical
+WHAT = "synthetic study area"
+
+
+def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: float = 5.0,
+               landslides: int = 120, nodata_stripe: bool = True, relief: float = 1.0,
+               bare_fields: float = 1.0, settlements: float = 1.0, roads: float = 1.0,
+               landslide_size: float = 1.0, pre_event: bool = False) -> dict[str, Path]:
+    """Write a synthetic study area into ``out`` (atomically) and return its files by role.
+
+    Every factor defaults to 1.0, the study area synth has always made; sites that differ in seed and
+    factors differ in how hard they are (steeper slopes, more look-alikes, larger slides).
+
+    Args:
+        out: folder to write; an earlier synthetic study area there (one holding ``synth.json``) is
+            replaced, any other non-empty folder is refused.
+        seed: every random choice derives from it; the same parameters give byte-identical files.
+        size: image width and height in pixels.
+        pixel_size: image pixel size in metres.
+        landslides: number of landslides; about 60 % go to the train area, 20 % to each test area.
+        nodata_stripe: blank a slanted stripe of the image to 0, the declared nodata value.
+        relief: factor on the height of the hills above the valley floors (0.2-3): steeper slopes.
+        bare_fields: factor on the number of bare-field parcels (0-10), the commonest look-alike.
+        settlements: factor on the settled area (0-10).
+        roads: factor on the number of hill roads (0-10); 0 removes every road.
+        landslide_size: factor on landslide areas (0.25-4); lengths and widths grow by its root.
+        pre_event: also write ``pre_image.tif``: the same ground before the landslides, acquired under
+            another sun with other cloud and noise, on a 2x coarser grid offset by half an image pixel.
+
+    Returns:
+        ``{"image", "dem", "inventory", "areas", "marker"}`` paths inside ``out`` (and ``"pre_image"``).
+    """
+    from slidemap.formats.files import atomic_dir, check_out, write_json
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT {out}: exists and is not a folder; choose another path")
+    params = SynthParams.checked(seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
+                                 nodata_stripe=nodata_stripe, relief=relief, bare_fields=bare_fields,
+                                 settlements=settlements, roads=roads, landslide_size=landslide_size,
+                                 pre_event=pre_event)
+    check_out(out, MARKER, what=WHAT, option="OUT")  # refuse a user's folder before the work, not after
+    study = generate_from(params)
+    files = _files(study)
+    marker = SynthMarker(slidemap_version=__version__, files=files, **params.model_dump())
+    with atomic_dir(out, MARKER, what=WHAT) as tmp:
+        _write_image(tmp / "image.tif", study.image, study.grid.transform, study.seed)
+        if study.pre_image is not None:
+            _write_image(tmp / "pre_image.tif", study.pre_image, study.pre_transform, study.seed,
+                         "pre-event: before the landslides; other sun, cloud, noise and grid")
+        _write_dem(tmp / "dem.tif", study)
+        _write_vectors(tmp / "inventory.gpkg", tmp / "areas.gpkg", study)
+        write_json(tmp / MARKER, marker)
+    return {f.role: out / f.name for f in files} | {"marker": out / MARKER}
+
+
+def _files(study: StudyArea) -> list[SynthFile]:
+    """What :func:`synthesize` writes besides the marker, for the marker."""
+    files = [SynthFile(role="image", name="image.tif", crs=IMAGE_CRS.to_string(),
+                       pixel_size_m=study.grid.pixel)]
+    if study.pre_image is not None:
+        files.append(SynthFile(role="pre_image", name="pre_image.tif", crs=IMAGE_CRS.to_string(),
+                               pixel_size_m=study.grid.pixel * PRE_EVENT_ZOOM))
+    return files + [
+        SynthFile(role="dem", name="dem.tif", crs=DEM_CRS.to_string(), pixel_size_m=DEM_RESOLUTION_M),
+        SynthFile(role="inventory", name="inventory.gpkg", crs=INVENTORY_CRS.to_string()),
+        SynthFile(role="areas", name="areas.gpkg", crs=AREAS_CRS.to_string()),
+    ]
+
+
+def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int,
+                 acquisition: str | None = None) -> None:
+    import rasterio
+
+    from slidemap.formats.gdal import gtiff_profile
+
+    height, width = image.shape[1:]
+    profile = gtiff_profile(width, height, len(BANDS), "uint16", IMAGE_CRS, transform, nodata=0)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(image)
+        ds.descriptions = BANDS
+        tags = {"SOURCE": "slidemap synth", "SEED": str(seed), "UNITS": "surface reflectance x 10000"}
+        if acquisition:
+            tags["ACQUISITION"] = acquisition
+        ds.update_tags(**tags)
+
+
+def dem_grid(grid: SynthGrid) -> tuple[Affine, int, int]:
+    """A 12.5 m grid in EPSG:4326 (degrees sized at the area's centre latitude) covering the image
+    with a margin."""
+    from rasterio.warp import transform_bounds
+
+    from slidemap.raster.geo import meridian_radii
+
+    x0, y0 = ORIGIN_XY
+    west, south, east, north = transform_bounds(IMAGE_CRS, DEM_CRS, x0, y0 - grid.extent_m,
+                                                x0 + grid.extent_m, y0, densify_pts=21)
+    lat = (south + north) / 2
+    m, nrad = meridian_radii(lat)
+    res_y = math.degrees(DEM_RESOLUTION_M / float(m))
+    res_x = math.degrees(DEM_RESOLUTION_M / (float(nrad) * math.cos(math.radians(lat))))
+    pad_x, pad_y = DEM_MARGIN_M / DEM_RESOLUTION_M * res_x, DEM_MARGIN_M / DEM_RESOLUTION_M * res_y
+    west, east, south, north = west - pad_x, east + pad_x, south - pad_y, north + pad_y
+    width, height = math.ceil((east - west) / res_x), math.ceil((north - south) / res_y)
+    return Affine(res_x, 0.0, west, 0.0, -res_y, north), width, height
+
+
+def _write_dem(path: Path, study: StudyArea) -> None:
+    import rasterio
+    from pyproj import Transformer
+
+    from slidemap.formats.gdal import gtiff_profile
+
+    transform, width, height = dem_grid(study.grid)
+    lon = transform.c + (np.arange(width) + 0.5) * transform.a
+    lat = transform.f + (np.arange(height) + 0.5) * transform.e
+    lon2, lat2 = np.meshgrid(lon, lat)
+    to_utm = Transformer.from_crs(DEM_CRS, IMAGE_CRS, always_xy=True)
+    x, y = to_utm.transform(lon2.ravel(), lat2.ravel())
+    r, c = study.grid.terrain_index(np.asarray(x), np.asarray(y))
+    z = ndimage.map_coordinates(study.elevation, [r, c], order=3, mode="nearest").reshape(height, width)
+    profile = gtiff_profile(width, height, 1, "float32", DEM_CRS, transform, nodata=-9999.0)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(z.astype(np.float32), 1)
+        ds.descriptions = ("elevation",)
+        ds.units = ("metre",)
+
+
+def _write_vectors(inventory_path: Path, areas_path: Path, study: StudyArea) -> None:
+    import geopandas as gpd
+    import pyogrio
+    import shapely
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    slides = gpd.GeoSeries([s.outline for s in study.landslides], crs=IMAGE_CRS).to_crs(INVENTORY_CRS)
+    inventory = gpd.GeoDataFrame(
+        {"id": np.arange(1, len(slides) + 1, dtype=np.int32),
+         "area_m2": [round(abs(geod.geometry_area_perimeter(g)[0]), 2) for g in slides]},
+        geometry=slides, crs=INVENTORY_CRS)
+    names = list(study.areas)
+    outlines = [shapely.segmentize(study.areas[k][1], 100.0) for k in names]
+    areas = gpd.GeoDataFrame({"name": names, "role": [study.areas[k][0] for k in names]},
+                             geometry=gpd.GeoSeries(outlines, crs=IMAGE_CRS).to_crs(AREAS_CRS), crs=AREAS_CRS)
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_TIMESTAMP})
+    try:
+        pyogrio.write_dataframe(inventory, inventory_path, layer="inventory", driver="GPKG")
+        pyogrio.write_dataframe(areas, areas_path, layer="areas", driver="GPKG")
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})
