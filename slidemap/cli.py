@@ -26,8 +26,13 @@ app = typer.Typer(
     help="Map landslides from satellite imagery and a DEM with U-Net / ResU-Net.\n\n"
     "Pipeline: synth | prepare -> sample -> train -> predict -> evaluate. `slidemap demo` runs it all.",
 )
-l4s_app = typer.Typer(no_args_is_help=True, help="Landslide4Sense patch datasets (HDF5 img/mask).")
+l4s_app = typer.Typer(no_args_is_help=True, help="Landslide4Sense patch datasets (HDF5 img/mask): import "
+                      "them as a chip set; then `train`, `predict MODEL --chips CHIPS`, `evaluate PRED --truth "
+                      "CHIPS`.")
 app.add_typer(l4s_app, name="l4s")
+experiment_app = typer.Typer(no_args_is_help=True, help="Grids of runs from a YAML spec (the studies' "
+                             "experiments): run them, resumably, locally or on Ray; report them.")
+app.add_typer(experiment_app, name="experiment")
 
 _DEBUG = {"on": False}
 
@@ -302,6 +307,31 @@ def l4s_import(
     typer.echo(f"chip set {chips.path}: {len(chips)} patches, bands {', '.join(chips.bands)}")
     typer.echo("  train on it with `slidemap train`, predict it with `slidemap predict MODEL --chips`, score "
                "a prediction with `slidemap evaluate PRED --truth CHIPS`")
+
+
+@experiment_app.command("run")
+def experiment_run(
+    spec: Path = typer.Argument(..., help="Experiment spec (YAML), e.g. examples/quick.yaml."),
+    out: Path = typer.Option(..., "--out", help="Experiment folder: sites, chip sets, runs, results.csv. "
+                             "Run again with the same spec and --out to continue."),
+    workers: int = typer.Option(1, help="Runs trained at once on this machine (the cores are split "
+                                "between them)."),
+    ray: str | None = typer.Option(None, help="Run on Ray: 'auto' (a local Ray instance, or the cluster "
+                                   "this machine belongs to) or a cluster ADDRESS."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and estimate the wall time from a "
+                                 "calibration step on this machine; run nothing."),
+) -> None:
+    """Run (or continue) the grid of an experiment spec; one row per run and test area in results.csv."""
+    from slidemap.experiments import runner
+
+    if dry_run:
+        typer.echo(runner.dry_run(spec, out))
+        return
+    done, failed, csv_path = runner.run_experiment(spec, out, workers=workers, ray=ray,
+                                                   log=lambda t: typer.echo(t, err=True))
+    typer.echo(f"results {csv_path}: {done} runs done, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print_evaluation(result) -> None:

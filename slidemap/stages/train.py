@@ -172,6 +172,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
                         f"{len(split.train)} training chips; sample with --require-landslide or from an area "
                         f"with landslides")
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml") as tmp:

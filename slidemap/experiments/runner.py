@@ -1,0 +1,418 @@
+"""Running the grid: sites and chip sets once, then every run (train, predict each test area, evaluate),
+in this process, in a pool of worker processes, or as Ray tasks on a cluster.
+
+A run is self-contained: it reads shared chip sets and scenes, writes only its own folder, and ends by
+writing its rows (``rows.json``). Everything is resumable: a finished run is never redone, an interrupted
+training resumes from its last checkpoint, a finished prediction is not predicted again, and results.csv
+is rebuilt from the runs' records after each run (``slidemap.experiments.results``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slidemap import __version__
+from slidemap.errors import UserError
+from slidemap.experiments.plan import Plan, RunPlan, make_plan
+from slidemap.experiments.results import (
+    area_row,
+    read_rows,
+    with_pooled,
+    write_results,
+    write_rows,
+)
+from slidemap.experiments.sites import materialise_chips, materialise_site, scene_of
+from slidemap.experiments.spec import Spec, load_spec
+from slidemap.formats.files import atomic_file, check_out, output_lock
+
+SPEC_FILE = "experiment.json"
+MAY_CHANGE = ("name", "description", "resources", "only", "exclude", "repeats", "seeds", "sizes")
+"""Spec keys an experiment may change between reruns (they add or drop grid points, or only say how to
+run); any other change would make old and new runs incomparable."""
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a worker needs for one run (picklable: plain data, no open files)."""
+
+    run: RunPlan
+    spec: Spec
+    scenes: dict[str, str | None]
+    l4s_tests: dict[str, str | None]
+    threads: int
+
+
+@dataclass
+class Outcome:
+    name: str
+    rows: list[dict[str, Any]]
+    failed: str | None
+    seconds: float
+
+
+# --- one run ---------------------------------------------------------------------------------------
+
+def execute_run(job: RunJob) -> Outcome:
+    """Train (or resume), predict and evaluate every test area of one run; record its rows.
+
+    Any error of this run is recorded (rows with status ``failed`` and the error line) and returned,
+    never raised: one failing grid point must not stop the grid.
+    """
+    import torch
+
+    started = time.perf_counter()
+    run = job.run
+    torch.set_num_threads(job.threads)
+    base = _base_row(job)
+    try:
+        summary = _train(job)
+        base.update(threshold="", epochs_run=summary.epochs_run, best_epoch=summary.best_epoch,
+                    val_f1=summary.val_f1_at_best, train_seconds=summary.seconds, chips_per_s=summary.chips_per_s,
+                    precision_mode=summary.precision, device=summary.device, status="ok", error="")
+        rows = []
+        for site in run.test_sites:
+            rows += _test_site(job, site, base)
+        rows = with_pooled(rows)
+        failed = None
+    except (UserError, Exception) as e:  # noqa: BLE001 - recorded, the grid goes on
+        message = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, UserError):  # a bug: say where, the run folder keeps the traceback
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            message = f"{type(e).__name__}: {message} ({Path(frame.filename).name}:{frame.lineno})"
+            run.folder.mkdir(parents=True, exist_ok=True)
+            (run.folder / "error.txt").write_text(traceback.format_exc())
+        rows = [{**base, "status": "failed", "error": message[:400]}]
+        failed = message
+    run.folder.mkdir(parents=True, exist_ok=True)
+    write_rows(run.folder, rows)
+    return Outcome(run.name, rows, failed, time.perf_counter() - started)
+
+
+def _base_row(job: RunJob) -> dict[str, Any]:
+    c, t = job.run.coords, job.spec.training
+    sampling = next(s for s in job.spec.sampling if s.label == c["sampling"])
+    return {"scenario": c["scenario"], "train_sites": "+".join(job.run.train_sites), "dataset": c["dataset"],
+            "bands": "+".join(job.run.bands) if job.run.bands else "all", "augment": job.run.augment,
+            "sampling": c["sampling"], "method": sampling.method, "size": c["size"],
+            "architecture": c["architecture"], "filters": c["filters"], "batch_size": c["batch_size"],
+            "lr": t.lr, "seed": c["seed"], "slidemap_version": __version__, "run_folder": str(job.run.folder)}
+
+
+def _train(job: RunJob):
+    """The run's training: skipped when its bundle is there, resumed when it was interrupted."""
+    from slidemap.stages import train
+    from slidemap.stages.train import TrainSummary
+
+    run, t = job.run, job.spec.training
+    done = (run.folder / "bundle.pt").is_file() and (run.folder / "summary.json").is_file()
+    if done:
+        return TrainSummary.model_validate(json.loads((run.folder / "summary.json").read_text()))
+    started = (run.folder / "config.yaml").is_file()
+    result = train.run(train.TrainOptions(
+        chips=[c.folder for c in run.chips], out=run.folder, model=run.coords["architecture"],
+        filters=run.coords["filters"], batch_size=run.coords["batch_size"], epochs=t.epochs, lr=t.lr,
+        val_fraction=t.val_fraction, augment=run.augment, patience=t.patience,
+        bands=list(run.bands) if run.bands else None, loss=t.loss, pos_weight=t.pos_weight,
+        seed=run.coords["seed"], device=t.device, precision=t.precision, resume=started, progress=False,
+        threads=job.threads, model_args=run.model_args))
+    return result.summary
+
+
+def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Predict and evaluate each test area of ``site`` (one prediction folder per area), as rows."""
+    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
+    from slidemap.formats.scene import Scene
+    from slidemap.stages import evaluate, predict
+
+    run, p = job.run, job.spec.predict
+    bundle = run.folder / "bundle.pt"
+    rows = []
+    scene = job.scenes.get(site)
+    if scene is None:  # Landslide4Sense: the test patch set is one "area"
+        chips = job.l4s_tests.get(site)
+        if chips is None:
+            raise UserError(f"sites.{site}.l4s: has no test list (test: or test_folder:); it cannot be a test "
+                            f"site")
+        folder = run.folder / "predictions" / f"{site}__patches"
+        metrics = _predicted(folder, bundle)
+        if metrics is None:
+            predict.run(predict.PredictOptions(model=bundle, out=folder, chips=Path(chips), threshold="0.5",
+                                               device=job.spec.training.device,
+                                               precision=job.spec.training.precision, previews=0))
+            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
+        assert isinstance(metrics, PatchMetrics)
+        rows.append(area_row({**base, "threshold": metrics.threshold}, site, "patches", metrics.counts, {}, {},
+                             folder))
+        return rows
+    for area in Scene(scene).areas_with_role("test"):
+        folder = run.folder / "predictions" / f"{site}__{area.name}"
+        metrics = _predicted(folder, bundle)
+        if metrics is None:
+            predict.run(predict.PredictOptions(model=bundle, out=folder, scene=Path(scene), area=area.name,
+                                               tile=p.tile, overlap=p.overlap, threshold=p.threshold,
+                                               min_area=p.min_area, batch_size=p.batch_size,
+                                               device=job.spec.training.device,
+                                               precision=job.spec.training.precision))
+            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene),
+                                                            areas=[area.name])).metrics
+        assert isinstance(metrics, SceneMetrics)
+        m = metrics.areas[0]
+        rows.append(area_row({**base, "threshold": metrics.threshold}, site, area.name, m.pixels, m.km2,
+                             m.objects, folder))
+    if not rows:
+        raise UserError(f"sites.{site}: its scene has no test area to evaluate; give it areas with role test")
+    return rows
+
+
+def _predicted(folder: Path, bundle: Path):
+    """The metrics of an earlier, complete prediction of this very bundle in ``folder`` (else None)."""
+    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
+
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    try:
+        info = json.loads((folder / "prediction.json").read_text())
+        if Path(info.get("model", "")).resolve() != bundle.resolve():
+            return None
+        data = json.loads(metrics_file.read_text())
+        cls = PatchMetrics if data.get("format") == "slidemap.patch_metrics" else SceneMetrics
+        return cls.from_data(data, str(metrics_file))
+    except (OSError, ValueError, UserError):
+        return None
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+def check_spec_unchanged(spec: Spec, out: Path, spec_path: Path) -> None:
+    """Refuse a spec whose run-shaping settings changed since the first run in ``out``."""
+    recorded = out / SPEC_FILE
+    now = json.loads(spec.model_dump_json())
+    if recorded.is_file():
+        try:
+            old = json.loads(recorded.read_text()).get("spec", {})
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if isinstance(old, dict):
+            for key in sorted(set(old) | set(now)):
+                if key in MAY_CHANGE:
+                    continue
+                diff = _first_difference(old.get(key), now.get(key), key)
+                if diff:
+                    raise UserError(f"{spec_path}: {diff} since the first run in {out}; restore it, or run the "
+                                    f"changed spec with a new --out")
+    with atomic_file(recorded) as tmp:
+        tmp.write_text(json.dumps({"slidemap_version": __version__, "spec": now}, indent=1) + "\n")
+
+
+def _first_difference(old: Any, new: Any, path: str) -> str | None:
+    """Where ``new`` departs from ``old``; added keys and list entries (new grid points) are allowed."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in old:
+            if k not in new:
+                return f"{path}.{k}: removed"
+            d = _first_difference(old[k], new[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(old, list) and isinstance(new, list) and path.split(".")[0] in ("sampling", "models"):
+        return None if all(o in new for o in old) else f"{path}: an entry changed"
+    if old != new:
+        return f"{path}: changed (was {json.dumps(old)}, now {json.dumps(new)})"
+    return None
+
+
+def prepare_shared(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
+    """Prepare every site and sample every chip set the runs need; returns chip-set failures by key."""
+    for name, site in plan.spec.sites.items():
+        log(f"site {name}: {materialise_site(plan.sites[name], site)}")
+    failures = {}
+    for key, chip in plan.chipsets.items():
+        try:
+            log(f"chips {chip.label()}: {materialise_chips(chip, scene_of(plan, chip.site))}")
+        except UserError as e:
+            failures[key] = f"chip set {chip.label()}: {e}"
+            log(f"chips {chip.label()}: FAILED {e}")
+    return failures
+
+
+def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray: str | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[int, int, Path]:
+    """Run (or continue) the grid of ``spec_path`` in ``out``; returns (runs done, runs failed, csv path)."""
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    out_dir = check_out(out, SPEC_FILE, [spec_path], "experiment")
+    log = log or (lambda text: print(text, file=sys.stderr))
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir):
+        check_spec_unchanged(spec, out_dir, spec_path)
+        plan = make_plan(spec, out_dir)
+        chip_failures = prepare_shared(plan, log)
+        scenes = {n: (str(s) if (s := scene_of(plan, n)) else None) for n in spec.sites}
+        l4s_tests = {n: str(plan.sites[n].test_chips) if spec.sites[n].l4s is not None
+                     and (plan.sites[n].test_chips / "chips.json").is_file() else None for n in spec.sites}
+        threads = spec.resources.cpus or max(1, _cores() // (workers if ray is None else 1))
+        todo, results_csv = [], out_dir / "results.csv"
+        for run in plan.runs:
+            rows = read_rows(run.folder)
+            if rows and all(r.get("status") == "ok" for r in rows):
+                continue
+            bad = [chip_failures[c.key] for c in run.chips if c.key in chip_failures]
+            if bad:
+                job = RunJob(run, spec, scenes, l4s_tests, threads)
+                write_rows(run.folder, [{**_base_row(job), "status": "failed", "error": bad[0][:400]}])
+                continue
+            todo.append(RunJob(run, spec, scenes, l4s_tests, threads))
+        collect(plan, results_csv)
+        log(f"{len(plan.runs)} runs, {len(plan.runs) - len(todo)} already recorded, {len(todo)} to run "
+            f"({'ray ' + ray if ray else f'{workers} worker(s)'}, {threads} thread(s) each)")
+        with _progress(plan, todo, workers) as tick:
+            for outcome in _dispatch(todo, workers, ray, spec):
+                tick(outcome)
+                collect(plan, results_csv)
+        failed = sum(1 for run in plan.runs if any(r.get("status") != "ok" for r in read_rows(run.folder) or [{}]))
+    return len(plan.runs) - failed, failed, results_csv
+
+
+def collect(plan: Plan, path: Path) -> int:
+    """Rebuild results.csv from the runs' records, in grid order."""
+    rows = []
+    for run in plan.runs:
+        rows += read_rows(run.folder) or []
+    return write_results(path, rows)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _dispatch(jobs: list[RunJob], workers: int, ray: str | None, spec: Spec) -> Iterator[Outcome]:
+    """Outcomes as runs finish: in this process, in a pool of processes, or as Ray tasks."""
+    if not jobs:
+        return
+    if ray is not None:
+        yield from _dispatch_ray(jobs, ray, spec)
+        return
+    if workers == 1:
+        for job in jobs:
+            yield execute_run(job)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(execute_run, job) for job in jobs]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _dispatch_ray(jobs: list[RunJob], address: str, spec: Spec) -> Iterator[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray: Ray is not installed; pip install \"slidemap[ray]\"") from None
+    if not ray.is_initialized():
+        with contextlib.suppress(ConnectionError):
+            if address == "auto":
+                ray.init(address="auto", log_to_driver=False)
+        if not ray.is_initialized():
+            ray.init(address=None if address == "auto" else address, include_dashboard=False,
+                     log_to_driver=False, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
+    task = ray.remote(num_cpus=spec.resources.cpus or 1, num_gpus=spec.resources.gpu)(execute_run)
+    pending = [task.remote(job) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+@contextlib.contextmanager
+def _progress(plan: Plan, todo: list[RunJob], workers: int):
+    """Runs done / failed / left, the running runs' epochs and an ETA, on a terminal (quiet elsewhere)."""
+    state = {"done": 0, "failed": 0, "seconds": [], "started": time.perf_counter()}
+    live = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.live import Live
+
+        live = Live(console=Console(stderr=True), transient=True, refresh_per_second=1)
+        live.start()
+    stop = threading.Event()
+
+    def text() -> str:
+        left = len(todo) - state["done"] - state["failed"]
+        mean = sum(state["seconds"]) / len(state["seconds"]) if state["seconds"] else None
+        eta = f", ETA {mean * left / max(1, workers) / 60:.0f} min" if mean else ""
+        running = [j.run for j in todo if read_rows(j.run.folder) is None
+                   and (j.run.folder / "metrics.csv").is_file()][:workers]
+        epochs = "; ".join(f"{r.name}: epoch {_epochs(r.folder)}" for r in running)
+        return f"runs: {state['done']} done, {state['failed']} failed, {left} left{eta}  {epochs}"
+
+    def loop() -> None:
+        while not stop.wait(2.0):
+            if live is not None:
+                live.update(text())
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+
+    def tick(outcome: Outcome) -> None:
+        state["failed" if outcome.failed else "done"] += 1
+        state["seconds"].append(outcome.seconds)
+        status = f"FAILED: {outcome.failed}" if outcome.failed else f"{outcome.seconds:.0f} s"
+        print(f"run {outcome.name}: {status}", file=sys.stderr)
+
+    try:
+        yield tick
+    finally:
+        stop.set()
+        if live is not None:
+            live.stop()
+
+
+def _epochs(folder: Path) -> int:
+    try:
+        return max(0, len((folder / "metrics.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def dry_run(spec_path: str | Path, out: str | Path, calibrate: bool = True) -> str:
+    """The grid without running it: counts, a table of runs, and an estimated wall time."""
+    from slidemap.experiments.estimate import estimate_seconds
+
+    spec = load_spec(spec_path)
+    plan = make_plan(spec, Path(out).resolve())
+    lines = [f"{len(plan.runs)} runs, {len(plan.chipsets)} distinct chip sets, {len(spec.sites)} sites",
+             "  ".join(f"{a:>12s}" for a in ("scenario", "dataset", "sampling", "size", "architecture",
+                                              "filters", "batch_size", "seed"))]
+    for run in plan.runs:
+        lines.append("  ".join(f"{str(run.coords[a]):>12s}" for a in ("scenario", "dataset", "sampling", "size",
+                                                                       "architecture", "filters", "batch_size",
+                                                                       "seed")))
+    if calibrate:
+        lines.append(estimate_seconds(plan))
+    return "\n".join(lines)
+
+
+def run_plan_for(spec_path: str | Path, out: str | Path) -> Plan:
+    """The plan of a spec in an experiment folder (the report reads it to name missing runs)."""
+    return make_plan(load_spec(spec_path), Path(out).resolve())

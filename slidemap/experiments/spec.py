@@ -1,0 +1,360 @@
+"""The experiment spec: one YAML file declaring sites, datasets, samplers, patch sizes, models, seeds and
+transferability scenarios, validated before anything runs.
+
+Read with a safe YAML loader (no Python tags) and validated with pydantic; an unknown key, a wrong type or
+an impossible value (a patch size the networks cannot take, a band a site lacks, a scenario naming an
+unknown site) is one line ``SPEC.yaml: <key path>: <what is wrong and what is allowed>``. Paths are
+relative to the spec file. The grid is the cross product of the axes (scenario x dataset x sampling x
+size x architecture x filters x batch size x seed), trimmed by ``only:`` and ``exclude:``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slidemap.errors import UserError
+from slidemap.raster.bands import TERRAIN_LAYERS
+from slidemap.raster.tiling import check_patch_size
+
+AXES = ("scenario", "dataset", "sampling", "size", "architecture", "filters", "batch_size", "seed")
+"""The grid's coordinates, in the order runs are listed and folders named."""
+
+
+class SpecModel(BaseModel):
+    """A part of the spec: unknown keys are errors (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthSite(SpecModel):
+    """A synthetic study area (``slidemap synth``); any further key must be a parameter of synthesize."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    seed: int = Field(0, ge=0)
+    size: int = Field(1024, ge=128, le=16384)
+    pixel_size: float = Field(5.0, gt=0)
+    landslides: int = Field(120, ge=1)
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> SynthSite:
+        from slidemap.sources.synth import synthesize
+
+        known = set(inspect.signature(synthesize).parameters) - {"out"}
+        unknown = sorted(set(self.model_extra or {}) - known)
+        if unknown:
+            raise ValueError(f"unknown synth parameter {', '.join(unknown)}; synth takes "
+                             f"{', '.join(sorted(known))}")
+        return self
+
+    def parameters(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude=set(self.model_extra or {})), **(self.model_extra or {})}
+
+
+class PrepareSite(SpecModel):
+    """The inputs of ``slidemap prepare`` for one site (areas or a split)."""
+
+    images: list[Path] = Field(min_length=1)
+    dem: Path | None = None
+    inventory: Path
+    areas: Path | None = None
+    split: str | None = None
+    split_axis: Literal["x", "y"] = "x"
+    terrain: list[str] = ["dem", "slope"]
+    band_names: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _areas_or_split(self) -> PrepareSite:
+        if (self.areas is None) == (self.split is None):
+            raise ValueError("give areas (a file of named train/test polygons) or split (e.g. 3:2)")
+        return self
+
+
+class L4SSite(SpecModel):
+    """A Landslide4Sense folder: patches of ``train`` (a list file, or every patch) to train on and of
+    ``test`` (a list file, or a second folder) to evaluate on."""
+
+    folder: Path
+    train: Path | None = None
+    test: Path | None = None
+    test_folder: Path | None = None
+
+
+class Site(SpecModel):
+    """A named study area: exactly one of a prepared scene, the inputs to prepare one, a synthetic one or a
+    Landslide4Sense folder."""
+
+    scene: Path | None = None
+    prepare: PrepareSite | None = None
+    synth: SynthSite | None = None
+    l4s: L4SSite | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Site:
+        given = [k for k in ("scene", "prepare", "synth", "l4s") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of scene, prepare, synth, l4s")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("scene", "prepare", "synth", "l4s") if getattr(self, k) is not None)
+
+
+class Dataset(SpecModel):
+    """A named band subset (None: every band of the sites) with augmentation on or off."""
+
+    bands: list[str] | None = None
+    augment: bool = False
+
+
+class Sampling(SpecModel):
+    """A sampler and its arguments (``slidemap sample``)."""
+
+    name: str | None = None
+    method: Literal["grid", "random"]
+    overlap: float = Field(0.0, ge=0, lt=1)
+    count: int = Field(5000, ge=1)
+    require_landslide: bool = False
+    max_nodata: int = Field(0, ge=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
+
+
+class Model(SpecModel):
+    """An architecture with one or several filter counts and batch sizes (each a grid axis)."""
+
+    architecture: Literal["unet", "resunet"] = "unet"
+    filters: list[int] = [16]
+    batch_size: list[int] = [16]
+    model_args: dict[str, Any] = {}
+
+    @field_validator("filters", "batch_size", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) else v
+
+    @field_validator("filters", "batch_size")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("give positive whole numbers, e.g. [16, 32, 64]")
+        return v
+
+
+class Training(SpecModel):
+    """What every run shares: the optimiser, the stopping rule, the loss, the validation split."""
+
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(20, ge=0)
+    loss: Literal["bce", "bce+dice", "focal"] = "bce"
+    pos_weight: float | None = Field(None, gt=0)
+    val_fraction: float = Field(0.3, gt=0, lt=1)
+    precision: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Scenario(SpecModel):
+    """Which sites train one model (one, several, all) and whose test areas it is evaluated on (default:
+    every site's)."""
+
+    train: list[str] = Field(min_length=1)
+    test: list[str] | None = None
+
+    @field_validator("train", "test", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Predict(SpecModel):
+    tile: int = 512
+    overlap: int = 64
+    threshold: str | float = "best"
+    min_area: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)
+
+
+class Resources(SpecModel):
+    """What one run asks of a worker: CPU threads (default: this machine's cores / workers) and a GPU
+    fraction (Ray; 0.25 lets four small U-Nets share one GPU)."""
+
+    cpus: int | None = Field(None, ge=1)
+    gpu: float = Field(0.0, ge=0, le=8)
+
+
+class Spec(SpecModel):
+    """The whole experiment."""
+
+    name: str = "experiment"
+    description: str = ""
+    sites: dict[str, Site] = Field(min_length=1)
+    datasets: dict[str, Dataset] = {"all": Dataset()}
+    sampling: list[Sampling] = [Sampling(method="grid")]
+    sizes: list[int] = [128]
+    models: list[Model] = [Model()]
+    training: Training = Training()
+    repeats: int = Field(1, ge=1)
+    seeds: list[int] | None = None
+    scenarios: dict[str, Scenario] | None = None
+    only: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+    predict: Predict = Predict()
+    resources: Resources = Resources()
+    cache: Path | None = None
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        for s in sizes:
+            try:
+                check_patch_size(s)
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        return sizes
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampling_names(cls, sampling: list[Sampling]) -> list[Sampling]:
+        labels = [s.label for s in sampling]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"two samplers are called {dup[0]}; give each a name:")
+        return sampling
+
+    @field_validator("only", "exclude")
+    @classmethod
+    def _filters(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for rule in rules:
+            unknown = sorted(set(rule) - set(AXES))
+            if unknown:
+                raise ValueError(f"unknown axis {', '.join(unknown)}; axes are {', '.join(AXES)}")
+        return rules
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        for name, sc in self.all_scenarios().items():
+            for role, sites in (("train", sc.train), ("test", sc.test or [])):
+                unknown = [s for s in sites if s not in self.sites]
+                if unknown:
+                    raise ValueError(f"scenarios.{name}.{role}: unknown site {unknown[0]}; sites are "
+                                     f"{', '.join(self.sites)}")
+        return self
+
+    def all_scenarios(self) -> dict[str, Scenario]:
+        """The scenarios; without any, one per site trained on itself alone... or the only site."""
+        if self.scenarios:
+            return self.scenarios
+        return {name: Scenario(train=[name], test=[name]) for name in self.sites}
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else list(range(self.repeats))
+
+    def resolved(self, base: Path) -> Spec:
+        """The spec with every path made absolute against ``base`` (the spec file's folder)."""
+        data = self.model_dump(mode="python", exclude_unset=False)
+
+        def fix(obj: Any) -> Any:
+            if isinstance(obj, Path):
+                return obj if obj.is_absolute() else (base / obj).resolve()
+            if isinstance(obj, dict):
+                return {k: fix(v) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [fix(v) for v in obj]
+            return obj
+
+        return Spec.model_validate(fix(data))
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; every problem is one line naming the file and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such spec file; check the path")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}: not valid YAML{where} ({problem}); fix the file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a text file; give a YAML spec") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: holds a YAML {type(data).__name__}, not a mapping of sites, datasets, ...; "
+                        f"see examples/quick.yaml")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{p}: {spec_error(e)}") from None
+    spec = spec.resolved(p.parent.resolve())
+    check_bands(spec, p)
+    return spec
+
+
+def spec_error(error: ValidationError) -> str:
+    """The first problem as ``key.path: what is wrong (and what is allowed)``."""
+    first = error.errors()[0]
+    loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith(("function-", "literal")))
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    kind = first.get("type")
+    if kind == "extra_forbidden":
+        msg = "unknown key; check its spelling (see examples/quick.yaml for every key)"
+    elif kind == "missing":
+        msg = "required"
+    elif kind == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    else:
+        value = first.get("input")
+        if not isinstance(value, dict | list):
+            msg = f"{value!r}: {msg}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def site_bands(spec: Spec, name: str) -> list[str] | None:
+    """The bands a site will offer, known without preparing it (None where it cannot be told cheaply)."""
+    site = spec.sites[name]
+    if site.synth is not None:
+        from slidemap.sources.synth import BANDS
+
+        return [*BANDS, "dem", "slope"]
+    if site.l4s is not None:
+        from slidemap.sources.l4s import L4S_BANDS
+
+        return list(L4S_BANDS)
+    if site.scene is not None:
+        meta = Path(site.scene) / "scene.json"
+        if meta.is_file():
+            from slidemap.formats.scene import SceneMeta
+
+            return list(SceneMeta.load(meta).bands)
+        return None
+    p = site.prepare
+    assert p is not None
+    terrain = [t for t in p.terrain if t in TERRAIN_LAYERS] if p.dem is not None else []
+    if p.band_names:
+        return [*p.band_names, *terrain]
+    return None
+
+
+def check_bands(spec: Spec, path: Path) -> None:
+    """Every dataset's bands exist in every site that trains or is tested with it."""
+    for dname, ds in spec.datasets.items():
+        if not ds.bands:
+            continue
+        for sname in spec.sites:
+            have = site_bands(spec, sname)
+            if have is None:
+                continue
+            missing = [b for b in ds.bands if b not in have]
+            if missing:
+                raise UserError(f"{path}: datasets.{dname}.bands: site {sname} has no band "
+                                f"{', '.join(missing)}; it has {', '.join(have)}")
