@@ -2,8 +2,6 @@
 
 import csv
 import json
-import sys
-import types
 import warnings
 from pathlib import Path
 
@@ -18,13 +16,33 @@ from shapely.geometry import box
 
 from slidemap.cli import main
 from slidemap.errors import UserError
+from slidemap.formats.chips import write_chipset
+from slidemap.formats.files import sha256
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction, SceneMetrics, ScenePrediction
+from slidemap.formats.scene import SceneMeta
+from slidemap.raster.components import ComponentLabeler
 from slidemap.raster.geo import block_windows
-from slidemap.raster.metrics import confusion
-from slidemap.stages.evaluate import FN, FP, NODATA, TN, TP, ObjectTracker, evaluate
+from slidemap.raster.metrics import FN, FP, TN, TP, confusion
+from slidemap.raster.metrics import NODATA_CLASS as NODATA
+from slidemap.stages.evaluate import EvaluateOptions, EvaluateResult, run
 
 UTM = "EPSG:32633"
 UTM_10M = Affine(10, 0, 500000, 0, -10, 5000000)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def evaluate(pred, truth=None, **options) -> EvaluateResult:
+    """``slidemap evaluate`` through its API: ``run(EvaluateOptions(...))``."""
+    return run(EvaluateOptions(pred=pred, truth=truth, **options))
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the real CLI, expect exit status 2 and exactly one ``error:`` line on stderr; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
 
 
 # --- tiny folders built by hand per the scene / prediction contracts ---------------------------------
@@ -60,23 +78,24 @@ def make_scene(root, mask, crs=UTM, transform=UTM_10M, areas=None, bands=("blue"
         areas = [("test", "test", pixel_box(transform, 0, 0, h, w))]
     gpd.GeoDataFrame({"name": [a[0] for a in areas], "role": [a[1] for a in areas]},
                      geometry=[a[2] for a in areas], crs=crs).to_file(root / "areas.gpkg")
-    meta = {"format": "slidemap.scene", "format_version": 1, "bands": list(bands), "crs": crs,
-            "transform": list(transform)[:6], "width": w, "height": h, "pixel_size_m": [10.0, 10.0],
-            "stats": {}, "inventory": "inventory.gpkg",
-            "areas": [{"name": a[0], "role": a[1]} for a in areas]}
-    (root / "scene.json").write_text(json.dumps(meta))
+    SceneMeta(bands=list(bands), crs=crs, transform=list(transform)[:6], width=w, height=h,
+              pixel_size_m=(10.0, 10.0), inventory={"path": "inventory.gpkg"},
+              areas=[{"name": a[0], "role": a[1]} for a in areas]).save(root / "scene.json")
     return root
 
 
 def make_pred(root, mask, crs=UTM, transform=UTM_10M, threshold=0.5, area=None, scene=None):
-    """A prediction folder: mask.tif, probability.tif, prediction.json."""
+    """A prediction folder: mask.tif, probability.tif, prediction.json (as ``predict`` describes it)."""
     root = Path(root)
     root.mkdir(parents=True)
     mask = np.asarray(mask, dtype=np.uint8)
     write_tif(root / "mask.tif", mask, crs, transform, nodata=255)
     write_tif(root / "probability.tif", np.where(mask == 1, 230, 20).astype(np.uint8), crs, transform)
-    (root / "prediction.json").write_text(json.dumps({"scene": str(scene) if scene else None, "area": area,
-                                                      "threshold": threshold}))
+    ScenePrediction(model="bundle.pt", scene=str(scene) if scene else None, area=area, crs=crs,
+                    transform=list(transform)[:6], threshold={"value": threshold, "which": "given"},
+                    tile=512, overlap=64, blend_margin=16, batch_size=4, device="cpu", precision="32",
+                    width=mask.shape[1], height=mask.shape[0], landslides=0, landslide_km2=0.0,
+                    valid_km2=0.0).save(root / "prediction.json")
     return root
 
 
@@ -119,59 +138,60 @@ def test_hand_built_metrics(hand):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # same grid, full coverage: nothing to warn about
         result = evaluate(pred, scene)
-    row = result["metrics"]["areas"][0]
-    assert row["pixels"] == {"tp": 4, "fp": 2, "fn": 2, "tn": 14, "nodata": 2}
-    s = row["scores"]
-    assert s["precision"] == pytest.approx(4 / 6)
-    assert s["recall"] == pytest.approx(4 / 6)
-    assert s["f1"] == pytest.approx(8 / 12)
-    assert s["iou"] == pytest.approx(4 / 8)
-    assert s["iou_background"] == pytest.approx(14 / 18)
-    assert s["miou"] == pytest.approx((4 / 8 + 14 / 18) / 2)
-    assert row["km2"] == pytest.approx({"tp": 4e-4, "fp": 2e-4, "fn": 2e-4, "tn": 14e-4})
+    assert isinstance(result.metrics, SceneMetrics)
+    row = result.metrics.areas[0]
+    assert row.pixels == {"tp": 4, "fp": 2, "fn": 2, "tn": 14, "nodata": 2}
+    s = row.scores
+    assert s.precision == pytest.approx(4 / 6)
+    assert s.recall == pytest.approx(4 / 6)
+    assert s.f1 == pytest.approx(8 / 12)
+    assert s.iou == pytest.approx(4 / 8)
+    assert s.iou_background == pytest.approx(14 / 18)
+    assert s.miou == pytest.approx((4 / 8 + 14 / 18) / 2)
+    assert row.km2 == pytest.approx({"tp": 4e-4, "fp": 2e-4, "fn": 2e-4, "tn": 14e-4})
     # the same counts as the stateless metric function, nodata of both excluded
     p, t = np.array(PRED), np.array(TRUTH)
     c = confusion(p == 1, t, valid=p != 255)
     assert (c.tp, c.fp, c.fn, c.tn) == (4, 2, 2, 14)
     # objects: truth blob 3/4 found, truth pair 1/2 found at 0.5; predicted: blob, single TP, one false alarm
     # (the predicted pixel on truth nodata is no object: it has no valid pixel)
-    assert row["objects"] == {"landslides_total": 2, "landslides_found": 2, "predicted_objects": 3,
-                              "false_alarms": 1}
-    assert result["metrics"]["threshold"] == 0.42
+    assert row.objects == {"landslides_total": 2, "landslides_found": 2, "predicted_objects": 3,
+                           "false_alarms": 1}
+    assert result.metrics.threshold == 0.42
 
 
 def test_object_overlap_threshold(hand):
     pred, scene = hand
-    row = evaluate(pred, scene, object_overlap=0.6)["metrics"]["areas"][0]
-    assert row["objects"]["landslides_found"] == 1  # 3/4 >= 0.6, 1/2 < 0.6
+    row = evaluate(pred, scene, object_overlap=0.6).metrics.areas[0]
+    assert row.objects["landslides_found"] == 1  # 3/4 >= 0.6, 1/2 < 0.6
 
 
 def test_empty_truth_and_prediction(tmp_path):
     zeros = np.zeros((5, 7), dtype=np.uint8)
     scene = make_scene(tmp_path / "scene", zeros)
-    row = evaluate(make_pred(tmp_path / "p0", zeros), scene)["metrics"]["areas"][0]
-    assert row["pixels"] == {"tp": 0, "fp": 0, "fn": 0, "tn": 35, "nodata": 0}
-    assert row["scores"]["precision"] == 0.0 and row["scores"]["recall"] == 0.0 and row["scores"]["f1"] == 0.0
-    assert row["scores"]["iou"] == 1.0 and row["scores"]["miou"] == 1.0  # nothing to find, nothing wrong
-    assert row["objects"] == {"landslides_total": 0, "landslides_found": 0, "predicted_objects": 0,
-                              "false_alarms": 0}
+    row = evaluate(make_pred(tmp_path / "p0", zeros), scene).metrics.areas[0]
+    assert row.pixels == {"tp": 0, "fp": 0, "fn": 0, "tn": 35, "nodata": 0}
+    assert row.scores.precision == 0.0 and row.scores.recall == 0.0 and row.scores.f1 == 0.0
+    assert row.scores.iou == 1.0 and row.scores.miou == 1.0  # nothing to find, nothing wrong
+    assert row.objects == {"landslides_total": 0, "landslides_found": 0, "predicted_objects": 0,
+                           "false_alarms": 0}
     alarm = zeros.copy()
     alarm[1:3, 1:3] = 1
     alarm[4, 6] = 1
-    row = evaluate(make_pred(tmp_path / "p1", alarm), scene)["metrics"]["areas"][0]
-    assert row["pixels"] == {"tp": 0, "fp": 5, "fn": 0, "tn": 30, "nodata": 0}
-    assert row["scores"]["iou"] == 0.0 and row["scores"]["f1"] == 0.0
-    assert row["scores"]["iou_background"] == pytest.approx(30 / 35)
-    assert row["objects"]["false_alarms"] == 2 and row["objects"]["landslides_total"] == 0
+    row = evaluate(make_pred(tmp_path / "p1", alarm), scene).metrics.areas[0]
+    assert row.pixels == {"tp": 0, "fp": 5, "fn": 0, "tn": 30, "nodata": 0}
+    assert row.scores.iou == 0.0 and row.scores.f1 == 0.0
+    assert row.scores.iou_background == pytest.approx(30 / 35)
+    assert row.objects["false_alarms"] == 2 and row.objects["landslides_total"] == 0
 
 
 def test_all_nodata_prediction(tmp_path):
     truth = np.zeros((4, 4), dtype=np.uint8)
     truth[1, 1] = 1
     scene = make_scene(tmp_path / "scene", truth)
-    row = evaluate(make_pred(tmp_path / "p", np.full((4, 4), 255)), scene)["metrics"]["areas"][0]
-    assert row["pixels"] == {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "nodata": 16}
-    assert row["objects"]["landslides_total"] == 0  # a landslide wholly on nodata is not counted
+    row = evaluate(make_pred(tmp_path / "p", np.full((4, 4), 255)), scene).metrics.areas[0]
+    assert row.pixels == {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "nodata": 16}
+    assert row.objects["landslides_total"] == 0  # a landslide wholly on nodata is not counted
 
 
 def test_areas_separate_and_pool(tmp_path):
@@ -186,17 +206,17 @@ def test_areas_separate_and_pool(tmp_path):
     areas = [("a", "test", pixel_box(t, 0, 0, 7, 10)), ("b", "test", pixel_box(t, 0, 10, 7, 20)),
              ("fit", "train", pixel_box(t, 7, 0, 10, 20))]
     scene = make_scene(tmp_path / "scene", truth, areas=areas)
-    m = evaluate(make_pred(tmp_path / "pred", pred), scene)["metrics"]
-    rows = {r["area"]: r for r in m["areas"]}
+    m = evaluate(make_pred(tmp_path / "pred", pred), scene).metrics
+    rows = {r.area: r for r in m.areas}
     assert list(rows) == ["a", "b"]
-    assert rows["a"]["pixels"] == {"tp": 9, "fp": 0, "fn": 0, "tn": 61, "nodata": 0}
-    assert rows["b"]["pixels"] == {"tp": 0, "fp": 0, "fn": 9, "tn": 61, "nodata": 0}
-    assert rows["a"]["scores"]["f1"] == 1.0 and rows["b"]["scores"]["recall"] == 0.0
-    assert m["all"]["pixels"] == {"tp": 9, "fp": 0, "fn": 9, "tn": 122, "nodata": 0}
-    assert m["all"]["scores"]["f1"] == pytest.approx(18 / 27)
-    assert m["all"]["objects"]["landslides_found"] == 1 and m["all"]["objects"]["landslides_total"] == 2
-    fit = evaluate(tmp_path / "pred", scene, areas=["fit"])["metrics"]["areas"]
-    assert [r["area"] for r in fit] == ["fit"] and fit[0]["pixels"]["tp"] == 20
+    assert rows["a"].pixels == {"tp": 9, "fp": 0, "fn": 0, "tn": 61, "nodata": 0}
+    assert rows["b"].pixels == {"tp": 0, "fp": 0, "fn": 9, "tn": 61, "nodata": 0}
+    assert rows["a"].scores.f1 == 1.0 and rows["b"].scores.recall == 0.0
+    assert m.all.pixels == {"tp": 9, "fp": 0, "fn": 9, "tn": 122, "nodata": 0}
+    assert m.all.scores.f1 == pytest.approx(18 / 27)
+    assert m.all.objects["landslides_found"] == 1 and m.all.objects["landslides_total"] == 2
+    fit = evaluate(tmp_path / "pred", scene, areas=["fit"]).metrics.areas
+    assert [r.area for r in fit] == ["fit"] and fit[0].pixels["tp"] == 20
 
 
 # --- areas in km² --------------------------------------------------------------------------------------
@@ -205,9 +225,9 @@ def test_km2_projected_feet(tmp_path):
     t = Affine(100, 0, 6_500_000, 0, -100, 1_900_000)
     truth = np.ones((3, 4), dtype=np.uint8)
     scene = make_scene(tmp_path / "scene", truth, crs=crs, transform=t)
-    row = evaluate(make_pred(tmp_path / "pred", truth, crs=crs, transform=t), scene)["metrics"]["areas"][0]
+    row = evaluate(make_pred(tmp_path / "pred", truth, crs=crs, transform=t), scene).metrics.areas[0]
     ft = 1200 / 3937  # US survey foot in metres
-    assert row["km2"]["tp"] == pytest.approx(12 * (100 * ft) ** 2 / 1e6, rel=1e-6)
+    assert row.km2["tp"] == pytest.approx(12 * (100 * ft) ** 2 / 1e6, rel=1e-6)
 
 
 def test_km2_geographic(tmp_path):
@@ -217,7 +237,7 @@ def test_km2_geographic(tmp_path):
     pred = np.ones_like(truth)
     scene = make_scene(tmp_path / "scene", truth, crs="EPSG:4326", transform=t)
     pred_dir = make_pred(tmp_path / "pred", pred, crs="EPSG:4326", transform=t)
-    row = evaluate(pred_dir, scene)["metrics"]["areas"][0]
+    row = evaluate(pred_dir, scene).metrics.areas[0]
     geod = Geod(ellps="WGS84")
 
     def km2(mask):
@@ -227,10 +247,10 @@ def test_km2_geographic(tmp_path):
             total += abs(area)
         return total / 1e6
 
-    assert row["km2"]["tp"] == pytest.approx(km2(truth == 1), rel=1e-4)
-    assert row["km2"]["fp"] == pytest.approx(km2(truth == 0), rel=1e-4)
+    assert row.km2["tp"] == pytest.approx(km2(truth == 1), rel=1e-4)
+    assert row.km2["fp"] == pytest.approx(km2(truth == 0), rel=1e-4)
     # plausibility: 100 pixels of 0.001° x 0.001°, ~111.2 km/° north, ~54 km/° east at 60.98°N
-    assert row["km2"]["tp"] == pytest.approx(100 * 0.001 ** 2 * 111.2 * 54.1, rel=0.01)
+    assert row.km2["tp"] == pytest.approx(100 * 0.001 ** 2 * 111.2 * 54.1, rel=0.01)
 
 
 # --- grids -------------------------------------------------------------------------------------------
@@ -242,18 +262,18 @@ def test_prediction_on_area_window_equals_full_grid(tmp_path):
     area = pixel_box(UTM_10M, 10, 5, 34, 35)
     areas = [("test", "test", area), ("rest", "train", box(0, 0, 1, 1))]
     scene = make_scene(tmp_path / "scene", truth, areas=areas)
-    a = evaluate(make_pred(tmp_path / "full", full), scene)["metrics"]["areas"][0]
+    a = evaluate(make_pred(tmp_path / "full", full), scene).metrics.areas[0]
     window_t = UTM_10M @ Affine.translation(3, 8)  # window rows 8..35, cols 3..38
     b = evaluate(make_pred(tmp_path / "win", full[8:36, 3:39], transform=window_t, area="test"),
-                 scene)["metrics"]["areas"][0]
+                 scene).metrics.areas[0]
     for key in ("pixels", "km2", "scores", "objects"):
-        assert a[key] == b[key], key
-    assert a["pixels"]["tp"] > 0 and a["pixels"]["fn"] > 0 and a["pixels"]["fp"] > 0
+        assert getattr(a, key) == getattr(b, key), key
+    assert a.pixels["tp"] > 0 and a.pixels["fn"] > 0 and a.pixels["fp"] > 0
     # and it matches a direct whole-array computation on the area's pixels
     inside = np.zeros((40, 40), bool)
     inside[10:34, 5:35] = True
     c = confusion(full == 1, truth, valid=inside & (full != 255))
-    assert a["pixels"] == {**c.as_dict(), "nodata": int((inside & ((full == 255) | (truth == 255))).sum())}
+    assert a.pixels == {**c.as_dict(), "nodata": int((inside & ((full == 255) | (truth == 255))).sum())}
 
 
 def test_partial_coverage_warns(tmp_path):
@@ -261,8 +281,8 @@ def test_partial_coverage_warns(tmp_path):
     scene = make_scene(tmp_path / "scene", truth)
     pred = make_pred(tmp_path / "pred", truth[:10], transform=UTM_10M)
     with pytest.warns(UserWarning, match="covers 50.0%"):
-        row = evaluate(pred, scene)["metrics"]["areas"][0]
-    assert row["pixels"]["tp"] == int((truth[:10] == 1).sum()) and row["pixels"]["fn"] == 0
+        row = evaluate(pred, scene).metrics.areas[0]
+    assert row.pixels["tp"] == int((truth[:10] == 1).sum()) and row.pixels["fn"] == 0
 
 
 def test_truth_on_another_grid_is_reprojected(tmp_path):
@@ -271,9 +291,9 @@ def test_truth_on_another_grid_is_reprojected(tmp_path):
     fine = np.kron(truth, np.ones((2, 2), dtype=np.uint8))  # the same map at 5 m
     t5 = Affine(5, 0, UTM_10M.c, 0, -5, UTM_10M.f)
     with pytest.warns(UserWarning, match="reprojecting"):
-        row = evaluate(make_pred(tmp_path / "pred", fine, transform=t5), scene)["metrics"]["areas"][0]
-    assert row["pixels"]["tp"] == 4 * int(truth.sum()) and row["pixels"]["fp"] == row["pixels"]["fn"] == 0
-    assert row["km2"]["tp"] == pytest.approx(truth.sum() * 100 / 1e6)
+        row = evaluate(make_pred(tmp_path / "pred", fine, transform=t5), scene).metrics.areas[0]
+    assert row.pixels["tp"] == 4 * int(truth.sum()) and row.pixels["fp"] == row.pixels["fn"] == 0
+    assert row.km2["tp"] == pytest.approx(truth.sum() * 100 / 1e6)
 
 
 def test_no_overlap_is_an_error(tmp_path):
@@ -339,14 +359,14 @@ def test_objects_hand_made(tmp_path):
     pred[1:3, 9:11] = 1   # false alarm 2 (4 px)
     pred[3, 6] = 1        # only diagonal to truth and to the predicted blob: its own object, a false alarm
     scene = make_scene(tmp_path / "scene", truth)
-    row = evaluate(make_pred(tmp_path / "pred", pred), scene)["metrics"]["areas"][0]
-    assert row["objects"] == {"landslides_total": 3, "landslides_found": 1, "predicted_objects": 5,
-                              "false_alarms": 3}
-    assert row["objects"] == direct_objects(truth, pred, 0.5)
+    row = evaluate(make_pred(tmp_path / "pred", pred), scene).metrics.areas[0]
+    assert row.objects == {"landslides_total": 3, "landslides_found": 1, "predicted_objects": 5,
+                           "false_alarms": 3}
+    assert row.objects == direct_objects(truth, pred, 0.5)
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_object_tracker_merges_seams(connectivity):
+def test_component_labeler_merges_seams(connectivity):
     """Block-wise labels merged across seams == labelling the whole array at once."""
     rng = np.random.default_rng(7)
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
@@ -354,14 +374,15 @@ def test_object_tracker_merges_seams(connectivity):
         h, w = rng.integers(17, 60, 2)
         objects = rng.random((h, w)) < rng.uniform(0.2, 0.6)
         valid, hit = rng.random((h, w)) < 0.9, rng.random((h, w)) < 0.5
-        tracker = ObjectTracker(int(w), connectivity)
+        labeler = ComponentLabeler(int(w), connectivity, weights=("valid", "hit"))
         for b in block_windows(int(w), int(h), 16):
             s = (slice(b.row_off, b.row_off + b.height), slice(b.col_off, b.col_off + b.width))
-            tracker.add(b, objects[s], valid[s], hit[s])
+            labeler.add(b, objects[s], valid=valid[s], hit=(valid & hit)[s])
+        comps = labeler.resolve()
         lab, n = ndimage.label(objects, structure=structure)
         expected = zip(np.bincount(lab[valid], minlength=n + 1)[1:],
                        np.bincount(lab[valid & hit], minlength=n + 1)[1:], strict=True)
-        assert sorted(zip(*tracker.totals(), strict=True)) == sorted(expected)
+        assert sorted(zip(comps.sums["valid"], comps.sums["hit"], strict=True)) == sorted(expected)
 
 
 def test_objects_streamed_across_blocks_equal_whole_array(tmp_path):
@@ -373,31 +394,31 @@ def test_objects_streamed_across_blocks_equal_whole_array(tmp_path):
     truth[:, 31:33] = np.where(truth[:, 31:33] == 255, 255, 1)  # a long object crossing every row seam
     scene = make_scene(tmp_path / "scene", truth)
     p = make_pred(tmp_path / "pred", pred)
-    small = evaluate(p, scene, block=16)["metrics"]["areas"][0]
-    large = evaluate(p, scene)["metrics"]["areas"][0]
-    assert small["objects"] == large["objects"] == direct_objects(truth, pred, 0.5)
-    assert small["pixels"] == large["pixels"]
+    small = evaluate(p, scene, block=16).metrics.areas[0]
+    large = evaluate(p, scene).metrics.areas[0]
+    assert small.objects == large.objects == direct_objects(truth, pred, 0.5)
+    assert small.pixels == large.pixels
 
 
 # --- outputs -----------------------------------------------------------------------------------------
 def test_error_map_and_tables(hand):
     pred, scene = hand
     result = evaluate(pred, scene)
-    with rasterio.open(result["error_map_test"]) as ds:
+    with rasterio.open(result.files["error_map_test"]) as ds:
         assert ds.read(1).tolist() == CLASSES
         assert ds.crs.to_string() == UTM and ds.transform == UTM_10M and ds.nodata == 255
         cmap = ds.colormap(1)
         assert (cmap[TP][:3], cmap[FP][:3], cmap[FN][:3]) == ((255, 215, 0), (235, 0, 235), (0, 200, 255))
-    png = Path(result["error_png_test"])
+    png = Path(result.files["error_png_test"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with open(result["metrics_csv"]) as f:
+    with open(result.files["metrics_csv"]) as f:
         rows = list(csv.DictReader(f))
     assert [r["area"] for r in rows] == ["test", "all"]
     assert float(rows[1]["f1"]) == pytest.approx(2 / 3)
     assert rows[1]["tp"] == "4" and rows[1]["threshold"] == "0.42"
-    m = json.loads(Path(result["metrics_json"]).read_text())
+    m = json.loads(Path(result.files["metrics_json"]).read_text())
     assert m["all"]["objects"]["false_alarms"] == 1 and m["areas"][0]["error_map_png"] == str(png)
-    assert "test" in result["table"] and "all" in result["table"] and "0.667" in result["table"]
+    assert "test" in result.table and "all" in result.table and "0.667" in result.table
     assert not list(pred.glob(".*tmp*"))
 
 
@@ -406,24 +427,66 @@ def test_threshold_as_predict_records_it(hand):
     info = json.loads((pred / "prediction.json").read_text())
     (pred / "prediction.json").write_text(json.dumps({**info, "threshold": {"value": 0.37, "which": "best"}}))
     result = evaluate(pred, scene)
-    assert (result["metrics"]["threshold"], result["metrics"]["threshold_source"]) == (0.37, "best")
-    assert "threshold 0.37 (best)" in result["table"]
+    assert (result.metrics.threshold, result.metrics.threshold_source) == (0.37, "best")
+    assert "threshold 0.37 (best)" in result.table
 
 
 def test_truth_defaults_to_the_predicted_scene(hand):
     pred, _ = hand
-    assert evaluate(pred)["metrics"]["all"]["pixels"]["tp"] == 4
+    assert evaluate(pred).metrics.all.pixels["tp"] == 4
 
 
-def test_chip_set_truth_is_delegated(hand, tmp_path, monkeypatch):
-    pred, _ = hand
-    chips = tmp_path / "chips"
-    chips.mkdir()
-    (chips / "chips.json").write_text("{}")
-    fake = types.ModuleType("slidemap.sources.l4s")
-    fake.evaluate_patches = lambda p, t: {"table": "patches", "called": (Path(p), Path(t))}
-    monkeypatch.setitem(sys.modules, "slidemap.sources.l4s", fake)
-    assert evaluate(pred, chips)["called"] == (pred, chips)
+def make_chips(root: Path, masks: list[np.ndarray], bands=("red", "green", "blue")) -> Path:
+    """A chip set of 128 px patches named like Landslide4Sense's (image_1.h5, ...) with ``masks``."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (len(masks), len(bands), 128, 128)).astype(np.float32)
+    windows = [{"id": i, "size": 128, "source": f"image_{i + 1}.h5"} for i in range(len(masks))]
+    write_chipset(root, images, np.stack(masks).astype(np.uint8), windows,
+                  {"bands": list(bands), "stats": {b: {"mean": 0.0, "std": 1.0} for b in bands},
+                   "sampler": {"method": "test"}})
+    return root
+
+
+def make_patch_pred(root: Path, chips: Path, preds: list[np.ndarray]) -> Path:
+    """A patch prediction folder of ``chips``: one mask_N.h5 per patch and prediction.json."""
+    from slidemap.sources.l4s import write_mask
+
+    root.mkdir(parents=True)
+    names = [f"mask_{i + 1}.h5" for i in range(len(preds))]
+    for name, p in zip(names, preds, strict=True):
+        write_mask(root / name, p)
+    PatchPrediction(chips=str(chips.resolve()), chips_sha256=sha256(chips / "chips.json"), model="bundle.pt",
+                    threshold=0.5, bands=["red", "green", "blue"], count=len(preds), masks=names,
+                    sources=[f"image_{i + 1}.h5" for i in range(len(preds))]).save(root / "prediction.json")
+    return root
+
+
+def test_chip_set_truth_scores_patches(hand, tmp_path):
+    """A chip set as --truth: evaluate scores the patch prediction through slidemap.stages.patches."""
+    t1 = np.zeros((128, 128), np.uint8)
+    t1[:10, :10] = 1  # 100 landslide pixels
+    t2 = np.zeros((128, 128), np.uint8)  # a negative patch
+    chips = make_chips(tmp_path / "chips", [t1, t2])
+    p1 = np.zeros((128, 128), np.uint8)
+    p1[5:15, :10] = 1  # 50 hit, 50 beside
+    p2 = np.zeros((128, 128), np.uint8)
+    p2[0, :30] = 1  # 30 false alarms in the negative patch
+    pred = make_patch_pred(tmp_path / "patches", chips, [p1, p2])
+    result = evaluate(pred, chips)
+    assert isinstance(result.metrics, PatchMetrics) and result.path == pred
+    assert result.metrics.counts == {"tp": 50, "fp": 80, "fn": 50, "tn": 2 * 128 * 128 - 180}
+    assert result.metrics.scores.f1 == pytest.approx(100 / 230)
+    assert result.metrics.scores.iou == pytest.approx(50 / 180)
+    assert set(result.files) == {"metrics_json", "metrics_csv"} and "F1 %" in result.table
+    assert PatchMetrics.load(pred / "metrics.json").counts == result.metrics.counts
+    # without --truth: the chip set named in prediction.json
+    assert evaluate(pred).metrics.counts == result.metrics.counts
+    # a scene prediction is not scored against a chip set, and a chip set has no named areas
+    with pytest.raises(UserError, match="scene prediction"):
+        evaluate(hand[0], chips)
+    with pytest.raises(UserError, match="--area"):
+        evaluate(pred, chips, areas=["test"])
 
 
 def test_cli_prints_warnings_as_one_line(tmp_path, capsys):
@@ -445,6 +508,52 @@ def test_cli(hand, capsys):
     assert "error: --area x" in capsys.readouterr().err
 
 
+def test_cli_errors_are_one_line(hand, tmp_path, capsys):
+    """The real CLI: a folder that is no prediction, or a prediction.json / scene.json that does not
+    validate, is one ``error:`` line naming the option and the file, exit status 2, nothing written."""
+    pred, scene = hand
+    line = cli_error(capsys, ["evaluate", str(scene), "--truth", str(scene)])
+    assert f"PRED {scene}: not a prediction folder" in line
+    line = cli_error(capsys, ["evaluate", str(tmp_path / "nowhere")])
+    assert "PRED" in line and "nowhere" in line
+
+    def corrupt(name: str, text: str) -> Path:
+        folder = make_pred(tmp_path / name, PRED, scene=scene)
+        (folder / "prediction.json").write_text(text)
+        return folder
+
+    info = json.loads((pred / "prediction.json").read_text())
+    cases = {
+        "list": ("[1, 2, 3]", "holds a JSON list, not an object"),
+        "text": ("{not json", "not valid JSON"),
+        "tile": (json.dumps({**info, "tile": "large"}), "tile: "),
+        "threshold": (json.dumps({**info, "threshold": {"value": "high"}}), "threshold.value: "),
+        "range": (json.dumps({**info, "threshold": {"value": 1.5, "which": "best"}}), "threshold.value: "),
+        "missing": (json.dumps({k: v for k, v in info.items() if k != "crs"}), "crs: missing"),
+        "format": (json.dumps({**info, "format": "slidemap.scene"}), "format 'slidemap.scene'"),
+        "patches": (json.dumps({"format": "slidemap.patch_prediction", "format_version": 1, "chips": 7}),
+                    "chips: "),
+    }
+    for name, (text, expected) in cases.items():
+        folder = corrupt(name, text)
+        line = cli_error(capsys, ["evaluate", str(folder), "--truth", str(scene)])
+        assert f"PRED {folder / 'prediction.json'}: " in line and expected in line, (name, line)
+        assert not (folder / "metrics.json").exists() and not list(folder.glob("error_map*")), name
+    # the truth's scene.json is validated too
+    meta = json.loads((scene / "scene.json").read_text())
+    (scene / "scene.json").write_text(json.dumps({**meta, "width": "wide"}))
+    line = cli_error(capsys, ["evaluate", str(pred), "--truth", str(scene)])
+    assert f"--truth {scene / 'scene.json'}: width: " in line
+
+
+def test_stale_corrupt_metrics_json_is_replaced(hand, capsys):
+    """metrics.json is an output: a corrupt one left in the folder is rewritten, never read."""
+    pred, scene = hand
+    (pred / "metrics.json").write_text("[1, 2]")
+    assert main(["evaluate", str(pred), "--truth", str(scene)]) == 0
+    assert SceneMetrics.load(pred / "metrics.json").all.pixels["tp"] == 4
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "chattogram-s2" / "s2_4band.tif").is_file(),
                     reason="../shared/data/chattogram-s2 not present")
 def test_real_geographic_scene_with_irregular_nodata(tmp_path):
@@ -458,11 +567,11 @@ def test_real_geographic_scene_with_irregular_nodata(tmp_path):
     truth = np.where(nodata, 255, img[3] > np.percentile(img[3][~nodata], 85)).astype(np.uint8)
     pred = np.where(nodata, 255, np.roll(truth == 1, 2, axis=1)).astype(np.uint8)
     scene = make_scene(tmp_path / "scene", truth, crs=crs, transform=t, bands=("red", "green", "blue", "nir"))
-    row = evaluate(make_pred(tmp_path / "pred", pred, crs=crs, transform=t), scene)["metrics"]["areas"][0]
-    assert row["pixels"]["nodata"] == int(nodata.sum() + ((truth != 255) & (pred == 255)).sum())
+    row = evaluate(make_pred(tmp_path / "pred", pred, crs=crs, transform=t), scene).metrics.areas[0]
+    assert row.pixels["nodata"] == int(nodata.sum() + ((truth != 255) & (pred == 255)).sum())
     geod = Geod(ellps="WGS84")
     rows = np.nonzero(((truth == 1) & (pred == 1)).any(axis=1))[0]
     per_row = ((truth == 1) & (pred == 1)).sum(axis=1)
     expected = sum(per_row[r] * abs(geod.geometry_area_perimeter(pixel_box(t, r, 0, r + 1, 1))[0])
                    for r in rows)
-    assert row["km2"]["tp"] == pytest.approx(expected / 1e6, rel=1e-4)
+    assert row.km2["tp"] == pytest.approx(expected / 1e6, rel=1e-4)

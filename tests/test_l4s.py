@@ -12,17 +12,18 @@ import pytest
 from slidemap.cli import main
 from slidemap.errors import UserError
 from slidemap.formats.chips import ChipSet
+from slidemap.formats.files import sha256
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction
 from slidemap.sources.l4s import (
     L4S_BANDS,
     L4S_PUBLISHED_MEAN,
     L4S_PUBLISHED_STD,
-    evaluate_patches,
     find_patches,
     import_l4s,
-    predict_patches,
     read_mask,
     write_mask,
 )
+from slidemap.stages import evaluate, predict
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
 SAMPLE_NUMBERS = [1, 2, 3, 16, 27, 28]
@@ -77,8 +78,8 @@ def test_sample_import_equals_h5py(sample_chips):
         dem = sample_chips.images[i, L4S_BANDS.index("dem")]
         np.testing.assert_array_equal(dem, img[:, :, 13].astype(np.float32))
     assert sample_chips.masks[SAMPLE_NUMBERS.index(3)].max() == 0  # patch 3 is a negative example
-    assert sample_chips.meta["summary"]["positive_patches"] == 5
-    assert sample_chips.meta["sampler"]["method"] == "l4s-import"
+    assert sample_chips.meta.summary["positive_patches"] == 5
+    assert sample_chips.meta.sampler["method"] == "l4s-import"
     assert sample_chips.windows[0]["row"] == "" and sample_chips.windows[0]["size"] == 128
 
 
@@ -86,20 +87,20 @@ def test_sample_stats_are_the_imported_data(sample_chips):
     data = np.asarray(sample_chips.images, dtype=np.float64)
     for b, name in enumerate(L4S_BANDS):
         s = sample_chips.stats[name]
-        assert s["mean"] == pytest.approx(data[:, b].mean(), rel=1e-9)
-        assert s["std"] == pytest.approx(data[:, b].std(), rel=1e-9)
-        assert s["min"] == data[:, b].min() and s["max"] == data[:, b].max()
-    assert sample_chips.meta["stats_source"] == "imported"
+        assert s.mean == pytest.approx(data[:, b].mean(), rel=1e-9)
+        assert s.std == pytest.approx(data[:, b].std(), rel=1e-9)
+        assert s.min == data[:, b].min() and s.max == data[:, b].max()
+    assert sample_chips.meta.stats_source == "imported"
 
 
 def test_sample_published_stats(tmp_path):
     if not SAMPLE.is_dir():
         pytest.skip(f"real data absent: {SAMPLE}")
     chips = import_l4s(SAMPLE, tmp_path / "chips", published_stats=True)
-    assert [chips.stats[b]["mean"] for b in L4S_BANDS] == L4S_PUBLISHED_MEAN
-    assert [chips.stats[b]["std"] for b in L4S_BANDS] == L4S_PUBLISHED_STD
-    assert chips.stats["dem"]["max"] == float(np.asarray(chips.images[:, 13]).max())
-    assert chips.meta["stats_source"] == "published"
+    assert [chips.stats[b].mean for b in L4S_BANDS] == L4S_PUBLISHED_MEAN
+    assert [chips.stats[b].std for b in L4S_BANDS] == L4S_PUBLISHED_STD
+    assert chips.stats["dem"].max == float(np.asarray(chips.images[:, 13]).max())
+    assert chips.meta.stats_source == "published"
 
 
 # --- generated L4S-format folders ---------------------------------------------------------------------
@@ -111,7 +112,7 @@ def test_import_sorts_by_number_and_streams_stats_exactly(tmp_path):
     # per-patch means were drawn around the patch number: the order is visible in the data
     assert np.round(np.asarray(chips.images).mean(axis=(1, 2, 3))).tolist() == [1, 2, 10, 33]
     data = np.asarray(chips.images, dtype=np.float64)
-    assert chips.stats["B5"]["std"] == pytest.approx(data[:, 4].std(), rel=1e-9)
+    assert chips.stats["B5"].std == pytest.approx(data[:, 4].std(), rel=1e-9)
 
 
 def test_nan_never_counts_in_stats(tmp_path):
@@ -123,16 +124,30 @@ def test_nan_never_counts_in_stats(tmp_path):
     chips = import_l4s(src, tmp_path / "chips")
     band0 = np.asarray(chips.images[:, 0], dtype=np.float64)
     assert np.isnan(band0).sum() == 64 * 128
-    assert chips.stats["B1"]["mean"] == pytest.approx(np.nanmean(band0), rel=1e-9)
-    assert chips.stats["B1"]["std"] == pytest.approx(np.nanstd(band0), rel=1e-9)
-    assert chips.stats["B1"]["min"] == np.nanmin(band0)
+    assert chips.stats["B1"].mean == pytest.approx(np.nanmean(band0), rel=1e-9)
+    assert chips.stats["B1"].std == pytest.approx(np.nanstd(band0), rel=1e-9)
+    assert chips.stats["B1"].min == np.nanmin(band0)
+
+
+def test_band_without_valid_pixels_has_no_statistics(tmp_path):
+    """Intended: a band that is NaN everywhere has mean/std/min/max None (0.1 wrote mean 0, std 1)."""
+    src = make_l4s(tmp_path / "d", [1, 2])
+    for n in (1, 2):
+        with h5py.File(src / "img" / f"image_{n}.h5", "r+") as f:
+            img = f["img"][()]
+            img[:, :, 0] = np.nan
+            f["img"][...] = img
+    chips = import_l4s(src, tmp_path / "chips")
+    s = chips.stats["B1"]
+    assert (s.mean, s.std, s.min, s.max, s.count) == (None, None, None, None, 0)
+    assert chips.stats["B2"].count == 2 * 128 * 128 and chips.stats["B2"].std > 0
 
 
 def test_without_masks_is_a_prediction_only_chip_set(tmp_path):
     src = make_l4s(tmp_path / "test", [5, 6], masks=False)
     chips = import_l4s(src, tmp_path / "chips")
     assert chips.masks is None and not (chips.path / "masks.npy").exists()
-    assert chips.meta["summary"] == {"patches": 2, "masks": False}
+    assert chips.meta.summary == {"patches": 2, "masks": False}
 
 
 def test_list_file_is_lenient(tmp_path):
@@ -147,7 +162,7 @@ def test_list_file_is_lenient(tmp_path):
     assert [p.number for p in patches] == [1, 2, 3, 4, 5, 12]
     assert patches[0].mask == root / "TrainData" / "mask" / "mask_1.h5"
     chips = import_l4s(root / "TrainData", tmp_path / "chips", list_file=lst)
-    assert len(chips) == 6 and chips.meta["sampler"]["list"] == str(lst.resolve())
+    assert len(chips) == 6 and chips.meta.sampler["list"] == str(lst.resolve())
 
 
 def test_list_naming_missing_files(tmp_path):
@@ -255,8 +270,15 @@ def write_prediction(folder: Path, chips: ChipSet, preds: list[np.ndarray]) -> P
     names = [w["source"].replace("image", "mask") for w in chips.windows]
     for name, p in zip(names, preds, strict=True):
         write_mask(folder / name, p)
-    (folder / "prediction.json").write_text(json.dumps({"kind": "patches", "masks": names, "threshold": 0.5}))
+    PatchPrediction(chips=str(chips.path.resolve()), chips_sha256=sha256(chips.path / "chips.json"),
+                    model="bundle.pt", threshold=0.5, bands=chips.bands, count=len(names), masks=names,
+                    sources=[w["source"] for w in chips.windows]).save(folder / "prediction.json")
     return folder
+
+
+def evaluate_patches(pred: Path, chips: Path) -> evaluate.EvaluateResult:
+    """``slidemap evaluate PRED --truth CHIPS`` through its API."""
+    return evaluate.run(evaluate.EvaluateOptions(pred=pred, truth=chips))
 
 
 def test_evaluate_pools_pixel_counts(tmp_path):
@@ -277,11 +299,12 @@ def test_evaluate_pools_pixel_counts(tmp_path):
     # pooled: tp 50, fp 50 + 30, fn 50, tn 2*128*128 - 180
     metrics = json.loads((pred / "metrics.json").read_text())
     assert metrics["counts"] == {"tp": 50, "fp": 80, "fn": 50, "tn": 2 * 128 * 128 - 180}
-    assert result["precision"] == pytest.approx(50 / 130, abs=1e-6)
-    assert result["recall"] == pytest.approx(0.5, abs=1e-6)
-    assert result["f1"] == pytest.approx(100 / 230, abs=1e-6)
-    assert result["iou"] == pytest.approx(50 / 180, abs=1e-6)
-    assert "F1 %" in result["table"] and "43.48" in result["table"]
+    assert isinstance(result.metrics, PatchMetrics)
+    assert result.metrics.scores.precision == pytest.approx(50 / 130, abs=1e-6)
+    assert result.metrics.scores.recall == pytest.approx(0.5, abs=1e-6)
+    assert result.metrics.scores.f1 == pytest.approx(100 / 230, abs=1e-6)
+    assert result.metrics.scores.iou == pytest.approx(50 / 180, abs=1e-6)
+    assert "F1 %" in result.table and "43.48" in result.table
     rows = (pred / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("id,source,mask,tp,fp,fn,tn")
     assert rows[1].startswith("0,image_1.h5,mask_1.h5,50,50,50,")
@@ -305,19 +328,70 @@ def test_evaluate_errors(tmp_path):
     one_line_error(e, "PRED")
 
 
+def test_evaluate_refuses_another_chip_set_with_the_same_names(tmp_path):
+    """Intended: the prediction records its chip set's chips.json hash; another chip set whose patches
+    have the same file names (here another draw of image_1.h5, image_2.h5) is refused, not scored."""
+    chips = import_l4s(make_l4s(tmp_path / "d", [1, 2]), tmp_path / "chips")
+    other = import_l4s(make_l4s(tmp_path / "d2", [1, 2], seed=1), tmp_path / "other")
+    pred = write_prediction(tmp_path / "pred", chips, [np.zeros((128, 128), np.uint8)] * 2)
+    with pytest.raises(UserError) as e:
+        evaluate_patches(pred, other.path)
+    one_line_error(e, "other", "not the chip set")
+    assert not (pred / "metrics.json").exists()
+    assert evaluate_patches(pred, chips.path).metrics.patches == 2
+
+
+def test_cli_evaluate_corrupt_patch_prediction_is_one_line(tmp_path, capsys):
+    chips = import_l4s(make_l4s(tmp_path / "d", [1]), tmp_path / "chips")
+    pred = write_prediction(tmp_path / "pred", chips, [np.zeros((128, 128), np.uint8)])
+    info = json.loads((pred / "prediction.json").read_text())
+    cases = (({**info, "masks": "mask_1.h5"}, "masks: "), ({**info, "threshold": 2}, "threshold: "),
+             ({**info, "count": -1}, "count: "))
+    for bad, expected in cases:
+        (pred / "prediction.json").write_text(json.dumps(bad))
+        assert main(["evaluate", str(pred), "--truth", str(chips.path)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: PRED {pred / 'prediction.json'}: {expected}"), err
+    # a patch prediction of slidemap 0.1 (no format header) is named as such
+    (pred / "prediction.json").write_text(json.dumps({"kind": "patches", "masks": ["mask_1.h5"]}))
+    assert main(["evaluate", str(pred)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "older slidemap" in err[0]
+
+
 # --- predict ------------------------------------------------------------------------------------------
 
-def tiny_bundle(path: Path, bands: list[str], stats: dict) -> Path:
+def tiny_bundle(path: Path, bands: list[str], stats: dict, centre_on: np.ndarray | None = None) -> Path:
+    """A 4-filter U-Net bundle; ``centre_on`` (a standardised (1, C, H, W) input) shifts its head so that
+    about half of that input's pixels are landslide, the logit 0 in the widest gap between two pixels'."""
     import torch
 
+    from slidemap.formats.bundle import BundleMeta
     from slidemap.nn.bundle import save_bundle
     from slidemap.nn.models import build_model
 
     torch.manual_seed(0)
     model = build_model("unet", len(bands), filters=4)
-    meta = {"architecture": "unet", "model_args": model.config, "bands": bands, "stats": stats,
-            "patch_size": 128, "thresholds": {"0.5": 0.5, "best": 0.5}, "training": {}}
+    if centre_on is not None:
+        with torch.no_grad():
+            def logits() -> np.ndarray:
+                return np.sort(model.eval()(torch.from_numpy(centre_on)).numpy().ravel())
+
+            lo, hi = np.percentile(logits(), [16, 84])  # the head is linear: scale the logits to a ±3 spread
+            model.head.weight.mul_(6.0 / max(hi - lo, 1e-6))
+            model.head.bias.mul_(6.0 / max(hi - lo, 1e-6))
+            middle = logits()[centre_on[0, 0].size // 4: 3 * centre_on[0, 0].size // 4]
+            k = int(np.argmax(np.diff(middle)))
+            assert middle[k + 1] - middle[k] > 1e-3  # far wider than float rounding between code paths
+            model.head.bias.sub_(float(middle[k] + middle[k + 1]) / 2)
+    meta = BundleMeta(architecture="unet", model_args=model.config, bands=bands, stats=stats, patch_size=128,
+                      thresholds={"0.5": 0.5, "best": 0.5}, training={})
     return save_bundle(path, model, meta)
+
+
+def predict_patches(bundle: Path, chips: Path, out: Path, **options) -> predict.PredictResult:
+    """``slidemap predict MODEL --chips CHIPS --out OUT`` through its API."""
+    return predict.run(predict.PredictOptions(model=bundle, out=out, chips=chips, **options))
 
 
 def test_predict_writes_submission_masks(tmp_path):
@@ -331,9 +405,14 @@ def test_predict_writes_submission_masks(tmp_path):
     chips = import_l4s(src, tmp_path / "chips")
     bands = ["B4", "B3", "B2", "dem"]  # a subset, in another order than the chip set's
     stats = {b: {"mean": 5.0, "std": 2.0} for b in bands}
-    bundle = tiny_bundle(tmp_path / "bundle.pt", bands, stats)
+    x = np.asarray(chips.images[1:2])[:, [3, 2, 1, 13]]
+    x = np.nan_to_num((x - 5.0) / 2.0, nan=0.0).astype(np.float32)
+    # a network whose mask of patch 7 is about half landslide (a fresh one says 1 everywhere, which any
+    # standardisation would reproduce); fp32, the precision of the reference computed below
+    bundle = tiny_bundle(tmp_path / "bundle.pt", bands, stats, centre_on=x)
     result = predict_patches(bundle, chips.path, tmp_path / "pred", threshold="0.5", batch_size=2,
-                             device="cpu", evaluate=True, previews=2)
+                             device="cpu", evaluate=True, previews=2, precision="32")
+    assert isinstance(result.meta, PatchPrediction) and result.previews == 2
     pred = tmp_path / "pred"
     assert sorted(p.name for p in pred.glob("mask_*.h5")) == ["mask_11.h5", "mask_3.h5", "mask_7.h5"]
     for name in ("mask_3.h5", "mask_7.h5", "mask_11.h5"):
@@ -344,15 +423,16 @@ def test_predict_writes_submission_masks(tmp_path):
     info = json.loads((pred / "prediction.json").read_text())
     assert info["kind"] == "patches" and info["threshold"] == 0.5
     assert info["chips"] == str(chips.path.resolve())
-    assert "f1" in result and (pred / "metrics.json").exists()
+    assert info["format"] == "slidemap.patch_prediction"
+    assert info["chips_sha256"] == sha256(chips.path / "chips.json")
+    assert isinstance(result.evaluation.metrics, PatchMetrics) and (pred / "metrics.json").exists()
     # the masks are the bundle's network on the chips standardised with the BUNDLE's statistics
     from slidemap.nn.bundle import load_bundle
 
     net = load_bundle(bundle).build_model()
-    x = np.asarray(chips.images[1:2])[:, [3, 2, 1, 13]]
-    x = np.nan_to_num((x - 5.0) / 2.0, nan=0.0).astype(np.float32)
     with torch.no_grad():
         expected = (torch.sigmoid(net(torch.from_numpy(x)))[0, 0].numpy() >= 0.5).astype(np.uint8)
+    assert 0.2 < expected.mean() < 0.8
     np.testing.assert_array_equal(read_mask(pred / "mask_7.h5"), expected)
 
 

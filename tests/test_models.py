@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from slidemap.errors import UserError
+from slidemap.formats.bundle import BundleMeta
 from slidemap.nn.bundle import load_bundle, save_bundle
 from slidemap.nn.models import (
     MODELS,
@@ -152,8 +153,9 @@ def test_config_rebuilds_the_same_network(name, kwargs):
 def test_bundle_round_trip(name, tmp_path):
     torch.manual_seed(0)
     model = build_model(name, in_channels=4, filters=4).eval()
-    meta = {"architecture": name, "model_args": model.config, "bands": ["b", "g", "r", "dem"],
-            "patch_size": 32}
+    bands = ["b", "g", "r", "dem"]
+    meta = BundleMeta(architecture=name, model_args=model.config, bands=bands, patch_size=32,
+                      stats={b: {"mean": 0.0, "std": 1.0} for b in bands})  # a bundle now needs stats
     save_bundle(tmp_path / "bundle.pt", model, meta)
     rebuilt = load_bundle(tmp_path / "bundle.pt").build_model()
     x = torch.randn(1, 4, 32, 32)

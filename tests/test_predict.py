@@ -17,20 +17,44 @@ from scipy import ndimage
 
 from slidemap.cli import main
 from slidemap.errors import UserError
+from slidemap.formats.bundle import BundleMeta
+from slidemap.formats.prediction import ScenePrediction
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import save_bundle
 from slidemap.nn.device import cpu_has_native_bf16
+from slidemap.nn.inference import TileRunner, predict_array
 from slidemap.nn.models import build_model
-from slidemap.raster.polygons import ComponentLabeler, LandslideWriter, mask_to_landslides
-from slidemap.stages.predict import (
-    AxisTiling,
-    TileRunner,
-    check_tiling,
-    predict,
-    predict_array,
-    standardise,
-    wide_tile,
+from slidemap.nn.normalise import Normaliser
+from slidemap.raster.polygons import (
+    LandslideWriter,
+    label_strip,
+    landslide_labeler,
+    mask_to_landslides,
+    polygon_pieces,
 )
+from slidemap.raster.tiling import AxisTiling, check_tiling, wide_tile
+from slidemap.stages.predict import PredictOptions, PredictResult, run
+
+
+def predict(model, out, **options) -> PredictResult:
+    """``slidemap predict`` through its API: ``run(PredictOptions(...))``."""
+    return run(PredictOptions(model=model, out=out, **options))
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the real CLI, expect exit status 2 and exactly one ``error:`` line on stderr; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def bundle_meta(bands, net, **fields) -> BundleMeta:
+    """The description of a test bundle: a U-Net for ``bands``, unit statistics unless given."""
+    fields.setdefault("stats", {b: {"mean": 0.0, "std": 1.0} for b in bands})
+    return BundleMeta(architecture="unet", model_args=net.config, bands=list(bands), patch_size=64,
+                      **{"thresholds": {"0.5": 0.5, "best": 0.5}, **fields})
 
 
 def lively(net: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
@@ -117,8 +141,7 @@ def test_small_region_is_one_padded_tile_and_nodata_is_nan():
     p = predict_array(net, x, tile=512, overlap=64, batch_size=2)
     assert p.shape == (200, 300)
     assert np.isnan(p[50:60, 100:130]).all() and np.isfinite(p[:50]).all()
-    x0 = x.copy()
-    standardise(x0, None, None)
+    x0 = Normaliser(("a", "b", "c"), np.zeros(3, np.float32), np.ones(3, np.float32))(x.copy())  # NaN -> 0
     assert p[0, 0] == pytest.approx(predict_array(net, x0, tile=512, overlap=64)[0, 0], abs=1e-6)
 
 
@@ -153,15 +176,16 @@ def test_landslide_writer_streams_the_same_polygons(tmp_path):
     rng = np.random.default_rng(1)
     mask = (ndimage.gaussian_filter(rng.normal(size=(120, 90)), 3) > 0.05).astype(np.uint8)
     transform, crs = Affine(5, 0, 400000, 0, -5, 3000000), CRS.from_epsg(32645)
-    labeler = ComponentLabeler()
+    labeler = landslide_labeler(90)
     strips = []
     for r in range(0, 120, 9):  # 9-row strips: the last one has 3 rows
         h = len(mask[r:r + 9])
-        strips.append((r, labeler.add(mask[r:r + h] == 1, np.full((h, 90), 0.7), np.full(h, 25.0))))
-    comps = labeler.components()
+        strips.append((r, h, label_strip(labeler, r, mask[r:r + h] == 1, np.full((h, 90), 0.7),
+                                         np.full(h, 25.0))))
+    comps = labeler.resolve()
     writer = LandslideWriter(tmp_path / "l.gpkg", comps, transform, crs, batch=3)
-    for r, labels in strips:
-        writer.add_strip(comps.ids(labels), r)
+    for r, h, labels in strips:  # as predict does: one strip's pieces, in pixel coordinates
+        writer.add_pieces(polygon_pieces(comps.ids(labels), r), r + h)
     assert writer.close() == len(comps) > 5
     streamed = gpd.read_file(tmp_path / "l.gpkg").sort_values("id").reset_index(drop=True)
     whole = mask_to_landslides(mask, transform, crs, strip_rows=1000)
@@ -195,19 +219,19 @@ def test_min_area_drops_specks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A 160 px scene (nodata rows 70-75) and a lively 4-filter U-Net bundle for its bands."""
-    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages.prepare import PrepareOptions
+    from slidemap.stages.prepare import run as prepare
 
     root = tmp_path_factory.mktemp("predict")
     r = make_rasters(root / "in", size=160, nodata_rows=(70, 75))
-    scene = prepare_scene([r.image], root / "scene", dem=r.dem, inventory=r.inventory, areas=r.areas)
+    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
+                                         inventory=r.inventory, areas=r.areas)).path)
     torch.manual_seed(0)
     net = build_model("unet", in_channels=len(scene.bands), filters=4)
-    mean = np.array([scene.stats[b]["mean"] for b in scene.bands], np.float32)
-    std = np.array([scene.stats[b]["std"] for b in scene.bands], np.float32)
-    lively(net, standardise(scene.read(), mean, std)[:, :128, :128])
-    bundle = save_bundle(root / "bundle.pt", net, {
-        "architecture": "unet", "model_args": net.config, "bands": scene.bands, "stats": scene.stats,
-        "patch_size": 64, "thresholds": {"0.5": 0.5, "best": 0.6}, "training": {}})
+    normalise = Normaliser.from_stats(scene.bands, scene.stats, "scene", "prepare it again")
+    lively(net, normalise(scene.read())[:, :128, :128])
+    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
+                                                              thresholds={"0.5": 0.5, "best": 0.6}))
     return {"root": root, "rasters": r, "scene": scene, "bundle": bundle}
 
 
@@ -239,16 +263,18 @@ def test_predict_scene_writes_georeferenced_outputs(study):
 
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     assert gdf.crs == scene.crs and list(gdf.columns) == ["id", "area_m2", "mean_probability", "geometry"]
-    assert len(gdf) == result["landslides"] == ndimage.label(mask == 1)[1] > 3
+    assert len(gdf) == result.meta.landslides == ndimage.label(mask == 1)[1] > 3
     np.testing.assert_allclose(gdf.area, gdf.area_m2)
     assert gdf.area_m2.sum() == pytest.approx((mask == 1).sum() * 100.0)
     assert gdf.mean_probability.between(0.6, 1.0).all()
 
     meta = json.loads((out / "prediction.json").read_text())
     assert meta["scene"] == str(scene.path.resolve()) and meta["threshold"] == {"value": 0.6, "which": "best"}
+    assert meta["precision"] in ("32", "bf16")  # canonical names (0.1 wrote "bf16", "32", "cuda-mixed")
     assert meta["landslide_km2"] == pytest.approx((mask == 1).sum() * 100 / 1e6)
     assert meta["valid_km2"] == pytest.approx((~nodata).sum() * 100 / 1e6)
-    assert result["mpx_per_s"] > 0 and not list(out.glob(".*"))  # no temporary files left
+    assert result.meta.mpx_per_s > 0 and not list(out.glob(".*"))  # no temporary files left
+    assert isinstance(result.meta, ScenePrediction) and result.path == out and result.evaluation is None
 
 
 def test_float_output_min_area_and_threshold(study):
@@ -281,7 +307,7 @@ def test_area_window(study):
     meta = json.loads((out / "prediction.json").read_text())
     assert meta["area"] == "test_a" and meta["window"] == {"col_off": 90, "row_off": 0, "width": 70,
                                                            "height": 75}
-    assert "test_a" in result["table"] and (out / "metrics.json").exists()  # evaluated in the same folder
+    assert "test_a" in result.evaluation.table and (out / "metrics.json").exists()  # evaluated in the folder
 
 
 def test_bare_images_equal_the_prepared_scene(study):
@@ -295,7 +321,7 @@ def test_bare_images_equal_the_prepared_scene(study):
     np.testing.assert_array_equal(read(a / "mask.tif")[0], read(b / "mask.tif")[0])
     meta = json.loads((b / "prediction.json").read_text())
     assert meta["scene"] is None and meta["images"] == [str(r.image.resolve())]
-    assert res["landslides"] > 0 and not (b / ".scene").exists()
+    assert res.meta.landslides > 0 and not (b / ".scene").exists()
 
 
 def test_interrupted_predict_leaves_no_output(study, monkeypatch):
@@ -304,7 +330,7 @@ def test_interrupted_predict_leaves_no_output(study, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mod, "_build_overviews", boom)  # the very last step
+    monkeypatch.setattr(mod, "build_overviews", boom)  # the very last step
     parent = study["root"] / "interrupted"
     parent.mkdir()
     with pytest.raises(KeyboardInterrupt):
@@ -314,9 +340,7 @@ def test_interrupted_predict_leaves_no_output(study, monkeypatch):
 
 def test_band_mismatch_names_missing_and_extra_bands(study, tmp_path):
     net = build_model("unet", in_channels=3, filters=4)
-    bundle = save_bundle(tmp_path / "b.pt", net, {
-        "architecture": "unet", "model_args": net.config, "bands": ["red", "nir", "swir"], "stats": {},
-        "patch_size": 64, "thresholds": {"0.5": 0.5, "best": 0.5}})
+    bundle = save_bundle(tmp_path / "b.pt", net, bundle_meta(["red", "nir", "swir"], net))
     with pytest.raises(UserError) as e:
         predict(bundle, tmp_path / "pred", scene=study["scene"].path)
     msg = str(e.value)
@@ -352,7 +376,48 @@ def test_cli_predict(study, capsys):
                  "--tile", "96", "--overlap", "32", "--min-area", "500"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"mask: {out / 'mask.tif'}" in printed and "landslide_km2:" in printed
+    # the CLI now prints "  mask.tif  PATH" and "... km² of ... km² valid" (was "mask: PATH", "landslide_km2")
+    assert any(line.split() == ["mask.tif", str(out / "mask.tif")] for line in printed.splitlines())
+    assert f"prediction {out}: " in printed and " km² of " in printed
+
+
+def test_cli_errors_are_one_line(study, tmp_path, capsys):
+    """The real CLI: a missing model, a wrong --tile, two inputs, a corrupt model are one ``error:`` line
+    naming the option or file, exit status 2, and nothing is written."""
+    scene, bundle, out = str(study["scene"].path), str(study["bundle"]), str(tmp_path / "p")
+    line = cli_error(capsys, ["predict", str(tmp_path / "missing.pt"), "--scene", scene, "--out", out])
+    assert line.startswith(f"error: MODEL {tmp_path / 'missing.pt'}: no such file")
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", out, "--tile", "100"])
+    assert line.startswith("error: --tile 100: must be a multiple of 16")
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", out, "--tile", "256",
+                              "--overlap", "50"])
+    assert line.startswith("error: --overlap 50:")
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--chips", str(tmp_path), "--out", out])
+    assert "--scene" in line and "--chips" in line and "exactly one input" in line
+    line = cli_error(capsys, ["predict", bundle, "--out", out])
+    assert "exactly one input" in line
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", out, "--batch-size", "0"])
+    assert line.startswith("error: --batch-size 0: must be greater than or equal to 1")
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", out, "--precision", "fp8"])
+    assert line.startswith("error: --precision fp8:")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a bundle")
+    line = cli_error(capsys, ["predict", str(tmp_path / "corrupt.pt"), "--scene", scene, "--out", out])
+    assert line.startswith(f"error: MODEL {tmp_path / 'corrupt.pt'}: ")
+    line = cli_error(capsys, ["predict", bundle, "--scene", str(tmp_path / "nowhere"), "--out", out])
+    assert line.startswith(f"error: --scene {tmp_path / 'nowhere'}: no such scene folder")
+    assert not (tmp_path / "p").exists()
+    # --out never replaces an input nor a folder of the user's
+    before = sorted(p.name for p in study["scene"].path.iterdir())
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", scene, "--tile", "96",
+                              "--overlap", "32"])
+    assert line.startswith(f"error: --out {scene}: is an input of this command")
+    assert sorted(p.name for p in study["scene"].path.iterdir()) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", str(tmp_path / "mine"),
+                              "--tile", "96", "--overlap", "32"])
+    assert line.startswith(f"error: --out {tmp_path / 'mine'}: is a folder with other content (notes.txt)")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_vectorised_polygon_pieces_equal_shape_by_shape():

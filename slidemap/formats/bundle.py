@@ -91,6 +91,11 @@ def read_bundle_file(path: str | Path, option: str = "MODEL") -> tuple[BundleMet
     if p.is_dir():  # a run folder: take its bundle
         p = p / "bundle.pt"
     p = require_file(p, option)
+    with open(p, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK":  # torch.save writes a zip archive; anything else is not a bundle
+        raise UserError(f"{option} {p}: not a model bundle (not a torch archive); give the bundle.pt a "
+                        f"slidemap run wrote, or its run folder")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -145,23 +145,34 @@ class Grid:
         return self.transform @ Affine.translation(window.col_off, window.row_off)
 
 
+PIXEL_TOLERANCE = 1e-6
+"""Pixel-space rounding slack of :func:`area_window` (float noise of reprojected pixel-edge polygons)."""
+
+
 def area_window(geoms, grid: Grid) -> Window | None:
     """The one rule from an area's polygon(s) to pixels: the smallest whole-pixel window of ``grid``
     holding their bounds (rounded outwards, as ``rasterio.features.geometry_window``), clipped to the
     grid; None when they miss it or are empty."""
-    from rasterio.errors import WindowError
-    from rasterio.features import geometry_window
+    import math
+
+    from rasterio.features import bounds
 
     geoms = [g for g in (geoms if isinstance(geoms, list | tuple) else [geoms])
              if g is not None and not g.is_empty]
     if not geoms:
         return None
-    try:
-        w = geometry_window(grid, geoms)
-    except WindowError:
-        return None
-    w = Window(int(w.col_off), int(w.row_off), int(w.width), int(w.height))
-    return w if w.width > 0 and w.height > 0 else None
+    # As geometry_window (bounds in pixel space, rounded outwards), but bounds within 1e-6 px of a pixel
+    # edge count as on it: an area drawn on pixel edges and reprojected (areas.gpkg) is a few 1e-12 px
+    # off, which must not add a row or column of pixels outside it.
+    inverse = ~grid.transform
+    boxes = [bounds(g, transform=inverse) for g in geoms]  # in pixels: columns 0 and 2, rows 1 and 3
+    cols = [v for b in boxes for v in (b[0], b[2])]
+    rows = [v for b in boxes for v in (b[1], b[3])]
+    c0 = max(math.floor(min(cols) + PIXEL_TOLERANCE), 0)
+    r0 = max(math.floor(min(rows) + PIXEL_TOLERANCE), 0)
+    c1 = min(math.ceil(max(cols) - PIXEL_TOLERANCE), grid.width)
+    r1 = min(math.ceil(max(rows) - PIXEL_TOLERANCE), grid.height)
+    return Window(c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
 
 
 def bounds_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:

@@ -36,7 +36,9 @@ def option_error(error: ValidationError) -> str:
     """The first problem as ``--option value: what is wrong``."""
     first = error.errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
-    name = "--" + loc[0].replace("_", "-") if loc else "option"
+    if not loc:  # a check across options: its message names them
+        return str(first.get("msg", "invalid options")).removeprefix("Value error, ")
+    name = "--" + loc[0].replace("_", "-")
     if first.get("type") == "extra_forbidden":
         return f"{name}: unknown option"
     if first.get("type") == "missing":
