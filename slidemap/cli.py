@@ -334,6 +334,17 @@ def experiment_run(
         raise typer.Exit(1)
 
 
+@experiment_app.command("report")
+def experiment_report(
+    folder: Path = typer.Argument(..., help="Experiment folder (the --out of `experiment run`)."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default: FOLDER/report)."),
+) -> None:
+    """Write the studies' tables and figures of an experiment: report.md, report.html and PNGs."""
+    from slidemap.experiments.report import write_report
+
+    typer.echo(f"report {write_report(folder, out)}")
+
+
 def _print_evaluation(result) -> None:
     typer.echo(result.table)
     for key, path in result.files.items():

@@ -26,7 +26,7 @@ QUICKLOOK_SIZE = 1200  # pixels along the longer side of the rendered raster
 PNG_MAX_SIDE = 1200
 
 
-def _agg_figure(width_in: float, height_in: float, dpi: int = 100):
+def agg_figure(width_in: float, height_in: float, dpi: int = 100):
     """A matplotlib Figure on the Agg canvas (no GUI backend, safe in threads and on servers)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -36,7 +36,7 @@ def _agg_figure(width_in: float, height_in: float, dpi: int = 100):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_png(fig, path: str | Path) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -103,7 +103,7 @@ def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine,
     right, bottom = left + transform.a * w, top + transform.e * h
     aspect = _ground_aspect(crs, top + transform.e * h / 2)
     fig_w = 9.0
-    fig = _agg_figure(fig_w, max(3.0, min(16.0, fig_w * h / w * aspect)), dpi=110)
+    fig = agg_figure(fig_w, max(3.0, min(16.0, fig_w * h / w * aspect)), dpi=110)
     ax = fig.subplots()
     ax.set_facecolor(NODATA_GREY)
     ax.imshow(rgba, extent=(left, right, bottom, top), interpolation="nearest", aspect=aspect)
@@ -125,7 +125,7 @@ def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine,
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_png(fig, out_png)
 
 
 def _ground_aspect(crs, lat: float) -> float:
@@ -160,7 +160,7 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     h, w = shape
     scale = min(max(1.0, 760 / w), max(1.0, 1600 / h))  # small areas drawn larger, never past 1600 px
     disp_w, disp_h, header, fig_w = w * scale, h * scale, 64, max(w * scale, 760)
-    fig = _agg_figure(fig_w / 100, (disp_h + header) / 100)
+    fig = agg_figure(fig_w / 100, (disp_h + header) / 100)
     ax = fig.add_axes(((fig_w - disp_w) / 2 / fig_w, 0, disp_w / fig_w, disp_h / (disp_h + header)))
     ax.imshow(image, interpolation="nearest")
     ax.imshow(overlay, interpolation="nearest")
@@ -170,7 +170,7 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.2)
     fig.text(0.5, 1 - 40 / (disp_h + header), title, ha="center", va="top", fontsize=9)
-    return _save(fig, png)
+    return save_png(fig, png)
 
 
 # --- training and patches --------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
 def plot_learning_curve(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Train and validation loss, and validation F1 at 0.5, per epoch (PNG)."""
     epochs = [r["epoch"] for r in rows]
-    fig = _agg_figure(8, 3.5)
+    fig = agg_figure(8, 3.5)
     ax_loss, ax_f1 = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
@@ -189,7 +189,7 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
