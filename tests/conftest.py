@@ -203,9 +203,8 @@ def tiny_inputs(tmp_path_factory) -> Rasters:
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory, tiny_inputs) -> Path:
     """The prepared scene folder of ``tiny_inputs`` (read-only: shared by the whole session)."""
-    from slidemap.stages.prepare import prepare_scene
+    from slidemap.stages import prepare
 
     out = tmp_path_factory.mktemp("tiny_scene") / "scene"
-    prepare_scene([tiny_inputs.image], out, dem=tiny_inputs.dem, inventory=tiny_inputs.inventory,
-                  areas=tiny_inputs.areas)
-    return out
+    return prepare.run(prepare.PrepareOptions(images=[tiny_inputs.image], out=out, dem=tiny_inputs.dem,
+                                              inventory=tiny_inputs.inventory, areas=tiny_inputs.areas)).path

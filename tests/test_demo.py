@@ -1,8 +1,7 @@
 """`slidemap demo --fast` runs the whole pipeline end to end through the real CLI."""
 
-import json
-
 from slidemap.cli import main
+from slidemap.formats.prediction import SceneMetrics
 
 # Measured 0.787 pooled test F1 (0.840 test_a, 0.734 test_b) on 2 cores; the floor leaves slack for
 # thread-count and platform noise in the float arithmetic.
@@ -17,5 +16,6 @@ def test_demo_fast_runs_end_to_end(tmp_path, capsys):
     for name in ("probability.tif", "mask.tif", "landslides.gpkg", "metrics.json", "metrics.csv",
                  "error_map_test_a.png", "error_map_test_b.png"):
         assert (out / "prediction" / name).is_file(), name
-    metrics = json.loads((out / "prediction" / "metrics.json").read_text())
-    assert metrics["all"]["scores"]["f1"] >= F1_FLOOR
+    metrics = SceneMetrics.load(out / "prediction" / "metrics.json")
+    assert {a.area for a in metrics.areas} == {"test_a", "test_b"}
+    assert metrics.all.scores.f1 >= F1_FLOOR

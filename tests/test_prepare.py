@@ -19,9 +19,19 @@ from slidemap.cli import main
 from slidemap.errors import UserError
 from slidemap.formats.files import sha256
 from slidemap.formats.scene import Scene
-from slidemap.stages.prepare import PrepareWarning, _Stats, prepare_scene
+from slidemap.raster.stats import RunningStats
+from slidemap.stages import prepare
+from slidemap.stages.prepare import PrepareOptions, PrepareWarning
 
 GEOD = Geod(ellps="WGS84")
+
+
+def prepare_scene(images, out: Path, **options) -> Scene:
+    """Run the prepare stage and open the scene folder it wrote (its result describes that very folder)."""
+    result = prepare.run(PrepareOptions(images=list(images), out=out, **options))
+    scene = Scene(result.path)
+    assert result.path == Path(out) and result.meta == scene.meta
+    return scene
 
 
 def _leftovers(out: Path) -> list[str]:
@@ -34,7 +44,7 @@ def _leftovers(out: Path) -> list[str]:
 def test_stack_holds_the_input_pixels_and_band_names(tiny_scene, tiny_inputs):
     scene = Scene(tiny_scene)
     assert scene.bands == [*TINY_BANDS, "dem", "slope"]
-    assert scene.meta["image_bands"] == list(TINY_BANDS) and scene.meta["terrain"] == ["dem", "slope"]
+    assert scene.meta.image_bands == list(TINY_BANDS) and scene.meta.terrain == ["dem", "slope"]
     stack = scene.read()
     assert stack.dtype == np.float32 and stack.shape == (6, 128, 128)
     for row, col in [(0, 0), (15, 12), (64, 100), (127, 127)]:
@@ -56,21 +66,21 @@ def test_mask_and_per_area_figures(tiny_scene, tiny_inputs):
         expected[r0:r1, c0:c1] = 1
     # The inventory was stored in EPSG:4326: after reprojection every pixel still lands where it was.
     np.testing.assert_array_equal(mask, expected)
-    areas = {a["name"]: a for a in scene.meta["areas"]}
-    assert [(a["name"], a["role"]) for a in scene.meta["areas"]] == [
+    areas = {a.name: a for a in scene.meta.areas}
+    assert [(a.name, a.role) for a in scene.meta.areas] == [
         ("train", "train"), ("test_a", "test"), ("test_b", "test")]
-    assert areas["train"]["landslides"] == 2 and areas["train"]["landslide_pixels"] == 200 + 140
-    assert areas["test_a"]["landslides"] == 1 and areas["test_a"]["landslide_km2"] == pytest.approx(0.0128)
-    assert areas["test_b"]["landslides"] == 1 and areas["test_b"]["landslide_km2"] == pytest.approx(0.02)
-    assert areas["train"]["area_km2"] == pytest.approx(64 * 128 * 100 / 1e6)
-    assert areas["test_a"]["bounds"] == {"row_off": 0, "col_off": 72, "height": 60, "width": 56}
+    assert areas["train"].landslides == 2 and areas["train"].landslide_pixels == 200 + 140
+    assert areas["test_a"].landslides == 1 and areas["test_a"].landslide_km2 == pytest.approx(0.0128)
+    assert areas["test_b"].landslides == 1 and areas["test_b"].landslide_km2 == pytest.approx(0.02)
+    assert areas["train"].area_km2 == pytest.approx(64 * 128 * 100 / 1e6)
+    assert areas["test_a"].bounds.model_dump() == {"row_off": 0, "col_off": 72, "height": 60, "width": 56}
     # The bounds agree with the scene reader's area mask.
     am = scene.area_mask("test_b")
     rows, cols = np.nonzero(am)
-    assert areas["test_b"]["bounds"] == {"row_off": rows.min(), "col_off": cols.min(),
-                                         "height": np.ptp(rows) + 1, "width": np.ptp(cols) + 1}
-    inv = scene.meta["inventory"]
-    assert inv["features"] == 4 and inv["inside"] == 4 and inv["repaired"] == 0
+    assert areas["test_b"].bounds.model_dump() == {"row_off": rows.min(), "col_off": cols.min(),
+                                                   "height": np.ptp(rows) + 1, "width": np.ptp(cols) + 1}
+    inv = scene.meta.inventory
+    assert inv.features == 4 and inv.inside == 4 and inv.repaired == 0
 
 
 def test_statistics_over_the_train_area_only(tiny_scene):
@@ -80,11 +90,11 @@ def test_statistics_over_the_train_area_only(tiny_scene):
     for i, name in enumerate(scene.bands):
         values = stack[i][train]
         s = scene.stats[name]
-        assert s["mean"] == pytest.approx(values.mean(), rel=1e-6)
-        assert s["std"] == pytest.approx(values.std(), rel=1e-5, abs=1e-6)
-        assert (s["min"], s["max"]) == pytest.approx((values.min(), values.max()))
+        assert s.mean == pytest.approx(values.mean(), rel=1e-6)
+        assert s.std == pytest.approx(values.std(), rel=1e-5, abs=1e-6)
+        assert (s.min, s.max) == pytest.approx((values.min(), values.max()))
     # The DEM rises 0.3 m/m eastwards: the (western) train area is ~100 m lower than the whole scene.
-    assert scene.stats["dem"]["mean"] == pytest.approx(np.nanmean(stack[4]) - 0.3 * 10 * 32, abs=2)
+    assert scene.stats["dem"].mean == pytest.approx(np.nanmean(stack[4]) - 0.3 * 10 * 32, abs=2)
 
 
 def test_scene_json_contract(tiny_scene, tiny_inputs):
@@ -134,7 +144,7 @@ def test_image_on_another_grid_is_reprojected(tmp_path):
     np.testing.assert_array_equal(stack[4, 4:52, 8:56], a.pixels[0, :48, :48] + 7)
     assert np.isnan(stack[:, :4]).all() and np.isnan(stack[:, :, 56:]).all()  # outside the late image
     assert (mask[:4] == 255).all() and (mask[4:52, 8:56] == 0).all()
-    assert scene.meta["areas"] == [] and scene.meta["inventory"] is None
+    assert scene.meta.areas == [] and scene.meta.inventory is None
 
 
 def test_nodata_rows_are_nodata_everywhere_and_not_in_statistics(tmp_path):
@@ -146,13 +156,13 @@ def test_nodata_rows_are_nodata_everywhere_and_not_in_statistics(tmp_path):
     stack, mask = scene.read(), scene.read_mask()
     assert np.isnan(stack[:, 10:20]).all() and (mask[10:20] == 255).all()
     assert np.isfinite(stack[:, :10]).all() and np.isfinite(stack[:, 20:]).all()
-    assert scene.stats["blue"]["min"] > 0
+    assert scene.stats["blue"].min > 0
     # The landslide across rows 10-20 (rows 6..16 of a 64 px scene) lost its nodata part.
     assert ((mask == 1) & (np.arange(64)[:, None] >= 10) & (np.arange(64)[:, None] < 20)).sum() == 0
     assert (mask == 1).sum() > 0
     # Landslide 3 (rows 10-14) lies wholly in the nodata rows: no area counts it.
     assert r.landslides[2][1] >= 10 and r.landslides[2][3] <= 20
-    assert [a["landslides"] for a in scene.meta["areas"]] == [2, 1]
+    assert [a.landslides for a in scene.meta.areas] == [2, 1]
 
 
 def test_dem_covering_part_of_the_scene_masks_the_rest(tmp_path):
@@ -181,7 +191,8 @@ def test_dem_without_nodata_value_is_nodata_outside_its_footprint(tmp_path):
 
 
 def test_quicklook_true_colour_choice_and_stretch():
-    from slidemap.figures import rgb_band_indexes, stretch, true_colour
+    from slidemap.figures import stretch, true_colour
+    from slidemap.raster.bands import rgb_band_indexes
 
     assert rgb_band_indexes(["blue", "green", "red", "nir"]) == [2, 1, 0]
     assert rgb_band_indexes(["B02", "B03", "B04", "B08"]) == [2, 1, 0]
@@ -201,23 +212,23 @@ def test_quicklook_true_colour_choice_and_stretch():
 def test_split_cuts_the_valid_area_3_to_2(tmp_path, axis):
     r = make_rasters(tmp_path, size=100, dem=False, nodata_rows=(0, 40) if axis == "y" else None)
     scene = prepare_scene([r.image], tmp_path / "scene", inventory=r.inventory, split="3:2", split_axis=axis)
-    train, test = scene.meta["areas"]
-    assert (train["name"], train["role"], test["name"], test["role"]) == ("train", "train", "test", "test")
-    ratio = train["valid_km2"] / (train["valid_km2"] + test["valid_km2"])
+    train, test = scene.meta.areas
+    assert (train.name, train.role, test.name, test.role) == ("train", "train", "test", "test")
+    ratio = train.valid_km2 / (train.valid_km2 + test.valid_km2)
     assert ratio == pytest.approx(0.6, abs=0.011)  # within one row/column of 100
     if axis == "x":
-        assert train["bounds"]["width"] == 60 and test["bounds"]["col_off"] == 60
+        assert train.bounds.width == 60 and test.bounds.col_off == 60
     else:  # 60 valid rows (40..100): 36 train rows after the 40 nodata rows
-        assert train["bounds"]["height"] == 76 and test["bounds"]["row_off"] == 76
-    assert scene.meta["split"] == {"ratio": [3, 2], "axis": axis}
+        assert train.bounds.height == 76 and test.bounds.row_off == 76
+    assert (scene.meta.split.ratio, scene.meta.split.axis) == ((3, 2), axis)
     assert not (scene.area_mask("train") & scene.area_mask("test")).any()
     # Statistics (gathered per column/row while writing, before the cut was known) cover the train area.
-    assert scene.meta["stats_over"] == "train"
+    assert scene.meta.stats_over == "train"
     values = scene.read()[:, scene.area_mask("train") & (scene.read_mask() != 255)].astype(np.float64)
     for i, name in enumerate(scene.bands):
         s = scene.stats[name]
-        assert (s["mean"], s["std"]) == pytest.approx((values[i].mean(), values[i].std()), rel=1e-9)
-        assert (s["min"], s["max"]) == (values[i].min(), values[i].max())
+        assert (s.mean, s.std) == pytest.approx((values[i].mean(), values[i].std()), rel=1e-9)
+        assert (s.min, s.max) == (values[i].min(), values[i].max())
 
 
 @pytest.mark.parametrize("axis", ["x", "y"])
@@ -227,7 +238,7 @@ def test_statistics_per_line_merge_exactly_across_blocks(axis):
     block = rng.normal(1000, 300, (3, 40, 50))
     counted = rng.random((40, 50)) > 0.3
     lines = 50 if axis == "x" else 40
-    stats = _Stats(3, lines)
+    stats = RunningStats(3, lines)
     halves = [(slice(None), slice(25, None)), (slice(None), slice(0, 25))] if axis == "x" else \
         [(slice(20, None), slice(None)), (slice(0, 20), slice(None))]
     for rows, cols in halves:
@@ -241,6 +252,9 @@ def test_statistics_per_line_merge_exactly_across_blocks(axis):
         expected = (values[i].mean(), values[i].std())
         assert (d[name]["mean"], d[name]["std"]) == pytest.approx(expected, rel=1e-12)
         assert (d[name]["min"], d[name]["max"]) == (values[i].min(), values[i].max())
+    # No line kept (a band without one valid pixel): no statistics at all, not 0 / 1.
+    empty = stats.merged(np.zeros(lines, bool)).as_dict("abc")
+    assert empty["a"] == {"mean": None, "std": None, "min": None, "max": None, "count": 0}
 
 
 def test_geographic_scene_km2_and_mask_counts(tmp_path):
@@ -251,7 +265,7 @@ def test_geographic_scene_km2_and_mask_counts(tmp_path):
     write_vector(tmp_path / "slides.geojson", [slide], "EPSG:32633", src_crs="EPSG:4326", id=[1])
     scene = prepare_scene([r.image], tmp_path / "scene", inventory=tmp_path / "slides.geojson",
                           areas=r.areas)
-    assert scene.meta["crs"] == "EPSG:4326"
+    assert scene.meta.crs == "EPSG:4326"
     dx, dy = scene.pixel_size_m
     assert dx == pytest.approx(5.55, abs=0.02) and dy == pytest.approx(11.14, abs=0.02)
     true_m2 = abs(GEOD.geometry_area_perimeter(slide)[0])
@@ -260,12 +274,12 @@ def test_geographic_scene_km2_and_mask_counts(tmp_path):
     boundary_px = GEOD.geometry_area_perimeter(slide)[1] / min(dx, dy)
     assert abs((mask == 1).sum() * pixel_m2 - true_m2) < 0.5 * boundary_px * pixel_m2
     assert (mask == 1).sum() * pixel_m2 == pytest.approx(true_m2, rel=0.03)
-    areas = {a["name"]: a for a in scene.meta["areas"]}
+    areas = {a.name: a for a in scene.meta.areas}
     train_poly = pixel_box(r.transform, r.area_boxes[0][2])
-    assert areas["train"]["area_km2"] == pytest.approx(abs(GEOD.geometry_area_perimeter(train_poly)[0]) / 1e6,
-                                                       rel=1e-4)
-    assert areas["train"]["landslides"] == 1 and areas["test_a"]["landslides"] == 0
-    assert areas["train"]["landslide_km2"] == pytest.approx(true_m2 / 1e6, rel=0.03)
+    assert areas["train"].area_km2 == pytest.approx(abs(GEOD.geometry_area_perimeter(train_poly)[0]) / 1e6,
+                                                    rel=1e-4)
+    assert areas["train"].landslides == 1 and areas["test_a"].landslides == 0
+    assert areas["train"].landslide_km2 == pytest.approx(true_m2 / 1e6, rel=0.03)
     # All-touched marks every pixel the outline crosses: more pixels, each a superset.
     scene2 = prepare_scene([r.image], tmp_path / "scene2", inventory=tmp_path / "slides.geojson",
                            all_touched=True)
@@ -282,7 +296,7 @@ def test_invalid_geometries_are_repaired_and_reported(tmp_path):
     write_vector(tmp_path / "inv.gpkg", [bowtie, ok], r.crs, id=[1, 2])
     with pytest.warns(PrepareWarning, match="repaired 1 invalid geometry"):
         scene = prepare_scene([r.image], tmp_path / "scene", inventory=tmp_path / "inv.gpkg")
-    assert scene.meta["inventory"]["repaired"] == 1 and scene.meta["inventory"]["inside"] == 2
+    assert scene.meta.inventory.repaired == 1 and scene.meta.inventory.inside == 2
     # The repaired bow tie is two triangles of 10 000 m² each: ~200 pixels of 100 m², plus the square.
     assert (scene.read_mask() == 1).sum() == pytest.approx(200 + 100, abs=25)
 
@@ -297,16 +311,16 @@ def test_inventory_with_nothing_inside_is_a_warning(tmp_path):
     with pytest.warns(PrepareWarning, match="no polygon lies inside the scene"):
         scene = prepare_scene([r.image], tmp_path / "scene", inventory=tmp_path / "far.gpkg")
     assert set(np.unique(scene.read_mask())) == {0}
-    assert scene.meta["inventory"]["inside"] == 0 and scene.meta["inventory"]["features"] == 2
+    assert scene.meta.inventory.inside == 0 and scene.meta.inventory.features == 2
 
 
 def test_no_areas_no_inventory_statistics_over_all_valid_pixels(tmp_path):
     r = make_rasters(tmp_path, size=48, dem=False, inventory_name="", areas=False, nodata_rows=(0, 8))
     scene = prepare_scene([r.image], tmp_path / "scene")
-    assert scene.meta["areas"] == [] and scene.meta["inventory"] is None and scene.meta["stats_over"] == "all"
+    assert scene.meta.areas == [] and scene.meta.inventory is None and scene.meta.stats_over == "all"
     assert set(np.unique(scene.read_mask())) == {0, 255}
     valid = r.pixels[0, 8:].astype(np.float64)
-    assert scene.stats["blue"]["mean"] == pytest.approx(valid.mean())
+    assert scene.stats["blue"].mean == pytest.approx(valid.mean())
     assert len(scene.area_geometries()) == 0
 
 
@@ -347,7 +361,7 @@ def _bad_inputs(tmp_path: Path) -> dict:
         "areas missing": ({"areas": tmp_path / "nope.gpkg"}, "--areas .*nope.gpkg: no such file"),
         "band names count": ({"band_names": ["a", "b"]}, "--band-names: 2 names for 4 image bands"),
         "bad split": ({"areas": None, "split": "3-2"}, "--split 3-2: expected TRAIN:TEST"),
-        "bad terrain": ({"terrain": ["slope", "curv"]}, "--terrain: unknown layer curv"),
+        "bad terrain": ({"terrain": ["slope", "curv"]}, "--terrain slope,curv: unknown layer curv"),
     }, {"images": [img], "dem": r.dem, "inventory": inv, "areas": areas}
 
 
@@ -412,10 +426,10 @@ def test_real_chattogram_scene_split(tmp_path):
     assert dx == pytest.approx(9.25, abs=0.05) and dy == pytest.approx(9.95, abs=0.05)
     mask = scene.read_mask()
     assert (mask == 255).mean() == pytest.approx(0.61, abs=0.02) and set(np.unique(mask)) == {0, 255}
-    train, test = scene.meta["areas"]
-    assert train["valid_km2"] / (train["valid_km2"] + test["valid_km2"]) == pytest.approx(0.6, abs=0.01)
-    assert train["area_km2"] + test["area_km2"] == pytest.approx(217.1, abs=0.5)
+    train, test = scene.meta.areas
+    assert train.valid_km2 / (train.valid_km2 + test.valid_km2) == pytest.approx(0.6, abs=0.01)
+    assert train.area_km2 + test.area_km2 == pytest.approx(217.1, abs=0.5)
     for s in scene.stats.values():  # nodata 0 is not counted
-        assert s["min"] > 0 and s["mean"] > s["min"]
-    assert scene.meta["sources"][0]["sha256"] == \
+        assert s.min > 0 and s.mean > s.min
+    assert scene.meta.sources[0].sha256 == \
         "48914011f595c9ac028c62d3565dbba7dcd50b6394067ac595dd07654570524f"

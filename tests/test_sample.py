@@ -17,21 +17,31 @@ from slidemap.cli import main
 from slidemap.errors import UserError
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.scene import Scene
-from slidemap.stages import sample as sample_mod
-from slidemap.stages.sample import (
+from slidemap.raster import sampling as sampling_mod
+from slidemap.raster.sampling import (
     draw_offsets,
     fitting_windows,
     grid_candidates,
     grid_offsets,
     grid_stride,
     grid_windows,
+    propose_windows,
     random_windows,
-    sample_chips,
     windows_within,
 )
+from slidemap.stages import sample as sample_mod
+from slidemap.stages.sample import SampleOptions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def sample_chips(scene: Path, out: Path, **options) -> ChipSet:
+    """Run the sample stage and open the chip set it wrote (its result describes that very folder)."""
+    result = sample_mod.run(SampleOptions(scene=scene, out=out, **options))
+    chips = ChipSet(result.path)
+    assert result.path == Path(out) and result.meta == chips.meta
+    return chips
 
 
 # --- random area masks for property tests ------------------------------------------------------------
@@ -81,7 +91,7 @@ def test_windows_within_equals_brute_force(seed, h, w, size, limit):
 def test_windows_within_in_strips_equals_one_block(monkeypatch):
     mask = np.random.default_rng(3).random((300, 50)) < 0.1
     whole = windows_within(mask, 8, 2)
-    monkeypatch.setattr(sample_mod, "_STRIP_PIXELS", 64)  # strips of 4 * size rows
+    monkeypatch.setattr(sampling_mod, "_STRIP_PIXELS", 64)  # strips of 4 * size rows
     np.testing.assert_array_equal(windows_within(mask, 8, 2), whole)
     assert whole.shape == (293, 43) and 0 < whole.sum() < whole.size
 
@@ -158,6 +168,52 @@ def test_random_windows_fit_distinct_and_counted(seed, h, w, size, count):
     assert np.all(np.diff(rows * w + cols) > 0)  # sorted row-major
     again = random_windows(area, size, count, np.random.default_rng(seed), nodata, 1, forbidden)
     np.testing.assert_array_equal(np.stack(again), np.stack([rows, cols]))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), n_areas=st.integers(1, 4), size=st.sampled_from([2, 3, 4]),
+       overlap=st.sampled_from([0.0, 0.25, 0.5]), count=st.integers(1, 80), max_nodata=st.integers(0, 1))
+def test_propose_windows_over_several_areas(seed, n_areas, size, overlap, count, max_nodata):
+    """The function `slidemap sample` calls, given several areas (each its own box and masks) at once."""
+    rng = np.random.default_rng(seed)
+    shapes = rng.integers(4, 30, size=(n_areas, 2))
+    masks = [random_masks(seed + k, int(h), int(w)) for k, (h, w) in enumerate(shapes)]
+    areas = [a for a, _, _ in masks]
+    fits = [fitting_windows(a, size, nodata, max_nodata, forbidden) for a, forbidden, nodata in masks]
+    brute = [brute_fits(a, size, nodata, max_nodata, forbidden) for a, forbidden, nodata in masks]
+    for f, b in zip(fits, brute, strict=True):
+        np.testing.assert_array_equal(f, b)
+
+    # grid: per area, the lattice windows that fit, area by area and row-major; ``proposed`` counts the
+    # lattice before the fit check
+    which, rows, cols, proposed = propose_windows(areas, fits, "grid", size, overlap)
+    assert which.size == rows.size == cols.size and np.all(np.diff(which) >= 0)
+    assert proposed == sum(grid_candidates(a, size, overlap)[0].size for a in areas)
+    for i, (a, forbidden, nodata) in enumerate(masks):
+        sel = which == i
+        want_rows, want_cols = grid_windows(a, size, overlap, nodata, max_nodata, forbidden)
+        np.testing.assert_array_equal(rows[sel], want_rows)
+        np.testing.assert_array_equal(cols[sel], want_cols)
+        assert brute[i][rows[sel], cols[sel]].all()
+        cr, cc = grid_candidates(a, size, overlap)
+        lattice = set(zip(cr.tolist(), cc.tolist(), strict=True))
+        assert set(zip(rows[sel].tolist(), cols[sel].tolist(), strict=True)) == \
+            {(r, c) for r, c in lattice if brute[i][r, c]}
+
+    # random: min(count, all fitting offsets) distinct windows drawn over all areas at once, each fitting
+    # its area, sorted by area then row-major, the same for the same seed
+    which, rows, cols, drawn = propose_windows(areas, fits, "random", size, count=count,
+                                               rng=np.random.default_rng(seed))
+    total = sum(int(b.sum()) for b in brute)
+    assert drawn == rows.size == min(count, total)
+    keys = [(int(i), int(r), int(c)) for i, r, c in zip(which, rows, cols, strict=True)]
+    assert keys == sorted(set(keys))  # distinct and ordered
+    for i, r, c in keys:
+        assert brute[i][r, c]
+    again = propose_windows(areas, fits, "random", size, count=count, rng=np.random.default_rng(seed))
+    np.testing.assert_array_equal(np.stack(again[:3]), np.stack([which, rows, cols]))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        propose_windows(areas, fits, "poisson", size)
 
 
 def test_draw_offsets_takes_every_cell_once_when_count_exceeds_them():
@@ -270,13 +326,13 @@ def test_grid_chips_equal_the_stack_and_stay_in_the_train_area(scene, tmp_path):
     assert chips.images.dtype == np.float32 and chips.images.shape == (21, 3, 32, 32)
     assert not np.isnan(chips.images).any() and not (chips.masks == 255).any()  # max_nodata 0
     meta = chips.meta
-    assert meta["bands"] == ["red", "nir", "dem"] and meta["size"] == 32 and meta["count"] == 21
-    assert meta["stats"] == Scene(scene).stats
-    assert meta["sampler"] == {"method": "grid", "overlap": 0.2, "count": None, "require_landslide": False,
-                               "area": None, "max_nodata": 0, "seed": 0}
-    assert meta["scene"] == str(scene.resolve()) and meta["scene_crs"] == "EPSG:32633"
-    assert meta["scene_transform"] == list(Scene(scene).transform)[:6]
-    s = meta["summary"]
+    assert meta.bands == ["red", "nir", "dem"] and meta.size == 32 and meta.count == 21
+    assert meta.stats == Scene(scene).stats
+    assert meta.sampler == {"method": "grid", "overlap": 0.2, "count": None, "require_landslide": False,
+                            "area": None, "max_nodata": 0, "seed": 0}
+    assert meta.scene == str(scene.resolve()) and meta.scene_crs == "EPSG:32633"
+    assert meta.scene_transform == list(Scene(scene).transform)[:6]
+    s = meta.summary
     assert (s["chips"], s["kept"], s["drawn"], s["fitting_windows"]) == (21, 21, 30, 21)
     ls, valid = (chips.masks == 1).sum(), (chips.masks != 255).sum()
     assert s["landslide_fraction_chips"] == pytest.approx(ls / valid)
@@ -294,7 +350,7 @@ def test_grid_edge_windows_shift_back_inside(tmp_path):
     chips = sample_chips(scene, tmp_path / "c", method="grid", size=32, overlap=0.0)
     assert sorted({w["row"] for w in chips.windows}) == [10, 42, 74, 78]
     assert sorted({w["col"] for w in chips.windows}) == [6, 38, 54]
-    assert len(chips) == 12 and chips.meta["summary"]["drawn"] == 12
+    assert len(chips) == 12 and chips.meta.summary["drawn"] == 12
     check_chips_match_scene(chips, scene)
 
 
@@ -308,7 +364,7 @@ def test_random_chips_seeded_and_select_by_landslide(scene, tmp_path):
         assert (a.path / name).read_bytes() == (b.path / name).read_bytes()
     assert a.windows != c.windows
     check_chips_match_scene(a, scene)
-    s = a.meta["summary"]
+    s = a.meta.summary
     assert s["drawn"] == 40 and s["kept"] == len(a) < 40
     assert all((a.masks[i] == 1).any() for i in range(len(a)))
     assert len({(w["row"], w["col"]) for w in a.windows}) == len(a)  # distinct offsets
@@ -317,9 +373,9 @@ def test_random_chips_seeded_and_select_by_landslide(scene, tmp_path):
 
 def test_random_without_selection_keeps_every_draw(scene, tmp_path):
     chips = sample_chips(scene, tmp_path / "c", method="random", size=32, count=25, seed=0)
-    s = chips.meta["summary"]
+    s = chips.meta.summary
     assert len(chips) == s["drawn"] == s["kept"] == 25 and s["fitting_windows"] > 1000
-    assert chips.meta["sampler"]["overlap"] is None
+    assert chips.meta.sampler["overlap"] is None
     check_chips_match_scene(chips, scene)
 
 
@@ -327,7 +383,7 @@ def test_random_asks_more_than_fit(tmp_path):
     scene = make_scene(tmp_path / "s", width=80, height=80, nodata_rows=(76, 78),
                        areas=[("t", "train", (0, 40, 0, 40)), ("x", "test", (40, 80, 0, 80))])
     chips = sample_chips(scene, tmp_path / "c", method="random", size=32, count=100)
-    assert len(chips) == 81 and chips.meta["summary"]["fitting_windows"] == 81  # all 9 x 9 offsets
+    assert len(chips) == 81 and chips.meta.summary["fitting_windows"] == 81  # all 9 x 9 offsets
     assert len({(w["row"], w["col"]) for w in chips.windows}) == 81
 
 
@@ -361,14 +417,14 @@ def test_several_train_areas_and_a_named_one(tmp_path):
     check_chips_match_scene(both, scene)
     south = sample_chips(scene, tmp_path / "b", method="random", size=32, count=50, area="south")
     assert {w["area"] for w in south.windows} == {"south"} and len(south) == 50
-    assert south.meta["sampler"]["area"] == "south"
+    assert south.meta.sampler["area"] == "south"
     check_chips_match_scene(south, scene)
 
 
 def test_geographic_scene(tmp_path):
     scene = make_scene(tmp_path / "s", crs="EPSG:4326", transform=from_origin(91.76, 22.49, 9e-5, 9e-5))
     chips = sample_chips(scene, tmp_path / "c", method="random", size=32, count=20, seed=2)
-    assert len(chips) == 20 and chips.meta["scene_crs"] == "EPSG:4326"
+    assert len(chips) == 20 and chips.meta.scene_crs == "EPSG:4326"
     check_chips_match_scene(chips, scene)
 
 
@@ -381,8 +437,8 @@ def test_out_is_replaced_atomically(scene, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"size": 20}, "--size: patch size 20"),
-    ({"size": 16}, "--size: patch size 16"),
+    ({"size": 20}, "--size 20: height and width must be multiples of 16"),
+    ({"size": 16}, "--size 16: height and width must be multiples of 16"),
     ({"area": "east"}, "--area east: is a test area; sampling it leaks"),
     ({"area": "nowhere"}, "--area nowhere: no such area"),
     ({"overlap": 1.0}, "--overlap 1.0"),
@@ -408,7 +464,7 @@ def test_bad_scenes_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="no landslide pixel in train area"):
         sample_chips(no_inventory, tmp_path / "c", size=32)
     scene = make_scene(tmp_path / "d")
-    with pytest.raises(UserError, match="is the scene folder itself"):
+    with pytest.raises(UserError, match="--out .*d: is an input of this command"):
         sample_chips(scene, scene, size=32)
     (scene / "mask.tif").unlink()
     with pytest.raises(UserError, match="mask.tif"):
@@ -435,7 +491,7 @@ def test_scene_from_prepare(tiny_scene, tmp_path):
     check_chips_match_scene(grid, tiny_scene)
     rand = sample_chips(tiny_scene, tmp_path / "r", method="random", size=32, count=200,
                         require_landslide=True, seed=0)
-    s = rand.meta["summary"]
+    s = rand.meta.summary
     assert s["drawn"] == 200 and 0 < s["kept"] < 200
     assert all((m == 1).any() for m in rand.masks)
     assert s["landslide_fraction_chips"] > 2 * s["landslide_fraction_train_area"]
@@ -463,7 +519,7 @@ def test_real_geographic_scene_with_irregular_nodata(tmp_path):
     with rasterio.open(folder / "mask.tif", "r+") as ds:
         ds.write(mask, 1)
     chips = sample_chips(folder, tmp_path / "c", method="random", size=32, count=50, require_landslide=True)
-    s = chips.meta["summary"]
+    s = chips.meta.summary
     assert 0 < len(chips) <= 50 and s["drawn"] == 50
     assert not (chips.masks == 255).any() and not np.isnan(chips.images).any()
     check_chips_match_scene(chips, folder)

@@ -8,9 +8,10 @@ import rasterio
 from affine import Affine
 from conftest import make_rasters, plane_dem, surface_at
 
+from slidemap.formats.scene import Scene
 from slidemap.raster.geo import row_pixel_sizes_m
 from slidemap.raster.terrain import aspect_deg, gradient, hillshade, slope_deg, terrain_layers
-from slidemap.stages.prepare import prepare_scene
+from slidemap.stages import prepare
 
 
 def _plane(h: int, w: int, dx: float, dy: float, east: float, north: float) -> np.ndarray:
@@ -98,7 +99,10 @@ def test_plane_dem_on_coarser_grid_in_another_crs(tmp_path, case):
         r = make_rasters(tmp_path, size=96, crs="EPSG:4326", origin=(15.0, 46.0), pixel=1e-4,
                          dem_crs="EPSG:32633", dem_pixel=12.5, surface_crs="EPSG:32633", inventory_name="",
                          areas=False)
-    scene = prepare_scene([r.image], tmp_path / "scene", dem=r.dem, terrain=["dem", "slope", "aspect"])
+    result = prepare.run(prepare.PrepareOptions(images=[r.image], out=tmp_path / "scene", dem=r.dem,
+                                                terrain=["dem", "slope", "aspect"]))
+    scene = Scene(result.path)
+    assert result.meta.terrain == ["dem", "slope", "aspect"]
     assert scene.bands == ["blue", "green", "red", "nir", "dem", "slope", "aspect"]
     dem, slope, aspect = scene.read(bands=["dem", "slope", "aspect"])
     rows, cols = np.mgrid[0:96, 0:96]

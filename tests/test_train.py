@@ -29,10 +29,17 @@ from slidemap.nn.device import cpu_has_native_bf16
 from slidemap.nn.losses import build_loss, masked_bce
 from slidemap.nn.models import build_model
 from slidemap.raster.metrics import best_threshold
-from slidemap.stages.train import overlap_pairs, split_chips, train
+from slidemap.raster.split import overlap_pairs, split_chips
+from slidemap.stages import train as train_stage
+from slidemap.stages.train import TrainOptions, TrainResult
 
 BANDS = ("red", "nir", "dem")
 FAST = dict(model="unet", filters=8, batch_size=8, epochs=3, progress=False, seed=3)
+
+
+def train(chips, out: Path, callbacks=(), **options) -> TrainResult:
+    """Run the train stage with ``options`` (TrainOptions fields) and extra Lightning ``callbacks``."""
+    return train_stage.run(TrainOptions(chips=chips, out=out, **options), callbacks=callbacks)
 
 
 def make_chipset(folder: Path, n_side: int = 6, size: int = 32, step: int = 24, seed: int = 0,
@@ -115,9 +122,12 @@ def test_same_seed_gives_identical_metrics_and_weights(chips, reference, tmp_pat
     assert filecmp.cmp(reference / "metrics.csv", again / "metrics.csv", shallow=False)
     assert _same_weights(reference, again)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
-    s = result["summary"]
-    assert s["epochs_run"] == 3 and s["train_chips"] + s["val_chips"] + s["buffer_chips"] == 36
-    assert 0 < s["best_threshold"] < 1 and s["val_f1_at_best"] >= s["val_f1_at_0.5"]
+    assert result.run == again and result.bundle == again / "bundle.pt"
+    s = result.summary
+    assert s.epochs_run == 3 and s.train_chips + s.val_chips + s.buffer_chips == 36
+    assert 0 < s.best_threshold < 1 and s.val_f1_at_best >= s.val_f1_at_half
+    # summary.json is the same summary
+    assert train_stage.TrainSummary.model_validate_json((again / "summary.json").read_text()) == s
 
 
 class _Interrupt(pl.Callback):
@@ -145,10 +155,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(chips, reference, tmp_pat
 def test_finished_run_trained_on_with_resume_equals_longer_run(chips, reference, tmp_path):
     out = tmp_path / "run"
     train(chips, out, **{**FAST, "epochs": 2})
+    finished = (out / "bundle.pt").read_bytes()
     with pytest.raises(UserError, match="finished run; choose another --out, or pass --resume"):
         train(chips, out, **FAST)
     with pytest.raises(UserError, match="lr was 0.001, now 0.01"):
         train(chips, out, resume=True, **{**FAST, "lr": 0.01})
+    # a refused --resume leaves the finished run's bundle as it was
+    assert (out / "bundle.pt").read_bytes() == finished
     train(chips, out, resume=True, **FAST)
     assert _same_weights(reference, out)
 
@@ -158,13 +171,14 @@ def test_finished_run_trained_on_with_resume_equals_longer_run(chips, reference,
 def test_bundle_round_trip(reference, chips):
     bundle = load_bundle(reference)
     meta = bundle.meta
-    assert meta["architecture"] == "unet" and meta["model_args"]["filters"] == 8
+    assert meta.architecture == "unet" and meta.model_args["filters"] == 8
     assert bundle.bands == list(BANDS) and bundle.patch_size == 32
-    assert set(meta["stats"]) == set(BANDS) and "mean" in meta["stats"]["red"]
-    assert meta["thresholds"]["0.5"] == 0.5 and 0 < meta["thresholds"]["best"] < 1
-    assert meta["training"]["epochs_run"] == 3
-    # --precision auto (the default) trains in bf16 exactly where the CPU has bf16 natively.
-    assert meta["training"]["precision"] == ("bf16-mixed" if cpu_has_native_bf16() else "32")
+    assert set(meta.stats) == set(BANDS) and meta.stats["red"].mean is not None
+    assert meta.thresholds["0.5"] == 0.5 and 0 < meta.thresholds["best"] < 1
+    assert meta.training["epochs_run"] == 3
+    # --precision auto (the default) trains in bf16 exactly where the CPU has bf16 natively (recorded by
+    # its canonical name).
+    assert meta.training["precision"] == ("bf16" if cpu_has_native_bf16() else "32")
     best = torch.load(reference / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     net = build_model("unet", in_channels=3, filters=8)
     net.load_state_dict({k.removeprefix("net."): v for k, v in best["state_dict"].items()})
@@ -292,17 +306,29 @@ def test_bce_matches_torch_on_valid_pixels_and_pos_weight_weighs_landslides():
 
 # --- bad input -------------------------------------------------------------------------------------------
 
+def _scene_chipset_without_windows(folder: Path) -> Path:
+    """A chip set cut from a scene (chips.json names it) whose windows.csv was lost."""
+    make_chipset(folder)
+    meta = json.loads((folder / "chips.json").read_text())
+    meta["scene"] = str(folder.parent / "scene")
+    (folder / "chips.json").write_text(json.dumps(meta))
+    (folder / "windows.csv").unlink()
+    return folder
+
+
 def test_bad_inputs_are_one_line_user_errors(chips, tmp_path):
     cases = [
         (dict(chips=tmp_path / "nope"), "no such chip set"),
-        (dict(chips=make_chipset(tmp_path / "v9", version=9)), "format version 9 is not 1"),
+        (dict(chips=make_chipset(tmp_path / "v9", version=9)), "slidemap.chips version 9 is not 1"),
         (dict(bands=["red", "swir"]), "--bands: swir not in chip set"),
         (dict(chips=make_chipset(tmp_path / "empty", landslides=False)), "no landslide pixel in the"),
-        (dict(loss="dice"), "--loss dice: unknown loss"),
-        (dict(pos_weight=-1.0), "--pos-weight -1.0: must be a positive"),
-        (dict(val_fraction=1.0), "--val-fraction 1.0: must be between 0 and 1"),
-        (dict(epochs=0), "--epochs 0: must be at least 1"),
-        (dict(model="vgg"), "--model vgg: unknown architecture"),
+        (dict(chips=_scene_chipset_without_windows(tmp_path / "nowin")),
+         "nowin: windows.csv is missing, so overlapping chips cannot be kept apart"),
+        (dict(loss="dice"), "--loss dice: must be 'bce', 'bce\\+dice' or 'focal'"),
+        (dict(pos_weight=-1.0), "--pos-weight -1.0: must be greater than 0"),
+        (dict(val_fraction=1.0), "--val-fraction 1.0: must be less than 1"),
+        (dict(epochs=0), "--epochs 0: must be greater than or equal to 1"),
+        (dict(model="vgg"), "--model vgg: must be 'unet' or 'resunet'"),
         (dict(precision="8"), "--precision 8"),
         (dict(resume=True), "holds no run to continue"),
     ]
@@ -319,7 +345,7 @@ def test_bad_inputs_are_one_line_user_errors(chips, tmp_path):
 def test_batch_larger_than_training_set_warns_and_cli_runs(chips, tmp_path, capsys):
     with pytest.warns(UserWarning, match="--batch-size 500 is larger than the"):
         result = train(chips, tmp_path / "big", **{**FAST, "batch_size": 500, "epochs": 1})
-    assert result["summary"]["epochs_run"] == 1
+    assert result.summary.epochs_run == 1
     assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: CHIPS")
 
@@ -328,13 +354,13 @@ def test_batch_larger_than_training_set_warns_and_cli_runs(chips, tmp_path, caps
 
 def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     from slidemap.sources.synth import synthesize
-    from slidemap.stages.prepare import prepare_scene
-    from slidemap.stages.sample import sample_chips
+    from slidemap.stages import prepare, sample
 
     paths = synthesize(tmp_path / "synth", seed=0, size=1024, landslides=80)
-    prepare_scene([paths["image"]], tmp_path / "scene", dem=paths["dem"], inventory=paths["inventory"],
-                  areas=paths["areas"])
-    chipset = sample_chips(tmp_path / "scene", tmp_path / "chips", method="grid", size=64, overlap=0.25)
+    prepare.run(prepare.PrepareOptions(images=[paths["image"]], out=tmp_path / "scene", dem=paths["dem"],
+                                       inventory=paths["inventory"], areas=paths["areas"]))
+    chipset = sample.run(sample.SampleOptions(scene=tmp_path / "scene", out=tmp_path / "chips", method="grid",
+                                              size=64, overlap=0.25))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = train(chipset.path, tmp_path / "run", model="unet", filters=16, epochs=20, batch_size=16,
@@ -348,7 +374,7 @@ def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     low, high = np.nanmin(brightness), np.nanmax(brightness)
     _, baseline_f1 = best_threshold(np.nan_to_num((brightness - low) / (high - low)),
                                     np.asarray(cs.masks)[split.val])
-    unet_f1 = result["summary"]["val_f1_at_best"]
+    unet_f1 = result.summary.val_f1_at_best
     # measured on 2 cores: U-Net 0.719 (BCE, 20 epochs, 244 chips of 64 px: 130 training, 73 validation,
     # 41 buffer), baseline 0.270; slack for other thread counts and later tuning of the synthetic scene
     assert unet_f1 == pytest.approx(0.719, abs=0.15), (unet_f1, baseline_f1)
