@@ -228,3 +228,40 @@ def test_killed_runner_resumes_without_duplicates(tmp_path):
     assert len(keys) == len(set(keys)) == 21 and all(x["status"] == "ok" for x in r)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert not list(out.rglob(".*.tmp-*"))
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+def test_report_has_every_section_and_real_figures(done, tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    from slidemap.experiments.report import write_report
+
+    md = write_report(done / "out", tmp_path / "report")
+    text = md.read_text()
+    for heading in ("Sampling, patch size and input layers", "study 000's table 3", "effect of each factor",
+                    "Transferability between sites", "Transferability matrix", "F1 by patch size",
+                    "Do the studies' conclusions hold here?"):
+        assert heading in text, heading
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "<table>" in html
+    for png in ("best_models.png", "factors.png", "transfer.png", "patch_size.png"):
+        image = imread(tmp_path / "report" / png)
+        assert image.shape[0] > 150 and image.shape[1] > 250, png
+        assert np.std(image[..., :3]) > 0.05, f"{png} is (nearly) blank"
+    assert list((tmp_path / "report" / "error_maps").glob("*.png"))
+    assert "runs/" in text  # tables name the run folders
+
+
+def test_report_of_a_partial_grid_names_the_missing_runs(done, tmp_path):
+    import shutil
+
+    from slidemap.experiments.report import write_report
+
+    partial = tmp_path / "partial"
+    shutil.copytree(done / "out", partial, ignore=shutil.ignore_patterns("*.tif", "*.pt", "*.ckpt", "*.npy"))
+    missing = next((partial / "runs").iterdir())
+    (missing / "rows.json").unlink()
+    text = write_report(partial).read_text()
+    assert "Missing runs" in text and missing.name in text and "1 missing" in text

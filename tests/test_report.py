@@ -1,0 +1,100 @@
+"""The report's numbers on a small hand-written results.csv: best picks, table 3, the transfer matrix and
+the paired tests equal values computed by hand."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from slidemap.experiments import analysis as an
+from slidemap.experiments.results import COLUMNS
+
+# (scenario, train_sites, test_site, test_area, dataset, sampling, method, size, architecture, filters, seed,
+#  tp, fp, fn) with tn = 1000 everywhere
+RUNS = [
+    ("a", "A", "A", "t1", "d", "grid", "grid", 32, "unet", 16, 0, 50, 50, 50),
+    ("a", "A", "A", "t2", "d", "grid", "grid", 32, "unet", 16, 0, 30, 10, 60),
+    ("a", "A", "A", "t1", "d", "grid", "grid", 32, "unet", 32, 0, 60, 20, 40),
+    ("a", "A", "A", "t2", "d", "grid", "grid", 32, "unet", 32, 0, 40, 40, 40),
+    ("a", "A", "A", "t1", "d", "rnd", "random", 32, "unet", 16, 0, 70, 30, 30),
+    ("a", "A", "A", "t2", "d", "rnd", "random", 32, "unet", 16, 0, 50, 30, 30),
+    ("a", "A", "A", "t1", "d", "grid", "grid", 32, "unet", 16, 1, 40, 40, 60),
+    ("a", "A", "A", "t2", "d", "grid", "grid", 32, "unet", 16, 1, 20, 20, 60),
+    ("a", "A", "B", "t1", "d", "grid", "grid", 32, "unet", 16, 0, 10, 90, 90),
+    ("a", "A", "A", "t1", "d", "grid", "grid", 32, "resunet", 16, 0, 80, 20, 20),
+    ("a", "A", "B", "t1", "d", "grid", "grid", 32, "resunet", 16, 0, 5, 95, 95),
+]
+
+
+def f1(tp, fp, fn):
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def iou(tp, fp, fn):
+    return tp / (tp + fp + fn)
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for sc, trs, ts, ta, ds, smp, meth, size, arch, filt, seed, tp, fp, fn in RUNS:
+            w.writerow({"scenario": sc, "train_sites": trs, "test_site": ts, "test_area": ta, "pooled": "",
+                        "dataset": ds, "bands": "red+nir", "augment": "False", "sampling": smp, "method": meth,
+                        "size": size, "architecture": arch, "filters": filt, "batch_size": 4, "seed": seed,
+                        "tp": tp, "fp": fp, "fn": fn, "tn": 1000, "precision": tp / (tp + fp),
+                        "recall": tp / (tp + fn), "f1": f1(tp, fp, fn), "iou": iou(tp, fp, fn),
+                        "status": "ok", "run_folder": f"runs/{sc}-{smp}-{arch}{filt}-s{seed}"})
+    return path
+
+
+def test_best_per_group_picks_the_best_mean_over_seeds(results):
+    best = an.best_per_group(an.load(results), "f1")
+    row = best[(best["test_site"] == "A") & (best["test_area"] == "t1") & (best["sampling"] == "grid")].iloc[0]
+    # unet-16 over seeds: (f1 50/50/50 + f1 40/40/60) / 2 = 0.45; unet-32: 0.6667; resunet-16: 0.8
+    assert row["model"] == "resunet-16/b4"
+    assert row["f1"] == pytest.approx(f1(80, 20, 20))
+    unet16 = an.mean_sd(an.areas(an.load(results)), ["test_site", "test_area", "sampling", "model"])
+    u = unet16[(unet16["model"] == "unet-16/b4") & (unet16["test_area"] == "t1") & (unet16["test_site"] == "A")
+               & (unet16["sampling"] == "grid")].iloc[0]
+    assert u["f1"] == pytest.approx((f1(50, 50, 50) + f1(40, 40, 60)) / 2)
+    assert u["n"] == 2 and u["f1_sd"] > 0
+
+
+def test_table3_averages_iou_over_test_areas(results):
+    t3 = an.table3(an.load(results))
+    grid = t3[t3["sampling"] == "grid"].iloc[0]
+    # unet-32 is on both of A's areas and nowhere else: average of t1 and t2 (B has none for it)
+    u32 = (iou(60, 20, 40) + iou(40, 40, 40)) / 2
+    u16 = ((iou(50, 50, 50) + iou(40, 40, 60)) / 2 + (iou(30, 10, 60) + iou(20, 20, 60)) / 2
+           + iou(10, 90, 90)) / 3
+    res = (iou(80, 20, 20) + iou(5, 95, 95)) / 2
+    best = max((u32, "unet-32/b4"), (u16, "unet-16/b4"), (res, "resunet-16/b4"))
+    assert grid["model"] == best[1] and grid["average"] == pytest.approx(best[0])
+    rnd = t3[t3["sampling"] == "rnd"].iloc[0]
+    assert rnd["average"] == pytest.approx((iou(70, 30, 30) + iou(50, 30, 30)) / 2)
+
+
+def test_transfer_matrix_cells(results):
+    m = an.transfer_matrix(an.load(results))
+    cell = m[(m["architecture"] == "unet") & (m["test_site"] == "A")].iloc[0]
+    # site-level F1 per run (areas pooled by counts), then the mean over runs
+    runs = [f1(50 + 30, 50 + 10, 50 + 60), f1(60 + 40, 20 + 40, 40 + 40), f1(70 + 50, 30 + 30, 30 + 30),
+            f1(40 + 20, 40 + 20, 60 + 60)]
+    assert cell["f1"] == pytest.approx(sum(runs) / len(runs))
+    b = m[(m["architecture"] == "resunet") & (m["test_site"] == "B")].iloc[0]
+    assert b["f1"] == pytest.approx(f1(5, 95, 95))
+
+
+def test_paired_claims(results):
+    claims = {c.text.split(" (")[0]: c for c in an.claims(an.load(results))}
+    sampling = claims["Random sampling beats grid sampling"]
+    # pairs: seed 0, unet-16, test areas A/t1 and A/t2
+    d = [f1(70, 30, 30) - f1(50, 50, 50), f1(50, 30, 30) - f1(30, 10, 60)]
+    assert sampling.n == 2 and sampling.mean == pytest.approx(sum(d) / 2) and sampling.wins == 2
+    local = claims["ResU-Net beats U-Net on the sites it was trained on"]
+    assert local.n == 1 and "cannot be tested" in local.sentence()
