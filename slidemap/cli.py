@@ -224,6 +224,11 @@ def predict(
     image: list[Path] | None = typer.Option(None, "--image", help="Bare image(s), prepared on the fly."),
     dem: Path | None = typer.Option(None, help="DEM for bare images."),
     chips: Path | None = typer.Option(None, help="Patch dataset (chip set) to predict patch by patch."),
+    scenes: Path | None = typer.Option(None, help="A list of scenes (text file: one scene folder or image "
+                                       "file(s) per line) predicted as independent tasks into OUT/<name>/, "
+                                       "with all landslides merged into OUT/landslides.gpkg; resumable."),
+    workers: int = typer.Option(1, help="With --scenes: scenes predicted at once on this machine."),
+    ray: str | None = typer.Option(None, help="With --scenes: run the scenes on Ray ('auto' or ADDRESS)."),
     tile: int = typer.Option(512, help="Tile size in pixels (a multiple of 16)."),
     overlap: int = typer.Option(64, help="Overlap between tiles in pixels; tile minus overlap must be a "
                                 "multiple of 16 (more overlap: closer to one-pass prediction, slower)."),
@@ -238,8 +243,22 @@ def predict(
     precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: bf16 on CPUs with "
                                   "native bf16 (1.6x faster), mixed precision on a GPU, else 32."),
 ) -> None:
-    """Predict landslides over a whole scene (tiled, blended, streamed) or a patch dataset."""
+    """Predict landslides over a whole scene (tiled, blended, streamed), many scenes, or a patch dataset."""
     from slidemap.stages import predict as stage
+
+    if scenes is not None:
+        if scene or image or chips:
+            raise UserError("--scenes: give the scenes in the list only (no --scene, --image or --chips)")
+        from slidemap.experiments.batch import predict_scenes
+
+        done, failed, merged = predict_scenes(
+            model, scenes, out, dem=dem, workers=workers, ray=ray, log=lambda t: typer.echo(t, err=True),
+            tile=tile, overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
+            device=device.value, as_float=as_float, precision=precision)
+        typer.echo(f"predictions {out}: {done} scenes done, {failed} failed; all landslides in {merged}")
+        if failed:
+            raise typer.Exit(1)
+        return
 
     options = stage.PredictOptions(
         model=model, out=out, scene=scene, area=area, images=image or None, dem=dem, chips=chips, tile=tile,

@@ -303,20 +303,27 @@ def _cores() -> int:
 
 def _dispatch(jobs: list[RunJob], workers: int, ray: str | None, spec: Spec) -> Iterator[Outcome]:
     """Outcomes as runs finish: in this process, in a pool of processes, or as Ray tasks."""
+    yield from dispatch(execute_run, jobs, workers, ray, spec.resources.cpus or 1, spec.resources.gpu)
+
+
+def dispatch(func: Callable, jobs: list, workers: int = 1, ray: str | None = None, cpus: int = 1,
+             gpu: float = 0.0) -> Iterator[Any]:
+    """``func(job)`` for every job, yielded as they finish: in this process (one worker), in a pool of
+    worker processes, or as Ray tasks asking for ``cpus`` CPUs and a ``gpu`` fraction each."""
     if not jobs:
         return
     if ray is not None:
-        yield from _dispatch_ray(jobs, ray, spec)
+        yield from _dispatch_ray(func, jobs, ray, cpus, gpu)
         return
     if workers == 1:
         for job in jobs:
-            yield execute_run(job)
+            yield func(job)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-        futures = [pool.submit(execute_run, job) for job in jobs]
+        futures = [pool.submit(func, job) for job in jobs]
         for f in as_completed(futures):
             yield f.result()
 
@@ -325,7 +332,7 @@ def _worker_init() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _dispatch_ray(jobs: list[RunJob], address: str, spec: Spec) -> Iterator[Outcome]:
+def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: float) -> Iterator[Any]:
     try:
         import ray
     except ImportError:
@@ -337,7 +344,7 @@ def _dispatch_ray(jobs: list[RunJob], address: str, spec: Spec) -> Iterator[Outc
         if not ray.is_initialized():
             ray.init(address=None if address == "auto" else address, include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
-    task = ray.remote(num_cpus=spec.resources.cpus or 1, num_gpus=spec.resources.gpu)(execute_run)
+    task = ray.remote(num_cpus=cpus, num_gpus=gpu)(func)
     pending = [task.remote(job) for job in jobs]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

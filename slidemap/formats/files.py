@@ -212,7 +212,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # the temporary keeps the suffix: GDAL and OGR pick their driver by it
+        tmp = path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}"
     try:
         yield tmp
         with disk_errors(path):

@@ -9,8 +9,9 @@ slidemap writes is tiled and deflate-compressed (:func:`gtiff_profile`), written
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ default 6 at the same size (with predictor 3; docs/performance.md), and writing 
 GDAL_CACHE_MB = 256
 """GDAL's block cache while a stage streams a scene (GDAL's default, 5 % of RAM, grows with the scene)."""
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
+GPKG_TIMESTAMP = "2000-01-01T00:00:00Z"
+"""The ``last_change`` every GeoPackage slidemap writes records, so that reruns give identical bytes."""
 
 
 def _reason(e: Exception) -> str:
@@ -140,3 +143,17 @@ def build_overviews(path: Path, resampling: Resampling) -> None:
         if min(ds.width, ds.height) >= 2:
             ds.build_overviews(factors, resampling)
             ds.update_tags(ns="rio_overview", resampling=resampling.name)
+
+
+@contextlib.contextmanager
+def pinned_gpkg_timestamp(stamp: str = GPKG_TIMESTAMP) -> Iterator[None]:
+    """GeoPackages written meanwhile record ``stamp`` as their last change instead of the wall clock, so
+    the same data gives the same bytes (users hash results)."""
+    import pyogrio
+
+    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": stamp})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})

@@ -53,6 +53,7 @@ from slidemap.formats.gdal import (
     build_overviews,
     gtiff_profile,
     open_raster,
+    pinned_gpkg_timestamp,
     read_block,
 )
 from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Threshold
@@ -260,7 +261,8 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
     t_predict = time.perf_counter() - t0
     t1 = time.perf_counter()
     comps = labeler.resolve({AREA: o.min_area})
-    _mask_and_polygons(region, comps, tmp)
+    with pinned_gpkg_timestamp():
+        _mask_and_polygons(region, comps, tmp)
     t_polygons = time.perf_counter() - t1
     t2 = time.perf_counter()
     build_overviews(tmp / "probability.tif", Resampling.average)

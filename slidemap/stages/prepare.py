@@ -34,7 +34,13 @@ from rasterio.windows import Window
 from slidemap.errors import UserError
 from slidemap.figures import QUICKLOOK_SIZE, render_quicklook
 from slidemap.formats.files import atomic_dir, sha256
-from slidemap.formats.gdal import GDAL_CACHE_MB, gtiff_profile, open_raster, read_vector
+from slidemap.formats.gdal import (
+    GDAL_CACHE_MB,
+    gtiff_profile,
+    open_raster,
+    pinned_gpkg_timestamp,
+    read_vector,
+)
 from slidemap.formats.scene import NODATA_MASK, Scene, SceneMeta
 from slidemap.progress import bar
 from slidemap.raster.bands import TERRAIN_LAYERS, rgb_band_indexes
@@ -177,7 +183,8 @@ def run(options: PrepareOptions) -> PrepareResult:
                 stats = stats.merged(np.arange(lines) < cut)
             if area_gdf is None:
                 area_gdf = _empty_areas(grid)
-            area_gdf.to_file(tmp / "areas.gpkg", driver="GPKG", layer="areas")
+            with pinned_gpkg_timestamp():
+                area_gdf.to_file(tmp / "areas.gpkg", driver="GPKG", layer="areas")
             area_rows = _summarise(tmp, grid, area_gdf, inv, all_touched)
             _quicklook(tmp, grid, overview, inv, area_gdf, image_paths[0], image_bands)
             sources = _sources(image_paths, dem, inventory, areas)

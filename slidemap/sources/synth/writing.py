@@ -174,10 +174,8 @@ def _write_vectors(inventory_path: Path, areas_path: Path, study: StudyArea) -> 
     outlines = [shapely.segmentize(study.areas[k][1], 100.0) for k in names]
     areas = gpd.GeoDataFrame({"name": names, "role": [study.areas[k][0] for k in names]},
                              geometry=gpd.GeoSeries(outlines, crs=IMAGE_CRS).to_crs(AREAS_CRS), crs=AREAS_CRS)
-    previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
-    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_TIMESTAMP})
-    try:
+    from slidemap.formats.gdal import pinned_gpkg_timestamp
+
+    with pinned_gpkg_timestamp(GPKG_TIMESTAMP):
         pyogrio.write_dataframe(inventory, inventory_path, layer="inventory", driver="GPKG")
         pyogrio.write_dataframe(areas, areas_path, layer="areas", driver="GPKG")
-    finally:
-        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": previous})

@@ -1,0 +1,136 @@
+"""Many scenes with one model: ``slidemap predict MODEL --scenes LIST --out DIR [--workers N | --ray ...]``.
+
+For an analyst who outgrows one scene (a region of Sentinel-2 tiles): every entry of LIST is predicted as
+an independent task (locally, in worker processes, or on a Ray cluster) into its own prediction folder
+``DIR/<name>/``, and all landslides are merged into ``DIR/landslides.gpkg`` (with the scene each came
+from). Resumable like an experiment: a scene whose prediction of this model is complete is not redone.
+
+LIST is a text file with one entry per line: a prepared scene folder, or one or more image files
+separated by commas (prepared on the fly; ``--dem`` applies to all of them); ``#`` starts a comment. Paths
+are relative to the list file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slidemap.errors import UserError
+from slidemap.formats.files import atomic_file, check_out, output_lock
+
+MARKER = "scenes.json"
+
+
+@dataclass(frozen=True)
+class SceneJob:
+    name: str
+    scene: str | None
+    images: tuple[str, ...]
+    dem: str | None
+    model: str
+    out: str
+    options: dict
+
+
+def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """(name, scene folder or None, image files) per entry of a scene list; errors name the line."""
+    if not path.is_file():
+        raise UserError(f"--scenes {path}: no such file; give a text file with one scene or image per line")
+    entries, names = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = [(path.parent / p.strip()).resolve() for p in text.split(",") if p.strip()]
+        missing = [p for p in parts if not p.exists()]
+        if missing:
+            raise UserError(f"--scenes {path}: line {n}: {missing[0]} does not exist; fix the list")
+        if len(parts) == 1 and parts[0].is_dir():
+            if not (parts[0] / "scene.json").is_file():
+                raise UserError(f"--scenes {path}: line {n}: {parts[0]} is a folder but not a prepared scene "
+                                f"(no scene.json)")
+            name, entry = parts[0].name, (str(parts[0]), ())
+        else:
+            name, entry = parts[0].stem, (None, tuple(str(p) for p in parts))
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.add(name)
+        entries.append((name, *entry))
+    if not entries:
+        raise UserError(f"--scenes {path}: lists no scene; give one scene folder or image per line")
+    return entries
+
+
+def predict_one(job: SceneJob) -> tuple[str, str | None]:
+    """Predict one entry (skipped when done); returns (name, error line or None)."""
+    from slidemap.stages import predict
+
+    out = Path(job.out) / job.name
+    try:
+        info = json.loads((out / "prediction.json").read_text())
+        if Path(info.get("model", "")).resolve() == Path(job.model).resolve():
+            return job.name, None
+    except (OSError, ValueError):
+        pass
+    try:
+        predict.run(predict.PredictOptions(model=Path(job.model), out=out,
+                                           scene=Path(job.scene) if job.scene else None,
+                                           images=[Path(p) for p in job.images] or None,
+                                           dem=Path(job.dem) if job.dem and job.images else None,
+                                           **job.options))
+    except UserError as e:
+        return job.name, str(e)
+    return job.name, None
+
+
+def predict_scenes(model: Path, scenes: Path, out: Path, dem: Path | None = None, workers: int = 1,
+                   ray: str | None = None, log=print, **options) -> tuple[int, int, Path]:
+    """Predict every entry of ``scenes`` into ``out``; returns (done, failed, merged GeoPackage)."""
+    from slidemap.experiments.runner import dispatch
+
+    entries = read_list(scenes)
+    model = model / "bundle.pt" if model.is_dir() else model
+    if not model.is_file():
+        raise UserError(f"MODEL {model}: no such model bundle; give a bundle.pt or a run folder")
+    folder = check_out(out, MARKER, [scenes, model], "batch prediction")
+    folder.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    with output_lock(folder):
+        with atomic_file(folder / MARKER) as tmp:
+            tmp.write_text(json.dumps({"model": str(model.resolve()), "list": str(scenes.resolve()),
+                                       "scenes": [e[0] for e in entries]}, indent=1) + "\n")
+        jobs = [SceneJob(name, scene, images, str(dem) if dem else None, str(model), str(folder), options)
+                for name, scene, images in entries]
+        for name, error in dispatch(predict_one, jobs, workers, ray):
+            log(f"scene {name}: {'FAILED: ' + error if error else 'done'}")
+            if error:
+                failed[name] = error
+        merged = merge_landslides(folder, [e[0] for e in entries if e[0] not in failed])
+    return len(entries) - len(failed), len(failed), merged
+
+
+def merge_landslides(folder: Path, names: list[str]) -> Path:
+    """All scenes' landslides in one GeoPackage (column ``scene``), in the first scene's CRS, or WGS 84
+    when the scenes' CRSs differ (e.g. Sentinel-2 tiles in several UTM zones)."""
+    import geopandas as gpd
+    import pandas as pd
+
+    frames = []
+    for name in names:
+        path = folder / name / "landslides.gpkg"
+        if path.is_file():
+            gdf = gpd.read_file(path)
+            gdf.insert(0, "scene", name)
+            frames.append(gdf)
+    crs = {str(f.crs) for f in frames}
+    target = frames[0].crs if len(crs) == 1 else "EPSG:4326"
+    merged = gpd.GeoDataFrame(pd.concat([f.to_crs(target) for f in frames], ignore_index=True), crs=target) \
+        if frames else gpd.GeoDataFrame({"scene": [], "id": [], "area_m2": []}, geometry=[], crs="EPSG:4326")
+    out = folder / "landslides.gpkg"
+    from slidemap.formats.gdal import pinned_gpkg_timestamp
+
+    with atomic_file(out) as tmp, pinned_gpkg_timestamp():
+        merged.to_file(tmp, driver="GPKG", layer="landslides")
+    return out
