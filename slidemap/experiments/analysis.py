@@ -90,8 +90,8 @@ def best_per_group(df: pd.DataFrame, by: str = "f1") -> pd.DataFrame:
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:
-    """Study 000's table 3: per (training scenario x) sampling x size, the dataset x model with the highest IoU averaged over the
-    test areas (means over seeds), with each test area's IoU."""
+    """Study 000's table 3: per (training scenario x) sampling x size, the dataset x model with the highest
+    IoU averaged over the test areas (means over seeds), with each test area's IoU."""
     a = areas(df).copy()
     a["where"] = a["test_site"] + "/" + a["test_area"]
     keys = ["scenario", "sampling", "size", "dataset", "model"]

@@ -208,7 +208,8 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
                  & (a["dataset"] == r.dataset) & (a["model"] == r.model)]
         first_seed = runs[runs["seed"] == runs["seed"].min()]
         for x in first_seed.itertuples():
-            rows.append({"scenario": r.scenario, "sampling": r.sampling, "size": int(r.size), "dataset": r.dataset, "model": r.model,
+            rows.append({"scenario": r.scenario, "sampling": r.sampling, "size": int(r.size),
+                         "dataset": r.dataset, "model": r.model,
                          "seed": int(x.seed), "test area": f"{x.test_site}/{x.test_area}", "TP km²": x.tp_km2,
                          "FP km²": x.fp_km2, "FN km²": x.fn_km2, "TN km²": x.tn_km2,
                          "prediction": _short(x.prediction_folder, root)})

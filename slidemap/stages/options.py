@@ -8,11 +8,19 @@ it (``--batch-size 0: must be at least 1``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from slidemap.errors import UserError
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | Path) else value
+
+
+Paths = Annotated[list[Path], BeforeValidator(_as_list), Field(min_length=1)]
+"""One path or several: a stage that takes several inputs (images, chip sets) takes a single one as is."""
 
 
 class StageOptions(BaseModel):

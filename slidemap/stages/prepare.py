@@ -19,12 +19,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import rasterio
 from affine import Affine
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from rasterio import features
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -55,7 +55,7 @@ from slidemap.raster.geo import (
 )
 from slidemap.raster.stats import RunningStats
 from slidemap.raster.terrain import terrain_layers
-from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.options import Paths, StageOptions, StageResult
 
 BLOCK = 1024  # pixels per side of a processing block (a multiple of the 256 px GeoTIFF tiles)
 ROLES = ("train", "test")
@@ -89,7 +89,7 @@ class PrepareOptions(StageOptions):
     lists the layers derived from the DEM; ``all_touched`` marks every pixel a polygon touches.
     """
 
-    images: list[Path] = Field(min_length=1)
+    images: Paths
     out: Path
     dem: Path | None = None
     inventory: Path | None = None
@@ -99,11 +99,6 @@ class PrepareOptions(StageOptions):
     terrain: list[str] = ["dem", "slope"]
     band_names: list[str] | None = None
     all_touched: bool = False
-
-    @field_validator("images", mode="before")
-    @classmethod
-    def _one_or_more(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str | Path) else v
 
     @field_validator("terrain")
     @classmethod

@@ -46,7 +46,7 @@ from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
-from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.options import Paths, StageOptions, StageResult
 
 RESUMABLE = ("epochs", "patience", "max_time", "device", "precision", "progress", "threads",
              "slidemap_version", "split")
@@ -56,7 +56,7 @@ RESUMABLE = ("epochs", "patience", "max_time", "device", "precision", "progress"
 class TrainOptions(StageOptions):
     """Everything ``slidemap train`` takes (see ``slidemap train --help``)."""
 
-    chips: list[Path] = Field(min_length=1)
+    chips: Paths
     out: Path
     model: Literal["unet", "resunet"] = "unet"
     filters: int = Field(16, ge=1, le=256)
@@ -78,11 +78,6 @@ class TrainOptions(StageOptions):
     threads: int | None = Field(None, ge=1)
     model_args: dict[str, Any] = {}
     channels_last: bool = True
-
-    @field_validator("chips", mode="before")
-    @classmethod
-    def _one_or_more(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str | Path) else v
 
     @field_validator("precision")
     @classmethod
