@@ -32,8 +32,8 @@ def blobs(shape: tuple[int, int], n: int, radius: tuple[float, float], seed: int
     return out
 
 
-def image_with(tmp: Path, slides: np.ndarray, transform: Affine, crs: str, bands=("blue", "green", "red", "nir"),
-               seed: int = 0, name: str = "image.tif") -> Path:
+def image_with(tmp: Path, slides: np.ndarray, transform: Affine, crs: str,
+               bands=("blue", "green", "red", "nir"), seed: int = 0, name: str = "image.tif") -> Path:
     """A uint16 image (nodata 0) whose landslide pixels are bright bare ground, the rest vegetation."""
     rng = np.random.default_rng(seed)
     veg = np.array([300, 600, 400, 3000])[: len(bands), None, None]

@@ -122,10 +122,11 @@ def aligned(ds: rasterio.DatasetReader, grid: Grid, option: str, path: Path, fir
         raise UserError(f"{option} {path}: {what} does not overlap {first}; give a raster that covers "
                         f"the scene")
     method = resampling if resampling is not None else resampling_for(ds, grid)
-    # Without a nodata value, an alpha band marks the pixels outside the source's footprint.
+    # Without a nodata value, an alpha band marks the pixels outside the source's footprint. The warp works
+    # in float32 (what the stack holds), so averaged or interpolated digital numbers are not rounded.
     add_alpha = ds.nodata is None
     vrt = WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=method, add_alpha=add_alpha, tolerance=0.01)
+                    resampling=method, add_alpha=add_alpha, tolerance=0.01, dtype="float32")
     try:
         yield OnGrid(vrt, ds.count, alpha=ds.count + 1 if add_alpha else None, resampling=method.name)
     finally:
