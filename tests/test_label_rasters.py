@@ -157,9 +157,9 @@ def test_bad_label_raster_options_are_one_line_errors(inputs, tmp_path):
     cases = [
         (dict(inventory=poly, label_values=[2]), r"--label-values / --unlabelled-values: .*labels.gpkg is a "
                                                  r"vector of polygons"),
-        (dict(inventory=labels, label_values=[2], unlabelled_values=[2]), r"--label-values and "
-                                                                          r"--unlabelled-values share 2"),
-        (dict(label_values=[2]), r"--label-values / --unlabelled-values go with a label raster --inventory"),
+        (dict(inventory=labels, label_values=[2], unlabelled_values=[2]),
+         r"^--unlabelled-values 2: 2 is also in --label-values; a value is either landslide or unknown$"),
+        (dict(label_values=[2]), r"^--label-values 2: goes with a label raster --inventory"),
         (dict(inventory=four), r"--inventory .*four.tif: not a vector of polygons, and a raster of 4 bands"),
         (dict(inventory=labels, label_values=[0]), r"--label-values 0: 0 is the nodata value"),
         (dict(inventory=labels, all_touched=True), r"--all-touched: applies to polygon inventories"),

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 from affine import Affine
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from rasterio import features
 from rasterio.crs import CRS
 
@@ -123,10 +123,34 @@ class PrepareOptions(StageOptions):
 
     @field_validator("label_values", "unlabelled_values")
     @classmethod
-    def _values(cls, values: list[float] | None) -> list[float] | None:
-        if values is not None and not all(np.isfinite(values)):
+    def _values(cls, values: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if values is None:
+            return None
+        if not all(np.isfinite(values)):
             raise ValueError("values must be finite numbers, e.g. 1,2")
-        return None if values is None else list(dict.fromkeys(values))
+        if info.data.get("inventory") is None and (values or info.field_name == "label_values"):
+            raise ValueError("goes with a label raster --inventory")
+        both = sorted(set(values) & set(info.data.get("label_values") or []))
+        if info.field_name == "unlabelled_values" and both:
+            raise ValueError(f"{both[0]:g} is also in --label-values; a value is either landslide or unknown")
+        return list(dict.fromkeys(values))
+
+    @field_validator("pre_band_names")
+    @classmethod
+    def _pre_names(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if names is not None and not info.data.get("pre_images"):
+            raise ValueError("goes with --pre-image")
+        return names
+
+    @field_validator("change")
+    @classmethod
+    def _change(cls, change: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if change and not info.data.get("pre_images"):
+            raise ValueError("goes with --pre-image (change layers compare before and after)")
+        missing = [c for c in change or [] if c not in info.data.get("indices", [])]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} is not among --indices; a change layer needs its index")
+        return change
 
     @field_validator("split")
     @classmethod
@@ -145,21 +169,6 @@ class PrepareOptions(StageOptions):
     def _consistent(self) -> PrepareOptions:
         if self.areas is not None and self.split is not None:
             raise ValueError("give --areas or --split, not both")
-        if self.inventory is None and (self.label_values is not None or self.unlabelled_values):
-            raise ValueError("--label-values / --unlabelled-values go with a label raster --inventory")
-        both = sorted(set(self.label_values or []) & set(self.unlabelled_values))
-        if both:
-            raise ValueError(f"--label-values and --unlabelled-values share {both[0]:g}; a value is either "
-                             f"landslide or unknown")
-        if self.pre_band_names is not None and not self.pre_images:
-            raise ValueError("--pre-band-names goes with --pre-image")
-        if self.change is not None:
-            if not self.pre_images and self.change:
-                raise ValueError("--change goes with --pre-image (change layers compare before and after)")
-            missing = [c for c in self.change if c not in self.indices]
-            if missing:
-                raise ValueError(f"{', '.join(missing)} is not among --indices; a change layer needs its "
-                                 f"index")
         return self
 
     @property
