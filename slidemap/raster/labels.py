@@ -68,8 +68,8 @@ def open_label_raster(path: Path, grid: Grid, first: Path, label_values: Sequenc
 
     with open_raster(path, option) as ds:
         if ds.count != 1:
-            raise UserError(f"{option} {path}: not a vector of polygons, and a raster of {ds.count} bands where "
-                            f"a label raster has one; give polygons or the band of labels alone "
+            raise UserError(f"{option} {path}: not a vector of polygons, and a raster of {ds.count} bands "
+                            f"where a label raster has one; give polygons or the band of labels alone "
                             f"(gdal_translate -b N)")
         if np.dtype(ds.dtypes[0]).kind == "c":
             raise UserError(f"{option} {path}: holds complex numbers; give a raster of class values")
