@@ -27,8 +27,8 @@ app = typer.Typer(
     "Pipeline: synth | prepare -> sample -> train -> predict -> evaluate. `slidemap demo` runs it all.",
 )
 l4s_app = typer.Typer(no_args_is_help=True, help="Landslide4Sense patch datasets (HDF5 img/mask): import "
-                      "them as a chip set; then `train`, `predict MODEL --chips CHIPS`, `evaluate PRED --truth "
-                      "CHIPS`.")
+                      "them as a chip set; then `train`, `predict MODEL --chips CHIPS`, `evaluate PRED "
+                      "--truth CHIPS`.")
 app.add_typer(l4s_app, name="l4s")
 experiment_app = typer.Typer(no_args_is_help=True, help="Grids of runs from a YAML spec (the studies' "
                              "experiments): run them, resumably, locally or on Ray; report them.")
@@ -111,8 +111,16 @@ def prepare(
     image: list[Path] = typer.Option(..., "--image", help="Image GeoTIFF(s), stacked in the given order; "
                                      "the first one defines the grid."),
     out: Path = typer.Option(..., "--out", help="Scene folder to write."),
-    dem: Path | None = typer.Option(None, help="DEM raster, any CRS and resolution (resampled bilinearly)."),
-    inventory: Path | None = typer.Option(None, help="Landslide polygons (any OGR format and CRS)."),
+    dem: Path | None = typer.Option(None, help="DEM raster, any CRS and resolution (averaged where the grid "
+                                    "is coarser, else bilinear)."),
+    inventory: Path | None = typer.Option(None, help="Landslide polygons (any OGR format and CRS), or a "
+                                          "label raster (any grid and CRS; see --label-values)."),
+    label_values: str | None = typer.Option(None, help="Label raster: comma-separated values that mean "
+                                            "landslide (default 1); its nodata and --unlabelled-values are "
+                                            "unknown (255 in mask.tif, counted nowhere), other values "
+                                            "background."),
+    unlabelled_values: str | None = typer.Option(None, help="Label raster: comma-separated values that mean "
+                                                 "'not labelled' (besides its nodata)."),
     areas: Path | None = typer.Option(None, help="Named areas (columns name, role=train|test)."),
     split: str | None = typer.Option(None, help="Cut the scene into train:test (by valid area) along "
                                      "--split-axis, e.g. 3:2."),
@@ -124,6 +132,20 @@ def prepare(
                                           "(default: the files' band descriptions, else band1, band2, ...)."),
     all_touched: bool = typer.Option(False, help="Mask every pixel a polygon touches, not only centres "
                                      "inside."),
+    resolution: float | None = typer.Option(None, help="Pixel size of the scene in metres (also for "
+                                            "geographic CRSs); default: the first image's. Inputs are "
+                                            "averaged where this coarsens them, else bilinear; terrain is "
+                                            "derived and the inventory rasterised on the new grid."),
+    indices: str | None = typer.Option(None, help="Spectral indices to add, comma-separated: any of "
+                                       "ndvi,ndwi,brightness,nbr (bands found by name: red/green/nir/... or "
+                                       "B4/B3/B8/...)."),
+    pre_image: list[Path] | None = typer.Option(None, "--pre-image", help="Pre-event image(s), any grid; "
+                                                "adds their bands as pre_<band> and, for each of --indices, "
+                                                "the change layer d<index> (after minus before)."),
+    pre_band_names: str | None = typer.Option(None, help="Comma-separated names of the pre-event bands "
+                                              "(default: their descriptions, else the image band names)."),
+    change: str | None = typer.Option(None, help="Indices that get a change layer d<index> with --pre-image, "
+                                      "comma-separated (default: every one of --indices)."),
 ) -> None:
     """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
     from slidemap.stages import prepare as stage
@@ -134,12 +156,34 @@ def prepare(
         result = stage.run(stage.PrepareOptions(
             images=image, out=out, dem=dem, inventory=inventory, areas=areas, split=split,
             split_axis=split_axis.value, terrain=_split_names(terrain) or [],
-            band_names=_split_names(band_names), all_touched=all_touched))
+            band_names=_split_names(band_names), all_touched=all_touched,
+            label_values=_numbers("--label-values", label_values),
+            unlabelled_values=_numbers("--unlabelled-values", unlabelled_values) or [],
+            resolution=resolution, indices=_split_names(indices) or [], pre_images=pre_image or [],
+            pre_band_names=_split_names(pre_band_names),
+            change=None if change is None else _split_names(change) or []))
     m = result.meta
-    typer.echo(f"scene {result.path}: {m.width}x{m.height} px, bands {', '.join(m.bands)}")
+    typer.echo(f"scene {result.path}: {m.width}x{m.height} px, bands {', '.join(m.bands)} (pixels "
+               f"{m.pixel_size_m[0]:.3g} x {m.pixel_size_m[1]:.3g} m)")
+    inv = m.inventory
+    if inv is not None and inv.landslides is not None:
+        typer.echo(f"  inventory ({inv.kind}): {inv.landslides} landslides, {inv.landslide_km2:.4f} km² "
+                   f"({inv.landslide_pixels} px); truth known over {inv.labelled_km2:.3f} km², unknown over "
+                   f"{inv.unknown_km2:.3f} km²")
     for a in m.areas:
         typer.echo(f"  {a.role:5s} {a.name}: {a.area_km2:.3f} km², {a.landslides} landslides, "
                    f"{a.landslide_km2:.4f} km² landslide")
+
+
+def _numbers(option: str, value: str | None) -> list[float] | None:
+    """Comma-separated numbers, or a one-line UserError naming ``option``."""
+    names = _split_names(value)
+    if names is None:
+        return None
+    try:
+        return [float(v) for v in names]
+    except ValueError:
+        raise UserError(f"{option} {value}: expected comma-separated numbers, e.g. 1,2") from None
 
 
 @app.command()
@@ -223,6 +267,8 @@ def predict(
     area: str | None = typer.Option(None, help="Only this named area of the scene."),
     image: list[Path] | None = typer.Option(None, "--image", help="Bare image(s), prepared on the fly."),
     dem: Path | None = typer.Option(None, help="DEM for bare images."),
+    pre_image: list[Path] | None = typer.Option(None, "--pre-image", help="Pre-event image(s) for bare "
+                                                "images, when the model uses pre_* or change (d*) layers."),
     chips: Path | None = typer.Option(None, help="Patch dataset (chip set) to predict patch by patch."),
     scenes: Path | None = typer.Option(None, help="A list of scenes (text file: one scene folder or image "
                                        "file(s) per line) predicted as independent tasks into OUT/<name>/, "
@@ -261,7 +307,8 @@ def predict(
         return
 
     options = stage.PredictOptions(
-        model=model, out=out, scene=scene, area=area, images=image or None, dem=dem, chips=chips, tile=tile,
+        model=model, out=out, scene=scene, area=area, images=image or None, dem=dem,
+        pre_images=pre_image or None, chips=chips, tile=tile,
         overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size, device=device.value,
         as_float=as_float, evaluate=evaluate, precision=precision)
     with _warnings_as_lines():

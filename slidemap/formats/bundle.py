@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from slidemap.errors import UserError
 from slidemap.formats.base import Record, Sidecar
 from slidemap.formats.files import atomic_file, require_file
-from slidemap.formats.scene import BandStats
+from slidemap.formats.scene import BandStats, Recipe
 
 MAX_FILTERS = 256
 """Largest first-block width a bundle may ask for (the studies used 16-64; 256 is already 900 M weights)."""
@@ -51,6 +51,7 @@ class BundleMeta(Sidecar):
     thresholds: dict[str, float] = {"0.5": 0.5}
     postprocess: PostProcess | None = None
     training: dict[str, Any] = {}
+    recipe: Recipe | None = None  # how the training scene's layers were made: predict --image redoes it
 
     @field_validator("model_args")
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 from slidemap.errors import UserError
 from slidemap.formats.base import Record, Sidecar, validation_message
 from slidemap.formats.files import DISK_ERRORS, require_dir
-from slidemap.formats.scene import BandStats
+from slidemap.formats.scene import BandStats, Recipe
 
 WINDOW_FIELDS = ("id", "row", "col", "size", "area", "source")
 
@@ -42,6 +42,7 @@ class ChipsMeta(Sidecar):
     sampler: dict[str, Any] = {}
     scene: str | None = None
     summary: dict[str, Any] = {}
+    recipe: Recipe | None = None  # how the scene's layers were made (from scene.json)
 
 
 class Window(Record):
@@ -77,8 +78,8 @@ class ChipSet:
                             f"{self.images.shape}; sample it again")
         self.windows = read_windows(self.path / "windows.csv", where)
         if self.windows and len(self.windows) != len(self):
-            raise UserError(f"{where}: windows.csv has {len(self.windows)} rows for {len(self)} chips; sample "
-                            f"it again")
+            raise UserError(f"{where}: windows.csv has {len(self.windows)} rows for {len(self)} chips; "
+                            f"sample it again")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

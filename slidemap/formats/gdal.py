@@ -54,6 +54,19 @@ def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasteri
     return ds
 
 
+def is_raster(path: str | Path, option: str) -> bool:
+    """Whether GDAL opens ``path`` (an existing file, else a one-line UserError) as a raster: how an input
+    that may be either a raster or a vector (a label raster or polygons) is told apart."""
+    p = require_file(path, option)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                return ds.count > 0 and ds.width > 0 and ds.height > 0
+    except (rasterio.errors.RasterioIOError, rasterio.errors.RasterioError):
+        return False
+
+
 def read_block(ds: rasterio.io.DatasetReaderBase, option: str, indexes: int | Sequence[int] | None = None,
                window: Window | None = None, out_dtype: str | None = None, **kwargs: Any) -> np.ndarray:
     """``ds.read(...)`` with GDAL read errors (a truncated or corrupt file) as a one-line UserError."""

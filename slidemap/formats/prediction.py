@@ -36,6 +36,7 @@ class ScenePrediction(Sidecar):
     scene: str | None = None
     images: list[str] | None = None
     dem: str | None = None
+    pre_images: list[str] | None = None
     area: str | None = None
     window: dict[str, int] = {}
     crs: str

@@ -59,19 +59,52 @@ class AreaInfo(Record):
 
 
 class InventoryInfo(Record):
-    """Where the landslide inventory came from and how much of it lies in the scene."""
+    """Where the landslide inventory came from and what of it lies in the scene.
+
+    ``kind`` "polygons": ``features`` polygons in the file, ``inside`` of them intersect the scene.
+    ``kind`` "raster" (a label raster): ``label_values`` are landslide, its ``nodata`` and
+    ``unlabelled_values`` unknown; ``features`` and ``inside`` both count its landslides on the scene grid.
+    For both, ``landslides`` counts the landslides owning at least one valid mask pixel (polygons, or
+    4-connected components of a label raster), ``landslide_km2`` / ``landslide_pixels`` their mask pixels,
+    and ``labelled_km2`` / ``unknown_km2`` the valid pixels whose truth is known / unknown (255 in the mask).
+    """
 
     path: str = ""
+    kind: Literal["polygons", "raster"] = "polygons"
     features: int = Field(0, ge=0)
     repaired: int = Field(0, ge=0)
     inside: int = Field(0, ge=0)
     all_touched: bool = False
+    label_values: list[float] | None = None
+    unlabelled_values: list[float] | None = None
+    nodata: float | None = None
+    landslides: int | None = Field(None, ge=0)
+    landslide_km2: float | None = Field(None, ge=0)
+    landslide_pixels: int | None = Field(None, ge=0)
+    labelled_km2: float | None = Field(None, ge=0)
+    unknown_km2: float | None = Field(None, ge=0)
 
 
 class SourceInfo(Record):
     role: str
     path: str
     sha256: str = ""
+    resampling: str | None = None  # how it was brought onto the scene grid ("none": it lay on it)
+
+
+class Recipe(Record):
+    """How a scene's layers were made from its inputs: what prediction on bare images must redo.
+
+    Carried from scene.json into chips.json and the model bundle, so ``predict --image`` prepares bare
+    images onto the same resolution with the same band names, indices and pre-event layers.
+    """
+
+    image_bands: list[str] = []
+    terrain: list[str] = []
+    indices: list[str] = []
+    pre_bands: list[str] = []  # the pre-event images' band names, without the pre_ prefix
+    change: list[str] = []  # indices with a change layer d<index>
+    resolution_m: float | None = Field(None, gt=0)  # --resolution: the grid was resampled to it
 
 
 class SplitInfo(Record):
@@ -100,6 +133,8 @@ class SceneMeta(Sidecar):
     split: SplitInfo | None = None
     sources: list[SourceInfo] = []
     quicklook: str | None = None
+    recipe: Recipe | None = None  # how the layers were made (indices, pre-event layers, resolution)
+    native_pixel_size_m: tuple[float, float] | None = None  # the first image's pixels, before --resolution
 
     @field_validator("bands")
     @classmethod

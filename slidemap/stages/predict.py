@@ -63,7 +63,7 @@ from slidemap.nn.device import check_precision
 from slidemap.nn.inference import TileRunner, iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
-from slidemap.raster.bands import image_bands, terrain_bands
+from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
 from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
 from slidemap.raster.polygons import (
     AREA,
@@ -97,6 +97,7 @@ class PredictOptions(StageOptions):
     area: str | None = None
     images: list[Path] | None = None
     dem: Path | None = None
+    pre_images: list[Path] | None = None
     chips: Path | None = None
     tile: int = 512
     overlap: int = 64
@@ -119,6 +120,9 @@ class PredictOptions(StageOptions):
             raise ValueError("--area goes with --scene (bare images and chip sets have no named areas)")
         if self.dem is not None and self.images is None:
             raise ValueError("--dem goes with --image (a prepared scene already holds its terrain layers)")
+        if self.pre_images and self.images is None:
+            raise ValueError("--pre-image goes with --image (a prepared scene already holds its pre-event "
+                             "layers)")
         if self.evaluate and self.images:
             raise ValueError("--evaluate needs --scene (or --chips) with a reference to compare against")
         check_tiling(self.tile, self.overlap)
@@ -173,10 +177,11 @@ def run(options: PredictOptions) -> PredictResult:
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
         return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
     runner = TileRunner(bundle.build_model(), o.device, o.precision)
-    inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or [])) if p is not None]
+    inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or []), *(o.pre_images or []))
+              if p is not None]
     with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
         if o.images is not None:
-            sc = _prepare_images(bundle, o.images, o.dem, tmp / ".scene")
+            sc = _prepare_images(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
             where = "--image " + ", ".join(str(p) for p in o.images)
         else:
             sc = Scene(o.scene, "--scene")
@@ -198,9 +203,11 @@ def run(options: PredictOptions) -> PredictResult:
             scene=None if o.images is not None else str(Path(sc.path).resolve()),
             images=[str(p.resolve()) for p in o.images] if o.images else None,
             dem=str(Path(o.dem).resolve()) if o.dem else None, area=o.area,
+            pre_images=[str(p.resolve()) for p in o.pre_images] if o.pre_images else None,
             window={"col_off": int(window.col_off), "row_off": int(window.row_off),
                     "width": region.width, "height": region.height},
-            crs=sc.crs.to_wkt(), transform=list(region.transform)[:6], threshold=Threshold(value=th, which=which),
+            crs=sc.crs.to_wkt(), transform=list(region.transform)[:6],
+            threshold=Threshold(value=th, which=which),
             tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=o.min_area, connectivity=4,
@@ -208,33 +215,71 @@ def run(options: PredictOptions) -> PredictResult:
         meta.save(tmp / "prediction.json")
     evaluation = None
     if o.evaluate:
-        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene, areas=[o.area] if o.area else None))
+        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene,
+                                                  areas=[o.area] if o.area else None))
     return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation)
 
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, folder: Path) -> Scene:
-    """Prepare bare images (+ DEM) into a scene in ``folder`` exactly as at training time."""
+def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, pre_images: list[Path],
+                    folder: Path) -> Scene:
+    """Prepare bare images (+ DEM, + pre-event images) into a scene in ``folder`` exactly as at training
+    time: the bundle's recipe (band names, resolution, pre-event band names), else what its band names say
+    (image bands, indices, pre_* and d* layers, terrain); a missing input is a one-line UserError."""
     from slidemap.stages.prepare import PrepareOptions
     from slidemap.stages.prepare import run as prepare_run
 
-    wanted_images, terrain = image_bands(bundle.bands), terrain_bands(bundle.bands)
-    n = 0
-    for p in images:
-        with open_raster(p, "--image") as ds:
-            n += ds.count
+    kinds, recipe = layer_kinds(bundle.bands), bundle.meta.recipe
+    wanted_images = list(recipe.image_bands) if recipe is not None and recipe.image_bands else kinds.image
+    terrain = kinds.terrain
+    n = _band_count(images, "--image")
     if n != len(wanted_images):
         raise UserError(f"--image: the images hold {n} band(s) but model {bundle.name} expects "
                         f"{len(wanted_images)} image band(s) ({', '.join(wanted_images)}), in that order")
     if terrain and dem is None:
-        raise UserError(f"--dem: model {bundle.name} uses terrain layer(s) {', '.join(terrain)}; give the DEM")
+        raise UserError(f"--dem: model {bundle.name} uses terrain layer(s) {', '.join(terrain)}; give the "
+                        f"DEM")
     if dem is not None and not terrain:
         warnings.warn(f"--dem {dem}: model {bundle.name} uses no terrain layer; the DEM is not used",
                       PredictWarning, stacklevel=3)
-    prepare_run(PrepareOptions(images=list(images), out=folder, dem=dem if terrain else None,
-                               terrain=terrain, band_names=wanted_images))
+    needs_pre = kinds.needs_pre_image
+    if needs_pre and not pre_images:
+        raise UserError(f"--pre-image: model {bundle.name} uses pre-event layer(s) {', '.join(needs_pre)}; "
+                        f"give the pre-event image(s) it was trained with")
+    if pre_images and not needs_pre:
+        warnings.warn(f"--pre-image: model {bundle.name} uses no pre-event layer; the pre-event image(s) are "
+                      f"not used", PredictWarning, stacklevel=3)
+        pre_images = []
+    pre_names = list(recipe.pre_bands) if recipe is not None and recipe.pre_bands and pre_images else None
+    if pre_names is not None and _band_count(pre_images, "--pre-image") != len(pre_names):
+        raise UserError(f"--pre-image: the pre-event images hold {_band_count(pre_images, '--pre-image')} "
+                        f"band(s) but model {bundle.name} was trained with {len(pre_names)} "
+                        f"({', '.join(pre_names)}), in that order")
+    try:
+        prepare_run(PrepareOptions(
+            images=list(images), out=folder, dem=dem if terrain else None, terrain=terrain,
+            band_names=wanted_images, indices=kinds.indices_to_compute, pre_images=pre_images,
+            pre_band_names=pre_names, change=[c[len(CHANGE_PREFIX):] for c in kinds.change],
+            resolution=recipe.resolution_m if recipe is not None else None))
+    except UserError as e:
+        raise UserError(f"model {bundle.name} (bands {', '.join(bundle.bands)}): {e}") from None
     return Scene(folder)
+
+
+def _band_count(paths: list[Path], option: str) -> int:
+    n = 0
+    for p in paths:
+        with open_raster(p, option) as ds:
+            n += ds.count
+    return n
+
+
+def _mask_marks_unknown(scene: Scene) -> bool:
+    """Whether the scene's mask.tif marks unknown truth (a label raster's unlabelled pixels) with 255 besides
+    nodata: then where to predict is told by the bands alone (prepare blanks every band at nodata)."""
+    inv = scene.meta.inventory
+    return inv is not None and inv.kind == "raster" and bool(inv.unknown_km2)
 
 
 def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
@@ -270,14 +315,15 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
     return {
         "width": region.width, "height": region.height, "landslides": len(comps),
         "landslide_km2": round(float(comps.sums[AREA].sum()) / 1e6, 6), "valid_km2": round(valid_km2, 6),
-        "dropped_specks": comps.dropped, "dropped_specks_km2": round(comps.dropped_sums.get(AREA, 0) / 1e6, 6),
+        "dropped_specks": comps.dropped,
+        "dropped_specks_km2": round(comps.dropped_sums.get(AREA, 0) / 1e6, 6),
         "timings_s": {"predict": round(t_predict, 3), "mask_and_polygons": round(t_polygons, 3),
                       "overviews": round(time.perf_counter() - t2, 3)},
     }
 
 
-def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path, o: PredictOptions,
-                      threshold: float):
+def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
+                      o: PredictOptions, threshold: float):
     from rasterio import features
 
     sc, width, height = region.scene, region.width, region.height
@@ -295,7 +341,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
         msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
-               if sc.mask_path.exists() else None)
+               if sc.mask_path.exists() and not _mask_marks_unknown(sc) else None)
         prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
         lab_ds = stack.enter_context(rasterio.open(
             tmp / ".labels.tif", "w", **gtiff_profile(width, height, 1, "int32", crs, transform)))
@@ -351,7 +397,8 @@ def _mask_and_polygons(region: _Region, comps, tmp: Path) -> None:
     polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs)
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
     labels_path = tmp / ".labels.tif"
-    with rasterio.open(labels_path) as lab_ds, rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
+    with rasterio.open(labels_path) as lab_ds, \
+            rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
             ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
 
         def trace_block(win: Window) -> tuple[np.ndarray, list]:

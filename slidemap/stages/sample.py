@@ -136,7 +136,7 @@ def run(options: SampleOptions) -> SampleResult:
                    "landslide_fraction_train_area": fraction_area}
         meta = {"bands": sc.bands, "stats": sc.stats, "size": o.size, "sampler": sampler,
                 "scene": str(sc.path.resolve()), "scene_crs": sc.meta.crs,
-                "scene_transform": list(sc.transform)[:6], "summary": summary}
+                "scene_transform": list(sc.transform)[:6], "summary": summary, "recipe": sc.meta.recipe}
         write_chipset(tmp, images, masks, windows, meta)
         del images, masks
     chips = ChipSet(o.out)

@@ -39,7 +39,7 @@ from slidemap.formats.base import Record
 from slidemap.formats.bundle import BundleMeta
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
-from slidemap.formats.scene import BandStats
+from slidemap.formats.scene import BandStats, Recipe
 from slidemap.nn.bundle import save_bundle
 from slidemap.nn.device import check_precision, resolve_device, resolve_precision
 from slidemap.nn.normalise import Normaliser
@@ -173,13 +173,13 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
         with atomic_file(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         return _fit_and_bundle(o, out, device, precision, images, masks, split, bands, size, normalise,
-                               batch_size, config, resume_from, callbacks)
+                               batch_size, config, resume_from, callbacks, _recipe(chipsets))
 
 
 def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision: str, images: torch.Tensor,
                     masks: torch.Tensor, split: Split, bands: list[str], size: int, normalise: Normaliser,
                     batch_size: int, config: dict[str, Any], resume_from: Path | None,
-                    callbacks: Sequence[Any]) -> TrainResult:
+                    callbacks: Sequence[Any], recipe: Recipe | None = None) -> TrainResult:
     import lightning.pytorch as pl
 
     from slidemap.nn.models import build_model
@@ -224,7 +224,8 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
     chips_seen = len(split.train) * len(log.timing)
     summary = TrainSummary(
         epochs_run=len(log.rows), best_epoch=best["epoch"], best_val_loss=round(best["val_loss"], 5),
-        val_f1_at_half=round(f1_half, 4), best_threshold=round(threshold, 4), val_f1_at_best=round(f1_best, 4),
+        val_f1_at_half=round(f1_half, 4), best_threshold=round(threshold, 4),
+        val_f1_at_best=round(f1_best, 4),
         train_chips=len(split.train), val_chips=len(split.val), buffer_chips=int(split.buffer.size),
         split=split.method, device=device.type, precision=precision, seconds=round(seconds, 1),
         chips_per_s=round(chips_seen / train_seconds, 1) if train_seconds else None)
@@ -235,13 +236,20 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
         stats={b: BandStats(**s) for b, s in normalise.as_stats().items()}, patch_size=size,
         thresholds={"0.5": 0.5, "best": float(threshold)},
         training={**reproducible, "options": {k: v for k, v in config.items() if k != "split"},
-                  "split": split.as_dict()})
+                  "split": split.as_dict()},
+        recipe=recipe)
     write_json(out / "summary.json", summary)
     bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
     return TrainResult(run=out, bundle=bundle, summary=summary)
 
 
 # --- checks before anything is written ------------------------------------------------------------
+
+def _recipe(chipsets: list[ChipSet]) -> Recipe | None:
+    """How the chip sets' scenes were made, if they all agree (else, or for patch datasets, None)."""
+    recipes = [c.meta.recipe for c in chipsets]
+    return recipes[0] if recipes[0] is not None and all(r == recipes[0] for r in recipes) else None
+
 
 def _bands(chipsets: list[ChipSet], wanted: list[str] | None) -> list[str]:
     """The bands to train on: ``wanted`` (checked in every chip set) or the first chip set's, which every
