@@ -258,3 +258,25 @@ def test_unet_inference_path_computes_the_same_function(kwargs):
     x[0, :, 10, 10] = float("nan")
     with torch.inference_mode():
         assert torch.isnan(net(x)[0]).any() and not torch.isnan(net(x)[1]).any()
+
+
+def test_resunet_trains_channels_last_at_any_batch_size():
+    """torch 2.13's CPU backward of a stride-2 1x1 convolution on channels-last tensors corrupts the heap
+    at some batch sizes (a ResU-Net quick grid died with "double free or corruption"); the ResU-Net's
+    projection shortcut samples first instead. Run in a subprocess: a heap corruption kills the process."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from slidemap.nn.models import build_model
+torch.manual_seed(0)
+net = build_model("resunet", 4, 8).to(memory_format=torch.channels_last)
+opt = torch.optim.Adam(net.parameters(), 1e-3)
+for b in [16, 5, 3, 1, 7, 9, 11, 13]:
+    x = torch.randn(b, 4, 32, 32).contiguous(memory_format=torch.channels_last)
+    opt.zero_grad(); net(x).float().mean().backward(); opt.step()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]

@@ -43,18 +43,24 @@ class ResidualUnit(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
+        self.stride = stride
         if in_channels == out_channels and stride == 1:
             self.shortcut: nn.Module = nn.Identity()
         else:
+            # A 1x1 convolution with stride 2 samples the even rows and columns; it is computed as that
+            # sampling followed by a stride-1 1x1 convolution (the same function and weights), because
+            # torch 2.13's CPU backward of a strided 1x1 convolution on channels-last tensors corrupts the
+            # heap for some batch sizes ("double free or corruption"; reproduced with torch alone).
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The residual branch never modifies x in place (its first in-place ReLU acts on BN's output, or,
         # in the first unit, on a convolution's), so the shortcut still sees the unit's input.
-        return self.shortcut(x) + self.residual(x)
+        sampled = x[..., ::self.stride, ::self.stride] if self.stride > 1 else x
+        return self.shortcut(sampled) + self.residual(x)
 
 
 class ResUNet(SegmentationNet):
