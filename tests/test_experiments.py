@@ -18,7 +18,7 @@ from slidemap.errors import UserError
 from slidemap.experiments.runner import run_experiment
 from slidemap.experiments.spec import load_spec
 
-TIMING = ("train_seconds", "chips_per_s", "run_folder", "prediction_folder")
+TIMING = ("train_seconds", "run_seconds", "chips_per_s", "run_folder", "prediction_folder")
 
 SPEC = """\
 name: tiny

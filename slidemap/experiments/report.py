@@ -213,16 +213,36 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
                          "seed": int(x.seed), "test area": f"{x.test_site}/{x.test_area}", "TP km²": x.tp_km2,
                          "FP km²": x.fp_km2, "FN km²": x.fn_km2, "TN km²": x.tn_km2,
                          "prediction": _short(x.prediction_folder, root)})
-            png = Path(x.prediction_folder) / f"error_map_{x.test_area}.png"
-            if png.is_file():
-                maps.mkdir(exist_ok=True)
-                target = maps / f"{r.scenario}_{r.sampling}_{int(r.size)}_{x.test_site}_{x.test_area}.png"
-                shutil.copyfile(png, target)
+            maps.mkdir(exist_ok=True)
+            target = maps / f"{r.scenario}_{r.sampling}_{int(r.size)}_{x.test_site}_{x.test_area}.png"
+            if _error_map(Path(x.prediction_folder), x.test_area, target):
                 doc.image(target, f"error map: {r.sampling} {int(r.size)} px, {r.dataset}, {r.model}, "
                                   f"{x.test_site}/{x.test_area}")
     if rows:
         doc.p("Error maps of those models (first seed; yellow TP, magenta FP, cyan FN) and their areas:")
         doc.table(pd.DataFrame(rows), floats=4)
+
+
+def _error_map(prediction: Path, area: str, target: Path) -> bool:
+    """Draw (or copy) the error map of one evaluated area; the runs write only its GeoTIFF."""
+    from slidemap.figures import error_map_png
+    from slidemap.formats.prediction import SceneMetrics
+    from slidemap.formats.scene import Scene
+    from slidemap.stages.evaluate import error_map_title
+
+    png, tif = prediction / f"error_map_{area}.png", prediction / f"error_map_{area}.tif"
+    if png.is_file():
+        shutil.copyfile(png, target)
+        return True
+    if not tif.is_file() or not (prediction / "metrics.json").is_file():
+        return False
+    metrics = SceneMetrics.load(prediction / "metrics.json")
+    row = next((a for a in metrics.areas if a.area == area), None)
+    if row is None:
+        return False
+    scene = Scene(metrics.truth)
+    error_map_png(tif, target, scene.stack_path, scene.bands, error_map_title(row.model_dump(), metrics.threshold))
+    return True
 
 
 def _study002(doc: Doc, df: pd.DataFrame, root: Path, folder: Path) -> None:

@@ -22,7 +22,8 @@ COORDS = ("scenario", "train_sites", "test_site", "test_area", "pooled", "datase
           "sampling", "method", "size", "architecture", "filters", "batch_size", "lr", "seed")
 METRICS = ("precision", "recall", "f1", "iou", "miou", "tp", "fp", "fn", "tn", "tp_km2", "fp_km2", "fn_km2",
            "tn_km2", "landslides_found", "landslides_total", "false_alarms", "predicted_objects")
-RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_seconds", "chips_per_s", "precision_mode",
+RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_seconds", "run_seconds", "chips_per_s",
+       "precision_mode",
        "device", "slidemap_version", "status", "error", "run_folder", "prediction_folder")
 COLUMNS = COORDS + METRICS + RUN
 """Every column of results.csv, in order (``pooled``: '' for an area, 'site' or 'scenario' for pooled)."""

@@ -93,9 +93,12 @@ def execute_run(job: RunJob) -> Outcome:
             (run.folder / "error.txt").write_text(traceback.format_exc())
         rows = [{**base, "status": "failed", "error": message[:400]}]
         failed = message
+    seconds = time.perf_counter() - started
+    for row in rows:
+        row["run_seconds"] = round(seconds, 2)
     run.folder.mkdir(parents=True, exist_ok=True)
     write_rows(run.folder, rows)
-    return Outcome(run.name, rows, failed, time.perf_counter() - started)
+    return Outcome(run.name, rows, failed, seconds)
 
 
 def _base_row(job: RunJob) -> dict[str, Any]:
@@ -163,8 +166,8 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
                                                min_area=p.min_area, batch_size=p.batch_size,
                                                device=job.spec.training.device,
                                                precision=job.spec.training.precision))
-            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene),
-                                                            areas=[area.name])).metrics
+            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene), areas=[area.name],
+                                                            maps=False)).metrics
         assert isinstance(metrics, SceneMetrics)
         m = metrics.areas[0]
         rows.append(area_row({**base, "threshold": metrics.threshold}, site, area.name, m.pixels, m.km2,
@@ -251,7 +254,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
     """Run (or continue) the grid of ``spec_path`` in ``out``; returns (runs done, runs failed, csv path)."""
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
-    out_dir = check_out(out, SPEC_FILE, [spec_path], "experiment")
+    out_dir = check_out(out, SPEC_FILE, [spec_path, *site_inputs(spec)], "experiment")
     log = log or (lambda text: print(text, file=sys.stderr))
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
@@ -284,6 +287,23 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
                 collect(plan, results_csv)
         failed = sum(1 for run in plan.runs if any(r.get("status") != "ok" for r in read_rows(run.folder) or [{}]))
     return len(plan.runs) - failed, failed, results_csv
+
+
+def site_inputs(spec: Spec) -> list[Path]:
+    """Every file or folder the sites read (scenes, images, DEMs, inventories, Landslide4Sense folders and
+    lists): ``--out`` may not be one of them, hold one or lie inside one."""
+    paths: list[Path] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Path):
+            paths.append(obj)
+        elif isinstance(obj, dict | list):
+            for v in obj.values() if isinstance(obj, dict) else obj:
+                walk(v)
+
+    for site in spec.sites.values():
+        walk(site.model_dump(mode="python"))
+    return paths
 
 
 def collect(plan: Plan, path: Path) -> int:

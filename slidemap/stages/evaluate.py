@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from pydantic import Field
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -86,6 +87,8 @@ class EvaluateOptions(StageOptions):
     areas: list[str] | None = None
     object_overlap: float = Field(0.5, gt=0.0, le=1.0)
     block: int = Field(1024, ge=16)
+    maps: bool = True
+    """Draw each error map as a PNG over the image too (the GeoTIFF is always written)."""
 
 
 class EvaluateResult(StageResult):
@@ -115,11 +118,11 @@ def run(options: EvaluateOptions) -> EvaluateResult:
     cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB * 2**20}
     with rasterio.Env(**cache), output_lock(pred_dir.resolve()):
         (pred_dir / "metrics.json").unlink(missing_ok=True)  # the folder never claims a half evaluation
-        return _evaluate_scene(pred_dir, scene, names, bool(o.areas), info, o.object_overlap, o.block)
+        return _evaluate_scene(pred_dir, scene, names, bool(o.areas), info, o.object_overlap, o.block, o.maps)
 
 
 def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool, info: ScenePrediction,
-                    object_overlap: float, block: int) -> EvaluateResult:
+                    object_overlap: float, block: int, maps: bool = True) -> EvaluateResult:
     """Evaluate the chosen areas and write every output."""
     roles = {a.name: a.role for a in scene.areas}
     rows: list[dict[str, Any]] = []
@@ -154,9 +157,9 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
                             f"areas {', '.join(names)}; prediction and truth do not overlap there")
 
     threshold, threshold_source = info.threshold.value, info.threshold.which
-    for row in rows:
+    for row in rows if maps else []:
         png = Path(row["error_map"]).with_suffix(".png")
-        error_map_png(Path(row["error_map"]), png, scene.stack_path, scene.bands, _title(row, threshold))
+        error_map_png(Path(row["error_map"]), png, scene.stack_path, scene.bands, error_map_title(row, threshold))
         row["error_map_png"] = str(png)
     pooled = pool(rows)
     metrics = SceneMetrics(
@@ -171,7 +174,8 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
     files = {"metrics_json": json_path, "metrics_csv": csv_path}
     for row in rows:
         files[f"error_map_{_slug(row['area'])}"] = Path(row["error_map"])
-        files[f"error_png_{_slug(row['area'])}"] = Path(row["error_map_png"])
+        if row.get("error_map_png"):
+            files[f"error_png_{_slug(row['area'])}"] = Path(row["error_map_png"])
     return EvaluateResult(path=pred_dir, table=format_table(rows, pooled, threshold, threshold_source),
                           metrics=metrics, files=files)
 
@@ -189,8 +193,9 @@ def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndar
     offset = _pixel_offset(tgrid, grid)
     if offset is not None:
         row_off, col_off = offset
-        return lambda w: truth_ds.read(1, window=Window(w.col_off + col_off, w.row_off + row_off, w.width,
-                                                        w.height), boundless=True, fill_value=NODATA)
+        return lambda w: read_block(truth_ds, "--truth", 1, Window(w.col_off + col_off, w.row_off + row_off,
+                                                                   w.width, w.height),
+                                    boundless=True, fill_value=NODATA)
     warnings.warn(f"--truth {path}: on another grid than the prediction ({_describe(tgrid)} vs "
                   f"{_describe(grid)}); reprojecting it (nearest) onto the prediction grid", EvaluateWarning,
                   stacklevel=3)
@@ -199,8 +204,12 @@ def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndar
         from rasterio.warp import Resampling, reproject
 
         out = np.full((int(w.height), int(w.width)), NODATA, dtype=np.uint8)
-        reproject(rasterio.band(truth_ds, 1), out, dst_transform=window_transform(w, grid.transform),
-                  dst_crs=grid.crs, src_nodata=NODATA, dst_nodata=NODATA, resampling=Resampling.nearest)
+        try:
+            reproject(rasterio.band(truth_ds, 1), out, dst_transform=window_transform(w, grid.transform),
+                      dst_crs=grid.crs, src_nodata=NODATA, dst_nodata=NODATA, resampling=Resampling.nearest)
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as e:
+            raise UserError(f"--truth {path}: cannot be read ({str(e).splitlines()[0][:160]}); the file is "
+                            f"truncated or corrupt, write it again") from None
         return out
 
     return read
@@ -381,7 +390,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "area"
 
 
-def _title(row: dict[str, Any], threshold: Any) -> str:
+def error_map_title(row: dict[str, Any], threshold: Any) -> str:
+    """The line above an error map: the area's scores and objects."""
     s, o = row["scores"], row["objects"]
     return (f"{row['area']} ({row['role']}): P {s['precision']:.2f}  R {s['recall']:.2f}  F1 {s['f1']:.2f}  "
             f"IoU {s['iou']:.2f}  found {o['landslides_found']}/{o['landslides_total']}  "
