@@ -420,17 +420,20 @@ def _print_evaluation(result) -> None:
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
     """slidemap's own warnings as one ``warning: ...`` line each on stderr; others as Python shows them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             yield
-        finally:
-            for w in caught:
-                if w.category.__module__.startswith("slidemap") or issubclass(w.category, UserWarning) \
-                        and str(w.filename).find("slidemap") >= 0:
-                    typer.echo(f"warning: {w.message}", err=True)
-                elif not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning):
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    finally:
+        # shown once the recording has stopped: inside it, showwarning would append to the very list being
+        # shown, without end
+        for w in caught:
+            if w.category.__module__.startswith("slidemap") or issubclass(w.category, UserWarning) \
+                    and str(w.filename).find("slidemap") >= 0:
+                typer.echo(f"warning: {w.message}", err=True)
+            elif not issubclass(w.category, DeprecationWarning | PendingDeprecationWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _terminate(signum: int, frame) -> None:
@@ -459,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if e.errno not in DISK_ERRORS or _DEBUG["on"]:
             raise
-        typer.echo(f"error: {e.filename or ''}: {DISK_ERRORS[e.errno]}", err=True)
+        typer.echo(f"error: {f'{e.filename}: ' if e.filename else ''}{DISK_ERRORS[e.errno]}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

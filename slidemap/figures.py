@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
+from slidemap.errors import UserError
 from slidemap.formats.files import atomic_file
 from slidemap.raster.bands import rgb_band_indexes
 from slidemap.raster.metrics import CLASS_COLOURS, CLASS_LABELS, FN, FP, NODATA_CLASS, TP
@@ -83,10 +84,15 @@ def read_true_colour(stack_path: Path, bands: Sequence[str], crs, transform: Aff
     if not Path(stack_path).is_file():
         return None
     idx = rgb_band_indexes(bands)
-    with rasterio.open(stack_path) as src, WarpedVRT(src, crs=crs, transform=transform, width=shape[1],
-                                                     height=shape[0], src_nodata=np.nan,
-                                                     nodata=np.nan) as vrt:
-        pixels = vrt.read([i + 1 for i in idx], out_dtype="float32")
+    try:
+        with rasterio.open(stack_path) as src, WarpedVRT(src, crs=crs, transform=transform, width=shape[1],
+                                                         height=shape[0], src_nodata=np.nan,
+                                                         nodata=np.nan) as vrt:
+            pixels = vrt.read([i + 1 for i in idx], out_dtype="float32")
+    except rasterio.errors.RasterioError as e:  # a truncated or corrupt stack: GDAL fails on the read
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{stack_path}: cannot be read ({reason}); the file is truncated or corrupt, write "
+                        f"it again") from None
     return true_colour(pixels, [bands[i] for i in idx])
 
 

@@ -123,6 +123,8 @@ def write_bundle_file(path: str | Path, meta: BundleMeta, state_dict: dict[str, 
     """Write a bundle atomically (the same meta and weights give the same bytes)."""
     import torch
 
-    with atomic_file(path) as tmp:
-        torch.save({"meta_json": meta.model_dump_json(), "state_dict": state_dict}, tmp)
+    # through a file object: torch names the archive inside after a path it is given (here the
+    # temporary's, with its pid), which would make the same model's bundles differ
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"meta_json": meta.model_dump_json(), "state_dict": state_dict}, f)
     return Path(path)

@@ -154,11 +154,12 @@ def _temp_name(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def remove_stale_temps(out: Path) -> list[Path]:
+def remove_stale_temps(out: Path, keep_own: bool = False) -> list[Path]:
     """Remove temporary siblings of ``out`` whose writer is gone (call while holding its lock).
 
     Temporaries carry the writer's host and pid in their name; one of this host whose process no longer
-    runs is stale (a killed command's half-written output). Others' hosts are left alone.
+    runs is stale (a killed command's half-written output). Others' hosts are left alone, and so are this
+    process's own with ``keep_own``.
     """
     removed = []
     for tag in ("tmp", "old"):
@@ -167,7 +168,8 @@ def remove_stale_temps(out: Path) -> list[Path]:
             if len(parts) != 4:
                 continue
             _, host, pid, _ = parts
-            if host == _HOST and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            if host == _HOST and pid.isdigit() and (int(pid) == os.getpid() and not keep_own
+                                                    or not _pid_alive(int(pid))):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
@@ -193,7 +195,7 @@ def atomic_dir(out: str | Path, marker: str, inputs: Sequence[str | Path] = (), 
         try:
             with disk_errors(out):
                 tmp.mkdir()
-            yield tmp
+                yield tmp  # a write inside that finds the disk full is one line naming ``out`` too
             with disk_errors(out):
                 old = None
                 if out.exists():
@@ -208,14 +210,19 @@ def atomic_dir(out: str | Path, marker: str, inputs: Sequence[str | Path] = (), 
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it is flushed to disk and renamed onto ``path``."""
+    """Yield a temporary sibling path; on success it is flushed to disk and renamed onto ``path``.
+
+    Temporaries of ``path`` left by a killed writer (a checkpoint, a bundle) are removed first.
+    """
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path, keep_own=True)
         # the temporary keeps the suffix: GDAL and OGR pick their driver by it
         tmp = path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}"
     try:
-        yield tmp
+        with disk_errors(path):
+            yield tmp
         with disk_errors(path):
             if tmp.exists():
                 os.chmod(tmp, 0o644)
@@ -229,16 +236,40 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+NEARLY_FULL = 64 << 20
+"""Free bytes below which a failed write is taken for a full disk (see :func:`disk_errors`)."""
+
+
 @contextlib.contextmanager
 def disk_errors(path: str | Path) -> Iterator[None]:
-    """Turn a full disk, a read-only file system or a denied permission into a one-line UserError."""
+    """Turn a full disk, a read-only file system or a denied permission into a one-line UserError.
+
+    GDAL, OGR and torch's archive writer report a full disk as a failed write without its errno (e.g.
+    "TIFFAppendToStrip: Write error"); such a failure on a file system with (almost) no space left is
+    taken for what it is.
+    """
     try:
         yield
-    except OSError as e:
-        if e.errno not in DISK_ERRORS:
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
+            raise UserError(f"{e.filename or path}: {DISK_ERRORS[e.errno]}") from None
+        # (rasterio's RasterioIOError is an OSError without errno)
+        writer = type(e).__module__.split(".")[0] in ("rasterio", "pyogrio") or isinstance(e, RuntimeError) \
+            and ("inline_container" in str(e) or "StreamWriter" in str(e))  # torch.save's archive writer
+        if not writer or not _nearly_full(path):
             raise
-        where = e.filename or path
-        raise UserError(f"{where}: {DISK_ERRORS[e.errno]}") from None
+        raise UserError(f"{path}: {DISK_ERRORS[errno.ENOSPC]}") from None
+
+
+def _nearly_full(path: str | Path) -> bool:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL
 
 
 def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
