@@ -35,7 +35,9 @@ from slidemap.errors import UserError
 from slidemap.formats.base import Sidecar
 from slidemap.formats.files import atomic_file
 
-OPSET = 17
+OPSET = 13
+"""ONNX opset of the exported graphs: every op they use exists there, per-channel QDQ needs 13, and the
+onnxruntime Deepness installs (>=1.12.1, <=1.17.0, its python_requirements/requirements.txt) reads it."""
 F1_TOLERANCE = 0.01
 """The most an engine's validation F1 may fall below torch fp32's for ``auto`` to pick it."""
 CALIBRATION_CHIPS = 64
