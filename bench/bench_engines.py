@@ -4,6 +4,7 @@ layout, prediction Mpx/s per engine (end to end and network only), each engine's
 
     python bench/bench_engines.py --keras-python /work/keras-venv/bin/python
     python bench/bench_engines.py --section predict --keep         # reuse the scene, chips and run
+    python bench/bench_engines.py --section predict --run slidemap-demo/run --scene slidemap-demo/scene
     python bench/bench_engines.py --section train --epochs 2
 
 Setup (once, kept with ``--keep``): a synthetic study area (``slidemap.sources.synth``, 7 bands at 5 m,
@@ -65,7 +66,8 @@ def setup(work: Path, scene_size: int, epochs: int, keep: bool) -> dict:
                                                inventory=data["inventory"], areas=data["areas"]))
     chips = sample.run(sample.SampleOptions(scene=scene.path, out=work / "chips", size=128, overlap=0.25))
     run = train.run(train.TrainOptions(chips=[chips.path], out=work / "run", filters=16, epochs=epochs,
-                                       patience=0, progress=False, precision="32", channels_last=True))
+                                       patience=0, progress=False, precision="32", channels_last=True,
+                                       loss="bce+dice"))
     print(f"setup: {scene_size}² scene, {chips.meta.count} chips of 128 px, U-Net-16 trained {epochs} epochs "
           f"(val F1 {run.summary.val_f1_at_best}) in {time.perf_counter() - t0:.0f} s")
     return {"scene": scene.path, "chips": chips.path, "run": run.run}
@@ -85,6 +87,53 @@ def keras(python: str | None, bands: int, skip_train: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class KerasServer:
+    """bench/keras_unet.py --serve in its own venv: one timed Keras call per request, so Keras's figures are
+    taken in the same minutes as slidemap's, alternating with them (round-robin)."""
+
+    def __init__(self, python: str, bands: int) -> None:
+        script = Path(__file__).resolve().parent / "keras_unet.py"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        self.proc = subprocess.Popen([python, str(script), "--bands", str(bands), "--serve"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, bufsize=1)
+        self.framework = json.loads(self.proc.stdout.readline())["framework"]
+
+    def seconds(self, cmd: str) -> float:
+        self.proc.stdin.write(cmd + "\n")
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def section_steps(bands: int, keras_python: str | None, seconds: float) -> None:
+    """Training steps, round-robin: every torch setting and Keras in the same rounds (fair under load)."""
+    import torch
+
+    from slidemap.nn.device import measure
+    from slidemap.nn.task import training_probe
+
+    print(f"\n## training steps, round-robin with Keras (U-Net-16, 128 px, batch 16, {bands} bands, "
+          f"Adam + BCE), load {load_average()}")
+    probe = training_probe("unet", bands, 16, {}, 128, 16, torch.device("cpu"), max_batch=16)
+    steps = {s.name: probe.step(s) for s in probe.candidates}
+    server = KerasServer(keras_python, bands) if keras_python else None
+    if server:
+        steps["keras"] = lambda: (server.seconds("train") > -1) * 16.0
+    rates = measure(steps, seconds=seconds, min_rounds=3)
+    keras_rate = rates.get("keras")
+    rows = [{"setting": n if n != "keras" else f"Keras ({server.framework}), fp32", "chips/s": round(r, 1),
+             "x Keras": round(r / keras_rate, 2) if keras_rate else ""} for n, r in rates.items()]
+    print(format_table(rows))
+    if server:
+        server.close()
+    print(f"load after: {load_average()}")
+
+
 def section_train(paths: dict, epochs: int, keras_python: str | None) -> None:
     import torch
 
@@ -93,7 +142,8 @@ def section_train(paths: dict, epochs: int, keras_python: str | None) -> None:
     from slidemap.nn.task import training_probe
     from slidemap.stages import train
 
-    print(f"\n## training (U-Net-16, 128 px, batch 16, {epochs} epoch(s) each), load {load_average()}")
+    print(f"\n## training (U-Net-16, 128 px, batch 16, {epochs} epoch(s) each; chips/s of the last epoch), "
+          f"load {load_average()}")
     bands = len(ChipSet(paths["chips"]).bands)
     settings = [("32", True), ("32", False)] + ([("bf16", True), ("bf16", False)] if cpu_has_native_bf16()
                                                 else [])
@@ -106,15 +156,17 @@ def section_train(paths: dict, epochs: int, keras_python: str | None) -> None:
         r = train.run(train.TrainOptions(chips=[paths["chips"]], out=out, filters=16, epochs=epochs,
                                          patience=0, progress=False, precision=precision, channels_last=cl))
         name = f"torch-{'fp32' if precision == '32' else precision}" + ("" if cl else "-nchw")
+        timing = (out / "timing.csv").read_text().splitlines()
+        last = float(timing[-1].split(",")[3])  # the last epoch: past oneDNN's first-call set-up, as Keras's
         rows.append({"setting": name + (" *" if name == auto.setting.name else ""),
-                     "chips/s": r.summary.chips_per_s,
+                     "chips/s": round(last, 1), "all epochs chips/s": r.summary.chips_per_s,
                      "auto's probe chips/s": auto.rates.get(name, float("nan")),
                      "val F1 (best th.)": r.summary.val_f1_at_best})
         shutil.rmtree(out, ignore_errors=True)
     k = keras(keras_python, bands, skip_train=False)
     if k:
         rows.append({"setting": f"Keras ({k['framework']}), fp32",
-                     "chips/s": round(k["train_chips_per_s"], 1),
+                     "chips/s": round(k["train_chips_per_s"], 1), "all epochs chips/s": "",
                      "auto's probe chips/s": "", "val F1 (best th.)": ""})
         for r in rows[:-1]:
             r["x Keras"] = round(r["chips/s"] / k["train_chips_per_s"], 2)
@@ -122,7 +174,7 @@ def section_train(paths: dict, epochs: int, keras_python: str | None) -> None:
     print(f"auto ({auto.how}): {auto.setting.name}; * marks it. load after: {load_average()}")
 
 
-def section_predict(paths: dict, keras_python: str | None) -> None:
+def section_predict(paths: dict, keras_python: str | None, seconds: float) -> None:
     from slidemap.nn.bundle import load_bundle
     from slidemap.nn.device import cpu_has_native_bf16
     from slidemap.stages import predict
@@ -138,29 +190,37 @@ def section_predict(paths: dict, keras_python: str | None) -> None:
     auto = predict.run(predict.PredictOptions(model=bundle, out=paths["run"].parent / "pred-auto",
                                               scene=paths["scene"], engine="auto"))
     picked = auto.meta.engine_choice["setting"]
+    again = predict.run(predict.PredictOptions(model=bundle, out=paths["run"].parent / "pred-auto-2",
+                                               scene=paths["scene"], engine="auto"))
     rows = []
-    net_only = _network_only(bundle, engines)
+    server = KerasServer(keras_python, len(bundle.bands)) if keras_python else None
+    net_only = _network_only(bundle, engines, server, seconds)
+    keras_one_pass = []
     for engine, precision in engines:
         out = paths["run"].parent / f"pred-{engine}-{precision}"
+        before = 1.048576 / server.seconds("infer1024") if server else None
         r = predict.run(predict.PredictOptions(model=bundle, out=out, scene=paths["scene"], engine=engine,
                                                precision=precision))
+        after = 1.048576 / server.seconds("infer1024") if server else None
         name = r.meta.engine_choice["setting"]
+        if server:
+            keras_one_pass += [before, after]
         rows.append({"engine": name + (" *" if name == picked else ""), "e2e s": r.meta.seconds,
                      "e2e Mpx/s": r.meta.mpx_per_s, "network 4x512² Mpx/s": round(net_only[name], 3),
+                     "Keras one pass, same minutes": round((before + after) / 2, 3) if server else "",
+                     "e2e x Keras": round(r.meta.mpx_per_s / ((before + after) / 2), 2) if server else "",
                      "val F1": record.f1.get(name, float("nan")),
                      "auto may pick": "yes" if record.eligible(name)[0] or name == "torch-fp32"
                      or (name == "onnx") else "no"})
-    rows.append({"engine": f"auto -> {picked} ({auto.meta.engine_choice['how']})",
-                 "e2e s": auto.meta.seconds, "e2e Mpx/s": auto.meta.mpx_per_s, "network 4x512² Mpx/s": "",
-                 "val F1": "", "auto may pick": ""})
-    k = keras(keras_python, len(bundle.bands), skip_train=True)
-    if k:
-        rows.append({"engine": f"Keras ({k['framework']}), network only", "e2e s": "",
-                     "e2e Mpx/s": f"{k['infer_one_pass_1024_mpx_per_s']:.3f} (one 1,024² pass)",
-                     "network 4x512² Mpx/s": round(k["infer_tiles_4x512_mpx_per_s"], 3), "val F1": "",
-                     "auto may pick": ""})
-        for r in rows[:-1]:
-            r["e2e x Keras one pass"] = round(float(r["e2e Mpx/s"]) / k["infer_one_pass_1024_mpx_per_s"], 2)
+    for a in (auto, again):
+        rows.append({"engine": f"auto -> {picked} ({a.meta.engine_choice['how']})",
+                     "e2e s": a.meta.seconds, "e2e Mpx/s": a.meta.mpx_per_s, "network 4x512² Mpx/s": "",
+                     "val F1": "", "auto may pick": ""})
+    if server:
+        rows.append({"engine": f"Keras ({server.framework}), network only", "e2e s": "",
+                     "e2e Mpx/s": f"{np.median(keras_one_pass):.3f} (one 1,024² pass, median)",
+                     "network 4x512² Mpx/s": round(net_only["keras"], 3), "val F1": "", "auto may pick": ""})
+        server.close()
     print(format_table(rows))
     rates = auto.meta.engine_choice.get("rates", {})
     print(f"auto's probe (one {auto.meta.tile}² tile): "
@@ -171,7 +231,7 @@ def section_predict(paths: dict, keras_python: str | None) -> None:
           f"{record.calibration.get('count')} training chips. load after: {load_average()}")
 
 
-def _network_only(bundle, engines) -> dict[str, float]:
+def _network_only(bundle, engines, server, seconds) -> dict[str, float]:
     from slidemap.nn.device import Setting, measure
     from slidemap.stages.predict import _build_runner, engine_paths_of
 
@@ -184,28 +244,46 @@ def _network_only(bundle, engines) -> dict[str, float]:
         runner = _build_runner(bundle, s, "cpu", engine_paths_of(bundle))
         steps[s.name] = (lambda r=runner, e=engine: r(xcl if e == "torch" else x) is not None
                          and 4 * 512 * 512)
-    return {k: v / 1e6 for k, v in measure(steps, seconds=4.0, min_rounds=2).items()}
+    if server:
+        steps["keras"] = lambda: (server.seconds("infer4x512") > -1) * 4 * 512 * 512
+    return {k: v / 1e6 for k, v in measure(steps, seconds=seconds, min_rounds=3).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", choices=["all", "train", "predict"], default="all")
+    ap.add_argument("--section", choices=["all", "steps", "train", "predict"], default="all")
+    ap.add_argument("--seconds", type=float, default=30.0, help="round-robin budget of an interleaved table")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidemap-bench-engines"))
     ap.add_argument("--keep", action="store_true", help="reuse the scene, chips and run in --workdir")
     ap.add_argument("--scene-size", type=int, default=2048)
-    ap.add_argument("--setup-epochs", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=1, help="epochs per training setting")
+    ap.add_argument("--setup-epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per training setting (chips/s: the last)")
+    ap.add_argument("--run", type=Path, help="a trained run folder to use instead of the setup's "
+                    "(e.g. the demo's: slidemap-demo/run); give --scene with it")
+    ap.add_argument("--scene", type=Path, help="the scene folder to predict with --run")
     ap.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON"),
                     help="Python of a venv with tensorflow-cpu + keras (default $KERAS_PYTHON)")
     args = ap.parse_args(argv)
     for line in machine_lines():
         print(line)
     print(f"load before: {load_average()}")
-    paths = setup(args.workdir, args.scene_size, args.setup_epochs, args.keep)
+    if args.run and args.scene:
+        from slidemap.nn.bundle import load_bundle
+
+        chips = load_bundle(args.run).meta.training["options"]["chips"]
+        first = chips[0] if isinstance(chips, list) else chips
+        paths = {"run": args.run, "scene": args.scene, "chips": Path(first)}
+        print(f"reusing run {args.run} and scene {args.scene}")
+    else:
+        paths = setup(args.workdir, args.scene_size, args.setup_epochs, args.keep)
+    if args.section in ("all", "steps"):
+        from slidemap.formats.chips import ChipSet
+
+        section_steps(len(ChipSet(paths["chips"]).bands), args.keras_python, args.seconds)
     if args.section in ("all", "train"):
         section_train(paths, args.epochs, args.keras_python)
     if args.section in ("all", "predict"):
-        section_predict(paths, args.keras_python)
+        section_predict(paths, args.keras_python, args.seconds)
 
 
 if __name__ == "__main__":

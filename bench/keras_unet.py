@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--serve", action="store_true", help="read commands (train, infer1024, infer4x512, "
+                    "quit) from stdin, answer each with its seconds (interleaving Keras with our runs)")
     args = ap.parse_args()
     import numpy as np
     import tensorflow as tf
@@ -68,6 +70,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     out = {"framework": f"keras {keras.__version__} / tensorflow {tf.__version__}", "threads": args.threads,
            "python": platform.python_version()}
+    if args.serve:
+        serve(model, args)
+        return
     if not args.skip_train:
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
         x = rng.standard_normal((args.batch, args.size, args.size, args.bands), dtype=np.float32)
@@ -92,6 +97,37 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         out[f"infer_{name}_mpx_per_s"] = shape[0] * shape[1] * shape[2] / 1e6 / sorted(times)[1]
     print(json.dumps(out))
+
+
+def serve(model, args) -> None:
+    """One timed call per command line, after one untimed call of each kind (warm-up)."""
+    import sys
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
+    x = rng.standard_normal((args.batch, args.size, args.size, args.bands), dtype=np.float32)
+    y = (rng.random((args.batch, args.size, args.size, 1)) > 0.9).astype(np.float32)
+    infer = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    inputs = {"infer1024": tf.constant(rng.standard_normal((1, 1024, 1024, args.bands), dtype=np.float32)),
+              "infer4x512": tf.constant(rng.standard_normal((4, 512, 512, args.bands), dtype=np.float32))}
+    calls = {"train": lambda: model.train_on_batch(x, y),
+             "infer1024": lambda: infer(inputs["infer1024"]).numpy(),
+             "infer4x512": lambda: infer(inputs["infer4x512"]).numpy()}
+    for fn in calls.values():
+        fn()
+    framework = f"keras {keras.__version__} / tensorflow {tf.__version__}"
+    print(json.dumps({"ready": True, "framework": framework}), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit" or cmd not in calls:
+            break
+        t0 = time.perf_counter()
+        calls[cmd]()
+        print(time.perf_counter() - t0, flush=True)
 
 
 if __name__ == "__main__":

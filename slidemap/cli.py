@@ -200,6 +200,8 @@ def train(
                                   " or not, measured once on this machine and cached (`slidemap info`)."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: every core; on a machine other jobs "
+                                       "keep busy, 1 thread can train faster than 2, docs/performance.md)."),
 ) -> None:
     """Train a U-Net or ResU-Net on chip set(s); writes a run folder with the model bundle."""
     from slidemap.stages import train as stage
@@ -208,7 +210,7 @@ def train(
         chips=chips, out=out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs, lr=lr,
         val_fraction=val_fraction, augment=augment, patience=patience, bands=_split_names(bands),
         loss=loss.value, pos_weight=pos_weight, seed=seed, device=device.value, resume=resume,
-        precision=precision, max_time=max_time, progress=progress)
+        precision=precision, max_time=max_time, progress=progress, threads=threads)
     with _warnings_as_lines():
         result = stage.run(options)
     typer.echo(f"run {result.run}: bundle {result.bundle}")

@@ -382,7 +382,7 @@ def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: 
 # --- what ``--precision auto`` measures for training ---------------------------------------------------
 
 def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, Any], size: int,
-                   batch_size: int, device: torch.device) -> Any:
+                   batch_size: int, device: torch.device, max_batch: int = 8) -> Any:
     """The training step ``--precision auto`` times: forward (under autocast), BCE, backward and an Adam
     step of a fresh network on random chips of the run's size, in each candidate setting (fp32 and, where
     the CPU has native bf16, bf16 autocast; channels-last and NCHW each). The run's own network and random
@@ -390,7 +390,7 @@ def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, An
     from slidemap.nn.device import AUTOCAST_DTYPE, Probe, Setting, cpu_has_native_bf16
     from slidemap.nn.models import build_model
 
-    batch = max(1, min(batch_size, 8))
+    batch = max(1, min(batch_size, max_batch))  # chips/s hardly depends on the batch past 8; time does
     candidates = [Setting("torch", "32", True), Setting("torch", "32", False)]
     excluded = {}
     if cpu_has_native_bf16():
