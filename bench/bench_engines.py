@@ -110,7 +110,20 @@ class KerasServer:
         self.proc.wait(timeout=60)
 
 
-def section_steps(bands: int, keras_python: str | None, seconds: float) -> None:
+def _with_threads(n: int, fn):
+    import torch
+
+    def run():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(old)
+    return run
+
+
+def section_steps(bands: int, keras_python: str | None, seconds: float, one_thread: bool = False) -> None:
     """Training steps, round-robin: every torch setting and Keras in the same rounds (fair under load)."""
     import torch
 
@@ -121,6 +134,9 @@ def section_steps(bands: int, keras_python: str | None, seconds: float) -> None:
           f"Adam + BCE), load {load_average()}")
     probe = training_probe("unet", bands, 16, {}, 128, 16, torch.device("cpu"), max_batch=16)
     steps = {s.name: probe.step(s) for s in probe.candidates}
+    if one_thread:  # what a machine other jobs keep busy does with one thread (docs/performance.md)
+        steps.update({f"{s.name}, 1 thread": _with_threads(1, probe.step(s)) for s in probe.candidates
+                      if s.channels_last})
     server = KerasServer(keras_python, bands) if keras_python else None
     if server:
         steps["keras"] = lambda: (server.seconds("train") > -1) * 16.0
@@ -252,6 +268,7 @@ def _network_only(bundle, engines, server, seconds) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=["all", "steps", "train", "predict"], default="all")
+    ap.add_argument("--one-thread", action="store_true", help="steps: also each setting on 1 thread")
     ap.add_argument("--seconds", type=float, default=30.0, help="round-robin budget of an interleaved table")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidemap-bench-engines"))
     ap.add_argument("--keep", action="store_true", help="reuse the scene, chips and run in --workdir")
@@ -279,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.section in ("all", "steps"):
         from slidemap.formats.chips import ChipSet
 
-        section_steps(len(ChipSet(paths["chips"]).bands), args.keras_python, args.seconds)
+        section_steps(len(ChipSet(paths["chips"]).bands), args.keras_python, args.seconds, args.one_thread)
     if args.section in ("all", "train"):
         section_train(paths, args.epochs, args.keras_python)
     if args.section in ("all", "predict"):

@@ -331,7 +331,7 @@ def export(
 def info() -> None:
     """This machine as slidemap sees it: CPU, threads, versions, the cache of measured settings, and what
     `auto` picks for each network and size measured so far."""
-    from slidemap.nn.device import cache_dir, describe_cache, describe_setting, machine, pick
+    from slidemap.nn.device import MARGIN, cache_dir, describe_cache, describe_setting, machine, pick
     from slidemap.nn.engines import onnxruntime_available
 
     m = machine()
@@ -345,6 +345,8 @@ def info() -> None:
     path = cache_dir() / "choices.json"
     rows = describe_cache(path)
     typer.echo(f"cache      {path} ({len(rows)} measurement{'s' if len(rows) != 1 else ''})")
+    typer.echo(f"           auto keeps the fastest only if {MARGIN:.2f}x the reference (torch-fp32); bf16 "
+               f"and int8 are candidates only for bundles whose validation F1 they keep within 0.01")
     for r in rows:
         net = r["network"]
         size = f"tile {net['tile']}" if "tile" in net else f"{net.get('size')} px, batch {net.get('batch')}"

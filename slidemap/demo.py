@@ -33,7 +33,7 @@ class DemoConfig:
 # epoch 3-4 and reached 0.88-0.89 by epoch 9-10 on the same chips (docs/performance.md, "The demo").
 DEFAULT = DemoConfig(size=1536, landslides=120, patch=64, overlap=0.25, filters=16, epochs=12, batch_size=16,
                      patience=0)
-FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, epochs=12, batch_size=16,
+FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, epochs=20, batch_size=16,
                   patience=0)
 
 
