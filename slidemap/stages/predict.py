@@ -306,8 +306,7 @@ def _engine_record(bundle: Bundle, int8: bool, strict: bool, log=None):
         if strict or not int8:
             raise
         record = build_engines(bundle, int8=False, log=log)
-        record.calibration = {"error": str(e).split(": ", 1)[-1]}
-        return record
+        return record.model_copy(update={"calibration": {"error": str(e).split(": ", 1)[-1]}})
 
 
 def _build_runner(bundle: Bundle, setting: Setting, device, paths: dict[str, Path]):
