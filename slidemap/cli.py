@@ -239,10 +239,13 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: mixed precision on a "
-                                  "GPU, bf16 on a CPU with native bf16, else 32."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: mixed precision on "
+                                  "a GPU; on a CPU the fastest of fp32 and bf16 (where native), channels-last"
+                                  " or not, measured once on this machine and cached (`slidemap info`)."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: every core; on a machine other jobs "
+                                       "keep busy, 1 thread can train faster than 2, docs/performance.md)."),
 ) -> None:
     """Train a U-Net or ResU-Net on chip set(s); writes a run folder with the model bundle."""
     from slidemap.stages import train as stage
@@ -251,7 +254,7 @@ def train(
         chips=chips, out=out, model=model.value, filters=filters, batch_size=batch_size, epochs=epochs, lr=lr,
         val_fraction=val_fraction, augment=augment, patience=patience, bands=_split_names(bands),
         loss=loss.value, pos_weight=pos_weight, seed=seed, device=device.value, resume=resume,
-        precision=precision, max_time=max_time, progress=progress)
+        precision=precision, max_time=max_time, progress=progress, threads=threads)
     with _warnings_as_lines():
         result = stage.run(options)
     typer.echo(f"run {result.run}: bundle {result.bundle}")
@@ -286,8 +289,12 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
-    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: bf16 on CPUs with "
-                                  "native bf16 (1.6x faster), mixed precision on a GPU, else 32."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: see --engine; mixed "
+                                  "precision on a GPU."),
+    engine: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8 (the last two need "
+                               "slidemap[onnx]); auto: the fastest on this CPU at this tile size, measured "
+                               "once and cached, among torch fp32, torch bf16 and ONNX Runtime fp32 / int8, "
+                               "bf16 and int8 only where their validation F1 is within 0.01 of fp32."),
 ) -> None:
     """Predict landslides over a whole scene (tiled, blended, streamed), many scenes, or a patch dataset."""
     from slidemap.stages import predict as stage
@@ -310,7 +317,7 @@ def predict(
         model=model, out=out, scene=scene, area=area, images=image or None, dem=dem,
         pre_images=pre_image or None, chips=chips, tile=tile,
         overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size, device=device.value,
-        as_float=as_float, evaluate=evaluate, precision=precision)
+        as_float=as_float, evaluate=evaluate, precision=precision, engine=engine)
     with _warnings_as_lines():
         result = stage.run(options)
     m = result.meta
@@ -320,7 +327,8 @@ def predict(
     else:
         typer.echo(f"prediction {result.path}: {m.landslides} landslides, {m.landslide_km2:.4f} km² of "
                    f"{m.valid_km2:.3f} km² valid, threshold {m.threshold.value:.4f} ({m.threshold.which}), "
-                   f"{m.mpx_per_s} Mpx/s")
+                   f"{m.mpx_per_s} Mpx/s, engine {m.engine_choice.get('setting', m.engine)} "
+                   f"({m.engine_choice.get('how', 'given')})")
         for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
             typer.echo(f"  {name:16s} {result.path / name}")
     if result.evaluation is not None:
@@ -356,6 +364,77 @@ def demo(
     from slidemap.demo import run_demo
 
     run_demo(out, fast=fast, seed=seed)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder or model bundle (bundle.pt)."),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (e.g. model.onnx)."),
+    resolution_cm: float | None = typer.Option(None, help="Pixel size in cm that QGIS resamples the layer to "
+                                               "(default: the pixel size of the scene the model was trained "
+                                               "on)."),
+    tile: int = typer.Option(512, help="Tile size written for QGIS (Deepness's tile_size), a multiple of "
+                             "16."),
+    overlap: int = typer.Option(64, help="Tile overlap in pixels (written as Deepness's percent)."),
+    threshold: str = typer.Option("best", help="Threshold written as seg_thresh: 'best', '0.5' or a number."),
+) -> None:
+    """Export the model as ONNX for QGIS (Deepness plugin) and ONNX Runtime: raw band values in, landslide
+    probability out, standardisation inside."""
+    from slidemap.stages import export as stage
+
+    result = stage.run(stage.ExportOptions(model=run, onnx=onnx, resolution_cm=resolution_cm, tile=tile,
+                                           overlap=overlap, threshold=threshold))
+    m = result.metadata
+    typer.echo(f"onnx {result.path}: input raw bands {', '.join(m['slidemap_bands'])} (in this order), "
+               f"output landslide probability")
+    typer.echo(f"  Deepness: Segmentor, {m['resolution']} cm/px, tile {m['tile_size']} px, overlap "
+               f"{m['tiles_overlap']} %, threshold {m['seg_thresh']}")
+    if "max_abs_diff" in result.check:
+        typer.echo(f"  checked with ONNX Runtime: max |p - p_torch| = {result.check['max_abs_diff']:.1e}")
+
+
+@app.command()
+def info() -> None:
+    """This machine as slidemap sees it: CPU, threads, versions, the cache of measured settings, and what
+    `auto` picks for each network and size measured so far."""
+    from slidemap.nn.device import MARGIN, cache_dir, describe_cache, describe_setting, machine, pick
+    from slidemap.nn.engines import onnxruntime_available
+
+    m = machine()
+    typer.echo(f"cpu        {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']})")
+    typer.echo(f"flags      {', '.join(m['flags']) or 'none of note'}")
+    typer.echo(f"threads    {m['threads']}")
+    typer.echo("versions   " + ", ".join(f"{k} {v}" for k, v in m.items()
+                                         if k in ("torch", "onnxruntime", "slidemap")))
+    if not onnxruntime_available():
+        typer.echo("onnx       not installed: --engine onnx / onnx-int8 need pip install 'slidemap[onnx]'")
+    path = cache_dir() / "choices.json"
+    rows = describe_cache(path)
+    typer.echo(f"cache      {path} ({len(rows)} measurement{'s' if len(rows) != 1 else ''})")
+    typer.echo(f"           auto keeps the fastest only if {MARGIN:.2f}x the reference (torch-fp32); bf16 "
+               f"and int8 are candidates only for bundles whose validation F1 they keep within 0.01")
+    for r in rows:
+        net = r["network"]
+        size = f"tile {net['tile']}" if "tile" in net else f"{net.get('size')} px, batch {net.get('batch')}"
+        filters = net.get("filters", net.get("model_args", {}).get("filters"))
+        what = f"{r['kind']:7s} {net.get('network')}-{filters}, {net.get('bands')} bands, {size}"
+        names = list(r["rates"])
+        ref = "torch-fp32" if "torch-fp32" in names else names[0]
+        chosen = pick(r["rates"], [_setting(ref)] + [_setting(n) for n in names if n != ref]).name
+        mark = "" if r["this_machine"] else "  (another machine or version)"
+        typer.echo(f"  {what}: auto -> {chosen}{mark}")
+        for n in names:
+            star = "*" if n == chosen else " "
+            typer.echo(f"     {star} {n:14s} {r['rates'][n]:9.3f} {r['unit']:8s} {describe_setting(n)}")
+
+
+def _setting(name: str):
+    from slidemap.nn.device import Setting
+
+    if name in ("onnx", "onnx-int8"):
+        return Setting(name, "int8" if name == "onnx-int8" else "32", False)
+    prec = {"fp32": "32", "bf16": "bf16", "16": "16"}[name.split("-")[1]]
+    return Setting("torch", prec, not name.endswith("-nchw"))
 
 
 @l4s_app.command("import")

@@ -48,6 +48,8 @@ class ScenePrediction(Sidecar):
     batch_size: int = Field(gt=0)
     device: str
     precision: str
+    engine: str = "torch"
+    engine_choice: dict[str, Any] = {}
     probability_dtype: Literal["uint8", "float32"] = "uint8"
     min_area_m2: float = Field(0.0, ge=0)
     connectivity: int = 4
@@ -83,6 +85,8 @@ class PatchPrediction(Sidecar):
     landslide_pixels: int = Field(0, ge=0)
     device: str = ""
     precision: str = ""
+    engine: str = "torch"
+    engine_choice: dict[str, Any] = {}
 
 
 def read_prediction(folder: Path, option: str = "PRED") -> ScenePrediction | PatchPrediction:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,9 +152,9 @@ def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], a
                   device: str | torch.device = "cpu", normalise: Normaliser | None = None) -> np.ndarray:
     """Tiled, blended probability of an in-memory (C, H, W) array; NaN where any band is NaN.
 
-    The same engine as :func:`predict` (which streams from disk). ``mean``/``std`` standardise per band
-    (``normalise``: the bundle's normaliser; omit for an array already standardised). ``tile >= max(H, W)`` (rounded
-    up to 16) gives the one-pass prediction.
+    The same engine as :func:`predict` (which streams from disk). ``normalise`` (the bundle's normaliser;
+    omit for an array already standardised) standardises per band. ``tile >= max(H, W)`` (rounded up to 16)
+    gives the one-pass prediction.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 3:
@@ -165,3 +166,27 @@ def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], a
                                                    overlap, margin, batch_size, normalise):
         out[r0:r0 + len(prob)] = np.where(valid, prob, np.nan)
     return out
+
+
+# --- what ``--engine auto`` / ``--precision auto`` measure for prediction ---------------------------------
+
+def inference_probe(net_key: dict, bands: int, tile: int, runners: dict) -> Any:
+    """The pass ``auto`` times for prediction: one ``tile`` x ``tile`` tile of random standardised values
+    through each candidate runner (``runners``: setting -> a callable building the runner), the reference
+    (torch fp32) first. Rates are Mpx/s of network output."""
+    from slidemap.nn.device import Probe
+
+    def step(setting):
+        runner = runners[setting]()
+        x = np.random.default_rng(0).standard_normal((1, bands, tile, tile), dtype=np.float32)
+        if setting.engine == "torch":  # what the strip engine hands the torch runner: a channels-last view
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+        def run() -> float:
+            runner(x)
+            return float(tile * tile)
+
+        return run
+
+    key = {**net_key, "bands": bands, "tile": tile}
+    return Probe("predict", key, list(runners), step, "Mpx/s", 1e-6)

@@ -29,7 +29,8 @@ from slidemap.sources.l4s import mask_name, read_mask, write_mask
 
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | float, batch_size: int,
-                    device: str, precision: str, previews: int = 24) -> tuple[PatchPrediction, int]:
+                    device: str, precision: str, previews: int = 24, runner=None,
+                    choice: dict | None = None) -> tuple[PatchPrediction, int]:
     """Predict every patch of a chip set into ``out`` (replaced atomically); returns its description and
     the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
     """
@@ -37,7 +38,8 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | flo
     th = bundle.threshold(threshold)
     idx = match_bands(bundle.bands, chipset.bands, f"--chips {chipset.path}", bundle.name)
     normalise = bundle.normaliser()
-    runner = TileRunner(bundle.build_model(), device, precision)
+    if runner is None:
+        runner = TileRunner(bundle.build_model(), device, precision)
     n = len(chipset)
     names = [mask_name(w, i) for i, w in enumerate(chipset.windows)] if chipset.windows else \
         [f"mask_{i}.h5" for i in range(n)]
@@ -64,7 +66,8 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | flo
             chips=str(chipset.path.resolve()), chips_sha256=sha256(chipset.path / "chips.json"),
             model=bundle.name, threshold=th, threshold_choice=str(threshold), bands=bundle.bands, count=n,
             masks=names, sources=[w.get("source", "") for w in chipset.windows],
-            landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision)
+            landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision,
+            engine=getattr(runner, "engine", "torch"), engine_choice=choice or {})
         meta.save(tmp / "prediction.json")
     return meta, len(show)
 
@@ -95,8 +98,8 @@ def evaluate_patches(pred: Path, chips: Path | None, info: PatchPrediction
     n = len(chipset)
     sources = [w.get("source", "") for w in chipset.windows]
     if len(info.masks) != n or (info.sources and info.sources != sources):
-        raise UserError(f"--truth {chipset.path}: does not hold the {len(info.masks)} patches PRED {pred} was "
-                        f"predicted from; give that chip set")
+        raise UserError(f"--truth {chipset.path}: does not hold the {len(info.masks)} patches PRED {pred} "
+                        f"was predicted from; give that chip set")
     total = Counts()
     rows = []
     for i, name in enumerate(info.masks):

@@ -59,8 +59,8 @@ from slidemap.formats.gdal import (
 from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Threshold
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import Bundle, load_bundle
-from slidemap.nn.device import check_precision
-from slidemap.nn.inference import TileRunner, iter_probability_strips
+from slidemap.nn.device import RunChoice, Setting, check_engine, check_precision, resolve_device, resolve_run
+from slidemap.nn.inference import TileRunner, inference_probe, iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
 from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
@@ -108,6 +108,7 @@ class PredictOptions(StageOptions):
     as_float: bool = False
     evaluate: bool = False
     precision: str = "auto"
+    engine: str = "auto"
     previews: int = Field(24, ge=0)
 
     @model_validator(mode="after")
@@ -127,6 +128,7 @@ class PredictOptions(StageOptions):
             raise ValueError("--evaluate needs --scene (or --chips) with a reference to compare against")
         check_tiling(self.tile, self.overlap)
         check_precision(self.precision)
+        check_engine(self.engine)
         return self
 
 
@@ -172,11 +174,15 @@ def run(options: PredictOptions) -> PredictResult:
     bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "MODEL")
     th = bundle.threshold(o.threshold)
     if o.chips is not None:
+        from slidemap.formats.chips import ChipSet
+
+        size = ChipSet(o.chips, "--chips").size
+        choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, size)
         meta, previews = predict_patches(bundle, o.chips, o.out, o.threshold, o.batch_size, o.device,
-                                         o.precision, o.previews)
+                                         o.precision, o.previews, runner=runner, choice=choice.record())
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
         return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
-    runner = TileRunner(bundle.build_model(), o.device, o.precision)
+    choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, o.tile)
     inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or []), *(o.pre_images or []))
               if p is not None]
     with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
@@ -210,6 +216,7 @@ def run(options: PredictOptions) -> PredictResult:
             threshold=Threshold(value=th, which=which),
             tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
+            engine=choice.engine, engine_choice=choice.record(),
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=o.min_area, connectivity=4,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
         meta.save(tmp / "prediction.json")
@@ -218,6 +225,103 @@ def run(options: PredictOptions) -> PredictResult:
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene,
                                                   areas=[o.area] if o.area else None))
     return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation)
+
+
+# --- the engine -----------------------------------------------------------------------------------------
+
+def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile: int,
+                  log=None) -> tuple[RunChoice, Any]:
+    """Resolve ``--device/--precision/--engine`` for this bundle at this tile size and build the runner.
+
+    ``auto`` on a CPU times torch fp32 (the reference), torch bf16 (where the CPU has native bf16), ONNX
+    Runtime fp32 and int8 (when onnxruntime is installed) on one tile (rates cached per machine, network
+    and tile size); settings that change the numbers (bf16, int8) are candidates only when their validation
+    F1, measured when the engines were built, is within 0.01 of torch fp32's.
+    """
+    from slidemap.nn import engines
+
+    dev = resolve_device(device)
+    engine = check_engine(engine)
+    name = check_precision(precision)
+    if dev.type != "cpu" or (engine in ("auto", "torch") and name not in ("auto", "32")):
+        choice = resolve_run(precision, dev, "torch" if engine == "auto" else engine)
+        return choice, _build_runner(bundle, choice.setting, dev, {})
+    if engine in ("onnx", "onnx-int8"):
+        engines.require_onnxruntime(f"--engine {engine}")
+        record = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
+        choice = resolve_run(precision, dev, engine)
+        ok, why = record.eligible(engine) if engine == "onnx-int8" else (True, "")
+        if not ok:
+            warnings.warn(f"--engine {engine}: {why}; auto would not pick it", PredictWarning, stacklevel=3)
+        return choice, _build_runner(bundle, choice.setting, dev, engine_paths_of(bundle))
+    # auto on a CPU: build what can be built, keep what may be picked, measure.
+    from slidemap.nn.device import cpu_has_native_bf16
+
+    excluded: dict[str, str] = {}
+    record = None
+    if engine == "torch":
+        excluded["onnx"] = "onnx, onnx-int8: --engine torch"
+    elif engines.onnxruntime_available() and bundle.path is not None:
+        record = _engine_record(bundle, int8=True, strict=False, log=log)
+    elif not engines.onnxruntime_available():
+        excluded["onnx"] = f"onnx, onnx-int8: onnxruntime is not installed ({engines.INSTALL_HINT})"
+    candidates = [Setting("torch", "32", True)]
+    if engine == "torch" and bundle.path is not None:  # bf16's accuracy check, if the engines were built
+        from slidemap.stages.export import existing_record
+
+        record = existing_record(bundle)
+    if cpu_has_native_bf16() and name == "auto":
+        ok, why = record.eligible("torch-bf16") if record is not None else (False, "torch-bf16: validation "
+                                                                             "F1 not measured")
+        if ok:
+            candidates.append(Setting("torch", "bf16", True))
+        else:
+            excluded["torch-bf16"] = why
+    if record is not None and engine != "torch":
+        candidates.append(Setting("onnx", "32", False))
+        if "onnx-int8" in record.files:
+            ok, why = record.eligible("onnx-int8")
+            if ok:
+                candidates.append(Setting("onnx-int8", "int8", False))
+            else:
+                excluded["onnx-int8"] = why
+        elif record.calibration.get("error"):
+            excluded["onnx-int8"] = f"onnx-int8: {record.calibration['error']}"
+    paths = engine_paths_of(bundle)
+    runners = {s: (lambda s=s: _build_runner(bundle, s, dev, paths)) for s in candidates}
+    net_key = {"network": bundle.meta.architecture, "model_args": dict(bundle.meta.model_args)}
+    probe = inference_probe(net_key, len(bundle.bands), tile, runners)
+    probe.excluded = excluded
+    choice = resolve_run(precision, dev, "auto", None, probe)
+    return choice, _build_runner(bundle, choice.setting, dev, paths)
+
+
+def engine_paths_of(bundle: Bundle) -> dict[str, Path]:
+    from slidemap.nn.engines import engine_paths
+
+    return engine_paths(bundle.path) if bundle.path is not None else {}
+
+
+def _engine_record(bundle: Bundle, int8: bool, strict: bool, log=None):
+    """The bundle's engines (built once); without ``strict`` a bundle whose chips are gone gets the fp32
+    ONNX engine only, with the reason int8 is missing recorded."""
+    from slidemap.stages.export import build_engines
+
+    try:
+        return build_engines(bundle, int8=int8, log=log)
+    except UserError as e:
+        if strict or not int8:
+            raise
+        record = build_engines(bundle, int8=False, log=log)
+        return record.model_copy(update={"calibration": {"error": str(e).split(": ", 1)[-1]}})
+
+
+def _build_runner(bundle: Bundle, setting: Setting, device, paths: dict[str, Path]):
+    if setting.engine == "torch":
+        return TileRunner(bundle.build_model(), device, setting.precision)
+    from slidemap.nn.engines import OnnxRunner
+
+    return OnnxRunner(paths[setting.engine], setting.engine)
 
 
 # --- inputs ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
 from slidemap.nn.bundle import save_bundle
-from slidemap.nn.device import check_precision, resolve_device, resolve_precision
+from slidemap.nn.device import RunChoice, check_precision, resolve_device, resolve_run
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
 from slidemap.raster.split import Split, split_chips
@@ -77,7 +77,8 @@ class TrainOptions(StageOptions):
     progress: bool = True
     threads: int | None = Field(None, ge=1)
     model_args: dict[str, Any] = {}
-    channels_last: bool = True
+    channels_last: bool | None = None
+    """None: channels-last unless ``precision auto`` measures NCHW clearly faster (docs/performance.md)."""
 
     @field_validator("precision")
     @classmethod
@@ -117,6 +118,8 @@ class TrainSummary(Record):
     split: str
     device: str
     precision: str
+    channels_last: bool = True
+    precision_choice: dict[str, Any] = {}
     seconds: float | None = None
     chips_per_s: float | None = None
 
@@ -135,7 +138,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     """
     o = options
     device = resolve_device(o.device)
-    precision = resolve_precision(o.precision, device)
+    resolve_run(o.precision, device)  # a bad --precision fails before anything is read
     chipsets = [ChipSet(c) for c in o.chips]
     bands = _bands(chipsets, o.bands)
     size = chipsets[0].size
@@ -149,6 +152,8 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     normalise = _pooled_normaliser(chipsets, bands)
     out = check_out(o.out, "config.yaml", o.chips, "run")
     resume_from = _check_run_folder(out, o.resume)
+    choice = _precision_choice(o, device, len(bands), size)
+    precision = choice.precision
     split = _split(chipsets, o.val_fraction, o.seed)
     batch_size = o.batch_size
     if batch_size > len(split.train):
@@ -172,11 +177,27 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        return _fit_and_bundle(o, out, device, precision, images, masks, split, bands, size, normalise,
+        return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
                                batch_size, config, resume_from, callbacks, _recipe(chipsets))
 
 
-def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision: str, images: torch.Tensor,
+def _precision_choice(o: TrainOptions, device: torch.device, bands: int, size: int) -> RunChoice:
+    """Precision and layout to train in: given, or ``auto`` measured on this CPU (and cached)."""
+    from slidemap.nn.task import cpu_threads, training_probe
+
+    probe = training_probe(o.model, bands, o.filters, dict(o.model_args), size, o.batch_size, device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(o.threads or cpu_threads())
+    try:
+        choice = resolve_run(o.precision, device, "torch", o.channels_last, probe)
+    finally:
+        torch.set_num_threads(threads)
+    if choice.how == "given" and o.channels_last is None:
+        choice.setting = type(choice.setting)("torch", choice.precision, True)
+    return choice
+
+
+def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: RunChoice, images: torch.Tensor,
                     masks: torch.Tensor, split: Split, bands: list[str], size: int, normalise: Normaliser,
                     batch_size: int, config: dict[str, Any], resume_from: Path | None,
                     callbacks: Sequence[Any], recipe: Recipe | None = None) -> TrainResult:
@@ -185,18 +206,19 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
     from slidemap.nn.models import build_model
     from slidemap.nn.task import SegmentationTask, cpu_threads, fit, load_net_weights, predict_chips
 
+    precision, channels_last = choice.precision, choice.channels_last
     threads = torch.get_num_threads()
     torch.set_num_threads(o.threads or cpu_threads())
     started = time.perf_counter()
     try:
         pl.seed_everything(o.seed, workers=False, verbose=False)
         net = build_model(o.model, in_channels=len(bands), filters=o.filters, **o.model_args)
-        if o.channels_last:
+        if channels_last:
             net = net.to(memory_format=torch.channels_last)
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
-                                channels_last=o.channels_last)
+                                channels_last=channels_last)
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
                       resume_from, len(split.train), callbacks)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
@@ -227,20 +249,34 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
         val_f1_at_half=round(f1_half, 4), best_threshold=round(threshold, 4),
         val_f1_at_best=round(f1_best, 4),
         train_chips=len(split.train), val_chips=len(split.val), buffer_chips=int(split.buffer.size),
-        split=split.method, device=device.type, precision=precision, seconds=round(seconds, 1),
+        split=split.method, device=device.type, precision=precision, channels_last=channels_last,
+        precision_choice=choice.record(), seconds=round(seconds, 1),
         chips_per_s=round(chips_seen / train_seconds, 1) if train_seconds else None)
     plot_learning_curve(log.rows, out / "learning_curve.png")
-    reproducible = summary.model_dump(exclude={"seconds", "chips_per_s"})
+    reproducible = summary.model_dump(exclude={"seconds", "chips_per_s", "precision_choice"})
     meta = BundleMeta(
         architecture=o.model, model_args=dict(net.config), bands=bands,
         stats={b: BandStats(**s) for b, s in normalise.as_stats().items()}, patch_size=size,
         thresholds={"0.5": 0.5, "best": float(threshold)},
         training={**reproducible, "options": {k: v for k, v in config.items() if k != "split"},
-                  "split": split.as_dict()},
+                  "split": split.as_dict(), **_pixel_size(config)},
         recipe=recipe)
     write_json(out / "summary.json", summary)
     bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
     return TrainResult(run=out, bundle=bundle, summary=summary)
+
+
+def _pixel_size(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"pixel_size_m": [x, y]}`` of the scene the (first) chip set was cut from, if it is known (what
+    ``slidemap export`` writes as the resolution QGIS resamples to)."""
+    from slidemap.formats.scene import Scene
+
+    first = config["chips"][0] if isinstance(config["chips"], list) else config["chips"]
+    try:
+        scene = ChipSet(first).meta.scene
+        return {"pixel_size_m": list(Scene(scene).pixel_size_m)} if scene else {}
+    except UserError:
+        return {}
 
 
 # --- checks before anything is written ------------------------------------------------------------
@@ -371,3 +407,63 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
     if changed:
         what = "; ".join(f"{k} was {old.get(k)!r}, now {config[k]!r}" for k in changed)
         raise UserError(f"--resume: {what}; resume with the run's options or start a new --out")
+
+
+# --- a bundle's own chips (for int8 calibration and engine checks) ------------------------------------------
+
+def bundle_chips(bundle: Any, calibration: int = 64, max_val: int = 512) -> dict[str, Any]:
+    """Chips of the bundle's own training run, standardised with its statistics: ``calibration`` chips
+    spread evenly over the training split (never the validation chips, never test data) and up to
+    ``max_val`` validation chips with their masks, by the run's own split (same chip sets, fraction, seed).
+
+    A UserError naming the bundle when its chip sets are gone or changed since training.
+    """
+    options = bundle.meta.training.get("options", {})
+    paths = options.get("chips")
+    if not paths:
+        raise UserError(f"MODEL {bundle.name}: records no training chip sets; train it with this slidemap")
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    hashes = options.get("chips_sha256")
+    hashes = [hashes] if isinstance(hashes, str) else list(hashes or [])
+    chipsets = []
+    for i, p in enumerate(paths):
+        if not (Path(p) / "chips.json").is_file():
+            raise UserError(f"MODEL {bundle.name}: its training chip set {p} is gone; int8 calibration and "
+                            f"the engines' accuracy check need it (use --engine torch or onnx)")
+        if i < len(hashes) and sha256(Path(p) / "chips.json") != hashes[i]:
+            raise UserError(f"MODEL {bundle.name}: its training chip set {p} changed since training; "
+                            f"use --engine torch or onnx")
+        chipsets.append(ChipSet(p))
+    split = _split(chipsets, float(options.get("val_fraction", 0.3)), int(options.get("seed", 0)))
+    normalise = bundle.normaliser()
+    train_idx = np.sort(split.train)
+    take = np.unique(np.linspace(0, len(train_idx) - 1, min(calibration, len(train_idx))).round().astype(int))
+    val_idx = np.sort(split.val)
+    if len(val_idx) > max_val:
+        val_idx = val_idx[np.unique(np.linspace(0, len(val_idx) - 1, max_val).round().astype(int))]
+    calib, _ = _read_chips(chipsets, bundle.bands, normalise, train_idx[take])
+    val, val_masks = _read_chips(chipsets, bundle.bands, normalise, val_idx)
+    return {"calibration": calib, "validation": val, "validation_masks": val_masks,
+            "chips": [str(Path(p).resolve()) for p in paths], "calibration_chips": int(len(calib)),
+            "validation_chips": int(len(val)), "split": split.method}
+
+
+def _read_chips(chipsets: list[ChipSet], bands: list[str], normalise: Normaliser,
+                idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chips ``idx`` (global over the chip sets, in order) standardised, and their masks (255: nodata)."""
+    images, masks = [], []
+    offset = 0
+    for c in chipsets:
+        local = idx[(idx >= offset) & (idx < offset + len(c))] - offset
+        if len(local):
+            raw = np.asarray(c.images[local][:, c.band_indexes(bands)], dtype=np.float32)
+            nodata = np.isnan(raw).any(axis=1)
+            images.append(normalise(raw))
+            m = np.array(c.masks[local], dtype=np.uint8)
+            m[nodata] = 255
+            masks.append(m)
+        offset += len(c)
+    size, nb = chipsets[0].size, len(bands)
+    if not images:
+        return np.zeros((0, nb, size, size), np.float32), np.zeros((0, size, size), np.uint8)
+    return np.concatenate(images), np.concatenate(masks)

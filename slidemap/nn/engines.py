@@ -1,0 +1,295 @@
+"""The network outside torch: ONNX export (for QGIS and for ONNX Runtime) and the ONNX Runtime engines.
+
+**Export** (:func:`export_onnx`): the bundle's network, traced on the plain (autograd) path so the graph
+holds ``MaxPool`` and ``Concat`` as ONNX Runtime fuses them, with a dynamic batch, height and width, the
+sigmoid at the end (probabilities (N, 1, H, W) out) and, for the file a user takes away
+(``slidemap export``), the bundle's standardisation baked in: raw band values in, in the bundle's band
+order, NaN and inf treated as nodata exactly as ``slidemap.nn.normalise`` does (0 after standardising).
+
+**Engines** (:class:`OnnxRunner`): the same call as ``slidemap.nn.inference.TileRunner``, (N, C, h, w)
+standardised float32 -> (N, h, w) probabilities, run by ONNX Runtime, in fp32 or static int8. The int8
+model (:func:`quantize_int8`) is quantised per channel (weights int8, activations uint8, QDQ) with ranges
+calibrated on chips of the bundle's own training split, never on test data; the stage that builds it
+(``slidemap.stages.predict``) measures every engine's validation F1 when it builds it and records it
+beside the bundle (:class:`EngineRecord`), and ``auto`` only ever picks an engine whose F1 is within
+:data:`F1_TOLERANCE` of torch fp32.
+
+onnxruntime and onnx are the optional extra ``slidemap[onnx]``; without them the torch engine stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from slidemap.errors import UserError
+from slidemap.formats.base import Sidecar
+from slidemap.formats.files import atomic_file
+
+OPSET = 13
+"""ONNX opset of the exported graphs: every op they use exists there, per-channel QDQ needs 13, and the
+onnxruntime Deepness installs (>=1.12.1, <=1.17.0, its python_requirements/requirements.txt) reads it."""
+F1_TOLERANCE = 0.01
+"""The most an engine's validation F1 may fall below torch fp32's for ``auto`` to pick it."""
+CALIBRATION_CHIPS = 64
+"""Training chips (evenly spread over the training split) that set the int8 activation ranges."""
+INSTALL_HINT = "install it with pip install 'slidemap[onnx]' (onnxruntime and onnx)"
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_onnxruntime(option: str) -> Any:
+    """The onnxruntime module, or a UserError naming ``option`` and the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"{option}: needs ONNX Runtime, which is not installed; {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def require_onnx(option: str) -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise UserError(f"{option}: needs the onnx package, which is not installed; {INSTALL_HINT}") from None
+    return onnx
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+class _Exported(torch.nn.Module):
+    """Standardise (optional), run the network, sigmoid: what the ONNX file computes."""
+
+    def __init__(self, net: torch.nn.Module, mean: np.ndarray | None, std: np.ndarray | None) -> None:
+        super().__init__()
+        self.net = net
+        self.standardise = mean is not None
+        if mean is not None and std is not None:
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            x = (x - self.mean) / self.std
+            x = torch.where(torch.isnan(x) | torch.isinf(x), torch.zeros_like(x), x)
+        return torch.sigmoid(self.net.logits(x))
+
+
+def export_onnx(net: torch.nn.Module, bands: int, path: str | Path, mean: np.ndarray | None = None,
+                std: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
+                example_size: int = 64) -> Path:
+    """Write ``net`` as ONNX to ``path`` (atomically): input ``input`` (N, bands, H, W) float32, output
+    ``probability`` (N, 1, H, W); with ``mean``/``std`` the standardisation is part of the graph.
+
+    ``metadata`` values are written JSON-encoded into the model's ``metadata_props`` (what the Deepness
+    QGIS plugin reads with ``json.loads``).
+    """
+    onnx = require_onnx("export")
+    model = _Exported(net.float().eval(), mean, std).eval()
+    x = torch.zeros(1, bands, example_size, example_size)
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with atomic_file(path) as tmp, warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        # Autograd on while tracing: the networks take their plain path (MaxPool, Concat), which ONNX
+        # Runtime fuses, not the torch-specific inference path.
+        with torch.enable_grad():
+            torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["probability"],
+                              dynamic_axes={"input": dynamic, "probability": dynamic}, opset_version=OPSET,
+                              dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        for k, v in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, json.dumps(v)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx logs every skipped torchvision op at import; keep it off the user's screen."""
+    import logging
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def deepness_small_segment(min_pixels: float) -> int:
+    """Deepness's ``seg_small_segment`` for dropping landslides under ``min_pixels`` pixels, approximately.
+
+    Deepness has no area filter: its "remove small segments" value ``n`` opens and closes the class map with
+    a square kernel of side ``(n // 2) ** 2 + 1`` (``processing_utils.erode_dilate_image``) and median-blurs
+    it with side ``(n // 2) * 2 + 1``; an opening removes what a square of that side does not fit in. The
+    smallest ``n`` whose kernel side reaches ``sqrt(min_pixels)``, i.e. a square landslide of the minimum
+    area just survives; 0 (off) for no minimum.
+    """
+    if min_pixels <= 1:
+        return 0
+    side = float(np.sqrt(min_pixels))
+    n = 2
+    while (n // 2) ** 2 + 1 < side:
+        n += 2
+    return n
+
+
+# --- the ONNX Runtime engines -----------------------------------------------------------------------------
+
+class OnnxRunner:
+    """ONNX Runtime in place of :class:`slidemap.nn.inference.TileRunner`: (N, C, h, w) standardised float32
+    -> (N, h, w) float32 probabilities, for a model written by :func:`export_onnx` without standardisation.
+    """
+
+    def __init__(self, path: str | Path, engine: str = "onnx", threads: int | None = None) -> None:
+        ort = require_onnxruntime(f"--engine {engine}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # Idle threads sleep instead of spinning: on a shared machine a spinning pool steals the other
+        # core from whatever runs next (also from the next candidate `auto` times); no loss measured here.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = Path(path)
+        self.engine = engine
+        self.precision = "int8" if engine == "onnx-int8" else "32"
+        self.device = torch.device("cpu")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise UserError(f"--engine {engine}: ONNX Runtime cannot load {self.path} "
+                            f"({str(e).splitlines()[0][:120]}); delete it to have it built again") from None
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        (prob,) = self.session.run(None, {self.input: x})
+        if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape[2:] != x.shape[2:]:
+            raise RuntimeError(f"ONNX model output {prob.shape} for input {x.shape}: expected one "
+                               f"probability channel at the input size")
+        return prob[:, 0]
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
+                  batch_size: int = 8) -> Path:
+    """Static int8 quantisation (QDQ; weights int8 per output channel, activations uint8, min/max ranges)
+    of the fp32 model at ``fp32_path``, calibrated on ``calibration`` (N, C, S, S) standardised chips."""
+    require_onnxruntime("--engine onnx-int8")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Chips(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": np.ascontiguousarray(calibration[i:i + batch_size], np.float32)}
+                                 for i in range(0, len(calibration), batch_size)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    out_path = Path(out_path)
+    with atomic_file(out_path) as tmp, warnings.catch_warnings(), _quiet_ort_logging():
+        warnings.simplefilter("ignore")
+        pre = tmp.with_name(tmp.name + ".pre.onnx")
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(tmp), _Chips(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        finally:
+            pre.unlink(missing_ok=True)
+            for leftover in tmp.parent.glob("augmented_model*.onnx"):
+                leftover.unlink(missing_ok=True)
+    return out_path
+
+
+@contextlib.contextmanager
+def _quiet_ort_logging() -> Iterator[None]:
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+# --- the record of the engines built for a bundle -----------------------------------------------------------
+
+class EngineRecord(Sidecar):
+    """``<bundle>.engines.json``: which ONNX models were built from which bundle, on which chips, and each
+    engine's validation F1 at the bundle's best threshold (the evidence ``auto`` needs)."""
+
+    REDO = "delete it; slidemap builds the engines again"
+
+    format: str = "slidemap.engines"
+    bundle_sha256: str
+    versions: dict[str, str]
+    threshold: float
+    calibration: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
+    f1: dict[str, float] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+    def eligible(self, name: str) -> tuple[bool, str]:
+        """Whether ``auto`` may pick engine ``name``: its F1 is within :data:`F1_TOLERANCE` of fp32's."""
+        ref, f1 = self.f1.get("torch-fp32"), self.f1.get(name)
+        if ref is None or f1 is None:
+            return False, f"{name}: validation F1 not measured"
+        if f1 < ref - F1_TOLERANCE:
+            return False, f"{name}: validation F1 {f1:.4f} vs {ref:.4f} in fp32 (> {F1_TOLERANCE} lower)"
+        return True, ""
+
+
+def engine_paths(bundle_path: Path) -> dict[str, Path]:
+    """Where the engines of a bundle live: beside it if that folder is writable, else in the user's cache
+    (keyed by the bundle's checksum)."""
+    from slidemap.formats.files import sha256
+    from slidemap.nn.device import cache_dir
+
+    folder = bundle_path.parent
+    stem = bundle_path.name.removesuffix(".pt")
+    if not os.access(folder, os.W_OK):
+        folder = cache_dir() / "engines" / sha256(bundle_path)[:16]
+        stem = "bundle"
+    return {"onnx": folder / f"{stem}.onnx", "onnx-int8": folder / f"{stem}.int8.onnx",
+            "record": folder / f"{stem}.engines.json"}
+
+
+def pooled_f1(prob: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+    """F1 of ``prob >= threshold`` against ``truth`` pooled over every valid pixel (255: nodata)."""
+    from slidemap.raster.metrics import confusion, scores
+
+    return float(scores(confusion(prob >= threshold, truth))["f1"])
+
+
+def run_chips(runner: Any, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, S, S) of standardised chips (N, C, S, S) through ``runner``."""
+    return np.concatenate([runner(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
