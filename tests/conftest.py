@@ -208,3 +208,17 @@ def tiny_scene(tmp_path_factory, tiny_inputs) -> Path:
     out = tmp_path_factory.mktemp("tiny_scene") / "scene"
     return prepare.run(prepare.PrepareOptions(images=[tiny_inputs.image], out=out, dem=tiny_inputs.dem,
                                               inventory=tiny_inputs.inventory, areas=tiny_inputs.areas)).path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_engine_cache(tmp_path_factory):
+    """Measured precision/engine choices go to a cache of the test session, never the user's ~/.cache."""
+    import os
+
+    previous = os.environ.get("SLIDEMAP_CACHE_DIR")
+    os.environ["SLIDEMAP_CACHE_DIR"] = str(tmp_path_factory.mktemp("slidemap-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SLIDEMAP_CACHE_DIR", None)
+    else:
+        os.environ["SLIDEMAP_CACHE_DIR"] = previous

@@ -176,9 +176,9 @@ def test_bundle_round_trip(reference, chips):
     assert set(meta.stats) == set(BANDS) and meta.stats["red"].mean is not None
     assert meta.thresholds["0.5"] == 0.5 and 0 < meta.thresholds["best"] < 1
     assert meta.training["epochs_run"] == 3
-    # --precision auto (the default) trains in bf16 exactly where the CPU has bf16 natively (recorded by
-    # its canonical name).
-    assert meta.training["precision"] == ("bf16" if cpu_has_native_bf16() else "32")
+    # --precision auto (the default) trains in what measured fastest on this CPU (recorded by its
+    # canonical name): bf16 only where the CPU has bf16 natively.
+    assert meta.training["precision"] in (("32", "bf16") if cpu_has_native_bf16() else ("32",))
     best = torch.load(reference / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     net = build_model("unet", in_channels=3, filters=8)
     net.load_state_dict({k.removeprefix("net."): v for k, v in best["state_dict"].items()})
