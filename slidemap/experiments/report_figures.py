@@ -73,7 +73,7 @@ def transfer_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
     archs = list(dict.fromkeys(matrix["architecture"]))
     scenarios = list(dict.fromkeys(matrix["scenario"]))
     sites = list(dict.fromkeys(matrix["test_site"]))
-    fig = agg_figure(1.2 + (1.6 * len(sites) + 1.4) * len(archs), 1.2 + 0.6 * len(scenarios))
+    fig = agg_figure(1.0 + (1.3 * len(sites) + 1.0) * len(archs), 1.2 + 0.6 * len(scenarios))
     fig.set_layout_engine("constrained")
     axes = fig.subplots(1, len(archs), squeeze=False)[0]
     for ax, arch in zip(axes, archs, strict=True):
