@@ -26,6 +26,7 @@ from slidemap.raster.postprocess import (
     choose_postprocess,
     clean,
     decide,
+    min_size_cap,
     object_scores,
 )
 
@@ -135,6 +136,22 @@ def test_choice_beats_the_threshold_alone_with_fewer_false_alarms():
     assert best.f1 >= top - F1_TIE
     assert best.false_alarms == min(c.false_alarms for c in result.tried if c.f1 >= top - F1_TIE)
     assert choose_postprocess(prob, np.zeros_like(truth)) is None  # nothing to learn from
+
+
+def test_minimum_size_is_capped_by_the_smallest_training_landslides():
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[0, 5:9, 5:10] = 1  # 20 px
+    masks[0, 20:26, 20:26] = 1  # 36 px
+    masks[1, 10:20, 10:20] = 1  # 100 px
+    masks[2, 0:2, 0:3] = 1  # 6 px but cut by the chip's edge: its size is unknown
+    masks[2, 10:12, 10:12] = 255
+    assert min_size_cap(masks) == int(np.percentile([20, 36, 100], 5) // 2) == 10
+    assert min_size_cap(np.zeros((2, 8, 8), np.uint8)) is None
+    rng = np.random.default_rng(1)
+    truth = (rng.random((4, 32, 32)) < 0.2).astype(np.uint8)
+    prob = np.where(truth == 1, 0.9, 0.1).astype(np.float32)
+    capped = choose_postprocess(prob, truth, max_min_pixels=4)
+    assert {c.min_pixels for c in capped.tried} == {0, 2, 4}
 
 
 def test_decide_applies_the_bundle_to_scenes_and_0_5_to_patches():

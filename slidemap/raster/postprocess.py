@@ -40,6 +40,8 @@ HOLES = (0, 16, 64)
 MIN_PIXELS = (0, 2, 4, 6, 9, 12, 16, 25, 36, 50, 75, 100, 150, 200, 300)
 F1_TIE = 0.001
 """Validation F1 values this close count as a tie, decided by fewer false-alarm objects."""
+SMALL_QUANTILE = 5.0
+"""The smallest landslides: this percentile of the training masks' landslide sizes (see min_size_cap)."""
 TOP_THRESHOLDS = 3
 """Thresholds (best by F1 with a minimum size alone) for which every clean-up is tried."""
 CROSS = ndimage.generate_binary_structure(2, 1)
@@ -251,17 +253,39 @@ def _pick(choices: Sequence[Choice]) -> Choice:
     return min((c for c in choices if c.f1 >= top - F1_TIE), key=Choice.key)
 
 
+def min_size_cap(masks: np.ndarray, quantile: float = SMALL_QUANTILE) -> int | None:
+    """Half the size of the smallest landslides (the ``quantile`` % of those wholly inside a chip, 4-connected)
+    in chip masks (n, h, w): the largest minimum object size worth trying. None without such a landslide.
+
+    On validation chips that happen to hold no small landslide, dropping objects up to the size of real
+    ones costs no F1 and removes false alarms, so the tie-break would take it; elsewhere it deletes true
+    landslides. The training inventory says how small landslides come."""
+    m = np.asarray(masks) == 1
+    if m.ndim == 2:
+        m = m[None]
+    labels, n = ndimage.label(m, _connectivity(m.ndim))
+    if not n:
+        return None
+    size = np.bincount(labels.ravel(), minlength=n + 1)
+    cut = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[..., 0, :], labels[..., -1, :], labels[..., :, 0], labels[..., :, -1]):
+        cut[np.unique(edge)] = True
+    whole = size[1:][~cut[1:]]
+    return int(np.percentile(whole, quantile) // 2) if whole.size else None
+
+
 def choose_postprocess(prob: np.ndarray, truth: np.ndarray, reference_threshold: float = 0.5,
                        thresholds: Sequence[float] = THRESHOLDS, radii: Sequence[int] = RADII,
-                       holes: Sequence[int] = HOLES, min_pixels: Sequence[int] = MIN_PIXELS
-                       ) -> ValidationResult | None:
+                       holes: Sequence[int] = HOLES, min_pixels: Sequence[int] = MIN_PIXELS,
+                       max_min_pixels: int | None = None) -> ValidationResult | None:
     """Choose the threshold, clean-up and minimum object size on validation chips.
 
     ``prob`` (n, h, w) probabilities, ``truth`` (n, h, w) uint8 (1 landslide, 0 background, 255 unknown or
     nodata: counted nowhere, nor cleaned as landslide). Every threshold is scored with minimum sizes alone;
     for the :data:`TOP_THRESHOLDS` best, every opening x closing x hole size too. Returns None when the
     chips hold no landslide pixel (nothing to learn from). ``reference`` is ``reference_threshold`` (the
-    pixel-F1 optimum) without any post-processing, for comparison.
+    pixel-F1 optimum) without any post-processing, for comparison. ``max_min_pixels`` caps the minimum
+    object sizes tried (:func:`min_size_cap` of the training masks).
     """
     prob = np.asarray(prob, dtype=np.float32)
     truth = np.asarray(truth)
@@ -270,6 +294,8 @@ def choose_postprocess(prob: np.ndarray, truth: np.ndarray, reference_threshold:
     if not np.any(truth == 1):
         return None
     valid = truth != 255
+    if max_min_pixels is not None:
+        min_pixels = [m for m in min_pixels if m <= max_min_pixels] or [0]
     tried: list[Choice] = []
     per_threshold = {}
     for t in thresholds:

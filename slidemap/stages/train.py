@@ -44,7 +44,7 @@ from slidemap.nn.bundle import save_bundle
 from slidemap.nn.device import check_precision, resolve_device, resolve_precision
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
-from slidemap.raster.postprocess import choose_postprocess
+from slidemap.raster.postprocess import choose_postprocess, min_size_cap
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Paths, StageOptions, StageResult
@@ -219,7 +219,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
     threshold, f1_best = best_threshold(prob, truth)
     if f1_best <= f1_half:  # no threshold beats 0.5 (e.g. nothing to find): keep 0.5
         threshold, f1_best = 0.5, f1_half
-    postprocess = _postprocess(prob, truth, threshold, _pixel_area_m2(o.chips))
+    postprocess = _postprocess(prob, truth, threshold, _pixel_area_m2(o.chips), min_size_cap(masks.numpy()))
 
     log = outcome.log
     best = min(log.rows, key=lambda r: (r["val_loss"], r["epoch"]))
@@ -249,11 +249,12 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, precision:
 
 # --- post-processing chosen on the validation chips -----------------------------------------------
 
-def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float,
-                 pixel_area_m2: float | None) -> PostProcess | None:
-    """Threshold, clean-up and minimum object size maximising validation F1 (``slidemap.raster.postprocess``);
-    None when the validation chips hold no landslide."""
-    result = choose_postprocess(prob, truth, reference_threshold=pixel_threshold)
+def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float, pixel_area_m2: float | None,
+                 max_min_pixels: int | None) -> PostProcess | None:
+    """Threshold, clean-up and minimum object size maximising validation F1 (``slidemap.raster.postprocess``),
+    the minimum size at most half the smallest landslides of the chip masks; None when the validation chips
+    hold no landslide."""
+    result = choose_postprocess(prob, truth, reference_threshold=pixel_threshold, max_min_pixels=max_min_pixels)
     if result is None:
         return None
     b, r = result.best, result.reference
@@ -264,7 +265,8 @@ def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float,
         validation={"f1": round(b.f1, 4), "false_alarms": b.false_alarms, "objects": b.objects,
                     "reference_threshold": r.threshold, "reference_f1": round(r.f1, 4),
                     "reference_false_alarms": r.false_alarms, "reference_objects": r.objects,
-                    "candidates": len(result.tried)})
+                    "candidates": len(result.tried), "max_min_pixels": -1 if max_min_pixels is None
+                    else max_min_pixels})
 
 
 def _training_stats(chips: Sequence[Path], normalise: Normaliser) -> dict[str, BandStats]:
