@@ -5,13 +5,17 @@ training time) is predicted strip by strip by the engine of ``slidemap.nn.infere
 networks' 16-px grid, blended with tapered weights; see ``slidemap.raster.tiling``). Two passes:
 
 1. **probabilities**: each finished strip is masked (nodata: NaN in any used band, 255 in the scene's
-   mask, or outside ``--area``), thresholded, labelled (``slidemap.raster.components``: 4-connected,
-   summing area and probability per landslide) and written, in a writer thread, while the network runs on
-   the next strip; a reader thread reads and standardises the strip after that. Memory depends on the
+   mask, or outside ``--area``), thresholded, cleaned up (the bundle's post-processing learned on
+   validation, streamed with a halo of rows: ``slidemap.raster.postprocess``), labelled
+   (``slidemap.raster.components``: 4-connected, summing area and probability per landslide) and written,
+   in a writer thread, while the network runs on the next strip; a reader thread reads and standardises
+   the strip after that, gathering each band's statistics on the way for the domain-shift guard
+   (``slidemap.raster.shift``: one warning per band far from the training statistics). Memory depends on the
    region's width and the tile size, never on its height (peak RSS for 10,000² x 7 bands stays well under
    2 GiB, ``bench/bench_predict.py``).
 2. **mask and polygons**: the provisional labels are resolved into landslide ids; landslides smaller than
-   ``--min-area`` are dropped from both the polygons and ``mask.tif`` (so the two always agree), and the
+   ``--min-area`` (or the bundle's minimum size in pixels) are dropped from both the polygons and
+   ``mask.tif`` (so the two always agree), and the
    polygons are traced one block ahead in a thread and written as soon as a landslide ends.
 
 GDAL's reads, writes and polygonising and numpy's array work release the GIL, so the threads overlap the
@@ -21,7 +25,8 @@ network; every output is written in the same order and is byte-identical to a si
 (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under ``--float``), ``mask.tif`` (uint8
 1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
 ``landslides.gpkg`` (one polygon per landslide, columns id, area_m2, mean_probability);
-``prediction.json``. ``probability.tif`` keeps the raw probabilities.
+``prediction.json``; ``probability.qml`` and ``mask.qml`` (QGIS styles). ``probability.tif`` keeps the raw
+probabilities (scale 1/254 for uint8, so a GIS shows 0-1).
 """
 
 from __future__ import annotations
