@@ -88,7 +88,7 @@ def predict(model, out, scene=None, area=None, images=None, dem=None, tile=512, 
     result = stage.run(stage.PredictOptions(
         model=model, out=out, scene=scene, area=area, images=images, dem=dem, tile=tile, overlap=overlap,
         threshold=threshold, min_area=min_area, batch_size=batch_size, device=device, as_float=as_float,
-        evaluate=evaluate, precision=precision))
+        evaluate=evaluate, precision=precision, postprocess="none"))  # 0.1 had no post-processing
     m = result.meta
     d: dict[str, Any] = {"prediction": str(out), "probability": str(Path(out) / "probability.tif"),
                          "mask": str(Path(out) / "mask.tif"), "polygons": str(Path(out) / "landslides.gpkg"),
@@ -114,7 +114,7 @@ def predict_patches(model, chips, out, threshold="best", batch_size=4, device="a
 
     result = stage.run(stage.PredictOptions(model=model, out=out, chips=chips, threshold=threshold,
                                             batch_size=batch_size, device=device, evaluate=evaluate,
-                                            previews=previews, precision=precision))
+                                            previews=previews, precision=precision, postprocess="none"))
     d: dict[str, Any] = {"out": str(out), "patches": result.meta.count, "threshold": round(result.meta.threshold, 4),
                          "previews": result.previews, "landslide_pixels": result.meta.landslide_pixels}
     if result.evaluation is not None:

@@ -64,6 +64,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class PostMode(StrEnum):
+    auto = "auto"
+    bundle = "bundle"
+    none = "none"
+
+
 class Axis(StrEnum):
     x = "x"
     y = "y"
@@ -281,9 +287,17 @@ def predict(
     tile: int = typer.Option(512, help="Tile size in pixels (a multiple of 16)."),
     overlap: int = typer.Option(64, help="Overlap between tiles in pixels; tile minus overlap must be a "
                                 "multiple of 16 (more overlap: closer to one-pass prediction, slower)."),
-    threshold: str = typer.Option("best", help="'best' (validation F1 optimum), '0.5' or a number."),
-    min_area: float = typer.Option(0.0, help="Drop predicted landslides smaller than this (m²) from the "
-                                   "polygons and from mask.tif."),
+    threshold: str | None = typer.Option(None, help="'best' (validation pixel-F1 optimum), '0.5' or a number; "
+                                         "default: the bundle's post-processing threshold, else 'best' "
+                                         "(patch sets: 0.5, as Landslide4Sense's arg-max)."),
+    min_area: float | None = typer.Option(None, help="Drop predicted landslides smaller than this (m²) from "
+                                          "the polygons and mask.tif; default: the bundle's minimum size."),
+    postprocess: PostMode = typer.Option(PostMode.auto, help="auto: apply the clean-up learned on the "
+                                         "validation chips (threshold, opening/closing, hole filling, minimum "
+                                         "size) to scenes, not to patch sets; bundle: to both; none: off."),
+    submission: bool = typer.Option(False, "--submission", help="With --chips: also write OUT/submission/ "
+                                    "holding only the mask_N.h5 files, and OUT/submission.zip (masks at its "
+                                    "root), as Landslide4Sense submissions are made."),
     batch_size: int = typer.Option(4, help="Tiles per forward pass (scenes: run side by side as one wide "
                                    "tile, so their overlaps are computed once)."),
     device: Device = typer.Option(Device.auto, help="Inference device."),
@@ -307,7 +321,7 @@ def predict(
         done, failed, merged = predict_scenes(
             model, scenes, out, dem=dem, workers=workers, ray=ray, log=lambda t: typer.echo(t, err=True),
             tile=tile, overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
-            device=device.value, as_float=as_float, precision=precision)
+            device=device.value, as_float=as_float, precision=precision, postprocess=postprocess.value)
         typer.echo(f"predictions {out}: {done} scenes done, {failed} failed; all landslides in {merged}")
         if failed:
             raise typer.Exit(1)
@@ -317,13 +331,16 @@ def predict(
         model=model, out=out, scene=scene, area=area, images=image or None, dem=dem,
         pre_images=pre_image or None, chips=chips, tile=tile,
         overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size, device=device.value,
-        as_float=as_float, evaluate=evaluate, precision=precision, engine=engine)
+        as_float=as_float, evaluate=evaluate, precision=precision, engine=engine,
+        postprocess=postprocess.value, submission=submission)
     with _warnings_as_lines():
         result = stage.run(options)
     m = result.meta
     if m.kind == "patches":
-        typer.echo(f"prediction {result.path}: {m.count} patch masks, threshold {m.threshold:.4f}, "
-                   f"{m.landslide_pixels} landslide pixels, {result.previews} previews")
+        typer.echo(f"prediction {result.path}: {m.count} patch masks, threshold {m.threshold:.4f} "
+                   f"({m.threshold_choice}), {m.landslide_pixels} landslide pixels, {result.previews} previews")
+        for name in m.submission:
+            typer.echo(f"  {name:16s} {result.path / name}")
     else:
         typer.echo(f"prediction {result.path}: {m.landslides} landslides, {m.landslide_km2:.4f} km² of "
                    f"{m.valid_km2:.3f} km² valid, threshold {m.threshold.value:.4f} ({m.threshold.which}), "

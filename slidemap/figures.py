@@ -144,38 +144,68 @@ def _ground_aspect(crs, lat: float) -> float:
 
 # --- error maps ------------------------------------------------------------------------------------
 
-def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
-    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour,
-    decimated to at most PNG_MAX_SIDE px."""
+def footprint_window(tif: Path, pad: int = 8):
+    """The window of an error map holding its valid pixels (class != 255), found on a decimated read and
+    padded by ``pad`` px: an area's footprint, without the empty corners of its bounding box or the scene's
+    nodata. None when it has no valid pixel."""
     import rasterio
-    from matplotlib.patches import Patch
+    from rasterio.windows import Window
 
     with rasterio.open(tif) as ds:
-        factor = max(1, math.ceil(max(ds.width, ds.height) / PNG_MAX_SIDE))
+        factor = max(1, math.ceil(max(ds.width, ds.height) / (2 * PNG_MAX_SIDE)))
         shape = (math.ceil(ds.height / factor), math.ceil(ds.width / factor))
-        cls = ds.read(1, out_shape=shape)
-        transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+        valid = ds.read(1, out_shape=shape) != NODATA_CLASS
+        if not valid.any():
+            return None
+        rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+        r0, r1 = max(0, rows[0] * factor - pad), min(ds.height, (rows[-1] + 1) * factor + pad)
+        c0, c1 = max(0, cols[0] * factor - pad), min(ds.width, (cols[-1] + 1) * factor + pad)
+        return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
+    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour,
+    cropped to the area's valid footprint and decimated to at most PNG_MAX_SIDE px.
+
+    Inside the area the image is drawn as it is under TP/FP/FN; outside it (within the crop) it is faded
+    to a light wash, so that a thin or diagonal area keeps its landscape around it instead of a grey
+    canvas; where the image itself has no data it is grey.
+    """
+    import rasterio
+    from matplotlib.patches import Patch
+    from rasterio.windows import Window
+
+    with rasterio.open(tif) as ds:
+        win = footprint_window(tif) or Window(0, 0, ds.width, ds.height)
+        factor = max(1, math.ceil(max(win.width, win.height) / PNG_MAX_SIDE))
+        shape = (math.ceil(win.height / factor), math.ceil(win.width / factor))
+        cls = ds.read(1, window=win, out_shape=shape)
+        transform = ds.window_transform(win) @ Affine.scale(win.width / shape[1], win.height / shape[0])
         crs = ds.crs
     rgba = read_true_colour(stack_path, bands, crs, transform, shape)
-    # Image nodata mid-grey, not black: under the map's nodata shading it matches the legend's grey.
-    image = on_grey(rgba) if rgba is not None else np.full((*shape, 3), 0.55)
+    has_image = rgba[..., 3] > 0 if rgba is not None else np.zeros(shape, dtype=bool)
+    image = on_grey(rgba, 0.55) if rgba is not None else np.full((*shape, 3), 0.55)
+    outside = cls == NODATA_CLASS
+    image[outside & has_image] = 0.35 * image[outside & has_image] + 0.65  # faded: outside the area
+    image[_outline(~outside)] = (0.1, 0.1, 0.1)  # the area's edge
     overlay = np.zeros((*shape, 4))
-    overlay[cls == NODATA_CLASS] = (0, 0, 0, 0.55)
     for k in (TP, FP, FN):
         overlay[cls == k] = (*(c / 255 for c in CLASS_COLOURS[k]), 0.85)
     h, w = shape
     scale = min(max(1.0, 760 / w), max(1.0, 1600 / h))  # small areas drawn larger, never past 1600 px
-    disp_w, disp_h, header, fig_w = w * scale, h * scale, 64, max(w * scale, 760)
+    disp_w, disp_h, header, fig_w = w * scale, h * scale, 84, max(w * scale, 760)
     fig = agg_figure(fig_w / 100, (disp_h + header) / 100)
     ax = fig.add_axes(((fig_w - disp_w) / 2 / fig_w, 0, disp_w / fig_w, disp_h / (disp_h + header)))
     ax.imshow(image, interpolation="nearest")
     ax.imshow(overlay, interpolation="nearest")
     ax.set_axis_off()
     handles = [Patch(color=np.array(CLASS_COLOURS[k]) / 255, label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
-    handles.append(Patch(color=(0.3, 0.3, 0.3), label="nodata / outside area"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=9, frameon=False,
+    handles.append(Patch(facecolor=(0.85, 0.85, 0.85), edgecolor=(0.1, 0.1, 0.1),
+                         label="outside the area or no truth"))
+    handles.append(Patch(color=(0.55, 0.55, 0.55), label="no image data"))
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.2)
-    fig.text(0.5, 1 - 40 / (disp_h + header), title, ha="center", va="top", fontsize=9)
+    fig.text(0.5, 1 - 60 / (disp_h + header), title, ha="center", va="top", fontsize=9)
     return save_png(fig, png)
 
 

@@ -444,3 +444,106 @@ def test_predict_refuses_missing_bands(tmp_path):
         predict_patches(bundle, chips.path, tmp_path / "pred", device="cpu")
     one_line_error(e, "nir", "chips")
     assert not (tmp_path / "pred").exists()
+
+
+# --- as participants use it ---------------------------------------------------------------------------
+
+def _lively_patch_bundle(tmp_path: Path, chips: ChipSet, **meta) -> Path:
+    """A bundle over all 14 bands whose mask of the first patch is about half landslide."""
+    from slidemap.nn.bundle import load_bundle, save_bundle
+
+    stats = {b: {"mean": float(s.mean), "std": float(s.std), "min": s.min, "max": s.max}
+             for b, s in chips.stats.items()}
+    x = np.asarray(chips.images[:1], np.float32).copy()
+    x = np.nan_to_num((x - np.array([s["mean"] for s in stats.values()], np.float32)[:, None, None])
+                      / np.array([s["std"] for s in stats.values()], np.float32)[:, None, None])
+    path = tiny_bundle(tmp_path / "base.pt", list(L4S_BANDS), stats, centre_on=x.astype(np.float32))
+    b = load_bundle(path)
+    return save_bundle(tmp_path / "bundle.pt", b.build_model(), b.meta.model_copy(update=meta))
+
+
+def test_submission_folder_holds_only_the_masks_and_the_zip_has_no_folder(tmp_path, capsys):
+    import zipfile
+
+    chips = import_l4s(make_l4s(tmp_path / "ValidData", [4, 9, 12]), tmp_path / "chips")
+    bundle = _lively_patch_bundle(tmp_path, chips)
+    out = tmp_path / "pred"
+    assert main(["predict", str(bundle), "--chips", str(chips.path), "--out", str(out), "--submission",
+                 "--device", "cpu", "--precision", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "submission.zip" in printed and "threshold 0.5000 (0.5)" in printed
+    names = ["mask_4.h5", "mask_9.h5", "mask_12.h5"]
+    assert sorted(p.name for p in (out / "submission").iterdir()) == sorted(names)
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert z.namelist() == names  # at the root, in patch order, nothing else
+        for n in names:
+            assert z.read(n) == (out / n).read_bytes() == (out / "submission" / n).read_bytes()
+    info = json.loads((out / "prediction.json").read_text())
+    assert info["submission"] == ["submission", "submission.zip"]
+    again = tmp_path / "again"
+    predict_patches(bundle, chips.path, again, submission=True, device="cpu", precision="32")
+    assert (again / "submission.zip").read_bytes() == (out / "submission.zip").read_bytes()
+    # --submission is for patch sets only
+    with pytest.raises(Exception, match="--submission goes with --chips"):
+        predict.PredictOptions(model=bundle, out=tmp_path / "x", scene=tmp_path, submission=True)
+
+
+def test_patch_sets_default_to_0_5_unless_the_validation_threshold_is_asked_for(tmp_path):
+    """A 2-epoch model's 'best' threshold of 0.01 marked every pixel as landslide: patch sets default to
+    0.5, the benchmark's arg-max."""
+    from slidemap.formats.bundle import PostProcess
+
+    chips = import_l4s(make_l4s(tmp_path / "d", [1, 2]), tmp_path / "chips")
+    bundle = _lively_patch_bundle(tmp_path, chips, thresholds={"0.5": 0.5, "best": 0.01},
+                                  postprocess=PostProcess(threshold=0.2, min_pixels=4))
+    default = predict_patches(bundle, chips.path, tmp_path / "p0", device="cpu", precision="32").meta
+    assert (default.threshold, default.threshold_choice) == (0.5, "0.5")
+    assert default.postprocess["source"] == "none"
+    best = predict_patches(bundle, chips.path, tmp_path / "p1", threshold="best", device="cpu",
+                           precision="32").meta
+    assert (best.threshold, best.threshold_choice) == (0.01, "best")
+    learned = predict_patches(bundle, chips.path, tmp_path / "p2", postprocess="bundle", device="cpu",
+                              precision="32").meta
+    assert (learned.threshold, learned.threshold_choice, learned.postprocess["min_pixels"]) == \
+        (0.2, "postprocess", 4)
+    assert best.landslide_pixels > default.landslide_pixels
+    with pytest.raises(Exception, match="--min-area goes with scenes"):
+        predict.PredictOptions(model=bundle, out=tmp_path / "x", chips=chips.path, min_area=100.0)
+
+
+@pytest.mark.parametrize("value", [2, 255, 0.5])
+def test_prediction_values_outside_0_1_are_an_error(tmp_path, value):
+    chips = import_l4s(make_l4s(tmp_path / "d", [1]), tmp_path / "chips")
+    pred = write_prediction(tmp_path / "pred", chips, [np.zeros((128, 128), np.uint8)])
+    bad = np.zeros((128, 128), np.float32 if value == 0.5 else np.uint8)
+    bad[5, 5] = value
+    with h5py.File(pred / "mask_1.h5", "w") as f:
+        f.create_dataset("mask", data=bad)
+    with pytest.raises(UserError) as e:
+        evaluate_patches(pred, chips.path)
+    one_line_error(e, "mask_1.h5")
+    assert not (pred / "metrics.json").exists()
+
+
+def test_validation_prediction_scored_against_the_training_split_is_refused(tmp_path):
+    """TrainData and ValidData share image numbers; a prediction of the validation split scored against
+    the training split's chip set would print a plausible wrong F1: it is refused by chips.json's hash.
+    Importing the same folder again gives the same chip set (the same hash), which is accepted."""
+    train = import_l4s(make_l4s(tmp_path / "TrainData", [1, 2, 3], seed=0), tmp_path / "train")
+    valid = import_l4s(make_l4s(tmp_path / "ValidData", [1, 2, 3], seed=5), tmp_path / "valid")
+    bundle = _lively_patch_bundle(tmp_path, valid)
+    pred = tmp_path / "pred"
+    predict_patches(bundle, valid.path, pred, device="cpu", precision="32")
+    assert main(["evaluate", str(pred), "--truth", str(train.path)]) == 2
+    with pytest.raises(UserError) as e:
+        evaluate_patches(pred, train.path)
+    one_line_error(e, str(train.path), "not the chip set", "valid")
+    again = import_l4s(tmp_path / "ValidData", tmp_path / "valid_again")
+    assert evaluate_patches(pred, again.path).metrics.patches == 3
+    assert evaluate_patches(pred, valid.path).metrics.patches == 3
+
+
+def test_l4s_help_points_to_predict_and_evaluate(capsys):
+    assert main(["l4s", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "predict MODEL --chips CHIPS" in text and "evaluate PRED --truth CHIPS" in text

@@ -163,7 +163,8 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
         if metrics is None:
             predict.run(predict.PredictOptions(model=bundle, out=folder, scene=Path(scene), area=area.name,
                                                tile=p.tile, overlap=p.overlap, threshold=p.threshold,
-                                               min_area=p.min_area, batch_size=p.batch_size,
+                                               min_area=p.min_area, postprocess=p.postprocess,
+                                               batch_size=p.batch_size,
                                                device=job.spec.training.device,
                                                precision=job.spec.training.precision))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene), areas=[area.name],

@@ -180,6 +180,8 @@ class Predict(SpecModel):
     overlap: int = 64
     threshold: str | float = "best"
     min_area: float = Field(0.0, ge=0)
+    # the studies scored the thresholded mask as it came; "auto" applies the clean-up learned on validation
+    postprocess: Literal["auto", "bundle", "none"] = "none"
     batch_size: int = Field(4, ge=1)
 
 

@@ -27,14 +27,19 @@ MAX_BANDS = 64
 
 
 class PostProcess(Record):
-    """Clean-up applied to the thresholded mask (learned on validation chips, see the train stage)."""
+    """Post-processing of the thresholded mask, chosen on the validation chips after training
+    (``slidemap.raster.postprocess``): threshold, opening and closing radii (px), holes of at most
+    ``fill_holes`` px filled, objects of fewer than ``min_pixels`` px dropped. ``validation`` holds what it
+    scored there (``f1``, ``false_alarms``, ``objects``) and the same for the pixel-F1 threshold alone
+    (``reference_*``)."""
 
     threshold: float = Field(0.5, ge=0, le=1)
-    min_area_m2: float = Field(0.0, ge=0)
-    min_pixels: int = Field(0, ge=0)
     opening: int = Field(0, ge=0, le=16)
     closing: int = Field(0, ge=0, le=16)
-    fill_holes: bool = False
+    fill_holes: int = Field(0, ge=0, le=4096)
+    min_pixels: int = Field(0, ge=0)
+    min_area_m2: float | None = Field(None, ge=0)  # min_pixels on the training grid, where it is known
+    validation: dict[str, float] = {}
 
 
 class BundleMeta(Sidecar):

@@ -42,6 +42,9 @@ class ScenePrediction(Sidecar):
     crs: str
     transform: list[float] = Field(min_length=6)
     threshold: Threshold
+    postprocess: dict[str, Any] = {}  # what turned probabilities into the mask (slidemap.raster.postprocess)
+    input_stats: dict[str, dict[str, Any]] = {}  # per band, over the pixels read (the domain-shift guard)
+    shift_warnings: list[str] = []
     tile: int = Field(gt=0)
     overlap: int = Field(ge=0)
     blend_margin: int = Field(ge=0)
@@ -78,6 +81,10 @@ class PatchPrediction(Sidecar):
     model: str
     threshold: float = Field(ge=0, le=1)
     threshold_choice: str = ""
+    postprocess: dict[str, Any] = {}
+    input_stats: dict[str, dict[str, Any]] = {}
+    shift_warnings: list[str] = []
+    submission: list[str] = []  # the folder (and zip) holding only the masks, relative to the prediction
     bands: list[str]
     count: int = Field(ge=0)
     masks: list[str]

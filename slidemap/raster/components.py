@@ -20,6 +20,9 @@ import numpy as np
 from rasterio.windows import Window
 from scipy import ndimage
 
+PIXELS = "pixels"
+"""Key of :meth:`ComponentLabeler.resolve`'s ``keep`` meaning an object's pixel count."""
+
 
 def merge_labels(n: int, pairs: np.ndarray) -> np.ndarray:
     """Component of each of ``n`` nodes joined by ``pairs`` (M, 2), numbered 0, 1, ... in the order of
@@ -119,7 +122,8 @@ class ComponentLabeler:
 
     def resolve(self, keep: Mapping[str, float] | None = None) -> Components:
         """Merge labels across seams; final ids 1..k follow each object's first label (top-most block
-        first). ``keep`` (``{weight: minimum}``) drops objects whose summed weight is below the minimum."""
+        first). ``keep`` (``{weight: minimum}``) drops objects whose summed weight (or pixel count, for
+        :data:`PIXELS`) is below the minimum."""
         n = self.count
         pairs = np.concatenate(self._pairs) if self._pairs else np.zeros((0, 2), dtype=np.int64)
         comp = merge_labels(n + 1, pairs)  # node 0 = background, its own component 0
@@ -137,7 +141,7 @@ class ComponentLabeler:
         bottom = bottom[1:]
         kept = np.ones(k - 1, dtype=bool)
         for name, minimum in (keep or {}).items():
-            kept &= sums[name] >= minimum
+            kept &= (pixels if name == PIXELS else sums[name]) >= minimum
         final = np.zeros(k, dtype=np.int32)
         final[1:][kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
         return Components(lut=final[comp], pixels=pixels[kept], sums={m: s[kept] for m, s in sums.items()},

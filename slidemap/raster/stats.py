@@ -49,6 +49,21 @@ class RunningStats:
         hi = np.where(ok, v, -np.inf).max(axis=1, keepdims=True)
         self._merge(slice(0, 1), nb, mb, m2b, lo, hi)
 
+    def add_finite(self, values: np.ndarray) -> None:
+        """Add pixels ``values`` (C, ...) to slot 0, NaN and infinities not counted, one band at a time
+        (float64 temporaries of one band only: cheap enough for every strip a prediction reads)."""
+        v = np.asarray(values).reshape(self.bands, -1)
+        nb, mb, m2b = np.zeros((self.bands, 1)), np.zeros((self.bands, 1)), np.zeros((self.bands, 1))
+        lo, hi = np.full((self.bands, 1), np.inf), np.full((self.bands, 1), -np.inf)
+        for i in range(self.bands):
+            x = v[i][np.isfinite(v[i])]
+            if x.size:
+                nb[i], mb[i] = x.size, x.mean(dtype=np.float64)
+                m2b[i] = np.square(x - mb[i, 0], dtype=np.float64).sum()
+                lo[i], hi[i] = x.min(), x.max()
+        if nb.any():
+            self._merge(slice(0, 1), nb, mb, m2b, lo, hi)
+
     def add_lines(self, block: np.ndarray, counted: np.ndarray, axis: str, first: int) -> None:
         """Add the ``counted`` pixels of ``block`` (C, H, W), each column (``axis="x"``) or row (``"y"``)
         to its own slot, the block's first column/row being slot ``first``."""

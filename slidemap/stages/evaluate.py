@@ -58,6 +58,7 @@ from slidemap.raster.metrics import (
     scores,
 )
 from slidemap.raster.metrics import NODATA_CLASS as NODATA
+from slidemap.stages.maps import write_error_map_style
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import evaluate_patches
 
@@ -150,6 +151,7 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
             stem = f"error_map_{_slug(name)}"
             row = _evaluate_area(pred_ds, read_truth, grid, geoms[name], window, pred_dir / f"{stem}.tif",
                                  object_overlap, block)
+            write_error_map_style(pred_dir / f"{stem}.tif")  # the legend in QGIS
             row.update(area=name, role=roles[name], coverage=coverage)
             rows.append(row)
         if not rows:

@@ -11,6 +11,7 @@ many all-background patches do not dominate as a per-patch mean would.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,27 @@ from slidemap.nn.inference import TileRunner
 from slidemap.nn.normalise import match_bands
 from slidemap.progress import track
 from slidemap.raster.metrics import Counts, confusion, scores
+from slidemap.raster.postprocess import Decision
+from slidemap.raster.shift import InputStats
 from slidemap.sources.l4s import mask_name, read_mask, write_mask
+from slidemap.stages.maps import warn_shift
+
+SUBMISSION = "submission"
 
 
-def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | float, batch_size: int,
-                    device: str, precision: str, previews: int = 24, runner=None,
+def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
+                    device: str, precision: str, previews: int = 24, submission: bool = False, runner=None,
                     choice: dict | None = None) -> tuple[PatchPrediction, int]:
     """Predict every patch of a chip set into ``out`` (replaced atomically); returns its description and
     the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
+
+    ``decision`` turns probabilities into masks (for patch datasets by default 0.5 and nothing else, as the
+    benchmark's arg-max). With ``submission`` the masks are also gathered, and nothing else, in
+    ``out/submission/`` and ``out/submission.zip`` (the masks at the zip's root), as the benchmark asks.
     """
     chipset = ChipSet(chips, "--chips")
-    th = bundle.threshold(threshold)
-    idx = match_bands(bundle.bands, chipset.bands, f"--chips {chipset.path}", bundle.name)
+    where = f"--chips {chipset.path}"
+    idx = match_bands(bundle.bands, chipset.bands, where, bundle.name)
     normalise = bundle.normaliser()
     if runner is None:
         runner = TileRunner(bundle.build_model(), device, precision)
@@ -47,29 +57,57 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, threshold: str | flo
         raise UserError(f"--chips {chipset.path}: windows.csv does not name each chip once; import it again")
     show = set(_preview_indexes(n, previews))
     positive_px = 0
+    seen = InputStats(bundle.bands)
     inputs = [p for p in (bundle.path, chipset.path) if p is not None]
     with atomic_dir(out, "prediction.json", inputs, "prediction") as tmp:
         (tmp / "previews").mkdir()
         for start in track(range(0, n, batch_size), "predicting patches", -(-n // batch_size)):
             stop = min(start + batch_size, n)
             raw = np.asarray(chipset.images[start:stop], dtype=np.float32)[:, idx]
+            seen.add(raw)
             prob = runner(normalise(raw.copy()))
+            masks = decision.apply(prob)
             for k, i in enumerate(range(start, stop)):
-                pred = (prob[k] >= th).astype(np.uint8)
+                pred = masks[k].astype(np.uint8)
                 positive_px += int(pred.sum())
                 write_mask(tmp / names[i], pred)
                 if i in show:
                     truth = None if chipset.masks is None else np.asarray(chipset.masks[i])
                     patch_preview(raw[k], bundle.bands, pred, truth,
                                   tmp / "previews" / f"{Path(names[i]).stem}.png")
+        shift = warn_shift(bundle, seen, where)
+        packed = _submission(tmp, names) if submission else []
         meta = PatchPrediction(
             chips=str(chipset.path.resolve()), chips_sha256=sha256(chipset.path / "chips.json"),
-            model=bundle.name, threshold=th, threshold_choice=str(threshold), bands=bundle.bands, count=n,
+            model=bundle.name, threshold=decision.threshold, threshold_choice=decision.which,
+            postprocess=decision.record(), input_stats=seen.as_dict(), shift_warnings=shift,
+            submission=packed, bands=bundle.bands, count=n,
             masks=names, sources=[w.get("source", "") for w in chipset.windows],
             landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision,
             engine=getattr(runner, "engine", "torch"), engine_choice=choice or {})
         meta.save(tmp / "prediction.json")
     return meta, len(show)
+
+
+def _submission(folder: Path, names: list[str]) -> list[str]:
+    """``submission/`` holding only the masks (hard links where the file system allows) and
+    ``submission.zip`` with the masks at its root, in patch order; returns both names."""
+    import os
+    import zipfile
+
+    sub = folder / SUBMISSION
+    sub.mkdir()
+    for name in names:
+        try:
+            os.link(folder / name, sub / name)
+        except OSError:
+            shutil.copyfile(folder / name, sub / name)
+    with zipfile.ZipFile(folder / f"{SUBMISSION}.zip", "w") as z:
+        for name in names:  # a fixed date: the same masks give the same zip
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, (sub / name).read_bytes())
+    return [SUBMISSION, f"{SUBMISSION}.zip"]
 
 
 def _preview_indexes(n: int, previews: int) -> list[int]:

@@ -5,13 +5,17 @@ training time) is predicted strip by strip by the engine of ``slidemap.nn.infere
 networks' 16-px grid, blended with tapered weights; see ``slidemap.raster.tiling``). Two passes:
 
 1. **probabilities**: each finished strip is masked (nodata: NaN in any used band, 255 in the scene's
-   mask, or outside ``--area``), thresholded, labelled (``slidemap.raster.components``: 4-connected,
-   summing area and probability per landslide) and written, in a writer thread, while the network runs on
-   the next strip; a reader thread reads and standardises the strip after that. Memory depends on the
+   mask, or outside ``--area``), thresholded, cleaned up (the bundle's post-processing learned on
+   validation, streamed with a halo of rows: ``slidemap.raster.postprocess``), labelled
+   (``slidemap.raster.components``: 4-connected, summing area and probability per landslide) and written,
+   in a writer thread, while the network runs on the next strip; a reader thread reads and standardises
+   the strip after that, gathering each band's statistics on the way for the domain-shift guard
+   (``slidemap.raster.shift``: one warning per band far from the training statistics). Memory depends on the
    region's width and the tile size, never on its height (peak RSS for 10,000² x 7 bands stays well under
    2 GiB, ``bench/bench_predict.py``).
 2. **mask and polygons**: the provisional labels are resolved into landslide ids; landslides smaller than
-   ``--min-area`` are dropped from both the polygons and ``mask.tif`` (so the two always agree), and the
+   ``--min-area`` (or the bundle's minimum size in pixels) are dropped from both the polygons and
+   ``mask.tif`` (so the two always agree), and the
    polygons are traced one block ahead in a thread and written as soon as a landslide ends.
 
 GDAL's reads, writes and polygonising and numpy's array work release the GIL, so the threads overlap the
@@ -21,7 +25,8 @@ network; every output is written in the same order and is byte-identical to a si
 (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under ``--float``), ``mask.tif`` (uint8
 1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
 ``landslides.gpkg`` (one polygon per landslide, columns id, area_m2, mean_probability);
-``prediction.json``. ``probability.tif`` keeps the raw probabilities.
+``prediction.json``; ``probability.qml`` and ``mask.qml`` (QGIS styles). ``probability.tif`` keeps the raw
+probabilities (scale 1/254 for uint8, so a GIS shows 0-1).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from slidemap.nn.inference import TileRunner, inference_probe, iter_probability_
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
 from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
+from slidemap.raster.components import PIXELS
 from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
 from slidemap.raster.polygons import (
     AREA,
@@ -73,9 +79,12 @@ from slidemap.raster.polygons import (
     landslide_labeler,
     polygon_pieces,
 )
+from slidemap.raster.postprocess import Decision, StripCleaner, decide
+from slidemap.raster.shift import InputStats
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.evaluate import EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
+from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import predict_patches
 
@@ -101,8 +110,10 @@ class PredictOptions(StageOptions):
     chips: Path | None = None
     tile: int = 512
     overlap: int = 64
-    threshold: str | float = "best"
-    min_area: float = Field(0.0, ge=0)
+    threshold: str | float | None = None  # None: the bundle's post-processing threshold, else "best" (0.5 for --chips)
+    min_area: float | None = Field(None, ge=0)  # None: the bundle's post-processing minimum size
+    postprocess: Literal["auto", "bundle", "none"] = "auto"
+    submission: bool = False
     batch_size: int = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     as_float: bool = False
@@ -126,6 +137,11 @@ class PredictOptions(StageOptions):
                              "layers)")
         if self.evaluate and self.images:
             raise ValueError("--evaluate needs --scene (or --chips) with a reference to compare against")
+        if self.min_area and self.chips:
+            raise ValueError("--min-area goes with scenes (patches have no georeference); use --postprocess "
+                             "bundle for the minimum object size learned in pixels")
+        if self.submission and self.chips is None:
+            raise ValueError("--submission goes with --chips (a Landslide4Sense patch set)")
         check_tiling(self.tile, self.overlap)
         check_precision(self.precision)
         check_engine(self.engine)
@@ -172,14 +188,15 @@ def run(options: PredictOptions) -> PredictResult:
     o = options
     t_start = time.perf_counter()
     bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "MODEL")
-    th = bundle.threshold(o.threshold)
+    decision = _decision(bundle, o)
     if o.chips is not None:
         from slidemap.formats.chips import ChipSet
 
         size = ChipSet(o.chips, "--chips").size
         choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, size)
-        meta, previews = predict_patches(bundle, o.chips, o.out, o.threshold, o.batch_size, o.device,
-                                         o.precision, o.previews, runner=runner, choice=choice.record())
+        meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
+                                         o.precision, o.previews, o.submission, runner=runner,
+                                         choice=choice.record())
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
         return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
     choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, o.tile)
@@ -195,13 +212,15 @@ def run(options: PredictOptions) -> PredictResult:
         band_idx = [i + 1 for i in match_bands(bundle.bands, sc.bands, where, bundle.name)]
         window, area_geoms = _window_of(sc, o.area)
         region = _Region(sc, band_idx, window, area_geoms)
+        seen = InputStats(bundle.bands)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused():
-            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, th)
+            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen)
+        shift = warn_shift(bundle, seen, where)
+        write_styles(tmp, o.as_float)
         if o.images is not None:
             shutil.rmtree(tmp / ".scene", ignore_errors=True)
         seconds = time.perf_counter() - t_start
         mpx = region.width * region.height / 1e6
-        which = str(o.threshold) if str(o.threshold) in bundle.meta.thresholds else "given"
         meta = ScenePrediction(
             model=bundle.name,
             bundle=bundle.meta.model_dump(include={"architecture", "model_args", "bands", "patch_size",
@@ -213,11 +232,13 @@ def run(options: PredictOptions) -> PredictResult:
             window={"col_off": int(window.col_off), "row_off": int(window.row_off),
                     "width": region.width, "height": region.height},
             crs=sc.crs.to_wkt(), transform=list(region.transform)[:6],
-            threshold=Threshold(value=th, which=which),
+            threshold=Threshold(value=decision.threshold, which=decision.which),
+            postprocess=decision.record(), input_stats=seen.as_dict(), shift_warnings=shift,
             tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
             engine=choice.engine, engine_choice=choice.record(),
-            probability_dtype="float32" if o.as_float else "uint8", min_area_m2=o.min_area, connectivity=4,
+            probability_dtype="float32" if o.as_float else "uint8", min_area_m2=decision.min_area_m2,
+            connectivity=4,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
         meta.save(tmp / "prediction.json")
     evaluation = None
@@ -326,6 +347,17 @@ def _build_runner(bundle: Bundle, setting: Setting, device, paths: dict[str, Pat
 
 # --- inputs ------------------------------------------------------------------------------------------
 
+def _decision(bundle: Bundle, o: PredictOptions) -> Decision:
+    """Threshold, clean-up and minimum object size: the bundle's post-processing (or 0.5 for patch
+    datasets, as the benchmark), with --threshold / --min-area overriding their part."""
+    given = None
+    if o.threshold is not None:
+        which = str(o.threshold) if str(o.threshold) in bundle.meta.thresholds else "given"
+        given = (bundle.threshold(o.threshold), which)
+    return decide(bundle.meta.postprocess, o.postprocess, bundle.threshold("best"), given, o.min_area,
+                  o.chips is not None, bundle.name)
+
+
 def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, pre_images: list[Path],
                     folder: Path) -> Scene:
     """Prepare bare images (+ DEM, + pre-event images) into a scene in ``folder`` exactly as at training
@@ -403,13 +435,13 @@ def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
 # --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
 def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                    o: PredictOptions, threshold: float) -> dict[str, Any]:
+                    o: PredictOptions, decision: Decision, seen: InputStats) -> dict[str, Any]:
     """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews."""
     t0 = time.perf_counter()
-    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, threshold)
+    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, decision, seen)
     t_predict = time.perf_counter() - t0
     t1 = time.perf_counter()
-    comps = labeler.resolve({AREA: o.min_area})
+    comps = labeler.resolve({AREA: decision.min_area_m2, PIXELS: decision.min_pixels})
     with pinned_gpkg_timestamp():
         _mask_and_polygons(region, comps, tmp)
     t_polygons = time.perf_counter() - t1
@@ -427,7 +459,7 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                      o: PredictOptions, threshold: float):
+                      o: PredictOptions, decision: Decision, seen: InputStats):
     from rasterio import features
 
     sc, width, height = region.scene, region.width, region.height
@@ -447,6 +479,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
                if sc.mask_path.exists() and not _mask_marks_unknown(sc) else None)
         prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
+        describe_probability(prob_ds, o.as_float)
         lab_ds = stack.enter_context(rasterio.open(
             tmp / ".labels.tif", "w", **gtiff_profile(width, height, 1, "int32", crs, transform)))
         prob_out, lab_out = RowWriter(prob_ds), RowWriter(lab_ds)
@@ -454,8 +487,18 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         task = progress.add_task("predict", total=total_km2)
 
         def read_rows(r0: int, r1: int) -> np.ndarray:
-            return read_block(src, stack_name, region.band_idx, Window(col0, row0 + r0, width, r1 - r0),
-                              "float32")
+            raw = read_block(src, stack_name, region.band_idx, Window(col0, row0 + r0, width, r1 - r0),
+                             "float32")
+            seen.add_rows(r0, raw)  # the domain-shift guard's statistics, gathered while reading
+            return raw
+
+        cleaner = StripCleaner(height, decision.cleanup)
+
+        def label_rows(strips: list[tuple]) -> None:
+            for r, binary, valid, prob in strips:
+                labels = label_strip(labeler, r, binary, prob, row_areas[r:r + len(binary)])
+                labels[~valid] = -1
+                lab_out.write(labels)
 
         def finish_strip(r0: int, prob: np.ndarray, valid: np.ndarray) -> float:
             """Mask, label and write one strip; returns its valid km². Runs in the writer thread."""
@@ -465,9 +508,8 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
             if region.area_geoms is not None:
                 valid &= features.geometry_mask(region.area_geoms, out_shape=(h, width), invert=True,
                                                 transform=transform @ Affine.translation(0, r0))
-            labels = label_strip(labeler, r0, valid & (prob >= threshold), prob, row_areas[r0:r0 + h])
-            labels[~valid] = -1
-            lab_out.write(labels)
+            # the clean-up is streamed too: strips come back final once enough rows below them are known
+            label_rows(cleaner.push(r0, valid & (prob >= decision.threshold), valid, prob))
             if o.as_float:
                 prob_out.write(np.where(valid, prob, np.float32(np.nan)).astype(np.float32))
             else:
@@ -489,6 +531,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
                 valid_km2 += queued.popleft().result()
         while queued:
             valid_km2 += queued.popleft().result()
+        label_rows(cleaner.finish())
         prob_out.close()
         lab_out.close()
     return labeler, valid_km2

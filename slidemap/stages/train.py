@@ -36,7 +36,7 @@ from slidemap import __version__
 from slidemap.errors import UserError
 from slidemap.figures import plot_learning_curve
 from slidemap.formats.base import Record
-from slidemap.formats.bundle import BundleMeta
+from slidemap.formats.bundle import BundleMeta, PostProcess
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
@@ -44,6 +44,7 @@ from slidemap.nn.bundle import save_bundle
 from slidemap.nn.device import RunChoice, check_precision, resolve_device, resolve_run
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
+from slidemap.raster.postprocess import choose_postprocess, min_size_cap
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Paths, StageOptions, StageResult
@@ -120,6 +121,7 @@ class TrainSummary(Record):
     precision: str
     channels_last: bool = True
     precision_choice: dict[str, Any] = {}
+    postprocess: dict[str, Any] | None = None
     seconds: float | None = None
     chips_per_s: float | None = None
 
@@ -239,6 +241,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
     threshold, f1_best = best_threshold(prob, truth)
     if f1_best <= f1_half:  # no threshold beats 0.5 (e.g. nothing to find): keep 0.5
         threshold, f1_best = 0.5, f1_half
+    postprocess = _postprocess(prob, truth, threshold, _pixel_area_m2(o.chips), min_size_cap(masks.numpy()))
 
     log = outcome.log
     best = min(log.rows, key=lambda r: (r["val_loss"], r["epoch"]))
@@ -250,14 +253,15 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         val_f1_at_best=round(f1_best, 4),
         train_chips=len(split.train), val_chips=len(split.val), buffer_chips=int(split.buffer.size),
         split=split.method, device=device.type, precision=precision, channels_last=channels_last,
-        precision_choice=choice.record(), seconds=round(seconds, 1),
+        precision_choice=choice.record(), postprocess=postprocess.model_dump() if postprocess else None,
+        seconds=round(seconds, 1),
         chips_per_s=round(chips_seen / train_seconds, 1) if train_seconds else None)
     plot_learning_curve(log.rows, out / "learning_curve.png")
     reproducible = summary.model_dump(exclude={"seconds", "chips_per_s", "precision_choice"})
     meta = BundleMeta(
         architecture=o.model, model_args=dict(net.config), bands=bands,
-        stats={b: BandStats(**s) for b, s in normalise.as_stats().items()}, patch_size=size,
-        thresholds={"0.5": 0.5, "best": float(threshold)},
+        stats=_training_stats(o.chips, normalise), patch_size=size,
+        thresholds={"0.5": 0.5, "best": float(threshold)}, postprocess=postprocess,
         training={**reproducible, "options": {k: v for k, v in config.items() if k != "split"},
                   "split": split.as_dict(), **_pixel_size(config)},
         recipe=recipe)
@@ -277,6 +281,60 @@ def _pixel_size(config: dict[str, Any]) -> dict[str, Any]:
         return {"pixel_size_m": list(Scene(scene).pixel_size_m)} if scene else {}
     except UserError:
         return {}
+
+
+# --- post-processing chosen on the validation chips -----------------------------------------------
+
+def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float, pixel_area_m2: float | None,
+                 max_min_pixels: int | None) -> PostProcess | None:
+    """Threshold, clean-up and minimum object size maximising validation F1 (``slidemap.raster.postprocess``),
+    the minimum size at most half the smallest landslides of the chip masks; None when the validation chips
+    hold no landslide."""
+    result = choose_postprocess(prob, truth, reference_threshold=pixel_threshold, max_min_pixels=max_min_pixels)
+    if result is None:
+        return None
+    b, r = result.best, result.reference
+    return PostProcess(
+        threshold=b.threshold, opening=b.cleanup.opening, closing=b.cleanup.closing,
+        fill_holes=b.cleanup.fill_holes, min_pixels=b.min_pixels,
+        min_area_m2=round(b.min_pixels * pixel_area_m2, 3) if pixel_area_m2 else None,
+        validation={"f1": round(b.f1, 4), "false_alarms": b.false_alarms, "objects": b.objects,
+                    "reference_threshold": r.threshold, "reference_f1": round(r.f1, 4),
+                    "reference_false_alarms": r.false_alarms, "reference_objects": r.objects,
+                    "candidates": len(result.tried), "max_min_pixels": -1 if max_min_pixels is None
+                    else max_min_pixels})
+
+
+def _training_stats(chips: Sequence[Path], normalise: Normaliser) -> dict[str, BandStats]:
+    """The bundle's band statistics: the mean/std standardised with, and the range and pixel count of the
+    chip sets' statistics (what predict's domain-shift guard compares an input with)."""
+    chipsets = [ChipSet(c) for c in chips]
+    out = {}
+    for b, s in normalise.as_stats().items():
+        parts = [c.stats.get(b) for c in chipsets]
+        lows = [p.min for p in parts if p is not None and p.min is not None]
+        highs = [p.max for p in parts if p is not None and p.max is not None]
+        counts = [p.count for p in parts if p is not None and p.count]
+        out[b] = BandStats(mean=s["mean"], std=s["std"], min=min(lows) if lows else None,
+                           max=max(highs) if highs else None, count=sum(counts) if counts else None)
+    return out
+
+
+def _pixel_area_m2(chips: Sequence[Path]) -> float | None:
+    """Ground area of one pixel of the chip sets' scene(s), if they came from scenes of one pixel size."""
+    from slidemap.formats.scene import Scene
+
+    areas = set()
+    for c in chips:
+        scene = ChipSet(c).meta.scene
+        if not scene or not (Path(scene) / "scene.json").is_file():
+            return None
+        try:
+            px = Scene(scene).meta.pixel_size_m
+        except UserError:
+            return None
+        areas.add(round(float(px[0]) * float(px[1]), 6))
+    return areas.pop() if len(areas) == 1 else None
 
 
 # --- checks before anything is written ------------------------------------------------------------

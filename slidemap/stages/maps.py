@@ -1,0 +1,60 @@
+"""What makes a prediction's files readable by people: band descriptions, scale, QGIS styles, warnings.
+
+- ``probability.tif`` says what it holds (band description) and, stored as uint8 ``round(p * 254)``,
+  carries scale 1/254 and offset 0, so a GIS shows probabilities 0-1;
+- ``probability.qml``, ``mask.qml`` and each error map's ``.qml`` give QGIS the legend on opening;
+- the domain-shift guard's findings (``slidemap.raster.shift``) become one warning per band.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from slidemap.formats.qgis import write_paletted_style, write_ramp_style
+from slidemap.raster.metrics import CLASS_COLOURS, FN, FP, TN, TP
+from slidemap.raster.shift import InputStats, shift_warnings
+
+PROB_SCALE = 1 / 254
+LANDSLIDE_RGB = (230, 25, 75)
+PROBABILITY_STOPS = [(0.0, (255, 255, 204), 0, "0 (no landslide)"), (0.25, (254, 217, 118), 110, "0.25"),
+                     (0.5, (253, 141, 60), 200, "0.5"), (0.75, (227, 26, 28), 255, "0.75"),
+                     (1.0, (128, 0, 38), 255, "1 (landslide)")]
+ERROR_CLASSES = [(TN, CLASS_COLOURS[TN], 0, "TN: background, correct (transparent)"),
+                 (TP, CLASS_COLOURS[TP], 255, "TP: landslide found"),
+                 (FP, CLASS_COLOURS[FP], 255, "FP: false alarm"),
+                 (FN, CLASS_COLOURS[FN], 255, "FN: landslide missed")]
+
+
+class ShiftWarning(UserWarning):
+    """An input band far from the model's training statistics (the domain-shift guard)."""
+
+
+def describe_probability(ds, as_float: bool) -> None:
+    """Band description, scale and offset of an open ``probability.tif`` (uint8: scale 1/254)."""
+    ds.set_band_description(1, "landslide probability (0-1)" + ("" if as_float else "; value = DN / 254"))
+    ds.scales = (1.0 if as_float else PROB_SCALE,)
+    ds.offsets = (0.0,)
+    ds.update_tags(1, units="probability")
+
+
+def write_styles(folder: Path, as_float: bool = False) -> None:
+    """``probability.qml`` and ``mask.qml`` beside the prediction's rasters."""
+    del as_float  # QGIS applies the uint8 file's scale, so one ramp in 0-1 fits both kinds
+    write_ramp_style(folder / "probability.tif", PROBABILITY_STOPS)
+    write_paletted_style(folder / "mask.tif", [(0, (255, 255, 255), 0, "background (transparent)"),
+                                               (1, LANDSLIDE_RGB, 255, "landslide")])
+
+
+def write_error_map_style(tif: Path) -> Path:
+    """The error map's ``.qml``: TP/FP/FN in the colours of the error-map PNG, TN transparent."""
+    return write_paletted_style(tif, ERROR_CLASSES)
+
+
+def warn_shift(bundle, seen: InputStats, where: str) -> list[str]:
+    """Warn once per band whose input statistics are far from the bundle's training statistics; returns
+    the messages (for prediction.json)."""
+    found = shift_warnings(bundle.meta.stats, seen.as_dict())
+    for message in found.values():
+        warnings.warn(f"{where}: {message}", ShiftWarning, stacklevel=3)
+    return list(found.values())
