@@ -1,6 +1,6 @@
 """The experiment runner's cost: its overhead per run, and --workers 2 against --workers 1.
 
-Runs the first N runs of a spec (default examples/quick.yaml) twice, with one worker and with two, into
+Runs N runs spread over a spec (default examples/quick.yaml) twice, with one worker and with two, into
 fresh folders, and prints per run the wall time split into training epochs (timing.csv), prediction passes
 (prediction.json) and everything else (the runner's overhead: start-up, chip loading, threshold choice,
 bundle, evaluation, records), and the runs/hour of each worker count with their ratio, in one sitting.
@@ -29,13 +29,16 @@ def cpu_name() -> str:
 
 
 def limited_spec(spec: Path, runs: int, folder: Path) -> Path:
-    """The spec restricted (with ``only``) to its first ``runs`` grid points."""
+    """The spec restricted (with ``only``) to ``runs`` grid points spread evenly over its plan, so that the
+    sample holds both scenarios, both samplings, both sizes and both architectures of quick.yaml."""
     from slidemap.experiments.plan import make_plan
     from slidemap.experiments.spec import load_spec
 
     plan = make_plan(load_spec(spec), folder / "probe")
     data = yaml.safe_load(spec.read_text())
-    data["only"] = [dict(r.coords) for r in plan.runs[:runs]]
+    step = max(1, len(plan.runs) // runs)  # one run per block of the plan, a different position in each
+    picked = [plan.runs[min(i * step + i % step, len(plan.runs) - 1)] for i in range(min(runs, len(plan.runs)))]
+    data["only"] = [dict(r.coords) for r in picked]
     for site in data.get("sites", {}).values():  # paths stay relative to the original spec
         for key in ("scene",):
             if key in site and not Path(site[key]).is_absolute():
@@ -82,7 +85,7 @@ def main() -> None:
     a.out.mkdir(parents=True)
     spec = limited_spec(a.spec, a.runs, a.out)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; spec {a.spec} "
-          f"(first {a.runs} runs)")
+          f"({a.runs} runs spread over its plan)")
     # Sites and chip sets are prepared once (untimed); then the runs alone are timed with 1 and 2 workers.
     run(spec, a.out / "w1", 1)
     shutil.copytree(a.out / "w1", a.out / "w2", ignore=shutil.ignore_patterns("runs", "results.csv"))

@@ -150,7 +150,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
         metrics = _predicted(folder, bundle)
         if metrics is None:
             predict.run(predict.PredictOptions(model=bundle, out=folder, chips=Path(chips), threshold="0.5",
-                                               device=job.spec.training.device,
+                                               engine=p.engine, device=job.spec.training.device,
                                                precision=job.spec.training.precision, previews=0))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
         assert isinstance(metrics, PatchMetrics)
@@ -164,7 +164,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
             predict.run(predict.PredictOptions(model=bundle, out=folder, scene=Path(scene), area=area.name,
                                                tile=p.tile, overlap=p.overlap, threshold=p.threshold,
                                                min_area=p.min_area, postprocess=p.postprocess,
-                                               batch_size=p.batch_size,
+                                               batch_size=p.batch_size, engine=p.engine,
                                                device=job.spec.training.device,
                                                precision=job.spec.training.precision))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene), areas=[area.name],

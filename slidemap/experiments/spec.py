@@ -183,6 +183,9 @@ class Predict(SpecModel):
     # the studies scored the thresholded mask as it came; "auto" applies the clean-up learned on validation
     postprocess: Literal["auto", "bundle", "none"] = "none"
     batch_size: int = Field(4, ge=1)
+    # torch by default: every run of a grid is scored by its own network, not by a quantised copy, and
+    # building the ONNX engines would cost each small run more than its prediction pass
+    engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
 
 
 class Resources(SpecModel):
