@@ -76,16 +76,20 @@ def terrain_bands(bands: Sequence[str]) -> list[str]:
 
 
 def image_bands(bands: Sequence[str]) -> list[str]:
-    """The bands among ``bands`` that come from the (post-event) images, in order: neither terrain layers
-    nor indices, pre-event bands or change layers."""
+    """The bands among ``bands`` that come from the (post-event) images, in order.
+
+    That is, neither terrain layers nor indices, pre-event bands or change layers.
+    """
     return layer_kinds(bands).image
 
 
 def change_name(index: str) -> str:
+    """The change layer of ``index`` (after minus before): ``d`` + its name."""
     return CHANGE_PREFIX + index
 
 
 def is_change(name: str) -> bool:
+    """Whether ``name`` is a change layer, i.e. the change prefix followed by a known spectral index."""
     return name.startswith(CHANGE_PREFIX) and name[len(CHANGE_PREFIX):] in SPECTRAL_INDICES
 
 
@@ -101,6 +105,7 @@ class LayerKinds:
 
     @property
     def pre_unprefixed(self) -> list[str]:
+        """The pre-event bands without the ``pre_`` prefix: the pre-event images' own band names."""
         return [b[len(PRE_PREFIX):] for b in self.pre]
 
     @property

@@ -44,8 +44,10 @@ if set(FORMULAS) != set(SPECTRAL_INDICES):  # the names live in bands.py, the fo
 
 
 def index_inputs(bands: Sequence[str], index: str, option: str, where: str) -> list[int]:
-    """0-based indexes in ``bands`` of the bands ``index`` is computed from; a band that is not there is a
-    one-line UserError naming ``option`` and ``where`` (whose bands they are)."""
+    """0-based indexes in ``bands`` of the bands ``index`` is computed from.
+
+    A band that is not there is a one-line UserError naming ``option`` and ``where`` (whose bands they are).
+    """
     if index not in SPECTRAL_INDICES:
         raise UserError(f"{option} {index}: unknown index; choose from {','.join(SPECTRAL_INDICES)}")
     found, missing = [], []
@@ -62,8 +64,10 @@ def index_inputs(bands: Sequence[str], index: str, option: str, where: str) -> l
 
 
 def compute_index(index: str, values: np.ndarray, inputs: Sequence[int]) -> np.ndarray:
-    """``index`` (H, W) float32 from ``values`` (C, H, W) whose bands ``inputs`` (from :func:`index_inputs`)
-    it needs; NaN where an input is NaN."""
+    """``index`` (H, W) float32 from ``values`` (C, H, W); NaN where an input is NaN.
+
+    ``inputs`` (from :func:`index_inputs`) are the bands of ``values`` it needs.
+    """
     args = [values[i].astype(np.float64) for i in inputs]
     with np.errstate(invalid="ignore"):
         out = FORMULAS[index](*args)

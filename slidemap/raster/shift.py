@@ -36,7 +36,7 @@ MIN_STD = 0.01
 class InputStats:
     """Per-band statistics of the rows a prediction reads, each row of the region counted once."""
 
-    def __init__(self, bands: Sequence[str]):
+    def __init__(self, bands: Sequence[str]) -> None:
         self.bands = list(bands)
         self.stats = RunningStats(len(self.bands))
         self._next_row = 0
@@ -79,9 +79,11 @@ def _factor(k: float) -> str:
 
 def shift_warnings(training: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]], sigma: float = SIGMA,
                    scale: float = SCALE) -> dict[str, str]:
-    """One message per band whose input statistics ``seen`` are far from the ``training`` statistics
-    (``{band: {mean, std, min, max}}`` as dicts or models); bands without statistics on either side are
-    skipped."""
+    """One message per band whose input statistics ``seen`` are far from the ``training`` statistics.
+
+    Both are ``{band: {mean, std, min, max}}``, as dicts or models; bands without statistics on either side are
+    skipped.
+    """
     out: dict[str, str] = {}
     for band, s in seen.items():
         t = training.get(band)
