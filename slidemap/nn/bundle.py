@@ -31,10 +31,12 @@ class Bundle:
 
     @property
     def bands(self) -> list[str]:
+        """The input bands the network was trained on, in channel order."""
         return list(self.meta.bands)
 
     @property
     def patch_size(self) -> int:
+        """Side of the training chips in pixels."""
         return self.meta.patch_size
 
     def threshold(self, which: str | float = "best") -> float:
@@ -58,8 +60,10 @@ class Bundle:
                                      "train it again with this slidemap")
 
     def build_model(self) -> torch.nn.Module:
-        """The network with the bundle's weights, in eval mode; weights that do not fit the description
-        are a one-line UserError."""
+        """The network with the bundle's weights, in eval mode.
+
+        Weights that do not fit the description are a one-line UserError.
+        """
         from slidemap.nn.models import build_model
 
         model = build_model(self.meta.architecture, in_channels=len(self.bands), **self.meta.model_args)

@@ -115,8 +115,11 @@ def _number_of(image: Path) -> int | None:
 
 
 def _resolve_entry(folder: Path, entry: str) -> Path | None:
-    """The image a list line names: ``7``, ``image_7.h5``, ``img/image_7.h5`` or ``TrainData/img/image_7.h5``
-    (relative to ``folder``, as the benchmark's own lists are to its data root), or an absolute path."""
+    """The image a list line names, or None.
+
+    ``7``, ``image_7.h5``, ``img/image_7.h5`` or ``TrainData/img/image_7.h5`` (relative to ``folder``, as the
+    benchmark's own lists are to its data root), or an absolute path.
+    """
     p = Path(entry)
     candidates = [p] if p.is_absolute() else [folder / entry.lstrip("/")]
     m = _NUMBER.match(p.name)

@@ -54,10 +54,12 @@ class SegmentationNet(nn.Module):
                                                multiple, minimum))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 1, H, W) of ``x`` (N, C, H, W), after :meth:`check_input`."""
         self.check_input(x)
         return self.logits(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The network itself, without the shape check (the ONNX export traces this)."""
         raise NotImplementedError
 
 
@@ -114,6 +116,7 @@ class UNet(SegmentationNet):
         self.head = nn.Conv2d(filters, 1, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, bottleneck, decoder with skips; without autograd, the faster :meth:`_inference_logits`."""
         if not self.training and not torch.is_grad_enabled():
             return self._inference_logits(x)
         skips = []

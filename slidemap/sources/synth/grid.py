@@ -1,5 +1,6 @@
-"""The image grid of a synthetic study area, its layout (train and test areas) and the constants
-every part of the generator shares: CRSs, origin, band names, cover classes.
+"""The image grid of a synthetic study area, its layout (train and test areas) and shared constants.
+
+The constants every part of the generator shares: CRSs, origin, band names, cover classes.
 
 Named ``SynthGrid`` (not ``Grid``) so that it is never mistaken for :class:`slidemap.raster.geo.Grid`,
 the grid of a prepared scene.
@@ -40,18 +41,22 @@ class SynthGrid:
 
     @property
     def transform(self) -> Affine:
+        """The image grid's transform (UTM 23S, upper-left corner at ``ORIGIN_XY``)."""
         return Affine(self.pixel, 0.0, ORIGIN_XY[0], 0.0, -self.pixel, ORIGIN_XY[1])
 
     @property
     def extent_m(self) -> float:
+        """Side of the square image in metres."""
         return self.size * self.pixel
 
     @property
     def cell(self) -> float:
+        """Side of a terrain cell in metres."""
         return self.pixel * self.k
 
     @property
     def terrain_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the terrain grid: the image in cells, plus the margin on each side."""
         n = math.ceil(self.size / self.k) + 2 * self.margin
         return n, n
 
@@ -100,8 +105,10 @@ def region_raster(grid: SynthGrid) -> np.ndarray:
 
 
 def pre_event_grid(grid: SynthGrid) -> tuple[Affine, int]:
-    """Transform and width (= height) of the pre-event image's grid: pixels ``PRE_EVENT_ZOOM`` times
-    larger, offset by half an image pixel to the south-east, inside the image's extent.
+    """Transform and width (= height) of the pre-event image's grid.
+
+    Its pixels are ``PRE_EVENT_ZOOM`` times larger, offset by half an image pixel to the south-east, inside the
+    image's extent.
 
     A different grid on purpose: a consumer that stacks the two images must co-register them, as it
     must with real images from two dates. Pre-event pixel ``j`` spans image pixels ``2j + 0.5`` to

@@ -47,6 +47,7 @@ class SynthMarker(SynthParams, _Header):
 
     @property
     def params(self) -> SynthParams:
+        """The parameters alone, as :func:`~slidemap.sources.synth.writing.synthesize` takes them."""
         return SynthParams(**{name: getattr(self, name) for name in SynthParams.model_fields})
 
 

@@ -1,5 +1,6 @@
-"""The study area in memory: :func:`generate` runs terrain, land cover, landslides and the sensor in
-order, each on its own random stream, and returns a :class:`StudyArea` (no files).
+"""The study area in memory: :func:`generate` returns a :class:`StudyArea` (no files).
+
+It runs terrain, land cover, landslides and the sensor in order, each on its own random stream.
 
 Named ``StudyArea`` (not ``Scene``) so that it is never mistaken for
 :class:`slidemap.formats.scene.Scene`, the prepared scene folder that ``prepare`` writes.
@@ -28,8 +29,10 @@ STREAMS = ("rivers", "terrain", "landslides", "fields", "settlements", "roads", 
 
 @dataclass
 class StudyArea:
-    """Everything ``synthesize`` writes, in memory, plus the slope and cover classes behind it (for tests
-    and measurements)."""
+    """Everything ``synthesize`` writes, in memory, plus the slope and cover classes behind it.
+
+    The extras are for tests and measurements.
+    """
 
     grid: SynthGrid
     params: SynthParams
@@ -45,6 +48,7 @@ class StudyArea:
 
     @property
     def seed(self) -> int:
+        """The seed every random stream was derived from."""
         return self.params.seed
 
 

@@ -1,6 +1,6 @@
-"""Writing a study area: the image (and the pre-event image), the DEM, the inventory and the areas, each
-in its own CRS, and the ``synth.json`` marker, built in a temporary folder that replaces ``out`` in one
-rename.
+"""Writing a study area: images, DEM, inventory and areas, each in its own CRS, and the ``synth.json`` marker.
+
+Everything is built in a temporary folder that replaces ``out`` in one rename.
 """
 
 from __future__ import annotations
@@ -118,8 +118,10 @@ def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int,
 
 
 def dem_grid(grid: SynthGrid) -> tuple[Affine, int, int]:
-    """A 12.5 m grid in EPSG:4326 (degrees sized at the area's centre latitude) covering the image
-    with a margin."""
+    """A 12.5 m grid in EPSG:4326 covering the image with a margin.
+
+    Its degrees are sized at the area's centre latitude.
+    """
     from rasterio.warp import transform_bounds
 
     from slidemap.raster.geo import meridian_radii
