@@ -1,5 +1,7 @@
-"""The numbers of an experiment report, from results.csv alone: best models, the studies' tables, the
-transferability matrix, and paired tests of the studies' conclusions over seeds.
+"""The numbers of an experiment report, from results.csv alone.
+
+Best models, the studies' tables, the transferability matrix, and paired tests of the studies' conclusions over
+seeds.
 
 Everything here is a pure function of the rows (pandas), so the report's tables can be checked against
 hand-computed values; where a number comes from, the rows' ``run_folder`` says.
@@ -80,8 +82,11 @@ def mean_sd(df: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("pr
 
 
 def best_per_group(df: pd.DataFrame, by: str = "f1") -> pd.DataFrame:
-    """Study 000's figure 5: per test area x dataset x sampling x size, the model (architecture, filters,
-    batch size) with the highest mean ``by`` over seeds, with its mean and spread."""
+    """Study 000's figure 5: the best model per test area x dataset x sampling x size.
+
+    The model (architecture, filters, batch size) is the one with the highest mean ``by`` over seeds, shown with
+    its mean and spread.
+    """
     a = areas(df)
     group = ["scenario", "test_site", "test_area", "dataset", "sampling", "size"]
     per_model = mean_sd(a, [*group, "model"])
@@ -90,8 +95,10 @@ def best_per_group(df: pd.DataFrame, by: str = "f1") -> pd.DataFrame:
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:
-    """Study 000's table 3: per (training scenario x) sampling x size, the dataset x model with the highest
-    IoU averaged over the test areas (means over seeds), with each test area's IoU."""
+    """Study 000's table 3: the best dataset x model per (training scenario x) sampling x size.
+
+    Best by IoU averaged over the test areas (means over seeds), with each test area's IoU.
+    """
     a = areas(df).copy()
     a["where"] = a["test_site"] + "/" + a["test_area"]
     keys = ["scenario", "sampling", "size", "dataset", "model"]
@@ -107,8 +114,10 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def transfer_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    """Study 002's figure 10: mean F1 (over runs and seeds) per architecture x training scenario x test
-    site, from each run's site-level counts."""
+    """Study 002's figure 10: mean F1 per architecture x training scenario x test site.
+
+    Means over runs and seeds, from each run's site-level counts.
+    """
     s = site_level(df)
     return mean_sd(s, ["architecture", "scenario", "test_site"], ("f1",))
 
@@ -153,6 +162,7 @@ class Claim:
 
     @property
     def verdict(self) -> str:
+        """Supported, contradicted or not supported at p < 0.05, or why it cannot be tested here."""
         if self.n < 2:
             return f"cannot be tested here ({self.why_not})"
         if self.p is not None and self.p < 0.05:
@@ -160,6 +170,7 @@ class Claim:
         return "not supported (no significant difference)"
 
     def sentence(self) -> str:
+        """The claim, its verdict and the numbers behind it, as the report prints them."""
         if self.n < 2:
             return f"{self.text}: {self.verdict}."
         wil = f", Wilcoxon p = {self.p_wilcoxon:.3g}" if self.p_wilcoxon is not None else ""
@@ -168,7 +179,7 @@ class Claim:
                 f"p = {self.p_sign:.3g}{wil}).")
 
 
-def paired(frame: pd.DataFrame, axis: str, a, b, metric: str, text: str) -> Claim:
+def paired(frame: pd.DataFrame, axis: str, a: str | float, b: str | float, metric: str, text: str) -> Claim:
     """Pair rows that differ only in ``axis`` (``a`` vs ``b``) and test ``metric(a) - metric(b)``."""
     from scipy import stats
 

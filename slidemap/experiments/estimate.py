@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from slidemap.experiments.plan import Plan
+from slidemap.experiments.plan import Plan, RunPlan
 
 
 def _train_area_px(plan: Plan, site: str) -> float:
@@ -33,7 +33,7 @@ def _train_area_px(plan: Plan, site: str) -> float:
     return 4096 ** 2 * 0.6
 
 
-def _chips_per_epoch(plan: Plan, run) -> float:
+def _chips_per_epoch(plan: Plan, run: RunPlan) -> float:
     total = 0.0
     for chip in run.chips:
         if plan.spec.sites[chip.site].l4s is not None:

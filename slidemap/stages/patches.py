@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,12 @@ SUBMISSION = "submission"
 
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
-                    device: str, precision: str, previews: int = 24, submission: bool = False, runner=None,
+                    device: str, precision: str, previews: int = 24, submission: bool = False,
+                    runner: Callable[[np.ndarray], np.ndarray] | None = None,
                     choice: dict | None = None) -> tuple[PatchPrediction, int]:
-    """Predict every patch of a chip set into ``out`` (replaced atomically); returns its description and
-    the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
+    """Predict every patch of a chip set into ``out`` (replaced atomically).
+
+    Returns its description and the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
 
     ``decision`` turns probabilities into masks (for patch datasets by default 0.5 and nothing else, as the
     benchmark's arg-max). With ``submission`` the masks are also gathered, and nothing else, in
@@ -90,8 +93,10 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
 
 
 def _submission(folder: Path, names: list[str]) -> list[str]:
-    """``submission/`` holding only the masks (hard links where the file system allows) and
-    ``submission.zip`` with the masks at its root, in patch order; returns both names."""
+    """Write ``submission/`` and ``submission.zip``, both holding only the masks; returns both names.
+
+    The folder holds hard links where the file system allows; the zip has the masks at its root, in patch order.
+    """
     import os
     import zipfile
 
@@ -120,9 +125,11 @@ def _preview_indexes(n: int, previews: int) -> list[int]:
 
 def evaluate_patches(pred: Path, chips: Path | None, info: PatchPrediction
                      ) -> tuple[PatchMetrics, str, dict[str, Path]]:
-    """Score predicted ``mask_N.h5`` files against the chip set they were predicted from; writes
-    ``metrics.csv`` (one row per patch) and ``metrics.json`` (pooled) into ``pred``. Returns the metrics,
-    a printable table and the files written."""
+    """Score predicted ``mask_N.h5`` files against the chip set they were predicted from.
+
+    Writes ``metrics.csv`` (one row per patch) and ``metrics.json`` (pooled) into ``pred``. Returns the metrics, a
+    printable table and the files written.
+    """
     if not isinstance(info, PatchPrediction):
         raise UserError(f"PRED {pred}: a scene prediction, not a patch prediction; evaluate it against its "
                         f"scene folder")

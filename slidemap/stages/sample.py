@@ -64,6 +64,8 @@ class SampleOptions(StageOptions):
 
 
 class SampleResult(StageResult):
+    """The chip set folder written and its chips.json."""
+
     path: Path
     meta: ChipsMeta
 
