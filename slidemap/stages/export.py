@@ -117,7 +117,8 @@ def deepness_metadata(bundle: Bundle, resolution_cm: float, tile: int, overlap: 
     }
     post = bundle.meta.postprocess
     if post is not None:
-        min_px = max(float(post.min_pixels), post.min_area_m2 / (resolution_cm / 100) ** 2)
+        # min_area_m2 is unknown (None) for chips without a pixel size: min_pixels alone then
+        min_px = max(float(post.min_pixels), (post.min_area_m2 or 0.0) / (resolution_cm / 100) ** 2)
         if min_px > 1:
             meta["seg_small_segment"] = deepness_small_segment(min_px)
     return meta
