@@ -533,6 +533,9 @@ def _read_chips(chipsets: list[ChipSet], bands: list[str], normalise: Normaliser
             raw = np.asarray(c.images[local][:, c.band_indexes(bands)], dtype=np.float32)
             nodata = np.isnan(raw).any(axis=1)
             images.append(normalise(raw))
+            if c.masks is None:  # deleted since training (chips.json, which is checked, is unchanged)
+                raise UserError(f"CHIPS {c.path}: masks.npy is gone; the engines' accuracy check needs it "
+                                f"(use --engine torch or onnx)")
             m = np.array(c.masks[local], dtype=np.uint8)
             m[nodata] = 255
             masks.append(m)
