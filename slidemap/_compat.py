@@ -14,13 +14,14 @@ import importlib.util
 import sys
 import types
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from slidemap.formats.chips import ChipSet
+    from slidemap.formats.prediction import PatchPrediction, ScenePrediction
     from slidemap.formats.scene import Scene
     from slidemap.stages.evaluate import EvaluateResult
 
@@ -105,7 +106,7 @@ def predict(model: PathLike, out: PathLike, scene: PathLike | None = None, area:
         model=model, out=out, scene=scene, area=area, images=images, dem=dem, tile=tile, overlap=overlap,
         threshold=threshold, min_area=min_area, batch_size=batch_size, device=device, as_float=as_float,
         evaluate=evaluate, precision=precision, postprocess="none"))  # 0.1 had no post-processing
-    m = result.meta
+    m = cast("ScenePrediction", result.meta)  # a scene, not patches
     d: dict[str, Any] = {"prediction": str(out), "probability": str(Path(out) / "probability.tif"),
                          "mask": str(Path(out) / "mask.tif"), "polygons": str(Path(out) / "landslides.gpkg"),
                          "landslides": m.landslides, "landslide_km2": m.landslide_km2, "valid_km2": m.valid_km2,
@@ -133,8 +134,9 @@ def predict_patches(model: PathLike, chips: PathLike, out: PathLike, threshold: 
     result = stage.run(stage.PredictOptions(model=model, out=out, chips=chips, threshold=threshold,
                                             batch_size=batch_size, device=device, evaluate=evaluate,
                                             previews=previews, precision=precision, postprocess="none"))
-    d: dict[str, Any] = {"out": str(out), "patches": result.meta.count, "threshold": round(result.meta.threshold, 4),
-                         "previews": result.previews, "landslide_pixels": result.meta.landslide_pixels}
+    m = cast("PatchPrediction", result.meta)  # patches, not a scene
+    d: dict[str, Any] = {"out": str(out), "patches": m.count, "threshold": round(m.threshold, 4),
+                         "previews": result.previews, "landslide_pixels": m.landslide_pixels}
     if result.evaluation is not None:
         d.update(_evaluation_dict(result.evaluation))
     return d
@@ -145,7 +147,7 @@ def evaluate_patches(pred: PathLike, chips: PathLike) -> dict[str, Any]:
     return evaluate(pred, truth=chips)
 
 
-WRAPPED = {
+WRAPPED: dict[str, dict[str, Callable[..., Any]]] = {
     "slidemap.prepare": {"prepare_scene": prepare_scene},
     "slidemap.sample": {"sample_chips": sample_chips},
     "slidemap.train": {"train": train},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from affine import Affine
@@ -216,7 +216,8 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     ax.imshow(image, interpolation="nearest")
     ax.imshow(overlay, interpolation="nearest")
     ax.set_axis_off()
-    handles = [Patch(color=np.array(CLASS_COLOURS[k]) / 255, label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
+    # an RGB array is a colour to matplotlib, though its stubs only name tuples
+    handles = [Patch(color=cast(Any, np.array(CLASS_COLOURS[k]) / 255), label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
     handles.append(Patch(facecolor=(0.85, 0.85, 0.85), edgecolor=(0.1, 0.1, 0.1),
                          label="outside the area or no truth"))
     handles.append(Patch(color=(0.55, 0.55, 0.55), label="no image data"))

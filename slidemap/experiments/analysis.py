@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -91,7 +92,7 @@ def best_per_group(df: pd.DataFrame, by: str = "f1") -> pd.DataFrame:
     group = ["scenario", "test_site", "test_area", "dataset", "sampling", "size"]
     per_model = mean_sd(a, [*group, "model"])
     idx = per_model.groupby(group, sort=False)[by].idxmax()
-    return per_model.loc[idx.values].reset_index(drop=True)
+    return per_model.loc[idx.to_numpy()].reset_index(drop=True)
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +108,7 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
     wide["average"] = wide.mean(axis=1)
     wide = wide.reset_index()
     idx = wide.groupby(["scenario", "sampling", "size"], sort=False)["average"].idxmax()
-    best = wide.loc[idx.values].reset_index(drop=True)
+    best = wide.loc[idx.to_numpy()].reset_index(drop=True)
     folders = per.groupby(keys, sort=False)["run_folder"].first()
     best["run_folder"] = [folders.get(tuple(getattr(r, k) for k in keys), "") for r in best.itertuples()]
     return best
@@ -219,10 +220,10 @@ def _dataset_pairs(df: pd.DataFrame, spec_datasets: dict[str, tuple[tuple[str, .
 
 def datasets_of(df: pd.DataFrame) -> dict[str, tuple[tuple[str, ...], bool]]:
     """Each dataset's bands and augmentation, as recorded in the rows."""
-    out = {}
+    out: dict[str, tuple[tuple[str, ...], bool]] = {}
     for name, g in df.groupby("dataset", sort=False):
         first = g.iloc[0]
-        out[name] = (tuple(str(first["bands"]).split("+")), str(first["augment"]) == "True")
+        out[cast(str, name)] = (tuple(str(first["bands"]).split("+")), str(first["augment"]) == "True")
     return out
 
 

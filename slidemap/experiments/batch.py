@@ -41,7 +41,8 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
     """(name, scene folder or None, image files) per entry of a scene list; errors name the line."""
     if not path.is_file():
         raise UserError(f"--scenes {path}: no such file; give a text file with one scene or image per line")
-    entries, names = [], set()
+    entries: list[tuple[str, str | None, tuple[str, ...]]] = []
+    names: set[str] = set()
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
@@ -50,6 +51,7 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
         missing = [p for p in parts if not p.exists()]
         if missing:
             raise UserError(f"--scenes {path}: line {n}: {missing[0]} does not exist; fix the list")
+        entry: tuple[str | None, tuple[str, ...]]
         if len(parts) == 1 and parts[0].is_dir():
             if not (parts[0] / "scene.json").is_file():
                 raise UserError(f"--scenes {path}: line {n}: {parts[0]} is a folder but not a prepared scene "

@@ -73,7 +73,7 @@ def _seconds_per_gflop(arch: str, bands: int, precision: str) -> float:
     device = resolve_device("auto")
     dtype = AUTOCAST_DTYPE[resolve_precision(precision, device)]
     torch.manual_seed(0)
-    net = build_model(arch, bands, 16).to(device).to(memory_format=torch.channels_last)
+    net = build_model(arch, bands, 16).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.randn(16, bands, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(16, 1, 64, 64, device=device) > 0.9).float()

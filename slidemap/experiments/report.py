@@ -12,6 +12,7 @@ import html
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -210,6 +211,7 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
     a = an.areas(df)
     maps = folder / "error_maps"
     rows = []
+    r: Any  # a row of t3 (pandas types its fields as any scalar)
     for r in t3.itertuples():
         runs = a[(a["scenario"] == r.scenario) & (a["sampling"] == r.sampling) & (a["size"] == r.size)
                  & (a["dataset"] == r.dataset) & (a["model"] == r.model)]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from slidemap.errors import UserError
 from slidemap.formats.bundle import BundleMeta, read_bundle_file, write_bundle_file
 from slidemap.nn.normalise import Normaliser
+
+if TYPE_CHECKING:
+    from slidemap.nn.models import SegmentationNet
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Bundle:
         return Normaliser.from_stats(self.bands, self.meta.stats, f"MODEL {self.name}",
                                      "train it again with this slidemap")
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self) -> SegmentationNet:
         """The network with the bundle's weights, in eval mode.
 
         Weights that do not fit the description are a one-line UserError.

@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from pydantic import Field
 from slidemap.errors import UserError
 from slidemap.formats.base import Sidecar
 from slidemap.formats.files import atomic_file
+
+if TYPE_CHECKING:
+    from slidemap.nn.models import SegmentationNet
 
 OPSET = 13
 """ONNX opset of the exported graphs: every op they use exists there, per-channel QDQ needs 13, and the
@@ -77,7 +80,10 @@ def require_onnx(option: str) -> Any:
 class _Exported(torch.nn.Module):
     """Standardise (optional), run the network, sigmoid: what the ONNX file computes."""
 
-    def __init__(self, net: torch.nn.Module, mean: np.ndarray | None, std: np.ndarray | None) -> None:
+    mean: torch.Tensor  # buffers, registered when standardising
+    std: torch.Tensor
+
+    def __init__(self, net: SegmentationNet, mean: np.ndarray | None, std: np.ndarray | None) -> None:
         super().__init__()
         self.net = net
         self.standardise = mean is not None
@@ -92,7 +98,7 @@ class _Exported(torch.nn.Module):
         return torch.sigmoid(self.net.logits(x))
 
 
-def export_onnx(net: torch.nn.Module, bands: int, path: str | Path, mean: np.ndarray | None = None,
+def export_onnx(net: SegmentationNet, bands: int, path: str | Path, mean: np.ndarray | None = None,
                 std: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
                 example_size: int = 64) -> Path:
     """Write ``net`` as ONNX to ``path`` (atomically).

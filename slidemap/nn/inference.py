@@ -25,9 +25,9 @@ than speed (overlap 256 costs 3x the compute of 64 at tile 512).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class TileRunner:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.amp_dtype = AUTOCAST_DTYPE[self.precision]
-        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, h, w) float32 -> (N, h, w) float32 probabilities.
@@ -106,7 +106,7 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
         if cols.padded != width:
             raw = raw[:, :, col_src]
         raw = np.asarray(raw, dtype=np.float32)
-        valid = np.isfinite(raw[:, :, :width]).all(axis=0)
+        valid = cast(np.ndarray, np.isfinite(raw[:, :, :width]).all(axis=0))
         x = raw if raw.flags.writeable else raw.copy()
         x = normalise(x) if normalise is not None else np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0,
                                                                      neginf=0.0)
@@ -176,7 +176,7 @@ def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], a
 # --- what ``--engine auto`` / ``--precision auto`` measure for prediction ---------------------------------
 
 def inference_probe(net_key: dict[str, Any], bands: int, tile: int,
-                    runners: dict[Setting, Callable[[], Callable[[np.ndarray], np.ndarray]]]) -> Probe:
+                    runners: Mapping[Setting, Callable[..., Callable[[np.ndarray], np.ndarray]]]) -> Probe:
     """The pass ``auto`` times for prediction: one ``tile`` x ``tile`` tile of random standardised values.
 
     It goes through each candidate runner (``runners``: setting -> a callable building the runner), the reference

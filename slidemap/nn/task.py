@@ -428,7 +428,7 @@ def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, An
     def step(setting: Setting) -> Callable[[], float]:
         fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
         net = build_model(arch, in_channels=bands, filters=filters, **model_args).to(device)
-        net = net.to(memory_format=fmt).train()
+        net = net.to(memory_format=fmt).train()  # type: ignore[call-overload]
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
         x = torch.randn(batch, bands, size, size, device=device).contiguous(memory_format=fmt)
         y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 TERRAIN_LAYERS = ("dem", "slope", "aspect", "hillshade")
 """Layers prepare derives from a DEM, in the order they may be requested."""
@@ -64,7 +65,7 @@ def rgb_band_indexes(bands: Sequence[str]) -> list[int]:
     """
     found = [find_band(bands, colour) for colour in ("red", "green", "blue")]
     if all(i is not None for i in found):
-        return found  # type: ignore[return-value]
+        return cast(list[int], found)
     if len(bands) >= 3:
         return [0, 1, 2]
     return [0, 0, 0]

@@ -9,7 +9,8 @@ has a strongly negative dNDVI, while a field that was already bare has none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _nbr(nir: np.ndarray, swir2: np.ndarray) -> np.ndarray:
     return _normalised_difference(nir, swir2)
 
 
-FORMULAS = {"ndvi": _ndvi, "ndwi": _ndwi, "brightness": _brightness, "nbr": _nbr}
+FORMULAS: dict[str, Callable[..., np.ndarray]] = {"ndvi": _ndvi, "ndwi": _ndwi, "brightness": _brightness, "nbr": _nbr}
 if set(FORMULAS) != set(SPECTRAL_INDICES):  # the names live in bands.py, the formulas here
     raise ImportError("slidemap.raster.indices: FORMULAS and bands.SPECTRAL_INDICES disagree")
 
@@ -60,7 +61,7 @@ def index_inputs(bands: Sequence[str], index: str, option: str, where: str) -> l
         raise UserError(f"{option} {index}: needs band(s) {', '.join(missing)} but {where} has "
                         f"{', '.join(bands) or 'no bands'}; name the bands (e.g. --band-names) or drop "
                         f"{index}")
-    return found  # type: ignore[return-value]
+    return cast(list[int], found)  # every band was found, or the UserError above
 
 
 def compute_index(index: str, values: np.ndarray, inputs: Sequence[int]) -> np.ndarray:

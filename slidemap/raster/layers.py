@@ -75,6 +75,7 @@ class StackSources:
         r0, c0 = int(w.row_off), int(w.col_off)
         top, left = max(0, r0 - 1), max(0, c0 - 1)
         bottom, right = min(grid.height, r0 + shape[0] + 1), min(grid.width, c0 + shape[1] + 1)
+        assert self.dem is not None  # read() asks for terrain only with a DEM
         values, _ = self.dem.read(Window(left, top, right - left, bottom - top), bands=[1])
         dem = values[0].astype(np.float64)
         dx, dy = row_pixel_sizes_m(grid.crs, grid.transform, top, bottom - top)

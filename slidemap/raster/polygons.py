@@ -86,7 +86,9 @@ def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, obje
         return []
     # Build all polygons of the strip in three vectorised shapely calls instead of one ``shape()`` per
     # polygon (the same coordinates, so the same geometries, at a fraction of the Python overhead).
-    values, rings, ring_owner = [], [], []
+    values: list[int] = []
+    rings: list = []
+    ring_owner: list[int] = []
     for g, v in features.shapes(ids, mask=ids > 0, connectivity=4,
                                 transform=Affine.translation(0, row_offset)):
         ring_owner.extend([len(values)] * len(g["coordinates"]))

@@ -367,15 +367,17 @@ def decide(learned: PostProcess | None, mode: str, best: float, given_threshold:
         raise UserError(f"--postprocess bundle: model {model} holds no post-processing learned on validation "
                         f"(trained by an older slidemap, or its validation chips held no landslide); train it "
                         f"again, or leave --postprocess out")
+    post = learned if use else None  # not None exactly when used (the check above)
     if given_threshold is not None:
         threshold, which = given_threshold
-    elif use:
-        threshold, which = learned.threshold, "postprocess"
+    elif post is not None:
+        threshold, which = post.threshold, "postprocess"
     elif patches:
         threshold, which = 0.5, "0.5"
     else:
         threshold, which = best, "best"
-    cleanup = Cleanup(learned.opening, learned.closing, learned.fill_holes) if use else Cleanup()
+    cleanup = Cleanup(post.opening, post.closing, post.fill_holes) if post is not None else Cleanup()
     if given_min_area is not None:
         return Decision(threshold, which, cleanup, 0, float(given_min_area), "bundle" if use else "none")
-    return Decision(threshold, which, cleanup, learned.min_pixels if use else 0, 0.0, "bundle" if use else "none")
+    return Decision(threshold, which, cleanup, post.min_pixels if post is not None else 0, 0.0,
+                    "bundle" if use else "none")

@@ -110,15 +110,18 @@ def propose_windows(areas: list[np.ndarray], fits: list[np.ndarray], method: str
         return which, rows, cols, int(rows.size)
     if method != "grid":
         raise ValueError(f"unknown sampler {method!r}; one of {METHODS}")
-    which, rows, cols, proposed = [], [], [], 0
+    which_parts: list[np.ndarray] = []
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
+    proposed = 0
     for i, (inside, fit) in enumerate(zip(areas, fits, strict=True)):
         r, c = grid_candidates(inside, size, overlap)
         proposed += int(r.size)
         keep = fit[r, c] if r.size else np.zeros(0, dtype=bool)
-        which.append(np.full(int(keep.sum()), i, dtype=np.int64))
-        rows.append(r[keep])
-        cols.append(c[keep])
-    return np.concatenate(which), np.concatenate(rows), np.concatenate(cols), proposed
+        which_parts.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        row_parts.append(r[keep])
+        col_parts.append(c[keep])
+    return np.concatenate(which_parts), np.concatenate(row_parts), np.concatenate(col_parts), proposed
 
 
 def grid_windows(area_mask: np.ndarray, size: int, overlap: float, nodata_mask: np.ndarray | None = None,

@@ -119,11 +119,13 @@ def terrain_layers(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray |
     for name in layers:
         if name == "dem":
             values = np.asarray(dem, dtype=np.float64)
-        elif name == "slope":
-            values = slope_deg(*grad)
-        elif name == "aspect":
-            values = aspect_deg(*grad)
         else:
-            values = hillshade(*grad)
+            assert grad is not None  # computed whenever a layer other than dem is asked for
+            if name == "slope":
+                values = slope_deg(*grad)
+            elif name == "aspect":
+                values = aspect_deg(*grad)
+            else:
+                values = hillshade(*grad)
         out[name] = np.where(nodata, np.nan, values).astype(np.float32)
     return out

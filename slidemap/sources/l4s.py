@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -174,7 +174,8 @@ def find_patches(folder: str | Path, list_file: str | Path | None = None) -> lis
         if not images:
             raise UserError(f"FOLDER {folder}/img: holds no image_N.h5 files; give a Landslide4Sense folder")
     unique = {p.resolve(): p for p in images}
-    patches = sorted((Patch(_number_of(p), p, None) for p in unique.values()),
+    # every image was chosen for having a number
+    patches = sorted((Patch(cast(int, _number_of(p)), p, None) for p in unique.values()),
                      key=lambda q: (q.number, str(q.image)))
     for a, b in zip(patches, patches[1:], strict=False):
         if a.number == b.number:

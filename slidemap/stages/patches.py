@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from slidemap.errors import UserError
 from slidemap.figures import patch_preview
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_dir, atomic_file, output_lock, sha256
-from slidemap.formats.prediction import PatchMetrics, PatchPrediction, Scores
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction, ScenePrediction, Scores
 from slidemap.nn.bundle import Bundle
 from slidemap.nn.inference import TileRunner
 from slidemap.nn.normalise import match_bands
@@ -32,12 +32,15 @@ from slidemap.raster.shift import InputStats
 from slidemap.sources.l4s import mask_name, read_mask, write_mask
 from slidemap.stages.maps import warn_shift
 
+if TYPE_CHECKING:
+    from slidemap.nn.engines import OnnxRunner
+
 SUBMISSION = "submission"
 
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
                     device: str, precision: str, previews: int = 24, submission: bool = False,
-                    runner: Callable[[np.ndarray], np.ndarray] | None = None,
+                    runner: TileRunner | OnnxRunner | None = None,
                     choice: dict | None = None) -> tuple[PatchPrediction, int]:
     """Predict every patch of a chip set into ``out`` (replaced atomically).
 
@@ -123,7 +126,7 @@ def _preview_indexes(n: int, previews: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, previews)})
 
 
-def evaluate_patches(pred: Path, chips: Path | None, info: PatchPrediction
+def evaluate_patches(pred: Path, chips: Path | None, info: ScenePrediction | PatchPrediction
                      ) -> tuple[PatchMetrics, str, dict[str, Path]]:
     """Score predicted ``mask_N.h5`` files against the chip set they were predicted from.
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import rasterio
@@ -201,11 +201,11 @@ def run(options: PredictOptions) -> PredictResult:
 
         size = ChipSet(o.chips, "--chips").size
         choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, size)
-        meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
-                                         o.precision, o.previews, o.submission, runner=runner,
-                                         choice=choice.record())
+        patch_meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
+                                               o.precision, o.previews, o.submission, runner=runner,
+                                               choice=choice.record())
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
-        return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
+        return PredictResult(path=Path(o.out), meta=patch_meta, evaluation=evaluation, previews=previews)
     choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, o.tile)
     inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or []), *(o.pre_images or []))
               if p is not None]
@@ -214,7 +214,7 @@ def run(options: PredictOptions) -> PredictResult:
             sc = _prepare_images(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
             where = "--image " + ", ".join(str(p) for p in o.images)
         else:
-            sc = Scene(o.scene, "--scene")
+            sc = Scene(cast(Path, o.scene), "--scene")  # the one input left (validated)
             where = f"--scene {sc.path}"
         band_idx = [i + 1 for i in match_bands(bundle.bands, sc.bands, where, bundle.name)]
         window, area_geoms = _window_of(sc, o.area)
@@ -276,9 +276,9 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
         return choice, _build_runner(bundle, choice.setting, dev, {})
     if engine in ("onnx", "onnx-int8"):
         engines.require_onnxruntime(f"--engine {engine}")
-        record = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
+        built = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
         choice = resolve_run(precision, dev, engine)
-        ok, why = record.eligible(engine) if engine == "onnx-int8" else (True, "")
+        ok, why = built.eligible(engine) if engine == "onnx-int8" else (True, "")
         if not ok:
             warnings.warn(f"--engine {engine}: {why}; auto would not pick it", PredictWarning, stacklevel=3)
         return choice, _build_runner(bundle, choice.setting, dev, engine_paths_of(bundle))
@@ -286,7 +286,7 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
     from slidemap.nn.device import cpu_has_native_bf16
 
     excluded: dict[str, str] = {}
-    record = None
+    record: EngineRecord | None = None
     if engine == "torch":
         excluded["onnx"] = "onnx, onnx-int8: --engine torch"
     elif engines.onnxruntime_available() and bundle.path is not None:

@@ -531,12 +531,14 @@ def _quicklook(folder: Path, grid: Grid, overview: tuple[np.ndarray, Affine, lis
                      title=title)
 
 
-def _sources(o: PrepareOptions, readers: Sequence[OnGrid], pre_readers: Sequence[OnGrid], dem_reader: OnGrid | None,
-             inv: Inventory | None) -> list[dict]:
+def _sources(o: PrepareOptions, readers: Sequence[OnGrid], pre_readers: Sequence[OnGrid],
+             dem_reader: OnGrid | None, inv: Inventory | None) -> list[dict]:
     """Every input with its checksum and how it was brought onto the grid ("none": it lay on it)."""
-    items = [("image", p, r.resampling) for p, r in zip(o.images, readers, strict=True)]
+    items: list[tuple[str, Path, str | None]] = [("image", p, r.resampling)
+                                                 for p, r in zip(o.images, readers, strict=True)]
     items += [("pre_image", p, r.resampling) for p, r in zip(o.pre_images, pre_readers, strict=True)]
     if o.dem is not None:
+        assert dem_reader is not None  # opened whenever --dem is given
         items.append(("dem", Path(o.dem), dem_reader.resampling))
     if o.inventory is not None:
         how = inv.reader.resampling if isinstance(inv, LabelRaster) else "rasterised"

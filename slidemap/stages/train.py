@@ -218,7 +218,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         pl.seed_everything(o.seed, workers=False, verbose=False)
         net = build_model(o.model, in_channels=len(bands), filters=o.filters, **o.model_args)
         if channels_last:
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
@@ -399,6 +399,7 @@ def _split(chipsets: list[ChipSet], val_fraction: float, seed: int) -> Split:
     """
     parts, offset = [], 0
     for c in chipsets:
+        windows: list[dict[str, Any]]
         if not c.windows:
             if c.meta.scene:
                 raise UserError(f"CHIPS {c.path}: windows.csv is missing, so overlapping chips cannot be "

@@ -13,7 +13,7 @@ convolution, before ReLU) and dropout (after each pooling and each concatenation
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -147,7 +147,8 @@ class UNet(SegmentationNet):
         x = self.bottleneck(x)
         for up, block, skip in zip(self.upsample, self.decoder, reversed(skips), strict=True):
             u = up(x)
-            conv, rest = block[0], list(block)[1:]
+            seq = cast(DoubleConv, block)  # the decoder holds DoubleConv blocks
+            conv, rest = cast(nn.Conv2d, seq[0]), list(seq)[1:]
             half = u.shape[1]
             x = F.conv2d(u, conv.weight[:, :half], conv.bias, padding=1)
             x += F.conv2d(skip, conv.weight[:, half:], None, padding=1)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
 
 IMAGE_CRS = CRS.from_epsg(32723)  # UTM 23S: Nova Friburgo, the area of study 000
 DEM_CRS = CRS.from_epsg(4326)
@@ -77,7 +81,7 @@ class SynthGrid:
         """Map coordinates of continuous image coordinates ``(u, v)`` = (column, row), corners integer."""
         return np.column_stack([ORIGIN_XY[0] + uv[:, 0] * self.pixel, ORIGIN_XY[1] - uv[:, 1] * self.pixel])
 
-def make_areas(grid: SynthGrid) -> dict[str, tuple[str, object]]:
+def make_areas(grid: SynthGrid) -> dict[str, tuple[str, Polygon]]:
     """Train area on the left 60 %, two test areas stacked on the right: disjoint, sharing edges only.
 
     The train outline carries the test areas' common corner as a vertex, so after any reprojection

@@ -180,7 +180,8 @@ def _settlements(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, n
     n, p = grid.size, grid.pixel
     edge = smooth_noise(rng, (n, n), 120.0 / p)
     town = np.zeros((n, n), bool)
-    buildings, spectra = [], []
+    buildings: list[tuple[Polygon, int]] = []
+    spectra: list[np.ndarray] = []
     for cx, cy in centres:
         radius = rng.uniform(150.0, 420.0) * scale
         c0, r0 = ~grid.transform @ (cx, cy)

@@ -108,7 +108,7 @@ def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float,
 
 
 def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.ndarray],
-                     areas: dict[str, tuple[str, object]], count: int, size: float = 1.0) -> list[Landslide]:
+                     areas: dict[str, tuple[str, Polygon]], count: int, size: float = 1.0) -> list[Landslide]:
     """Place ``count`` landslides: crowns on steep slopes, bodies down the fall line.
 
     Sizes are log-uniform in 200-80,000 m², none overlapping another or crossing an area's edge; 20 % in each test
@@ -131,7 +131,7 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
     slope = terrain["slope"]
     to_xy = [grid.pixel, 0.0, 0.0, -grid.pixel, ORIGIN_XY[0], ORIGIN_XY[1]]
     placed: list[Landslide] = []
-    keep_out: list[object] = []  # placed slides with a halo, and their bounding boxes
+    keep_out: list[Polygon] = []  # placed slides with a halo, and their bounding boxes
     boxes = np.empty((0, 4))
     names = list(areas)
     for r in (1, 2, 0):  # test areas first, 20 % each; the train area takes the rest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
@@ -20,6 +21,9 @@ from slidemap.sources.synth.landslides import Landslide, paint_landslides, place
 from slidemap.sources.synth.params import SynthParams
 from slidemap.sources.synth.sensor import pre_event_digital_numbers, to_digital_numbers
 from slidemap.sources.synth.terrain import River, image_terrain, make_elevation, make_rivers
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
 
 # One random stream per part, so that a parameter of one part leaves the others' draws alone. New
 # streams go at the end: the first ones then stay what they were (SeedSequence children are numbered).
@@ -41,7 +45,7 @@ class StudyArea:
     slope: np.ndarray  # (H, W) slope in degrees on the image grid
     cover: np.ndarray  # (H, W) uint8 COVER classes, landslides included
     landslides: list[Landslide]
-    areas: dict[str, tuple[str, object]]  # name -> (role, shapely Polygon in the image CRS)
+    areas: dict[str, tuple[str, Polygon]]  # name -> (role, polygon in the image CRS)
     rivers: list[River] = field(default_factory=list)
     pre_image: np.ndarray | None = None  # (5, h, w) uint16 DN before the landslides, on pre_transform
     pre_transform: Affine | None = None

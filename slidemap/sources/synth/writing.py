@@ -78,6 +78,7 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
     with atomic_dir(out, MARKER, what=WHAT) as tmp:
         _write_image(tmp / "image.tif", study.image, study.grid.transform, study.seed)
         if study.pre_image is not None:
+            assert study.pre_transform is not None  # made with the pre-event image
             _write_image(tmp / "pre_image.tif", study.pre_image, study.pre_transform, study.seed,
                          "pre-event: before the landslides; other sun, cloud, noise and grid")
         _write_dem(tmp / "dem.tif", study)
