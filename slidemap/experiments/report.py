@@ -54,7 +54,7 @@ class Doc:
         self.blocks.append(("img", path, alt))
 
     def markdown(self) -> str:
-        """The report as Markdown."""
+        """The report as Markdown, figures linked relative to the folder."""
         out = []
         for b in self.blocks:
             if b[0] == "h":

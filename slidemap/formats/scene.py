@@ -195,12 +195,12 @@ class Scene:
 
     @property
     def width(self) -> int:
-        """Grid columns."""
+        """Columns of the scene grid (pixels across)."""
         return self.meta.width
 
     @property
     def height(self) -> int:
-        """Grid rows."""
+        """Rows of the scene grid (pixels down)."""
         return self.meta.height
 
     @property

@@ -148,17 +148,17 @@ class RunChoice:
 
     @property
     def engine(self) -> str:
-        """The chosen setting's engine."""
+        """``setting.engine``: torch, onnx or onnx-int8."""
         return self.setting.engine
 
     @property
     def precision(self) -> str:
-        """The chosen setting's precision."""
+        """``setting.precision``: 32, bf16, 16 or int8."""
         return self.setting.precision
 
     @property
     def channels_last(self) -> bool:
-        """Whether the chosen setting runs torch channels-last."""
+        """``setting.channels_last``: torch's memory layout (channels-last or NCHW)."""
         return self.setting.channels_last
 
     def record(self) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class SegmentationTask(pl.LightningModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's logits."""
+        """The network's logits (the steps call ``net`` directly)."""
         return self.net(x)
 
     def _to_device(self) -> None:
@@ -127,7 +127,7 @@ class SegmentationTask(pl.LightningModule):
         return self.images[idx], self.masks[idx]
 
     def on_train_epoch_start(self) -> None:
-        """Seed the global stream from (seed, epoch), so a resumed run draws the same dropout."""
+        """Seed torch's global stream from (seed, epoch), so a resumed run draws the same dropout; zero the sums."""
         torch.manual_seed(_stream_seed(self.seed, self.current_epoch, 2))  # dropout and the like
         self.train_acc = torch.zeros(2, dtype=torch.float64, device=self.device)
 
