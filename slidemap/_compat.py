@@ -14,8 +14,18 @@ import importlib.util
 import sys
 import types
 import warnings
+from collections.abc import Callable, Iterable, Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from slidemap.formats.chips import ChipSet
+    from slidemap.formats.prediction import PatchPrediction, ScenePrediction
+    from slidemap.formats.scene import Scene
+    from slidemap.stages.evaluate import EvaluateResult
+
+    PathLike = str | Path
 
 MOVED = {
     "slidemap.files": "slidemap.formats.files", "slidemap.scene": "slidemap.formats.scene",
@@ -33,8 +43,10 @@ MOVED = {
 }
 
 
-def prepare_scene(images, out, dem=None, inventory=None, areas=None, split=None, split_axis="x",
-                  terrain=("dem", "slope"), band_names=None, all_touched=False):
+def prepare_scene(images: Iterable[PathLike], out: PathLike, dem: PathLike | None = None,
+                  inventory: PathLike | None = None, areas: PathLike | None = None, split: str | None = None,
+                  split_axis: str = "x", terrain: Iterable[str] = ("dem", "slope"),
+                  band_names: list[str] | None = None, all_touched: bool = False) -> Scene:
     """0.1 API: ``slidemap.stages.prepare.run(PrepareOptions(...))``, returning the Scene."""
     from slidemap.formats.scene import Scene
     from slidemap.stages import prepare
@@ -45,8 +57,9 @@ def prepare_scene(images, out, dem=None, inventory=None, areas=None, split=None,
     return Scene(result.path)
 
 
-def sample_chips(scene, out, method="grid", size=128, overlap=0.0, count=5000, require_landslide=False,
-                 area=None, max_nodata=0, seed=0):
+def sample_chips(scene: PathLike, out: PathLike, method: str = "grid", size: int = 128, overlap: float = 0.0,
+                 count: int = 5000, require_landslide: bool = False, area: str | None = None, max_nodata: int = 0,
+                 seed: int = 0) -> ChipSet:
     """0.1 API: ``slidemap.stages.sample.run(SampleOptions(...))``, returning the ChipSet."""
     from slidemap.formats.chips import ChipSet
     from slidemap.stages import sample
@@ -57,10 +70,13 @@ def sample_chips(scene, out, method="grid", size=128, overlap=0.0, count=5000, r
     return ChipSet(result.path)
 
 
-def train(chips, out, model="unet", filters=16, batch_size=16, epochs=200, lr=1e-3, val_fraction=0.3,
-          augment=True, patience=20, bands=None, loss="bce", pos_weight=None, seed=0, device="auto",
-          resume=False, *, precision=None, progress=True, max_time=None, model_args=None, channels_last=True,
-          callbacks=()) -> dict[str, Any]:
+def train(chips: PathLike | Sequence[PathLike], out: PathLike, model: str = "unet", filters: int = 16,
+          batch_size: int = 16, epochs: int = 200, lr: float = 1e-3, val_fraction: float = 0.3,
+          augment: bool = True, patience: int = 20, bands: list[str] | None = None, loss: str = "bce",
+          pos_weight: float | None = None, seed: int = 0, device: str = "auto", resume: bool = False, *,
+          precision: str | None = None, progress: bool = True, max_time: str | None = None,
+          model_args: dict[str, Any] | None = None, channels_last: bool | None = True,
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """0.1 API: ``slidemap.stages.train.run(TrainOptions(...))``, returning ``{bundle, run, summary}``."""
     from slidemap.stages import train as stage
 
@@ -73,15 +89,16 @@ def train(chips, out, model="unet", filters=16, batch_size=16, epochs=200, lr=1e
     return {"bundle": result.bundle, "run": result.run, "summary": result.summary.model_dump()}
 
 
-def _evaluation_dict(evaluation) -> dict[str, Any]:
+def _evaluation_dict(evaluation: EvaluateResult) -> dict[str, Any]:
     out: dict[str, Any] = {"table": evaluation.table, **{k: str(v) for k, v in evaluation.files.items()}}
     out["metrics"] = evaluation.metrics.model_dump()
     return out
 
 
-def predict(model, out, scene=None, area=None, images=None, dem=None, tile=512, overlap=64, threshold="best",
-            min_area=0.0, batch_size=4, device="auto", as_float=False, evaluate=False,
-            precision="auto") -> dict[str, Any]:
+def predict(model: PathLike, out: PathLike, scene: PathLike | None = None, area: str | None = None,
+            images: list[PathLike] | None = None, dem: PathLike | None = None, tile: int = 512, overlap: int = 64,
+            threshold: str | float = "best", min_area: float = 0.0, batch_size: int = 4, device: str = "auto",
+            as_float: bool = False, evaluate: bool = False, precision: str = "auto") -> dict[str, Any]:
     """0.1 API: ``slidemap.stages.predict.run(PredictOptions(...))``, returning a dict of figures."""
     from slidemap.stages import predict as stage
 
@@ -89,7 +106,7 @@ def predict(model, out, scene=None, area=None, images=None, dem=None, tile=512, 
         model=model, out=out, scene=scene, area=area, images=images, dem=dem, tile=tile, overlap=overlap,
         threshold=threshold, min_area=min_area, batch_size=batch_size, device=device, as_float=as_float,
         evaluate=evaluate, precision=precision, postprocess="none"))  # 0.1 had no post-processing
-    m = result.meta
+    m = cast("ScenePrediction", result.meta)  # a scene, not patches
     d: dict[str, Any] = {"prediction": str(out), "probability": str(Path(out) / "probability.tif"),
                          "mask": str(Path(out) / "mask.tif"), "polygons": str(Path(out) / "landslides.gpkg"),
                          "landslides": m.landslides, "landslide_km2": m.landslide_km2, "valid_km2": m.valid_km2,
@@ -99,7 +116,8 @@ def predict(model, out, scene=None, area=None, images=None, dem=None, tile=512, 
     return d
 
 
-def evaluate(pred, truth=None, areas=None, object_overlap=0.5, block=1024) -> dict[str, Any]:
+def evaluate(pred: PathLike, truth: PathLike | None = None, areas: list[str] | None = None,
+             object_overlap: float = 0.5, block: int = 1024) -> dict[str, Any]:
     """0.1 API: ``slidemap.stages.evaluate.run(EvaluateOptions(...))``, returning a dict."""
     from slidemap.stages import evaluate as stage
 
@@ -107,27 +125,29 @@ def evaluate(pred, truth=None, areas=None, object_overlap=0.5, block=1024) -> di
                                                             object_overlap=object_overlap, block=block)))
 
 
-def predict_patches(model, chips, out, threshold="best", batch_size=4, device="auto", evaluate=False,
-                    previews=24, precision="auto") -> dict[str, Any]:
+def predict_patches(model: PathLike, chips: PathLike, out: PathLike, threshold: str | float = "best",
+                    batch_size: int = 4, device: str = "auto", evaluate: bool = False, previews: int = 24,
+                    precision: str = "auto") -> dict[str, Any]:
     """0.1 API of ``slidemap.l4s.predict_patches``: ``predict --chips``."""
     from slidemap.stages import predict as stage
 
     result = stage.run(stage.PredictOptions(model=model, out=out, chips=chips, threshold=threshold,
                                             batch_size=batch_size, device=device, evaluate=evaluate,
                                             previews=previews, precision=precision, postprocess="none"))
-    d: dict[str, Any] = {"out": str(out), "patches": result.meta.count, "threshold": round(result.meta.threshold, 4),
-                         "previews": result.previews, "landslide_pixels": result.meta.landslide_pixels}
+    m = cast("PatchPrediction", result.meta)  # patches, not a scene
+    d: dict[str, Any] = {"out": str(out), "patches": m.count, "threshold": round(m.threshold, 4),
+                         "previews": result.previews, "landslide_pixels": m.landslide_pixels}
     if result.evaluation is not None:
         d.update(_evaluation_dict(result.evaluation))
     return d
 
 
-def evaluate_patches(pred, chips) -> dict[str, Any]:
+def evaluate_patches(pred: PathLike, chips: PathLike) -> dict[str, Any]:
     """0.1 API of ``slidemap.l4s.evaluate_patches``: ``evaluate PRED --truth CHIPS``."""
     return evaluate(pred, truth=chips)
 
 
-WRAPPED = {
+WRAPPED: dict[str, dict[str, Callable[..., Any]]] = {
     "slidemap.prepare": {"prepare_scene": prepare_scene},
     "slidemap.sample": {"sample_chips": sample_chips},
     "slidemap.train": {"train": train},
@@ -138,7 +158,7 @@ WRAPPED = {
 
 
 class _Loader(importlib.abc.Loader):
-    def create_module(self, spec):
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType:
         return types.ModuleType(spec.name)
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -152,7 +172,8 @@ class _Loader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path, target=None):
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> ModuleSpec | None:
         if fullname in MOVED:
             return importlib.util.spec_from_loader(fullname, _Loader())
         return None

@@ -14,10 +14,16 @@ import warnings
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 
 from slidemap.errors import UserError
+
+if TYPE_CHECKING:
+    from slidemap.nn.device import Setting
+    from slidemap.stages.evaluate import EvaluateResult
 
 app = typer.Typer(
     add_completion=False,
@@ -43,34 +49,40 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for
 
 
 class Method(StrEnum):
+    """``sample --method``: a regular lattice of chips, or chips drawn at random."""
     grid = "grid"
     random = "random"
 
 
 class Arch(StrEnum):
+    """``train --model``: study 000's U-Net or study 002's ResU-Net."""
     unet = "unet"
     resunet = "resunet"
 
 
 class Loss(StrEnum):
+    """``train --loss``: binary cross-entropy, BCE plus Dice, or focal loss."""
     bce = "bce"
     bce_dice = "bce+dice"
     focal = "focal"
 
 
 class Device(StrEnum):
+    """``--device``: auto takes the GPU when there is one."""
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
 class PostMode(StrEnum):
+    """``predict --postprocess``: whether the bundle's learned clean-up applies (auto: to scenes only)."""
     auto = "auto"
     bundle = "bundle"
     none = "none"
 
 
 class Axis(StrEnum):
+    """``prepare --split-axis``: cut the scene along columns (x) or rows (y)."""
     x = "x"
     y = "y"
 
@@ -395,8 +407,7 @@ def export(
     overlap: int = typer.Option(64, help="Tile overlap in pixels (written as Deepness's percent)."),
     threshold: str = typer.Option("best", help="Threshold written as seg_thresh: 'best', '0.5' or a number."),
 ) -> None:
-    """Export the model as ONNX for QGIS (Deepness plugin) and ONNX Runtime: raw band values in, landslide
-    probability out, standardisation inside."""
+    """Export the model as ONNX (QGIS Deepness, ONNX Runtime): raw band values in, landslide probability out."""
     from slidemap.stages import export as stage
 
     result = stage.run(stage.ExportOptions(model=run, onnx=onnx, resolution_cm=resolution_cm, tile=tile,
@@ -412,8 +423,7 @@ def export(
 
 @app.command()
 def info() -> None:
-    """This machine as slidemap sees it: CPU, threads, versions, the cache of measured settings, and what
-    `auto` picks for each network and size measured so far."""
+    """This machine as slidemap sees it: CPU, threads, versions, measured settings and what `auto` picks."""
     from slidemap.nn.device import MARGIN, cache_dir, describe_cache, describe_setting, machine, pick
     from slidemap.nn.engines import onnxruntime_available
 
@@ -445,7 +455,7 @@ def info() -> None:
             typer.echo(f"     {star} {n:14s} {r['rates'][n]:9.3f} {r['unit']:8s} {describe_setting(n)}")
 
 
-def _setting(name: str):
+def _setting(name: str) -> Setting:
     from slidemap.nn.device import Setting
 
     if name in ("onnx", "onnx-int8"):
@@ -507,7 +517,7 @@ def experiment_report(
     typer.echo(f"report {write_report(folder, out)}")
 
 
-def _print_evaluation(result) -> None:
+def _print_evaluation(result: EvaluateResult) -> None:
     typer.echo(result.table)
     for key, path in result.files.items():
         typer.echo(f"{key}: {path}")
@@ -515,7 +525,7 @@ def _print_evaluation(result) -> None:
 
 @contextlib.contextmanager
 def _warnings_as_lines() -> Iterator[None]:
-    """slidemap's own warnings as one ``warning: ...`` line each on stderr; others as Python shows them."""
+    """Slidemap's own warnings as one ``warning: ...`` line each on stderr; others as Python shows them."""
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -532,7 +542,7 @@ def _warnings_as_lines() -> Iterator[None]:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _terminate(signum: int, frame) -> None:
+def _terminate(signum: int, frame: FrameType | None) -> None:
     """SIGTERM cleans up like Ctrl-C: temporary folders removed, locks released."""
     raise KeyboardInterrupt
 

@@ -11,12 +11,18 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from slidemap.stages.evaluate import EvaluateResult
 
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """One demo size: the scene, the chips, the network and its training schedule."""
+
     size: int  # synthetic scene width/height in pixels
     landslides: int
     patch: int
@@ -39,7 +45,7 @@ FAST = DemoConfig(size=1024, landslides=80, patch=64, overlap=0.25, filters=16, 
                   patience=0, loss="bce")
 
 
-def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 0):
+def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 0) -> EvaluateResult:
     """Run every stage into ``out`` and return the evaluation (with its printable table)."""
     from slidemap.sources.synth import synthesize
     from slidemap.stages import predict, prepare, sample, train
@@ -85,6 +91,7 @@ def run_demo(out: str | Path = "slidemap-demo", fast: bool = False, seed: int = 
     step(6, f"done (network: {pred.meta.engine_choice.get('setting', pred.meta.engine)}, "
             f"{pred.meta.engine_choice.get('how', '')})")
     evaluation = pred.evaluation
+    assert evaluation is not None  # predict ran with evaluate=True
     console.print(evaluation.table)
     for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
         console.print(f"      {name:16s} {pred.path / name}")

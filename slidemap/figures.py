@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from affine import Affine
@@ -22,12 +22,18 @@ from slidemap.formats.files import atomic_file
 from slidemap.raster.bands import rgb_band_indexes
 from slidemap.raster.metrics import CLASS_COLOURS, CLASS_LABELS, FN, FP, NODATA_CLASS, TP
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from matplotlib.figure import Figure
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
 NODATA_GREY = "#d9d9d9"
 QUICKLOOK_SIZE = 1200  # pixels along the longer side of the rendered raster
 PNG_MAX_SIDE = 1200
 
 
-def agg_figure(width_in: float, height_in: float, dpi: int = 100):
+def agg_figure(width_in: float, height_in: float, dpi: int = 100) -> Figure:
     """A matplotlib Figure on the Agg canvas (no GUI backend, safe in threads and on servers)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -37,7 +43,8 @@ def agg_figure(width_in: float, height_in: float, dpi: int = 100):
     return fig
 
 
-def save_png(fig, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a reader never sees half a file); returns ``path``."""
     path = Path(path)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -74,10 +81,12 @@ def on_grey(rgba: np.ndarray, grey: float = 0.6) -> np.ndarray:
     return np.where(rgba[..., 3:] > 0, rgba[..., :3], grey)
 
 
-def read_true_colour(stack_path: Path, bands: Sequence[str], crs, transform: Affine,
+def read_true_colour(stack_path: Path, bands: Sequence[str], crs: CRS | None, transform: Affine,
                      shape: tuple[int, int]) -> np.ndarray | None:
     """RGBA of a stack warped straight onto a (decimated) grid: only the output pixels are computed.
-    None when the stack is missing."""
+
+    None when the stack is missing.
+    """
     import rasterio
     from rasterio.vrt import WarpedVRT
 
@@ -98,11 +107,14 @@ def read_true_colour(stack_path: Path, bands: Sequence[str], crs, transform: Aff
 
 # --- quicklook -------------------------------------------------------------------------------------
 
-def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine, crs, bands: Sequence[str],
-                     inventory=None, areas=None, title: str | None = None) -> Path:
-    """Write a PNG of ``pixels`` (C, H, W; decimated, NaN at nodata) in true colour with inventory
-    outlines and labelled areas, in map coordinates (a geographic grid drawn with its latitude's
-    east-west stretch)."""
+def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine, crs: CRS | None,
+                     bands: Sequence[str], inventory: gpd.GeoSeries | None = None,
+                     areas: gpd.GeoDataFrame | None = None, title: str | None = None) -> Path:
+    """Write a PNG of ``pixels`` (C, H, W; decimated, NaN at nodata) in true colour, in map coordinates.
+
+    Inventory outlines and labelled areas are drawn over it; a geographic grid is drawn with its latitude's
+    east-west stretch.
+    """
     rgba = true_colour(pixels, bands)
     h, w = rgba.shape[:2]
     left, top = transform.c, transform.f
@@ -134,9 +146,11 @@ def render_quicklook(out_png: str | Path, pixels: np.ndarray, transform: Affine,
     return save_png(fig, out_png)
 
 
-def _ground_aspect(crs, lat: float) -> float:
-    """y/x display ratio that shows ground distances undistorted (1 for projected CRSs; 1/cos(lat) for
-    degrees, so a geographic scene does not look squashed east-west)."""
+def _ground_aspect(crs: CRS | None, lat: float) -> float:
+    """y/x display ratio that shows ground distances undistorted.
+
+    1 for projected CRSs; 1/cos(lat) for degrees, so a geographic scene does not look squashed east-west.
+    """
     if crs is None or not crs.is_geographic:
         return 1.0
     return float(1.0 / max(np.cos(np.radians(lat)), 1e-3))
@@ -144,10 +158,12 @@ def _ground_aspect(crs, lat: float) -> float:
 
 # --- error maps ------------------------------------------------------------------------------------
 
-def footprint_window(tif: Path, pad: int = 8):
-    """The window of an error map holding its valid pixels (class != 255), found on a decimated read and
-    padded by ``pad`` px: an area's footprint, without the empty corners of its bounding box or the scene's
-    nodata. None when it has no valid pixel."""
+def footprint_window(tif: Path, pad: int = 8) -> Window | None:
+    """The window of an error map holding its valid pixels (class != 255), padded by ``pad`` px.
+
+    Found on a decimated read: an area's footprint, without the empty corners of its bounding box or the scene's
+    nodata. None when it has no valid pixel.
+    """
     import rasterio
     from rasterio.windows import Window
 
@@ -164,8 +180,9 @@ def footprint_window(tif: Path, pad: int = 8):
 
 
 def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
-    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour,
-    cropped to the area's valid footprint and decimated to at most PNG_MAX_SIDE px.
+    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour.
+
+    Cropped to the area's valid footprint and decimated to at most PNG_MAX_SIDE px.
 
     Inside the area the image is drawn as it is under TP/FP/FN; outside it (within the crop) it is faded
     to a light wash, so that a thin or diagonal area keeps its landscape around it instead of a grey
@@ -199,7 +216,8 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     ax.imshow(image, interpolation="nearest")
     ax.imshow(overlay, interpolation="nearest")
     ax.set_axis_off()
-    handles = [Patch(color=np.array(CLASS_COLOURS[k]) / 255, label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
+    # an RGB array is a colour to matplotlib, though its stubs only name tuples
+    handles = [Patch(color=cast(Any, np.array(CLASS_COLOURS[k]) / 255), label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
     handles.append(Patch(facecolor=(0.85, 0.85, 0.85), edgecolor=(0.1, 0.1, 0.1),
                          label="outside the area or no truth"))
     handles.append(Patch(color=(0.55, 0.55, 0.55), label="no image data"))

@@ -1,9 +1,15 @@
-"""Progress bars, on stderr so stdout stays clean for results, drawn only on a terminal (quiet in tests,
-logs and pipes)."""
+"""Progress bars on stderr, so that stdout stays clean for results.
+
+They are drawn only on a terminal: quiet in tests, logs and pipes.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def track(items: Iterable, description: str, total: int | None = None) -> Iterator:
@@ -20,9 +26,12 @@ def track(items: Iterable, description: str, total: int | None = None) -> Iterat
                           transient=True)
 
 
-def bar(unit: str | None = None, transient: bool = True):
-    """A ``rich.progress.Progress`` to add tasks to; ``unit`` (e.g. ``"km²"``) shows completed/total in
-    that unit with elapsed and remaining time, instead of rich's default columns."""
+def bar(unit: str | None = None, transient: bool = True) -> Progress:
+    """A ``rich.progress.Progress`` to add tasks to, silent off a terminal.
+
+    ``unit`` (e.g. ``"km²"``) shows completed/total in that unit with elapsed and remaining time, instead
+    of rich's default columns.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

@@ -21,7 +21,6 @@ from slidemap.formats.bundle import BundleMeta
 from slidemap.formats.prediction import ScenePrediction
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import save_bundle
-from slidemap.nn.device import cpu_has_native_bf16
 from slidemap.nn.inference import TileRunner, predict_array
 from slidemap.nn.models import build_model
 from slidemap.nn.normalise import Normaliser

@@ -1,2 +1,4 @@
-"""Experiments: a YAML spec -> a grid of runs (locally, in worker processes or on Ray) -> results.csv ->
-a report with the studies' tables and figures."""
+"""Experiments: a YAML spec -> a grid of runs -> results.csv -> a report with tables and figures.
+
+Runs go locally, in worker processes or on Ray; the report holds the studies' tables and figures.
+"""

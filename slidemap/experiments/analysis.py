@@ -1,5 +1,7 @@
-"""The numbers of an experiment report, from results.csv alone: best models, the studies' tables, the
-transferability matrix, and paired tests of the studies' conclusions over seeds.
+"""The numbers of an experiment report, from results.csv alone.
+
+Best models, the studies' tables, the transferability matrix, and paired tests of the studies' conclusions over
+seeds.
 
 Everything here is a pure function of the rows (pandas), so the report's tables can be checked against
 hand-computed values; where a number comes from, the rows' ``run_folder`` says.
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -80,18 +83,23 @@ def mean_sd(df: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str] = ("pr
 
 
 def best_per_group(df: pd.DataFrame, by: str = "f1") -> pd.DataFrame:
-    """Study 000's figure 5: per test area x dataset x sampling x size, the model (architecture, filters,
-    batch size) with the highest mean ``by`` over seeds, with its mean and spread."""
+    """Study 000's figure 5: the best model per test area x dataset x sampling x size.
+
+    The model (architecture, filters, batch size) is the one with the highest mean ``by`` over seeds, shown with
+    its mean and spread.
+    """
     a = areas(df)
     group = ["scenario", "test_site", "test_area", "dataset", "sampling", "size"]
     per_model = mean_sd(a, [*group, "model"])
     idx = per_model.groupby(group, sort=False)[by].idxmax()
-    return per_model.loc[idx.values].reset_index(drop=True)
+    return per_model.loc[idx.to_numpy()].reset_index(drop=True)
 
 
 def table3(df: pd.DataFrame) -> pd.DataFrame:
-    """Study 000's table 3: per (training scenario x) sampling x size, the dataset x model with the highest
-    IoU averaged over the test areas (means over seeds), with each test area's IoU."""
+    """Study 000's table 3: the best dataset x model per (training scenario x) sampling x size.
+
+    Best by IoU averaged over the test areas (means over seeds), with each test area's IoU.
+    """
     a = areas(df).copy()
     a["where"] = a["test_site"] + "/" + a["test_area"]
     keys = ["scenario", "sampling", "size", "dataset", "model"]
@@ -100,15 +108,17 @@ def table3(df: pd.DataFrame) -> pd.DataFrame:
     wide["average"] = wide.mean(axis=1)
     wide = wide.reset_index()
     idx = wide.groupby(["scenario", "sampling", "size"], sort=False)["average"].idxmax()
-    best = wide.loc[idx.values].reset_index(drop=True)
+    best = wide.loc[idx.to_numpy()].reset_index(drop=True)
     folders = per.groupby(keys, sort=False)["run_folder"].first()
     best["run_folder"] = [folders.get(tuple(getattr(r, k) for k in keys), "") for r in best.itertuples()]
     return best
 
 
 def transfer_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    """Study 002's figure 10: mean F1 (over runs and seeds) per architecture x training scenario x test
-    site, from each run's site-level counts."""
+    """Study 002's figure 10: mean F1 per architecture x training scenario x test site.
+
+    Means over runs and seeds, from each run's site-level counts.
+    """
     s = site_level(df)
     return mean_sd(s, ["architecture", "scenario", "test_site"], ("f1",))
 
@@ -153,6 +163,7 @@ class Claim:
 
     @property
     def verdict(self) -> str:
+        """Supported, contradicted or not supported at p < 0.05, or why it cannot be tested here."""
         if self.n < 2:
             return f"cannot be tested here ({self.why_not})"
         if self.p is not None and self.p < 0.05:
@@ -160,6 +171,7 @@ class Claim:
         return "not supported (no significant difference)"
 
     def sentence(self) -> str:
+        """The claim, its verdict and the numbers behind it, as the report prints them."""
         if self.n < 2:
             return f"{self.text}: {self.verdict}."
         wil = f", Wilcoxon p = {self.p_wilcoxon:.3g}" if self.p_wilcoxon is not None else ""
@@ -168,7 +180,7 @@ class Claim:
                 f"p = {self.p_sign:.3g}{wil}).")
 
 
-def paired(frame: pd.DataFrame, axis: str, a, b, metric: str, text: str) -> Claim:
+def paired(frame: pd.DataFrame, axis: str, a: str | float, b: str | float, metric: str, text: str) -> Claim:
     """Pair rows that differ only in ``axis`` (``a`` vs ``b``) and test ``metric(a) - metric(b)``."""
     from scipy import stats
 
@@ -208,10 +220,10 @@ def _dataset_pairs(df: pd.DataFrame, spec_datasets: dict[str, tuple[tuple[str, .
 
 def datasets_of(df: pd.DataFrame) -> dict[str, tuple[tuple[str, ...], bool]]:
     """Each dataset's bands and augmentation, as recorded in the rows."""
-    out = {}
+    out: dict[str, tuple[tuple[str, ...], bool]] = {}
     for name, g in df.groupby("dataset", sort=False):
         first = g.iloc[0]
-        out[name] = (tuple(str(first["bands"]).split("+")), str(first["augment"]) == "True")
+        out[cast(str, name)] = (tuple(str(first["bands"]).split("+")), str(first["augment"]) == "True")
     return out
 
 

@@ -13,8 +13,10 @@ are relative to the list file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slidemap.errors import UserError
 from slidemap.formats.files import atomic_file, check_out, output_lock
@@ -24,6 +26,8 @@ MARKER = "scenes.json"
 
 @dataclass(frozen=True)
 class SceneJob:
+    """One entry of a batch prediction, with everything a worker process needs to predict it."""
+
     name: str
     scene: str | None
     images: tuple[str, ...]
@@ -37,7 +41,8 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
     """(name, scene folder or None, image files) per entry of a scene list; errors name the line."""
     if not path.is_file():
         raise UserError(f"--scenes {path}: no such file; give a text file with one scene or image per line")
-    entries, names = [], set()
+    entries: list[tuple[str, str | None, tuple[str, ...]]] = []
+    names: set[str] = set()
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
@@ -46,6 +51,7 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
         missing = [p for p in parts if not p.exists()]
         if missing:
             raise UserError(f"--scenes {path}: line {n}: {missing[0]} does not exist; fix the list")
+        entry: tuple[str | None, tuple[str, ...]]
         if len(parts) == 1 and parts[0].is_dir():
             if not (parts[0] / "scene.json").is_file():
                 raise UserError(f"--scenes {path}: line {n}: {parts[0]} is a folder but not a prepared scene "
@@ -86,7 +92,8 @@ def predict_one(job: SceneJob) -> tuple[str, str | None]:
 
 
 def predict_scenes(model: Path, scenes: Path, out: Path, dem: Path | None = None, workers: int = 1,
-                   ray: str | None = None, log=print, **options) -> tuple[int, int, Path]:
+                   ray: str | None = None, log: Callable[[str], None] = print,
+                   **options: Any) -> tuple[int, int, Path]:
     """Predict every entry of ``scenes`` into ``out``; returns (done, failed, merged GeoPackage)."""
     from slidemap.experiments.runner import dispatch
 
@@ -112,8 +119,10 @@ def predict_scenes(model: Path, scenes: Path, out: Path, dem: Path | None = None
 
 
 def merge_landslides(folder: Path, names: list[str]) -> Path:
-    """All scenes' landslides in one GeoPackage (column ``scene``), in the first scene's CRS, or WGS 84
-    when the scenes' CRSs differ (e.g. Sentinel-2 tiles in several UTM zones)."""
+    """All scenes' landslides in one GeoPackage (column ``scene``).
+
+    In the first scene's CRS, or WGS 84 when the scenes' CRSs differ (e.g. Sentinel-2 tiles in several UTM zones).
+    """
     import geopandas as gpd
     import pandas as pd
 

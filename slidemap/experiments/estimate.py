@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from slidemap.experiments.plan import Plan
+from slidemap.experiments.plan import Plan, RunPlan
 
 
 def _train_area_px(plan: Plan, site: str) -> float:
@@ -33,7 +33,7 @@ def _train_area_px(plan: Plan, site: str) -> float:
     return 4096 ** 2 * 0.6
 
 
-def _chips_per_epoch(plan: Plan, run) -> float:
+def _chips_per_epoch(plan: Plan, run: RunPlan) -> float:
     total = 0.0
     for chip in run.chips:
         if plan.spec.sites[chip.site].l4s is not None:
@@ -73,7 +73,7 @@ def _seconds_per_gflop(arch: str, bands: int, precision: str) -> float:
     device = resolve_device("auto")
     dtype = AUTOCAST_DTYPE[resolve_precision(precision, device)]
     torch.manual_seed(0)
-    net = build_model(arch, bands, 16).to(device).to(memory_format=torch.channels_last)
+    net = build_model(arch, bands, 16).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.randn(16, bands, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(16, 1, 64, 64, device=device) > 0.9).float()

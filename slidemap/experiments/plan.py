@@ -42,6 +42,7 @@ class SitePlan:
 
     @property
     def scene(self) -> Path:
+        """Scene sites: the prepared scene folder."""
         return self.folder / "scene"
 
     @property
@@ -67,6 +68,7 @@ class ChipPlan:
     folder: Path
 
     def label(self) -> str:
+        """How progress lines name it: site, sampler, size and seed."""
         seed = "" if self.seed is None else f" seed {self.seed}"
         return f"{self.site} {self.sampling.label} {self.size}px{seed}"
 
@@ -88,6 +90,8 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """The expanded grid: every site, chip set and run the spec asks for, and where each goes."""
+
     spec: Spec
     out: Path
     sites: dict[str, SitePlan]

@@ -12,6 +12,7 @@ import html
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -31,23 +32,29 @@ class Doc:
     blocks: list[tuple] = field(default_factory=list)
 
     def h(self, level: int, text: str) -> None:
+        """Add a heading of ``level`` (1: the title)."""
         self.blocks.append(("h", level, text))
 
     def p(self, text: str) -> None:
+        """Add a paragraph of plain text."""
         self.blocks.append(("p", text))
 
     def bullets(self, items: list[str]) -> None:
+        """Add a bulleted list."""
         self.blocks.append(("ul", items))
 
     def table(self, frame: pd.DataFrame, floats: int = 3) -> None:
+        """Add ``frame`` as a table, floats with ``floats`` decimals and NaN as an empty cell."""
         cols = list(frame.columns)
         rows = [[_cell(v, floats) for v in r] for r in frame.itertuples(index=False)]
         self.blocks.append(("table", cols, rows))
 
     def image(self, path: Path, alt: str) -> None:
+        """Add a figure: linked in Markdown (relative to the folder), embedded in HTML."""
         self.blocks.append(("img", path, alt))
 
     def markdown(self) -> str:
+        """The report as Markdown, figures linked relative to the folder."""
         out = []
         for b in self.blocks:
             if b[0] == "h":
@@ -64,6 +71,7 @@ class Doc:
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
+        """The report as one self-contained HTML page (figures inlined as data URIs)."""
         out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}"
                "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
@@ -85,7 +93,7 @@ class Doc:
         return "\n".join(out) + "</body></html>\n"
 
 
-def _cell(v, floats: int) -> str:
+def _cell(v: object, floats: int) -> str:
     if isinstance(v, float):
         return "" if pd.isna(v) else f"{v:.{floats}f}"
     return str(v)
@@ -203,6 +211,7 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
     a = an.areas(df)
     maps = folder / "error_maps"
     rows = []
+    r: Any  # a row of t3 (pandas types its fields as any scalar)
     for r in t3.itertuples():
         runs = a[(a["scenario"] == r.scenario) & (a["sampling"] == r.sampling) & (a["size"] == r.size)
                  & (a["dataset"] == r.dataset) & (a["model"] == r.model)]

@@ -18,8 +18,10 @@ COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#b
 
 
 def best_models_chart(best: pd.DataFrame, path: Path) -> Path:
-    """Figure 5 of study 000: P, R, F1 and IoU of the best model per dataset x sampling x size, one panel
-    per test area."""
+    """Figure 5 of study 000: P, R, F1 and IoU of the best model per dataset x sampling x size.
+
+    One panel per test area.
+    """
     where = list(dict.fromkeys(best["test_site"] + "/" + best["test_area"]))
     fig = agg_figure(max(7.0, 0.55 * best.groupby(["dataset", "sampling", "size"]).ngroups + 2),
                       2.8 * len(where) + 0.6)
@@ -46,8 +48,10 @@ def best_models_chart(best: pd.DataFrame, path: Path) -> Path:
 
 
 def factor_chart(runs: pd.DataFrame, factors: list[str], path: Path) -> Path:
-    """F1 against each factor, the other factors pooled: one point per run (mean over its test areas),
-    the mean and one standard deviation per level."""
+    """F1 against each factor, the other factors pooled.
+
+    One point per run (mean over its test areas), with the mean and one standard deviation per level.
+    """
     fig = agg_figure(3.0 * len(factors) + 0.5, 3.2)
     axes = fig.subplots(1, len(factors), squeeze=False, sharey=True)[0]
     rng = np.random.default_rng(0)
@@ -68,8 +72,10 @@ def factor_chart(runs: pd.DataFrame, factors: list[str], path: Path) -> Path:
 
 
 def transfer_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
-    """Figure 10 of study 002: mean F1 per training scenario (rows) and test site (columns), one panel per
-    architecture, each cell with its spread over seeds."""
+    """Figure 10 of study 002: mean F1 per training scenario (rows) and test site (columns).
+
+    One panel per architecture, each cell with its spread over seeds.
+    """
     archs = list(dict.fromkeys(matrix["architecture"]))
     scenarios = list(dict.fromkeys(matrix["scenario"]))
     sites = list(dict.fromkeys(matrix["test_site"]))

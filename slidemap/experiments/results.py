@@ -57,8 +57,10 @@ def pool_rows(rows: Sequence[dict[str, Any]], test_site: str, test_area: str, po
 
 
 def with_pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Area rows, then a pooled row per test site with several areas, then one per scenario (all test
-    sites, study 002's "all test datasets") when there are several sites."""
+    """Area rows, then pooled rows: per test site with several areas, then per scenario.
+
+    The per-scenario row pools all test sites (study 002's "all test datasets"), when there are several sites.
+    """
     out = list(rows)
     sites = list(dict.fromkeys(r["test_site"] for r in rows))
     for site in sites:

@@ -1,5 +1,6 @@
-"""Running the grid: sites and chip sets once, then every run (train, predict each test area, evaluate),
-in this process, in a pool of worker processes, or as Ray tasks on a cluster.
+"""Running the grid: sites and chip sets once, then every run (train, predict each test area, evaluate).
+
+Runs go in this process, in a pool of worker processes, or as Ray tasks on a cluster.
 
 A run is self-contained: it reads shared chip sets and scenes, writes only its own folder, and ends by
 writing its rows (``rows.json``). Everything is resumable: a finished run is never redone, an interrupted
@@ -19,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slidemap import __version__
 from slidemap.errors import UserError
@@ -34,6 +35,10 @@ from slidemap.experiments.results import (
 from slidemap.experiments.sites import materialise_chips, materialise_site, scene_of
 from slidemap.experiments.spec import Spec, load_spec
 from slidemap.formats.files import atomic_file, check_out, output_lock
+
+if TYPE_CHECKING:
+    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
+    from slidemap.stages.train import TrainSummary
 
 SPEC_FILE = "experiment.json"
 MAY_CHANGE = ("name", "description", "resources", "only", "exclude", "repeats", "seeds", "sizes")
@@ -54,6 +59,8 @@ class RunJob:
 
 @dataclass
 class Outcome:
+    """What one run came to: its rows, the error line if it failed, and its wall time."""
+
     name: str
     rows: list[dict[str, Any]]
     failed: str | None
@@ -111,7 +118,7 @@ def _base_row(job: RunJob) -> dict[str, Any]:
             "lr": t.lr, "seed": c["seed"], "slidemap_version": __version__, "run_folder": str(job.run.folder)}
 
 
-def _train(job: RunJob):
+def _train(job: RunJob) -> TrainSummary:
     """The run's training: skipped when its bundle is there, resumed when it was interrupted."""
     from slidemap.stages import train
     from slidemap.stages.train import TrainSummary
@@ -178,7 +185,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
     return rows
 
 
-def _predicted(folder: Path, bundle: Path):
+def _predicted(folder: Path, bundle: Path) -> PatchMetrics | SceneMetrics | None:
     """The metrics of an earlier, complete prediction of this very bundle in ``folder`` (else None)."""
     from slidemap.formats.prediction import PatchMetrics, SceneMetrics
 
@@ -291,8 +298,10 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
 
 
 def site_inputs(spec: Spec) -> list[Path]:
-    """Every file or folder the sites read (scenes, images, DEMs, inventories, Landslide4Sense folders and
-    lists): ``--out`` may not be one of them, hold one or lie inside one."""
+    """Every file or folder the sites read: ``--out`` may not be one of them, hold one or lie inside one.
+
+    Scenes, images, DEMs, inventories, Landslide4Sense folders and lists.
+    """
     paths: list[Path] = []
 
     def walk(obj: Any) -> None:
@@ -329,8 +338,11 @@ def _dispatch(jobs: list[RunJob], workers: int, ray: str | None, spec: Spec) -> 
 
 def dispatch(func: Callable, jobs: list, workers: int = 1, ray: str | None = None, cpus: int = 1,
              gpu: float = 0.0) -> Iterator[Any]:
-    """``func(job)`` for every job, yielded as they finish: in this process (one worker), in a pool of
-    worker processes, or as Ray tasks asking for ``cpus`` CPUs and a ``gpu`` fraction each."""
+    """``func(job)`` for every job, yielded as they finish.
+
+    In this process (one worker), in a pool of worker processes, or as Ray tasks asking for ``cpus`` CPUs and a
+    ``gpu`` fraction each.
+    """
     if not jobs:
         return
     if ray is not None:
@@ -373,9 +385,9 @@ def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: floa
 
 
 @contextlib.contextmanager
-def _progress(plan: Plan, todo: list[RunJob], workers: int):
+def _progress(plan: Plan, todo: list[RunJob], workers: int) -> Iterator[Callable[[Outcome], None]]:
     """Runs done / failed / left, the running runs' epochs and an ETA, on a terminal (quiet elsewhere)."""
-    state = {"done": 0, "failed": 0, "seconds": [], "started": time.perf_counter()}
+    state: dict[str, Any] = {"done": 0, "failed": 0, "seconds": [], "started": time.perf_counter()}
     live = None
     if sys.stderr.isatty():
         from rich.console import Console

@@ -1,5 +1,6 @@
-"""The experiment spec: one YAML file declaring sites, datasets, samplers, patch sizes, models, seeds and
-transferability scenarios, validated before anything runs.
+"""The experiment spec: one YAML file declaring the grid of runs, validated before anything runs.
+
+It declares sites, datasets, samplers, patch sizes, models, seeds and transferability scenarios.
 
 Read with a safe YAML loader (no Python tags) and validated with pydantic; an unknown key, a wrong type or
 an impossible value (a patch size the networks cannot take, a band a site lacks, a scenario naming an
@@ -53,6 +54,7 @@ class SynthSite(SpecModel):
         return self
 
     def parameters(self) -> dict[str, Any]:
+        """The keyword arguments of ``synthesize`` this site gives (the extra keys included)."""
         return {**self.model_dump(exclude=set(self.model_extra or {})), **(self.model_extra or {})}
 
 
@@ -76,8 +78,10 @@ class PrepareSite(SpecModel):
 
 
 class L4SSite(SpecModel):
-    """A Landslide4Sense folder: patches of ``train`` (a list file, or every patch) to train on and of
-    ``test`` (a list file, or a second folder) to evaluate on."""
+    """A Landslide4Sense folder: patches to train on and patches to evaluate on.
+
+    ``train``: a list file, or every patch; ``test``: a list file, or a second folder.
+    """
 
     folder: Path
     train: Path | None = None
@@ -86,8 +90,10 @@ class L4SSite(SpecModel):
 
 
 class Site(SpecModel):
-    """A named study area: exactly one of a prepared scene, the inputs to prepare one, a synthetic one or a
-    Landslide4Sense folder."""
+    """A named study area: exactly one of a prepared scene, inputs to prepare one, a synthetic one or L4S.
+
+    L4S: a Landslide4Sense folder.
+    """
 
     scene: Path | None = None
     prepare: PrepareSite | None = None
@@ -103,6 +109,7 @@ class Site(SpecModel):
 
     @property
     def kind(self) -> str:
+        """Which of scene, prepare, synth, l4s this site is."""
         return next(k for k in ("scene", "prepare", "synth", "l4s") if getattr(self, k) is not None)
 
 
@@ -125,6 +132,7 @@ class Sampling(SpecModel):
 
     @property
     def label(self) -> str:
+        """How tables and folders name the sampler: its ``name``, else its method."""
         return self.name or self.method
 
 
@@ -163,8 +171,10 @@ class Training(SpecModel):
 
 
 class Scenario(SpecModel):
-    """Which sites train one model (one, several, all) and whose test areas it is evaluated on (default:
-    every site's)."""
+    """Which sites train one model (one, several, all) and whose test areas it is evaluated on.
+
+    By default every site's test areas.
+    """
 
     train: list[str] = Field(min_length=1)
     test: list[str] | None = None
@@ -176,6 +186,8 @@ class Scenario(SpecModel):
 
 
 class Predict(SpecModel):
+    """How each run predicts its test areas (the options of ``slidemap predict``)."""
+
     tile: int = 512
     overlap: int = 64
     threshold: str | float = "best"
@@ -189,8 +201,11 @@ class Predict(SpecModel):
 
 
 class Resources(SpecModel):
-    """What one run asks of a worker: CPU threads (default: this machine's cores / workers) and a GPU
-    fraction (Ray; 0.25 lets four small U-Nets share one GPU)."""
+    """What one run asks of a worker: CPU threads and a GPU fraction.
+
+    Threads default to this machine's cores / workers; the GPU fraction is for Ray (0.25 lets four small U-Nets
+    share one GPU).
+    """
 
     cpus: int | None = Field(None, ge=1)
     gpu: float = Field(0.0, ge=0, le=8)
@@ -261,6 +276,7 @@ class Spec(SpecModel):
         return {name: Scenario(train=[name], test=[name]) for name in self.sites}
 
     def seed_list(self) -> list[int]:
+        """The seeds to run: ``seeds`` as given, else 0 .. ``repeats`` - 1."""
         return list(self.seeds) if self.seeds else list(range(self.repeats))
 
     def resolved(self, base: Path) -> Spec:

@@ -1,0 +1,1 @@
+"""Files on disk: scene and chip folders, bundles, prediction.json and GDAL/OGR access, with validated sidecars."""

@@ -27,11 +27,13 @@ MAX_BANDS = 64
 
 
 class PostProcess(Record):
-    """Post-processing of the thresholded mask, chosen on the validation chips after training
-    (``slidemap.raster.postprocess``): threshold, opening and closing radii (px), holes of at most
+    """Post-processing of the thresholded mask, chosen on the validation chips after training.
+
+    See ``slidemap.raster.postprocess``: threshold, opening and closing radii (px), holes of at most
     ``fill_holes`` px filled, objects of fewer than ``min_pixels`` px dropped. ``validation`` holds what it
     scored there (``f1``, ``false_alarms``, ``objects``) and the same for the pixel-F1 threshold alone
-    (``reference_*``)."""
+    (``reference_*``).
+    """
 
     threshold: float = Field(0.5, ge=0, le=1)
     opening: int = Field(0, ge=0, le=16)

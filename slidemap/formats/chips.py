@@ -59,7 +59,7 @@ class Window(Record):
 class ChipSet:
     """Read-only view of a chip set folder; arrays are memory-mapped, not loaded."""
 
-    def __init__(self, path: str | Path, option: str = "CHIPS"):
+    def __init__(self, path: str | Path, option: str = "CHIPS") -> None:
         self.path = require_dir(path, option, marker="chips.json", what="chip set")
         self.meta = ChipsMeta.load(self.path / "chips.json", option)
         where = f"{option} {self.path}"
@@ -86,14 +86,17 @@ class ChipSet:
 
     @property
     def bands(self) -> list[str]:
+        """Band names, in the order of the images' channels."""
         return list(self.meta.bands)
 
     @property
     def stats(self) -> dict[str, BandStats]:
+        """Each band's statistics as chips.json records them."""
         return self.meta.stats
 
     @property
     def size(self) -> int:
+        """Side of the square chips in pixels."""
         return int(self.images.shape[-1])
 
     def band_indexes(self, names: Sequence[str] | None) -> list[int]:
@@ -123,13 +126,15 @@ def write_chipset(folder: Path, images: np.ndarray, masks: np.ndarray | None, wi
     ChipsMeta.model_validate(full).save(folder / "chips.json")
 
 
-def open_arrays(folder: Path, n: int, channels: int, size: int, with_masks: bool = True):
+def open_arrays(folder: Path, n: int, channels: int, size: int,
+                with_masks: bool = True) -> tuple[np.memmap, np.memmap | None]:
     """Create ``images.npy`` / ``masks.npy`` in ``folder`` as writable memmaps (for streaming writers).
 
     Their disk space is reserved first (``posix_fallocate``): a memory-mapped write into a sparse file on
     a full disk kills the process with SIGBUS, a reservation fails with a clean ENOSPC instead.
     """
-    shapes = [("images.npy", np.float32, (n, channels, size, size))]
+    shapes: list[tuple[str, type[np.generic], tuple[int, ...]]] = [("images.npy", np.float32,
+                                                                     (n, channels, size, size))]
     if with_masks:
         shapes.append(("masks.npy", np.uint8, (n, size, size)))
     arrays = []
@@ -156,6 +161,7 @@ def _reserve(path: Path) -> None:
 
 
 def write_windows(path: Path, windows: list[dict[str, Any]]) -> None:
+    """Write windows.csv, one row per chip; a window without an ``id`` gets its position."""
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=WINDOW_FIELDS)
         w.writeheader()

@@ -13,15 +13,20 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from slidemap.errors import UserError
 from slidemap.formats.files import require_file
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 DEFLATE_LEVEL = 1
 """Deflate level of every GeoTIFF slidemap writes: level 1 writes a float32 stack 2.6x faster than GDAL's
@@ -39,8 +44,10 @@ def _reason(e: Exception) -> str:
 
 
 def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasterio.DatasetReader:
-    """Open a raster for reading; a missing file, a non-raster or (with ``need_crs``) a raster without a CRS
-    is a one-line UserError naming ``option``."""
+    """Open a raster for reading; every failure is a one-line UserError naming ``option``.
+
+    Failures: a missing file, a non-raster, or (with ``need_crs``) a raster without a CRS.
+    """
     p = require_file(path, option)
     try:
         with warnings.catch_warnings():  # a raster without georeferencing gets our own one-line error below
@@ -55,8 +62,10 @@ def open_raster(path: str | Path, option: str, need_crs: bool = True) -> rasteri
 
 
 def is_raster(path: str | Path, option: str) -> bool:
-    """Whether GDAL opens ``path`` (an existing file, else a one-line UserError) as a raster: how an input
-    that may be either a raster or a vector (a label raster or polygons) is told apart."""
+    """Whether GDAL opens ``path`` (an existing file, else a one-line UserError) as a raster.
+
+    This is how an input that may be either a raster or a vector (a label raster or polygons) is told apart.
+    """
     p = require_file(path, option)
     try:
         with warnings.catch_warnings():
@@ -86,7 +95,7 @@ def read_raster(path: str | Path, option: str, indexes: int | Sequence[int] | No
         return read_block(ds, option, indexes, window, out_dtype)
 
 
-def read_vector(path: str | Path, option: str):
+def read_vector(path: str | Path, option: str) -> gpd.GeoDataFrame:
     """Read any OGR vector into a GeoDataFrame; errors name ``option``."""
     import geopandas as gpd
     import pyogrio
@@ -104,8 +113,8 @@ def read_vector(path: str | Path, option: str):
     return gdf
 
 
-def gtiff_profile(width: int, height: int, count: int, dtype: str, crs, transform, nodata=None,
-                  block: int = 256, compress: str = "deflate") -> dict:
+def gtiff_profile(width: int, height: int, count: int, dtype: str, crs: CRS | None, transform: Affine,
+                  nodata: float | None = None, block: int = 256, compress: str = "deflate") -> dict[str, Any]:
     """Profile of a tiled, compressed GeoTIFF (the only raster layout slidemap writes)."""
     profile = {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
@@ -124,13 +133,17 @@ def gtiff_profile(width: int, height: int, count: int, dtype: str, crs, transfor
 
 
 class RowWriter:
-    """Writes consecutive rows to band 1, buffered to whole block rows so no compressed block is
-    written twice (rewritten blocks would bloat a compressed GeoTIFF)."""
+    """Writes consecutive rows to band 1, buffered to whole block rows so no compressed block is written twice.
 
-    def __init__(self, ds, block: int = 256):
-        self.ds, self.block, self.next_row, self.pending = ds, block, 0, []
+    Rewritten blocks would bloat a compressed GeoTIFF.
+    """
+
+    def __init__(self, ds: rasterio.io.DatasetWriter, block: int = 256) -> None:
+        self.ds, self.block, self.next_row = ds, block, 0
+        self.pending: list[np.ndarray] = []
 
     def write(self, rows: np.ndarray) -> None:
+        """Queue ``rows`` (the next ones down) and write every whole block row they complete."""
         self.pending.append(rows)
         n = sum(len(p) for p in self.pending)
         full = (n // self.block) * self.block
@@ -138,6 +151,7 @@ class RowWriter:
             self._flush(full)
 
     def close(self) -> None:
+        """Write the rows still queued (the last, partial block row)."""
         n = sum(len(p) for p in self.pending)
         if n:
             self._flush(n)
@@ -160,8 +174,10 @@ def build_overviews(path: Path, resampling: Resampling) -> None:
 
 @contextlib.contextmanager
 def pinned_gpkg_timestamp(stamp: str = GPKG_TIMESTAMP) -> Iterator[None]:
-    """GeoPackages written meanwhile record ``stamp`` as their last change instead of the wall clock, so
-    the same data gives the same bytes (users hash results)."""
+    """GeoPackages written meanwhile record ``stamp`` as their last change instead of the wall clock.
+
+    So the same data gives the same bytes (users hash results).
+    """
     import pyogrio
 
     previous = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")

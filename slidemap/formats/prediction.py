@@ -20,6 +20,8 @@ from slidemap.formats.files import read_json
 
 
 class Threshold(Record):
+    """The probability cut a scene mask was made with; ``which``: the bundle key it came from, or "given"."""
+
     value: float = Field(ge=0, le=1)
     which: str = "given"
 
@@ -108,6 +110,8 @@ def read_prediction(folder: Path, option: str = "PRED") -> ScenePrediction | Pat
 
 
 class Scores(Record):
+    """Pixel scores of the landslide class (and, for mIoU, of the background too)."""
+
     precision: float
     recall: float
     f1: float

@@ -43,6 +43,7 @@ def _renderer(kind: str, **attrs: str) -> tuple[ET.Element, ET.Element]:
 
 def _finish(root: ET.Element, path: Path) -> Path:
     pipe = root.find("pipe")
+    assert pipe is not None  # _renderer made it
     ET.SubElement(pipe, "brightnesscontrast", {"brightness": "0", "contrast": "0", "gamma": "1"})
     ET.SubElement(pipe, "huesaturation", {"saturation": "0", "grayscaleMode": "0", "colorizeOn": "0",
                                           "colorizeRed": "255", "colorizeGreen": "128", "colorizeBlue": "128",

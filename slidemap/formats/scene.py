@@ -9,7 +9,7 @@ the scene CRS, columns ``name`` and ``role``), ``scene.json`` (:class:`SceneMeta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import rasterio
@@ -21,6 +21,10 @@ from rasterio.windows import Window
 from slidemap.errors import UserError
 from slidemap.formats.base import Record, Sidecar
 from slidemap.formats.files import require_dir
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from shapely.geometry.base import BaseGeometry
 
 NODATA_MASK = 255
 Role = Literal["train", "test"]
@@ -86,6 +90,8 @@ class InventoryInfo(Record):
 
 
 class SourceInfo(Record):
+    """One input file of the scene (image, DEM, inventory, areas...), its checksum and how it was resampled."""
+
     role: str
     path: str
     sha256: str = ""
@@ -108,6 +114,8 @@ class Recipe(Record):
 
 
 class SplitInfo(Record):
+    """``--split``: the train:test ratio of the valid area and the axis the scene was cut along."""
+
     ratio: tuple[int, int]
     axis: Literal["x", "y"]
 
@@ -164,7 +172,7 @@ class SceneMeta(Sidecar):
 class Scene:
     """A prepared scene folder: its grid, band names, train-area statistics and named areas."""
 
-    def __init__(self, path: str | Path, option: str = "SCENE"):
+    def __init__(self, path: str | Path, option: str = "SCENE") -> None:
         self.path = require_dir(path, option, marker="scene.json", what="scene folder")
         self.meta = SceneMeta.load(self.path / "scene.json", option)
         self.option = option
@@ -172,26 +180,32 @@ class Scene:
     # --- grid -------------------------------------------------------------------------------------
     @property
     def bands(self) -> list[str]:
+        """Layer names, in stack.tif's band order."""
         return list(self.meta.bands)
 
     @property
     def crs(self) -> CRS:
+        """The grid's CRS, parsed from scene.json."""
         return CRS.from_user_input(self.meta.crs)
 
     @property
     def transform(self) -> Affine:
+        """Pixel-to-CRS transform of the whole grid."""
         return Affine(*self.meta.transform[:6])
 
     @property
     def width(self) -> int:
+        """Columns of the scene grid (pixels across)."""
         return self.meta.width
 
     @property
     def height(self) -> int:
+        """Rows of the scene grid (pixels down)."""
         return self.meta.height
 
     @property
     def pixel_size_m(self) -> tuple[float, float]:
+        """Pixel (width, height) on the ground in metres, also for a geographic CRS."""
         return self.meta.pixel_size_m
 
     @property
@@ -201,26 +215,32 @@ class Scene:
 
     @property
     def has_inventory(self) -> bool:
+        """Whether the scene was prepared with landslide truth (else it is for prediction only)."""
         return self.meta.inventory is not None
 
     @property
     def stack_path(self) -> Path:
+        """The layers' GeoTIFF (float32, NaN nodata)."""
         return self.path / "stack.tif"
 
     @property
     def mask_path(self) -> Path:
+        """The truth and validity GeoTIFF (1, 0, 255 nodata)."""
         return self.path / "mask.tif"
 
     @property
     def areas_path(self) -> Path:
+        """The named areas' GeoPackage."""
         return self.path / "areas.gpkg"
 
     # --- areas ------------------------------------------------------------------------------------
     @property
     def areas(self) -> list[AreaInfo]:
+        """The named areas as scene.json describes them (a copy)."""
         return list(self.meta.areas)
 
     def area(self, name: str) -> AreaInfo:
+        """The area called ``name``; an unknown name is a UserError listing the known ones."""
         for a in self.areas:
             if a.name == name:
                 return a
@@ -228,15 +248,16 @@ class Scene:
         raise UserError(f"--area {name}: no such area in {self.path}; areas are: {known}")
 
     def areas_with_role(self, role: str) -> list[AreaInfo]:
+        """The areas whose role is ``role`` ("train" or "test"), in scene.json's order."""
         return [a for a in self.areas if a.role == role]
 
-    def area_geometries(self):
+    def area_geometries(self) -> gpd.GeoDataFrame:
         """GeoDataFrame of the named areas (columns name, role, geometry) in the scene CRS."""
         from slidemap.formats.gdal import read_vector
 
         return read_vector(self.areas_path, f"SCENE {self.path}: areas.gpkg")
 
-    def area_geometry(self, name: str):
+    def area_geometry(self, name: str) -> BaseGeometry | None:
         """The (dissolved) polygon of area ``name`` in the scene CRS, or None if it has none."""
         self.area(name)
         gdf = self.area_geometries()

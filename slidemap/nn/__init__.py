@@ -1,0 +1,1 @@
+"""Networks, their training task, normalisation, devices and inference engines (torch, ONNX)."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from slidemap.errors import UserError
 from slidemap.formats.bundle import BundleMeta, read_bundle_file, write_bundle_file
 from slidemap.nn.normalise import Normaliser
+
+if TYPE_CHECKING:
+    from slidemap.nn.models import SegmentationNet
 
 
 @dataclass
@@ -31,10 +35,12 @@ class Bundle:
 
     @property
     def bands(self) -> list[str]:
+        """The input bands the network was trained on, in channel order."""
         return list(self.meta.bands)
 
     @property
     def patch_size(self) -> int:
+        """Side of the training chips in pixels."""
         return self.meta.patch_size
 
     def threshold(self, which: str | float = "best") -> float:
@@ -57,9 +63,11 @@ class Bundle:
         return Normaliser.from_stats(self.bands, self.meta.stats, f"MODEL {self.name}",
                                      "train it again with this slidemap")
 
-    def build_model(self) -> torch.nn.Module:
-        """The network with the bundle's weights, in eval mode; weights that do not fit the description
-        are a one-line UserError."""
+    def build_model(self) -> SegmentationNet:
+        """The network with the bundle's weights, in eval mode.
+
+        Weights that do not fit the description are a one-line UserError.
+        """
         from slidemap.nn.models import build_model
 
         model = build_model(self.meta.architecture, in_channels=len(self.bands), **self.meta.model_args)

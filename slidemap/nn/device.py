@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -40,7 +40,8 @@ from slidemap.errors import UserError
 PRECISIONS = ("32", "bf16", "16")
 """Canonical precisions: fp32; bf16 autocast (CPU with native bf16, or GPU); fp16 autocast (GPU only)."""
 PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16-mixed": "bf16", "16-mixed": "16", "fp16": "16"}
-LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+LIGHTNING_PRECISION: dict[str, Literal["32-true", "bf16-mixed", "16-mixed"]] = {
+    "32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 AUTOCAST_DTYPE = {"32": None, "bf16": torch.bfloat16, "16": torch.float16, "int8": None}
 ENGINES = ("torch", "onnx", "onnx-int8")
 """Inference engines: torch (any precision), ONNX Runtime fp32, ONNX Runtime static int8 (QDQ)."""
@@ -103,6 +104,7 @@ class Setting:
 
     @property
     def name(self) -> str:
+        """How logs, caches and summaries name it: the engine, or e.g. ``torch-bf16-nchw`` for torch."""
         if self.engine != "torch":
             return self.engine
         return f"torch-{'fp32' if self.precision == '32' else self.precision}" + ("" if self.channels_last
@@ -115,8 +117,9 @@ REFERENCE = Setting()
 
 @dataclass
 class Probe:
-    """What ``auto`` measures: ``step(setting)`` builds a callable that runs the network once in that setting
-    (e.g. one training step, one tile pass) and returns how many units (chips, pixels) it processed.
+    """What ``auto`` measures: ``step(setting)`` builds a callable that runs the network once in that setting.
+
+    The callable (e.g. one training step, one tile pass) returns how many units (chips, pixels) it processed.
 
     ``candidates`` are the settings to time, the reference first; ``excluded`` says why a setting is not a
     candidate (e.g. ``onnx-int8: validation F1 0.81 vs 0.86 in fp32``). ``key`` describes the network and
@@ -145,14 +148,17 @@ class RunChoice:
 
     @property
     def engine(self) -> str:
+        """``setting.engine``: torch, onnx or onnx-int8."""
         return self.setting.engine
 
     @property
     def precision(self) -> str:
+        """``setting.precision``: 32, bf16, 16 or int8."""
         return self.setting.precision
 
     @property
     def channels_last(self) -> bool:
+        """``setting.channels_last``: torch's memory layout (channels-last or NCHW)."""
         return self.setting.channels_last
 
     def record(self) -> dict[str, Any]:
@@ -236,8 +242,11 @@ def pick(rates: Mapping[str, float], candidates: list[Setting], margin: float = 
 
 def measure(steps: Mapping[str, Callable[[], float]], seconds: float = MEASURE_SECONDS,
             min_rounds: int = 2, max_rounds: int = 50) -> dict[str, float]:
-    """Units per second of each step: one warm-up call each, then round-robin rounds until ``seconds``
-    have passed (at least ``min_rounds``); the rate is units over time summed across the rounds."""
+    """Units per second of each step, timed in round-robin rounds.
+
+    One warm-up call each, then rounds until ``seconds`` have passed (at least ``min_rounds``); the rate is units
+    over time summed across the rounds.
+    """
     for fn in steps.values():
         fn()
     units = dict.fromkeys(steps, 0.0)
@@ -281,8 +290,10 @@ def _rates(probe: Probe, candidates: list[Setting], seconds: float,
 
 @lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
-    """The CPU as /proc/cpuinfo names it (model name, vendor, family, model) and the flags that matter
-    for the networks' kernels."""
+    """The CPU as /proc/cpuinfo names it (model name, vendor, family, model) and the flags that matter.
+
+    The flags are those that decide which kernels the networks get.
+    """
     info: dict[str, Any] = {"model_name": platform.processor() or platform.machine(), "vendor": "",
                             "family": "", "model": "", "flags": []}
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8",
@@ -330,8 +341,10 @@ def cache_key(kind: str, network: Mapping[str, Any]) -> str:
 
 
 def cache_dir() -> Path:
-    """Where slidemap keeps what it measured and built for this user: ``$SLIDEMAP_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/slidemap``, else ``~/.cache/slidemap``."""
+    """Where slidemap keeps what it measured and built for this user.
+
+    ``$SLIDEMAP_CACHE_DIR``, else ``$XDG_CACHE_HOME/slidemap``, else ``~/.cache/slidemap``.
+    """
     if os.environ.get("SLIDEMAP_CACHE_DIR"):
         return Path(os.environ["SLIDEMAP_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -351,6 +364,7 @@ def load_cache(path: Path) -> dict[str, Any]:
 
 
 def save_cache(path: Path, entries: Mapping[str, Any]) -> None:
+    """Write the measurement cache atomically (entries as :func:`load_cache` returns them)."""
     from slidemap.formats.files import atomic_file
 
     path.parent.mkdir(parents=True, exist_ok=True)

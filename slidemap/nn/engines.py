@@ -25,7 +25,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from pydantic import Field
 from slidemap.errors import UserError
 from slidemap.formats.base import Sidecar
 from slidemap.formats.files import atomic_file
+
+if TYPE_CHECKING:
+    from slidemap.nn.models import SegmentationNet
 
 OPSET = 13
 """ONNX opset of the exported graphs: every op they use exists there, per-channel QDQ needs 13, and the
@@ -46,6 +49,7 @@ INSTALL_HINT = "install it with pip install 'slidemap[onnx]' (onnxruntime and on
 
 
 def onnxruntime_available() -> bool:
+    """Whether the optional ONNX Runtime is installed (else ``auto`` keeps to torch)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -63,6 +67,7 @@ def require_onnxruntime(option: str) -> Any:
 
 
 def require_onnx(option: str) -> Any:
+    """The onnx module (needed to write and quantise models), or a UserError naming ``option``."""
     try:
         import onnx
     except ImportError:
@@ -75,7 +80,10 @@ def require_onnx(option: str) -> Any:
 class _Exported(torch.nn.Module):
     """Standardise (optional), run the network, sigmoid: what the ONNX file computes."""
 
-    def __init__(self, net: torch.nn.Module, mean: np.ndarray | None, std: np.ndarray | None) -> None:
+    mean: torch.Tensor  # buffers, registered when standardising
+    std: torch.Tensor
+
+    def __init__(self, net: SegmentationNet, mean: np.ndarray | None, std: np.ndarray | None) -> None:
         super().__init__()
         self.net = net
         self.standardise = mean is not None
@@ -90,11 +98,13 @@ class _Exported(torch.nn.Module):
         return torch.sigmoid(self.net.logits(x))
 
 
-def export_onnx(net: torch.nn.Module, bands: int, path: str | Path, mean: np.ndarray | None = None,
+def export_onnx(net: SegmentationNet, bands: int, path: str | Path, mean: np.ndarray | None = None,
                 std: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
                 example_size: int = 64) -> Path:
-    """Write ``net`` as ONNX to ``path`` (atomically): input ``input`` (N, bands, H, W) float32, output
-    ``probability`` (N, 1, H, W); with ``mean``/``std`` the standardisation is part of the graph.
+    """Write ``net`` as ONNX to ``path`` (atomically).
+
+    Input ``input`` (N, bands, H, W) float32, output ``probability`` (N, 1, H, W); with ``mean``/``std`` the
+    standardisation is part of the graph.
 
     ``metadata`` values are written JSON-encoded into the model's ``metadata_props`` (what the Deepness
     QGIS plugin reads with ``json.loads``).
@@ -155,8 +165,10 @@ def deepness_small_segment(min_pixels: float) -> int:
 # --- the ONNX Runtime engines -----------------------------------------------------------------------------
 
 class OnnxRunner:
-    """ONNX Runtime in place of :class:`slidemap.nn.inference.TileRunner`: (N, C, h, w) standardised float32
-    -> (N, h, w) float32 probabilities, for a model written by :func:`export_onnx` without standardisation.
+    """ONNX Runtime in place of :class:`slidemap.nn.inference.TileRunner`.
+
+    (N, C, h, w) standardised float32 -> (N, h, w) float32 probabilities, for a model written by
+    :func:`export_onnx` without standardisation.
     """
 
     def __init__(self, path: str | Path, engine: str = "onnx", threads: int | None = None) -> None:
@@ -181,6 +193,7 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, h, w) of a standardised batch (N, C, h, w); a malformed output is a RuntimeError."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         (prob,) = self.session.run(None, {self.input: x})
         if prob.ndim != 4 or prob.shape[1] != 1 or prob.shape[2:] != x.shape[2:]:
@@ -191,8 +204,11 @@ class OnnxRunner:
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray,
                   batch_size: int = 8) -> Path:
-    """Static int8 quantisation (QDQ; weights int8 per output channel, activations uint8, min/max ranges)
-    of the fp32 model at ``fp32_path``, calibrated on ``calibration`` (N, C, S, S) standardised chips."""
+    """Static int8 quantisation of the fp32 model at ``fp32_path``.
+
+    QDQ: weights int8 per output channel, activations uint8, min/max ranges, calibrated on ``calibration`` (N, C,
+    S, S) standardised chips.
+    """
     require_onnxruntime("--engine onnx-int8")
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -243,8 +259,10 @@ def _quiet_ort_logging() -> Iterator[None]:
 # --- the record of the engines built for a bundle -----------------------------------------------------------
 
 class EngineRecord(Sidecar):
-    """``<bundle>.engines.json``: which ONNX models were built from which bundle, on which chips, and each
-    engine's validation F1 at the bundle's best threshold (the evidence ``auto`` needs)."""
+    """``<bundle>.engines.json``: which ONNX models were built from which bundle, on which chips.
+
+    It also holds each engine's validation F1 at the bundle's best threshold (the evidence ``auto`` needs).
+    """
 
     REDO = "delete it; slidemap builds the engines again"
 
@@ -269,8 +287,10 @@ class EngineRecord(Sidecar):
 
 
 def engine_paths(bundle_path: Path) -> dict[str, Path]:
-    """Where the engines of a bundle live: beside it if that folder is writable, else in the user's cache
-    (keyed by the bundle's checksum)."""
+    """Where the engines of a bundle live: beside it if that folder is writable, else in the user's cache.
+
+    In the cache they are keyed by the bundle's checksum.
+    """
     from slidemap.formats.files import sha256
     from slidemap.nn.device import cache_dir
 

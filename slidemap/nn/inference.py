@@ -25,9 +25,9 @@ than speed (overlap 256 costs 3x the compute of 64 at tile 512).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from slidemap.errors import UserError
 from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device, resolve_precision
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.tiling import AxisTiling, check_tiling, reflect_index, wide_tile
+
+if TYPE_CHECKING:
+    from slidemap.nn.device import Probe, Setting
 
 ReadRows = Callable[[int, int], np.ndarray]
 
@@ -49,11 +52,11 @@ class TileRunner:
     (docs/performance.md).
     """
 
-    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "32"):
+    def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "32") -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.amp_dtype = AUTOCAST_DTYPE[self.precision]
-        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.net = net.to(self.device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, h, w) float32 -> (N, h, w) float32 probabilities.
@@ -103,7 +106,7 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
         if cols.padded != width:
             raw = raw[:, :, col_src]
         raw = np.asarray(raw, dtype=np.float32)
-        valid = np.isfinite(raw[:, :, :width]).all(axis=0)
+        valid = cast(np.ndarray, np.isfinite(raw[:, :, :width]).all(axis=0))
         x = raw if raw.flags.writeable else raw.copy()
         x = normalise(x) if normalise is not None else np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0,
                                                                      neginf=0.0)
@@ -126,8 +129,10 @@ def _blend_strip(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, vali
                  rows: AxisTiling, cols: AxisTiling, wx: list[np.ndarray], num: np.ndarray, den: np.ndarray,
                  overlap: int, margin: int, height: int,
                  width: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Predict strip ``i`` (at row ``r``; ``x`` its (H, W, C) standardised pixels) into the running sums;
-    yield its finished rows, carry the rest."""
+    """Predict strip ``i`` into the running sums; yield its finished rows, carry the rest.
+
+    The strip starts at row ``r``; ``x`` holds its (H, W, C) standardised pixels.
+    """
     th, tw = rows.tile, cols.tile
     wy = rows.weights(i, overlap, margin)
     for j, c in enumerate(cols.offsets):
@@ -170,13 +175,16 @@ def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], a
 
 # --- what ``--engine auto`` / ``--precision auto`` measure for prediction ---------------------------------
 
-def inference_probe(net_key: dict, bands: int, tile: int, runners: dict) -> Any:
-    """The pass ``auto`` times for prediction: one ``tile`` x ``tile`` tile of random standardised values
-    through each candidate runner (``runners``: setting -> a callable building the runner), the reference
-    (torch fp32) first. Rates are Mpx/s of network output."""
+def inference_probe(net_key: dict[str, Any], bands: int, tile: int,
+                    runners: Mapping[Setting, Callable[..., Callable[[np.ndarray], np.ndarray]]]) -> Probe:
+    """The pass ``auto`` times for prediction: one ``tile`` x ``tile`` tile of random standardised values.
+
+    It goes through each candidate runner (``runners``: setting -> a callable building the runner), the reference
+    (torch fp32) first. Rates are Mpx/s of network output.
+    """
     from slidemap.nn.device import Probe
 
-    def step(setting):
+    def step(setting: Setting) -> Callable[[], float]:
         runner = runners[setting]()
         x = np.random.default_rng(0).standard_normal((1, bands, tile, tile), dtype=np.float32)
         if setting.engine == "torch":  # what the strip engine hands the torch runner: a channels-last view

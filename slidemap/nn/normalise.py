@@ -27,8 +27,10 @@ class Normaliser:
 
     @classmethod
     def from_stats(cls, bands: Sequence[str], stats: Mapping[str, Any], where: str, redo: str) -> Normaliser:
-        """From ``{band: {mean, std, ...}}`` (dicts or models); a band without statistics is a UserError
-        naming ``where`` and saying ``redo`` (what to do)."""
+        """From ``{band: {mean, std, ...}}`` (dicts or models).
+
+        A band without statistics is a UserError naming ``where`` and saying ``redo`` (what to do).
+        """
         mean, std, missing = [], [], []
         for b in bands:
             s = stats.get(b)
@@ -54,6 +56,7 @@ class Normaliser:
         return x
 
     def as_stats(self) -> dict[str, dict[str, float]]:
+        """``{band: {mean, std}}``, the form :meth:`from_stats` reads back."""
         return {b: {"mean": float(m), "std": float(s)} for b, m, s in zip(self.bands, self.mean, self.std,
                                                                            strict=True)}
 
@@ -66,8 +69,10 @@ def _field(stats: Any, name: str) -> float | None:
 
 
 def match_bands(wanted: Sequence[str], have: Sequence[str], where: str, model: str) -> list[int]:
-    """0-based indexes in ``have`` of the bands ``wanted`` (a model's), in that order; a band missing from
-    the input is a UserError naming the missing and the extra bands."""
+    """0-based indexes in ``have`` of the bands ``wanted`` (a model's), in that order.
+
+    A band missing from the input is a UserError naming the missing and the extra bands.
+    """
     missing = [b for b in wanted if b not in have]
     if missing:
         extra = [b for b in have if b not in wanted]

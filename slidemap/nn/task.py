@@ -23,9 +23,9 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -35,6 +35,9 @@ from slidemap.formats.files import atomic_file
 from slidemap.nn.augment import apply_symmetries, draw_symmetries
 from slidemap.nn.losses import build_loss
 from slidemap.raster.metrics import Counts, scores
+
+if TYPE_CHECKING:
+    from slidemap.nn.device import Probe, Setting
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_precision", "val_recall", "val_f1", "val_iou", "lr")
 TIMING_COLUMNS = ("epoch", "train_seconds", "seconds", "chips_per_s")
@@ -65,8 +68,11 @@ class _BatchNumbers:
 
 
 class SegmentationTask(pl.LightningModule):
-    """Trains ``net`` on in-memory chips: per-epoch seeded shuffle and symmetries, masked loss, and
-    validation counts at 0.5 pooled over all validation pixels."""
+    """Trains ``net`` on in-memory chips.
+
+    Per-epoch seeded shuffle and symmetries, masked loss, and validation counts at 0.5 pooled over all validation
+    pixels.
+    """
 
     def __init__(self, net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
                  train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, val_batch_size: int,
@@ -88,18 +94,22 @@ class SegmentationTask(pl.LightningModule):
 
     @property
     def train_batches(self) -> int:
+        """Training batches per epoch (the last one may be short)."""
         return math.ceil(len(self.train_idx) / self.batch_size)
 
     @property
     def val_batches(self) -> int:
+        """Validation batches per epoch (the last one may be short)."""
         return math.ceil(len(self.val_idx) / self.val_batch_size)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam at ``lr``, betas (0.9, 0.999), with the fused kernel."""
         # The fused kernel updates every parameter in one pass (+5 % per step at 128 px, docs/performance.md);
         # it is deterministic like the default one.
         return torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits (the steps call ``net`` directly)."""
         return self.net(x)
 
     def _to_device(self) -> None:
@@ -121,10 +131,12 @@ class SegmentationTask(pl.LightningModule):
         return self.images[idx], self.masks[idx]
 
     def on_train_epoch_start(self) -> None:
+        """Seed torch's global stream from (seed, epoch), so a resumed run draws the same dropout; zero the sums."""
         torch.manual_seed(_stream_seed(self.seed, self.current_epoch, 2))  # dropout and the like
         self.train_acc = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
+        """Masked loss of batch number ``batch`` of this epoch's plan, with its symmetries applied."""
         order, syms = self._plan(self.current_epoch)
         sl = slice(int(batch) * self.batch_size, (int(batch) + 1) * self.batch_size)
         x, y = self._batch(order[sl])
@@ -138,9 +150,11 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
+        """Zero the pooled validation counts."""
         self.val_acc = torch.zeros(6, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: int, batch_idx: int) -> None:
+        """Add batch ``batch``'s loss and confusion counts at 0.5 to the pooled counts."""
         sl = slice(int(batch) * self.val_batch_size, (int(batch) + 1) * self.val_batch_size)
         x, y = self._batch(self.val_idx[sl])
         logits = self.net(x.contiguous(memory_format=self.memory_format))
@@ -156,6 +170,7 @@ class SegmentationTask(pl.LightningModule):
                                      fn.double(), (nvalid - tp - fp - fn).double()])
 
     def on_validation_epoch_end(self) -> None:
+        """Turn the pooled counts into the epoch's row of metrics.csv and log val_loss and val_f1."""
         loss_sum, weight, tp, fp, fn, tn = (float(v) for v in self.val_acc.cpu())
         s = scores(Counts(int(tp), int(fp), int(fn), int(tn)))
         train_sum, train_weight = (float(v) for v in self.train_acc.cpu())
@@ -199,24 +214,30 @@ class RunLog(pl.Callback):
         self._t0 = self._t_train = 0.0
 
     def state_dict(self) -> dict[str, Any]:
+        """The rows written so far, stored in each checkpoint."""
         return {"rows": [dict(r) for r in self.rows], "timing": [dict(t) for t in self.timing]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back the rows of the checkpoint a run resumes from."""
         self.rows = [dict(r) for r in state.get("rows", [])]
         self.timing = [dict(t) for t in state.get("timing", [])]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the files at once (headers only, or a resumed run's rows)."""
         self._write()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the epoch's clock."""
         self._t0 = time.perf_counter()
         self._t_train = 0.0
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Note the epoch's training time, which leaves out validation."""
         if not trainer.sanity_checking and not self._t_train:
             self._t_train = time.perf_counter() - self._t0
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record the epoch's metrics and timing (replacing any later rows of a resumed run) and write."""
         if trainer.sanity_checking or not isinstance(pl_module, SegmentationTask):
             return
         row = pl_module.epoch_result
@@ -245,6 +266,7 @@ def predict_chips(net: torch.nn.Module, images: torch.Tensor, idx: torch.Tensor,
 
 
 def load_net_weights(net: torch.nn.Module, ckpt: Path) -> None:
+    """Load the network's weights from a Lightning checkpoint of the task (``net.`` keys)."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
 
@@ -305,7 +327,8 @@ class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
         self.hold = False
         self.held: dict[Path, dict[str, Any]] = {}
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically, or hold it."""
         path = Path(path)
         if self.hold:
             self.held[path] = _copied(checkpoint)
@@ -337,9 +360,11 @@ def _copied(value: Any) -> Any:
 
 
 class RunCheckpoint(pl.callbacks.ModelCheckpoint):
-    """``best.ckpt`` (lowest validation loss) and ``last.ckpt``, on disk at most every ``every_s`` seconds,
-    at the last epoch and when training stops early or runs out of time (``AtomicCheckpointIO`` holds them
-    in between)."""
+    """``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (every epoch), on disk every ``every_s`` s.
+
+    They are also written at the last epoch and when training stops early or runs out of time;
+    ``AtomicCheckpointIO`` holds them in memory in between.
+    """
 
     def __init__(self, dirpath: Path, every_s: float = LAST_CHECKPOINT_EVERY_S) -> None:
         super().__init__(dirpath=dirpath, filename="best", monitor="val_loss", mode="min", save_top_k=1,
@@ -358,6 +383,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         self._last_step = trainer.global_step
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Hold this epoch's best and last checkpoints; write them when they are due."""
         io = self._io(trainer)
         io.hold = True
         try:
@@ -432,8 +458,10 @@ def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epo
 
 def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: Any,
                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, S, S) float32 of several chip sets, one after the other, standardised by ``normalise``
-    (NaN -> 0), and masks (N, S, S) uint8 with 255 wherever the mask or any selected band is nodata.
+    """Images and masks of several chip sets, one after the other.
+
+    Images (N, C, S, S) float32 are standardised by ``normalise`` (NaN -> 0); masks (N, S, S) uint8 hold 255
+    wherever the mask or any selected band is nodata.
 
     Read in chunks from the memory-mapped stores, so peak memory is the result plus one chunk.
     """
@@ -458,11 +486,13 @@ def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: 
 # --- what ``--precision auto`` measures for training ---------------------------------------------------
 
 def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, Any], size: int,
-                   batch_size: int, device: torch.device, max_batch: int = 8) -> Any:
-    """The training step ``--precision auto`` times: forward (under autocast), BCE, backward and an Adam
-    step of a fresh network on random chips of the run's size, in each candidate setting (fp32 and, where
-    the CPU has native bf16, bf16 autocast; channels-last and NCHW each). The run's own network and random
-    streams are not touched."""
+                   batch_size: int, device: torch.device, max_batch: int = 8) -> Probe:
+    """The training step ``--precision auto`` times, on a fresh network and random chips of the run's size.
+
+    Forward (under autocast), BCE, backward and an Adam step, in each candidate setting (fp32 and, where the CPU
+    has native bf16, bf16 autocast; channels-last and NCHW each). The run's own network and random streams are not
+    touched.
+    """
     from slidemap.nn.device import AUTOCAST_DTYPE, Probe, Setting, cpu_has_native_bf16
     from slidemap.nn.models import build_model
 
@@ -474,10 +504,10 @@ def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, An
     else:
         excluded["torch-bf16"] = "torch-bf16: this CPU has no native bf16 (it would be emulated)"
 
-    def step(setting: Setting):
+    def step(setting: Setting) -> Callable[[], float]:
         fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
         net = build_model(arch, in_channels=bands, filters=filters, **model_args).to(device)
-        net = net.to(memory_format=fmt).train()
+        net = net.to(memory_format=fmt).train()  # type: ignore[call-overload]
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
         x = torch.randn(batch, bands, size, size, device=device).contiguous(memory_format=fmt)
         y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()

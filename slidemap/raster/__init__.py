@@ -1,0 +1,1 @@
+"""Grid operations on numpy arrays and open rasters: alignment, tiling, terrain, components, polygons, metrics."""

@@ -1,5 +1,4 @@
-"""Co-registration: the scene grid (the first image's, or a target resolution), and every input raster as
-seen on it.
+"""Co-registration: the scene grid (the first image's, or a target resolution), and every input raster on it.
 
 An input on exactly the scene grid is read as it is; any other is warped onto the grid through a GDAL
 virtual warped dataset (:class:`rasterio.vrt.WarpedVRT`) read window by window, so memory stays bounded.
@@ -105,9 +104,11 @@ class OnGrid:
 @contextlib.contextmanager
 def aligned(ds: rasterio.DatasetReader, grid: Grid, option: str, path: Path, first: Path,
             resampling: Resampling | None = None, what: str = "the image") -> Iterator[OnGrid]:
-    """``ds`` itself if it lies on ``grid``, else a WarpedVRT of it onto ``grid`` (``resampling``, by
-    default :func:`resampling_for`); an input that cannot reach the grid is a one-line UserError naming
-    ``option`` and ``path`` (``what`` says what it is, ``first`` is the image that defined the grid)."""
+    """``ds`` itself if it lies on ``grid``, else a WarpedVRT of it onto ``grid``.
+
+    ``resampling`` defaults to :func:`resampling_for`. An input that cannot reach the grid is a one-line UserError
+    naming ``option`` and ``path`` (``what`` says what it is, ``first`` is the image that defined the grid).
+    """
     if on_grid(ds, grid):
         yield OnGrid(ds, ds.count)
         return

@@ -9,6 +9,7 @@ divides in the given ratio, along x or y.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,10 +17,13 @@ from slidemap.errors import UserError
 from slidemap.formats.gdal import read_vector
 from slidemap.raster.geo import Grid
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+
 ROLES = ("train", "test")
 
 
-def load_areas(path: Path, grid: Grid):
+def load_areas(path: Path, grid: Grid) -> gpd.GeoDataFrame:
     """Read the named areas, reproject and clip them to the scene, and refuse overlaps and outsiders."""
     import geopandas as gpd
 
@@ -58,15 +62,19 @@ def load_areas(path: Path, grid: Grid):
                            ignore_index=True)
 
 
-def empty_areas(grid: Grid):
+def empty_areas(grid: Grid) -> gpd.GeoDataFrame:
+    """No areas, with the columns and CRS of :func:`load_areas`' frame: a scene without train/test areas."""
     import geopandas as gpd
 
     return gpd.GeoDataFrame({"name": [], "role": []}, geometry=[], crs=grid.crs)
 
 
-def split_areas(grid: Grid, valid_profile: dict[str, np.ndarray], ratio: tuple[int, int], axis: str):
-    """Train and test rectangles cut where the scene's valid area divides in ``ratio`` along ``axis``,
-    and the cut (the first column or row of the test rectangle)."""
+def split_areas(grid: Grid, valid_profile: dict[str, np.ndarray], ratio: tuple[int, int],
+                axis: str) -> tuple[gpd.GeoDataFrame, int]:
+    """Train and test rectangles cut where the scene's valid area divides in ``ratio`` along ``axis``.
+
+    Also returns the cut: the first column or row of the test rectangle.
+    """
     import geopandas as gpd
 
     profile = valid_profile[axis]

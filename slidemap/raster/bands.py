@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 TERRAIN_LAYERS = ("dem", "slope", "aspect", "hillshade")
 """Layers prepare derives from a DEM, in the order they may be requested."""
@@ -64,7 +65,7 @@ def rgb_band_indexes(bands: Sequence[str]) -> list[int]:
     """
     found = [find_band(bands, colour) for colour in ("red", "green", "blue")]
     if all(i is not None for i in found):
-        return found  # type: ignore[return-value]
+        return cast(list[int], found)
     if len(bands) >= 3:
         return [0, 1, 2]
     return [0, 0, 0]
@@ -76,16 +77,20 @@ def terrain_bands(bands: Sequence[str]) -> list[str]:
 
 
 def image_bands(bands: Sequence[str]) -> list[str]:
-    """The bands among ``bands`` that come from the (post-event) images, in order: neither terrain layers
-    nor indices, pre-event bands or change layers."""
+    """The bands among ``bands`` that come from the (post-event) images, in order.
+
+    That is, neither terrain layers nor indices, pre-event bands or change layers.
+    """
     return layer_kinds(bands).image
 
 
 def change_name(index: str) -> str:
+    """The change layer of ``index`` (after minus before): ``d`` + its name."""
     return CHANGE_PREFIX + index
 
 
 def is_change(name: str) -> bool:
+    """Whether ``name`` is a change layer, i.e. the change prefix followed by a known spectral index."""
     return name.startswith(CHANGE_PREFIX) and name[len(CHANGE_PREFIX):] in SPECTRAL_INDICES
 
 
@@ -101,6 +106,7 @@ class LayerKinds:
 
     @property
     def pre_unprefixed(self) -> list[str]:
+        """The pre-event bands without the ``pre_`` prefix: the pre-event images' own band names."""
         return [b[len(PRE_PREFIX):] for b in self.pre]
 
     @property

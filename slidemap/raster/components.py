@@ -25,8 +25,10 @@ PIXELS = "pixels"
 
 
 def merge_labels(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Component of each of ``n`` nodes joined by ``pairs`` (M, 2), numbered 0, 1, ... in the order of
-    each component's smallest node (so node 0's component is 0)."""
+    """Component of each of ``n`` nodes joined by ``pairs`` (M, 2).
+
+    Components are numbered 0, 1, ... in the order of each one's smallest node (so node 0's component is 0).
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -63,7 +65,7 @@ class ComponentLabeler:
     last row it reaches (so a writer can finish an object as soon as the blocks have passed it).
     """
 
-    def __init__(self, width: int, connectivity: int = 4, weights: tuple[str, ...] = ()):
+    def __init__(self, width: int, connectivity: int = 4, weights: tuple[str, ...] = ()) -> None:
         if connectivity not in (4, 8):
             raise ValueError(f"connectivity {connectivity}: must be 4 or 8")
         self.width = width
@@ -81,8 +83,10 @@ class ComponentLabeler:
         self._row = -1
 
     def add(self, block: Window, binary: np.ndarray, **weights: np.ndarray) -> np.ndarray:
-        """Label one block (offsets relative to the labelled region) and link it to its neighbours above
-        and to the left; ``weights`` (each (h, w), or (h, 1) per row) are summed per label."""
+        """Label one block (offsets relative to the labelled region) and link it to its neighbours above and left.
+
+        ``weights`` (each (h, w), or (h, 1) per row) are summed per label.
+        """
         r0, c0 = int(block.row_off), int(block.col_off)
         if r0 != self._row:
             self._above, self._last = self._last, np.zeros_like(self._last)
@@ -121,9 +125,11 @@ class ComponentLabeler:
                 self._pairs.append(np.stack([edge[both], other[both]], axis=1))
 
     def resolve(self, keep: Mapping[str, float] | None = None) -> Components:
-        """Merge labels across seams; final ids 1..k follow each object's first label (top-most block
-        first). ``keep`` (``{weight: minimum}``) drops objects whose summed weight (or pixel count, for
-        :data:`PIXELS`) is below the minimum."""
+        """Merge labels across seams; final ids 1..k follow each object's first label (top-most block first).
+
+        ``keep`` (``{weight: minimum}``) drops objects whose summed weight (or pixel count, for :data:`PIXELS`) is
+        below the minimum.
+        """
         n = self.count
         pairs = np.concatenate(self._pairs) if self._pairs else np.zeros((0, 2), dtype=np.int64)
         comp = merge_labels(n + 1, pairs)  # node 0 = background, its own component 0

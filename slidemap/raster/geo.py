@@ -1,16 +1,25 @@
-"""Pixel grids in ground units: metric pixel sizes and areas in any CRS (geographic included), the grid
-value object every stage compares rasters by, and the one rule that turns an area's polygon into a
-pixel window."""
+"""Pixel grids in ground units, the grid value object, and the one rule from an area's polygon to a window.
+
+Metric pixel sizes and areas work in any CRS (geographic included); every stage compares rasters by their
+:class:`Grid`.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window, subdivide
+
+if TYPE_CHECKING:
+    import pyproj
+    import rasterio.io
+    from shapely.geometry import Polygon
+    from shapely.geometry.base import BaseGeometry
 
 WGS84_A = 6378137.0
 WGS84_F = 1 / 298.257223563
@@ -71,7 +80,7 @@ def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> 
 
 
 @functools.lru_cache(maxsize=16)
-def _projection(wkt: str):
+def _projection(wkt: str) -> tuple[pyproj.Proj, pyproj.Transformer]:
     import pyproj
 
     crs = pyproj.CRS.from_wkt(wkt)
@@ -79,9 +88,11 @@ def _projection(wkt: str):
 
 
 def _scale_factors(wkt: str, transform: Affine, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Parallel (k) and meridional (h) scale factors of a projected CRS in each row (at the grid's first
-    column: the grid's width is not known here, and the distortions that matter vary with latitude);
-    1.0 where the projection cannot tell (e.g. outside its domain)."""
+    """Parallel (k) and meridional (h) scale factors of a projected CRS in each row; 1.0 where it cannot tell.
+
+    They are taken at the grid's first column: the grid's width is not known here, and the distortions that matter
+    vary with latitude. "Cannot tell" is e.g. outside the projection's domain.
+    """
     try:
         proj, to_geodetic = _projection(wkt)
         x = np.full(rows.shape, transform.c + transform.a * 0.5)
@@ -123,15 +134,17 @@ class Grid:
     height: int
 
     @classmethod
-    def of(cls, ds) -> Grid:
+    def of(cls, ds: rasterio.io.DatasetReaderBase) -> Grid:
         """The grid of an open rasterio dataset."""
         return cls(ds.crs, ds.transform, ds.width, ds.height)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) of the whole grid in its CRS."""
         return transform_bounds_xy(self.transform, self.width, self.height)
 
-    def box(self, col_off: int = 0, row_off: int = 0, width: int | None = None, height: int | None = None):
+    def box(self, col_off: int = 0, row_off: int = 0, width: int | None = None, height: int | None = None
+            ) -> Polygon:
         """Polygon (grid CRS) covering a block of whole pixels; the whole grid by default."""
         from shapely.geometry import Polygon
 
@@ -141,7 +154,8 @@ class Grid:
         corners = [(c0, r0), (c0 + w, r0), (c0 + w, r0 + h), (c0, r0 + h)]
         return Polygon([self.transform @ c for c in corners])
 
-    def window_transform(self, window) -> Affine:
+    def window_transform(self, window: Window) -> Affine:
+        """The transform of ``window``'s pixels (its top-left pixel becomes (0, 0))."""
         return self.transform @ Affine.translation(window.col_off, window.row_off)
 
 
@@ -149,10 +163,13 @@ PIXEL_TOLERANCE = 1e-6
 """Pixel-space rounding slack of :func:`area_window` (float noise of reprojected pixel-edge polygons)."""
 
 
-def area_window(geoms, grid: Grid) -> Window | None:
-    """The one rule from an area's polygon(s) to pixels: the smallest whole-pixel window of ``grid``
-    holding their bounds (rounded outwards, as ``rasterio.features.geometry_window``), clipped to the
-    grid; None when they miss it or are empty."""
+def area_window(geoms: BaseGeometry | list[BaseGeometry] | tuple[BaseGeometry, ...] | None,
+                grid: Grid) -> Window | None:
+    """The one rule from an area's polygon(s) to pixels: the smallest whole-pixel window of ``grid`` holding them.
+
+    Their bounds are rounded outwards (as ``rasterio.features.geometry_window``) and clipped to the grid; None
+    when they miss it or are empty.
+    """
     import math
 
     from rasterio.features import bounds

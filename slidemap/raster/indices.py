@@ -9,7 +9,8 @@ has a strongly negative dNDVI, while a field that was already bare has none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -38,14 +39,16 @@ def _nbr(nir: np.ndarray, swir2: np.ndarray) -> np.ndarray:
     return _normalised_difference(nir, swir2)
 
 
-FORMULAS = {"ndvi": _ndvi, "ndwi": _ndwi, "brightness": _brightness, "nbr": _nbr}
+FORMULAS: dict[str, Callable[..., np.ndarray]] = {"ndvi": _ndvi, "ndwi": _ndwi, "brightness": _brightness, "nbr": _nbr}
 if set(FORMULAS) != set(SPECTRAL_INDICES):  # the names live in bands.py, the formulas here
     raise ImportError("slidemap.raster.indices: FORMULAS and bands.SPECTRAL_INDICES disagree")
 
 
 def index_inputs(bands: Sequence[str], index: str, option: str, where: str) -> list[int]:
-    """0-based indexes in ``bands`` of the bands ``index`` is computed from; a band that is not there is a
-    one-line UserError naming ``option`` and ``where`` (whose bands they are)."""
+    """0-based indexes in ``bands`` of the bands ``index`` is computed from.
+
+    A band that is not there is a one-line UserError naming ``option`` and ``where`` (whose bands they are).
+    """
     if index not in SPECTRAL_INDICES:
         raise UserError(f"{option} {index}: unknown index; choose from {','.join(SPECTRAL_INDICES)}")
     found, missing = [], []
@@ -58,12 +61,14 @@ def index_inputs(bands: Sequence[str], index: str, option: str, where: str) -> l
         raise UserError(f"{option} {index}: needs band(s) {', '.join(missing)} but {where} has "
                         f"{', '.join(bands) or 'no bands'}; name the bands (e.g. --band-names) or drop "
                         f"{index}")
-    return found  # type: ignore[return-value]
+    return cast(list[int], found)  # every band was found, or the UserError above
 
 
 def compute_index(index: str, values: np.ndarray, inputs: Sequence[int]) -> np.ndarray:
-    """``index`` (H, W) float32 from ``values`` (C, H, W) whose bands ``inputs`` (from :func:`index_inputs`)
-    it needs; NaN where an input is NaN."""
+    """``index`` (H, W) float32 from ``values`` (C, H, W); NaN where an input is NaN.
+
+    ``inputs`` (from :func:`index_inputs`) are the bands of ``values`` it needs.
+    """
     args = [values[i].astype(np.float64) for i in inputs]
     with np.errstate(invalid="ignore"):
         out = FORMULAS[index](*args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio import features
@@ -24,6 +25,10 @@ from slidemap.raster.components import ComponentLabeler
 from slidemap.raster.geo import Grid, bounds_overlap
 from slidemap.raster.labels import LabelRaster
 
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from shapely.geometry.base import BaseGeometry
+
 Warn = Callable[[str], None]
 
 
@@ -32,7 +37,7 @@ class PolygonInventory:
     """The landslide polygons, reprojected to the scene CRS and repaired."""
 
     path: Path
-    gdf: object  # GeoSeries of the polygons intersecting the scene
+    gdf: gpd.GeoSeries  # the polygons intersecting the scene
     features: int
     repaired: int
     grid: Grid
@@ -42,11 +47,11 @@ class PolygonInventory:
 
     @property
     def inside(self) -> int:
+        """How many polygons intersect the scene."""
         return len(self.gdf)
 
     def ids(self, w: Window) -> np.ndarray:
-        """Polygon number (1-based, 0: none) of each pixel of block ``w``; where polygons overlap, the
-        later."""
+        """Polygon number (1-based, 0: none) of each pixel of block ``w``; where polygons overlap, the later."""
         shape = (int(w.height), int(w.width))
         if len(self.gdf) == 0:
             return np.zeros(shape, dtype=np.int32)
@@ -99,7 +104,7 @@ def load_polygons(path: Path, grid: Grid, all_touched: bool, warn: Warn) -> Poly
     return PolygonInventory(path, inside, n_features, repaired, grid, all_touched)
 
 
-def _polygonal(geom):
+def _polygonal(geom: BaseGeometry | None) -> BaseGeometry | None:
     """The polygon parts of a geometry (make_valid may return collections with lines), or None."""
     import shapely
 
@@ -134,6 +139,7 @@ class LandslideCounter:
             return np.zeros(landslide.shape, dtype=np.int64)
         if self._labeler is not None:
             return self._labeler.add(w, landslide)
+        assert isinstance(self.inventory, PolygonInventory)  # a label raster always has a labeler
         return self.inventory.ids(w)
 
     def count(self, ids: set[int]) -> int:

@@ -30,8 +30,10 @@ LANDSLIDE, BACKGROUND, UNKNOWN = 1, 0, NODATA_MASK
 
 def classify_labels(values: np.ndarray, known: np.ndarray, label_values: Sequence[float],
                     unlabelled_values: Sequence[float]) -> np.ndarray:
-    """The scene mask (uint8 1 landslide / 0 background / 255 unknown) of label ``values`` (NaN allowed)
-    where ``known`` marks pixels the label raster holds data for."""
+    """The scene mask (uint8: 1 landslide, 0 background, 255 unknown) of label ``values`` (NaN allowed).
+
+    ``known`` marks the pixels the label raster holds data for.
+    """
     out = np.full(values.shape, BACKGROUND, dtype=np.uint8)
     out[np.isin(values, np.asarray(label_values, dtype=values.dtype))] = LANDSLIDE
     unknown = ~known | np.isin(values, np.asarray(unlabelled_values, dtype=values.dtype)) | np.isnan(values)
@@ -62,8 +64,11 @@ class LabelRaster:
 def open_label_raster(path: Path, grid: Grid, first: Path, label_values: Sequence[float],
                       unlabelled_values: Sequence[float], option: str = "--inventory",
                       ) -> Iterator[LabelRaster]:
-    """Open ``path`` as a label raster seen on ``grid`` (nearest); a multi-band or float raster whose
-    values cannot be classes, or one that misses the scene, is a one-line UserError."""
+    """Open ``path`` as a label raster seen on ``grid`` (nearest).
+
+    A multi-band or float raster whose values cannot be classes, or one that misses the scene, is a one-line
+    UserError.
+    """
     from slidemap.raster.geo import pixel_size_m
 
     with open_raster(path, option) as ds:

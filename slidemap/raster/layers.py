@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
@@ -20,6 +21,9 @@ from slidemap.raster.bands import PRE_PREFIX, change_name
 from slidemap.raster.geo import Grid, row_pixel_sizes_m
 from slidemap.raster.indices import compute_index
 from slidemap.raster.terrain import terrain_layers
+
+if TYPE_CHECKING:
+    from slidemap.raster.inventory import Inventory
 
 
 @dataclass
@@ -36,16 +40,19 @@ class StackSources:
     # the pre-event bands
     dem: OnGrid | None = None
     terrain: list[str] = field(default_factory=list)
-    inventory: object | None = None  # slidemap.raster.inventory.Inventory: .mask(window) -> uint8
+    inventory: Inventory | None = None
 
     @property
     def bands(self) -> list[str]:
+        """Layer names in stack order: image bands, indices, pre-event bands, change layers, terrain."""
         return (list(self.image_bands) + list(self.indices) + [PRE_PREFIX + b for b in self.pre_bands]
                 + [change_name(i) for i in self.change] + list(self.terrain))
 
     def read(self, w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Layers (C, H, W) float32 of block ``w``, its validity (H, W) and the inventory's truth (H, W)
-        uint8 (None without an inventory)."""
+        """Layers (C, H, W) float32 of block ``w``, its validity (H, W) and the inventory's truth (H, W).
+
+        The truth is uint8, None without an inventory.
+        """
         shape = (int(w.height), int(w.width))
         valid = np.ones(shape, dtype=bool)
         image, valid = _read_all(self.images, w, valid)
@@ -68,6 +75,7 @@ class StackSources:
         r0, c0 = int(w.row_off), int(w.col_off)
         top, left = max(0, r0 - 1), max(0, c0 - 1)
         bottom, right = min(grid.height, r0 + shape[0] + 1), min(grid.width, c0 + shape[1] + 1)
+        assert self.dem is not None  # read() asks for terrain only with a DEM
         values, _ = self.dem.read(Window(left, top, right - left, bottom - top), bands=[1])
         dem = values[0].astype(np.float64)
         dx, dy = row_pixel_sizes_m(grid.crs, grid.transform, top, bottom - top)

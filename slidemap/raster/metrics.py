@@ -33,6 +33,7 @@ class Counts:
         return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     def as_dict(self) -> dict[str, int]:
+        """``{tp, fp, fn, tn}``, for JSON and CSV."""
         return asdict(self)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
@@ -25,6 +26,9 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from slidemap.raster.components import ComponentLabeler, Components
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 LAYER = "landslides"
 AREA, PROB = "area_m2", "prob"
@@ -66,8 +70,9 @@ def gc_paused() -> Iterator[None]:
 
 
 def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, object]]:
-    """(id, Polygon) for each 4-connected run of equal non-zero ``ids`` in one strip, in **pixel**
-    coordinates (x = column, y = row + ``row_offset``).
+    """(id, Polygon) for each 4-connected run of equal non-zero ``ids`` in one strip, in **pixel** coordinates.
+
+    That is, x = column, y = row + ``row_offset``.
 
     Pixel coordinates are small integers, exact in floating point, so the pieces of one landslide cut
     by a seam share their edge exactly and dissolve into one Polygon; map coordinates of a geographic
@@ -81,7 +86,9 @@ def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, obje
         return []
     # Build all polygons of the strip in three vectorised shapely calls instead of one ``shape()`` per
     # polygon (the same coordinates, so the same geometries, at a fraction of the Python overhead).
-    values, rings, ring_owner = [], [], []
+    values: list[int] = []
+    rings: list = []
+    ring_owner: list[int] = []
     for g, v in features.shapes(ids, mask=ids > 0, connectivity=4,
                                 transform=Affine.translation(0, row_offset)):
         ring_owner.extend([len(values)] * len(g["coordinates"]))
@@ -106,9 +113,12 @@ def merge_pieces(pieces: Iterable[tuple[int, object]]) -> dict[int, object]:
 
 
 def landslides_frame(components: Components, pixel_geometries: dict[int, object], transform: Affine,
-                     crs: CRS | None):
-    """GeoDataFrame with columns id, area_m2, mean_probability for the landslides in ``pixel_geometries``
-    (id -> geometry in pixel coordinates from :func:`merge_pieces`), mapped through ``transform``."""
+                     crs: CRS | None) -> gpd.GeoDataFrame:
+    """GeoDataFrame with columns id, area_m2, mean_probability for the landslides in ``pixel_geometries``.
+
+    ``pixel_geometries`` maps id -> geometry in pixel coordinates (from :func:`merge_pieces`); they are
+    mapped through ``transform``.
+    """
     import geopandas as gpd
     import shapely
 
@@ -122,9 +132,12 @@ def landslides_frame(components: Components, pixel_geometries: dict[int, object]
         geometry=geoms.set_crs(crs, allow_override=True), crs=crs)
 
 
-def _affine(transform: Affine):
-    """Coordinate function of ``transform`` for ``shapely.transform``: the very arithmetic of
-    ``GeoSeries.affine_transform``, applied to all geometries' coordinates in one call."""
+def _affine(transform: Affine) -> Callable[[np.ndarray], np.ndarray]:
+    """Coordinate function of ``transform`` for ``shapely.transform``.
+
+    It is the very arithmetic of ``GeoSeries.affine_transform``, applied to all geometries' coordinates in
+    one call.
+    """
     a, b, d, e, xoff, yoff = transform.a, transform.b, transform.d, transform.e, transform.c, transform.f
 
     def apply(coords: np.ndarray) -> np.ndarray:
@@ -135,15 +148,16 @@ def _affine(transform: Affine):
 
 
 class LandslideWriter:
-    """Streams polygons into a GeoPackage: pieces are collected strip by strip, and each landslide is
-    dissolved and written as soon as the strips have passed its last row.
+    """Streams polygons into a GeoPackage, each landslide written once the strips have passed its last row.
+
+    Pieces are collected strip by strip, and each landslide is dissolved before it is written.
 
     Memory holds only the landslides that cross the current strip, not all of them. Rows are written
     in the order landslides end going down the grid; the ``id`` column keeps the top-to-bottom ids.
     """
 
     def __init__(self, path: str | Path, components: Components, transform: Affine, crs: CRS | None,
-                 batch: int = 5000):
+                 batch: int = 5000) -> None:
         self.path, self.components, self.transform, self.crs = Path(path), components, transform, crs
         self.batch = batch
         self.open: dict[int, list] = defaultdict(list)
@@ -151,8 +165,10 @@ class LandslideWriter:
         self.written = 0
 
     def add_pieces(self, pieces: Iterable[tuple[int, object]], below: int) -> None:
-        """Take one strip's pieces (from :func:`polygon_pieces`) whose strip ends above row ``below``;
-        lets the caller polygonise the next strip in another thread meanwhile."""
+        """Take one strip's pieces (from :func:`polygon_pieces`) whose strip ends above row ``below``.
+
+        This lets the caller polygonise the next strip in another thread meanwhile.
+        """
         for i, geom in pieces:
             self.open[i].append(geom)
         open_ids = np.fromiter(self.open, dtype=np.int64, count=len(self.open))
@@ -180,7 +196,7 @@ class LandslideWriter:
 
 
 def mask_to_landslides(mask: np.ndarray, transform: Affine, crs: CRS | None, prob: np.ndarray | None = None,
-                       min_area_m2: float = 0.0, strip_rows: int = 512):
+                       min_area_m2: float = 0.0, strip_rows: int = 512) -> gpd.GeoDataFrame:
     """In-memory convenience: polygons of a (H, W) 0/1 mask (255 = nodata) as a GeoDataFrame.
 
     Uses the same streamed labelling as ``slidemap predict`` (strips of ``strip_rows``), so other stages

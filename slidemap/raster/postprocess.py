@@ -63,6 +63,7 @@ class Cleanup:
 
     @property
     def active(self) -> bool:
+        """Whether any step is on (else :func:`clean` only masks out nodata)."""
         return bool(self.opening or self.closing or self.fill_holes)
 
     @property
@@ -114,10 +115,12 @@ def _connectivity(ndim: int) -> np.ndarray:
 
 
 def _holes(b: np.ndarray, valid: np.ndarray, max_pixels: int) -> np.ndarray:
-    """Background components (4-connected, within each patch) of at most ``max_pixels`` px touching neither
-    the border nor nodata. At a cut through a larger raster a component may continue beyond it, so it is
-    never filled there; a hole of at most ``max_pixels`` px near a final row cannot reach a cut ``halo``
-    rows away."""
+    """Background components (4-connected, within each patch) of at most ``max_pixels`` px: the holes to fill.
+
+    A hole touches neither the border nor nodata. At a cut through a larger raster a component may continue beyond
+    it, so it is never filled there; a hole of at most ``max_pixels`` px near a final row cannot reach a cut
+    ``halo`` rows away.
+    """
     background = ~b
     labels, n = ndimage.label(background, _connectivity(b.ndim))
     if not n:
@@ -142,13 +145,14 @@ class StripCleaner:
     :meth:`finish` returns the rest. Concatenated, the cleaned rows equal :func:`clean` of the whole.
     """
 
-    def __init__(self, height: int, cleanup: Cleanup):
+    def __init__(self, height: int, cleanup: Cleanup) -> None:
         self.height, self.cleanup, self.halo = height, cleanup, cleanup.halo
         self._start = 0  # region row of the first buffered row
         self._done = 0  # rows handed on
         self._buf: list[list[np.ndarray]] = []
 
     def push(self, row0: int, binary: np.ndarray, valid: np.ndarray, *carry: np.ndarray) -> list[tuple]:
+        """Take the strip starting at region row ``row0``; return the strips now final (maybe none)."""
         if not self.cleanup.active:
             self._done = row0 + len(binary)
             return [(row0, np.asarray(binary, bool) & valid, valid, *carry)]
@@ -160,6 +164,7 @@ class StripCleaner:
         return self._emit(ready) if ready > self._done else []
 
     def finish(self) -> list[tuple]:
+        """After the last strip: the rows still held back."""
         if not self.cleanup.active or self._done >= self.height:
             return []
         return self._emit(self._start + self._rows())
@@ -217,9 +222,11 @@ class ValidationResult:
 
 def object_scores(binary: np.ndarray, truth: np.ndarray, min_pixels: Sequence[int]
                   ) -> list[tuple[int, int, int, int, int]]:
-    """For each minimum object size: (tp, fp, fn, false alarms, objects) of ``binary`` (n, h, w) against
-    ``truth`` (1 landslide, 0 background, 255 unknown) with objects (4-connected, within each patch) of
-    fewer pixels dropped. False alarms are objects with a known-truth pixel and no landslide pixel."""
+    """For each minimum object size: (tp, fp, fn, false alarms, objects) of ``binary`` (n, h, w).
+
+    Scored against ``truth`` (1 landslide, 0 background, 255 unknown) with objects (4-connected, within each
+    patch) of fewer pixels dropped. False alarms are objects with a known-truth pixel and no landslide pixel.
+    """
     labels, n = ndimage.label(binary, _connectivity(binary.ndim))
     positives = int(np.count_nonzero(truth == 1))
     flat = labels.ravel()
@@ -254,12 +261,15 @@ def _pick(choices: Sequence[Choice]) -> Choice:
 
 
 def min_size_cap(masks: np.ndarray, quantile: float = SMALL_QUANTILE) -> int | None:
-    """Half the size of the smallest landslides (the ``quantile`` % of those wholly inside a chip, 4-connected)
-    in chip masks (n, h, w): the largest minimum object size worth trying. None without such a landslide.
+    """The largest minimum object size worth trying: half the size of the smallest landslides in chip masks.
+
+    The smallest are the ``quantile`` % of those wholly inside a chip (4-connected) of ``masks`` (n, h, w). None
+    without such a landslide.
 
     On validation chips that happen to hold no small landslide, dropping objects up to the size of real
     ones costs no F1 and removes false alarms, so the tie-break would take it; elsewhere it deletes true
-    landslides. The training inventory says how small landslides come."""
+    landslides. The training inventory says how small landslides come.
+    """
     m = np.asarray(masks) == 1
     if m.ndim == 2:
         m = m[None]
@@ -346,24 +356,28 @@ class Decision:
 
 def decide(learned: PostProcess | None, mode: str, best: float, given_threshold: tuple[float, str] | None,
            given_min_area: float | None, patches: bool, model: str) -> Decision:
-    """The decision for ``predict``: ``mode`` "auto" applies the ``learned`` post-processing to scenes
-    (patch datasets get 0.5 and nothing else, as the benchmark), "bundle" applies it to either, "none" never.
-    A given threshold or minimum area (m²) overrides that part only; without post-processing a scene is cut
-    at the bundle's ``best`` threshold."""
+    """The decision for ``predict``: threshold, clean-up and minimum size.
+
+    ``mode`` "auto" applies the ``learned`` post-processing to scenes (patch datasets get 0.5 and nothing else, as
+    the benchmark), "bundle" applies it to either, "none" never. A given threshold or minimum area (m²) overrides
+    that part only; without post-processing a scene is cut at the bundle's ``best`` threshold.
+    """
     use = mode == "bundle" or (mode == "auto" and not patches and learned is not None)
     if use and learned is None:
         raise UserError(f"--postprocess bundle: model {model} holds no post-processing learned on validation "
                         f"(trained by an older slidemap, or its validation chips held no landslide); train it "
                         f"again, or leave --postprocess out")
+    post = learned if use else None  # not None exactly when used (the check above)
     if given_threshold is not None:
         threshold, which = given_threshold
-    elif use:
-        threshold, which = learned.threshold, "postprocess"
+    elif post is not None:
+        threshold, which = post.threshold, "postprocess"
     elif patches:
         threshold, which = 0.5, "0.5"
     else:
         threshold, which = best, "best"
-    cleanup = Cleanup(learned.opening, learned.closing, learned.fill_holes) if use else Cleanup()
+    cleanup = Cleanup(post.opening, post.closing, post.fill_holes) if post is not None else Cleanup()
     if given_min_area is not None:
         return Decision(threshold, which, cleanup, 0, float(given_min_area), "bundle" if use else "none")
-    return Decision(threshold, which, cleanup, learned.min_pixels if use else 0, 0.0, "bundle" if use else "none")
+    return Decision(threshold, which, cleanup, post.min_pixels if post is not None else 0, 0.0,
+                    "bundle" if use else "none")

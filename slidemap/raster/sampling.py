@@ -16,8 +16,9 @@ _STRIP_PIXELS = 1 << 23  # integral images are built in strips of about this man
 
 
 def windows_within(mask: np.ndarray, size: int, limit: int = 0) -> np.ndarray:
-    """Boolean map over every window offset: True where the ``size`` x ``size`` window at (row, col)
-    holds at most ``limit`` True pixels of ``mask``.
+    """Boolean map over every window offset: True where the ``size`` x ``size`` window at (row, col) fits.
+
+    A window fits when it holds at most ``limit`` True pixels of ``mask``.
 
     Computed with integral images in strips of rows, so memory stays bounded on large areas while no
     window is ever summed pixel by pixel. The result has shape (H - size + 1, W - size + 1).
@@ -40,8 +41,10 @@ def windows_within(mask: np.ndarray, size: int, limit: int = 0) -> np.ndarray:
 
 def fitting_windows(area_mask: np.ndarray, size: int, nodata_mask: np.ndarray | None = None,
                     max_nodata: int = 0, forbidden_mask: np.ndarray | None = None) -> np.ndarray:
-    """Map over window offsets: True where the window lies wholly inside ``area_mask``, holds no pixel
-    of ``forbidden_mask`` (test areas) and at most ``max_nodata`` pixels of ``nodata_mask``."""
+    """Map over window offsets: True where the window lies wholly inside ``area_mask`` and may be sampled.
+
+    It must hold no pixel of ``forbidden_mask`` (test areas) and at most ``max_nodata`` pixels of ``nodata_mask``.
+    """
     outside = ~np.asarray(area_mask, dtype=bool)
     if forbidden_mask is not None:
         outside |= np.asarray(forbidden_mask, dtype=bool)
@@ -57,8 +60,10 @@ def grid_stride(size: int, overlap: float) -> int:
 
 
 def grid_offsets(start: int, stop: int, size: int, stride: int) -> np.ndarray:
-    """Offsets of ``size`` windows every ``stride`` pixels covering [start, stop) to its end: the last
-    window is shifted back inside rather than dropped. Empty when the span is shorter than ``size``."""
+    """Offsets of ``size`` windows every ``stride`` pixels covering [start, stop) to its end.
+
+    The last window is shifted back inside rather than dropped. Empty when the span is shorter than ``size``.
+    """
     if stop - start < size:
         return np.zeros(0, dtype=np.int64)
     offsets = np.arange(start, stop - size + 1, stride, dtype=np.int64)
@@ -90,8 +95,9 @@ def grid_candidates(area_mask: np.ndarray, size: int, overlap: float) -> tuple[n
 def propose_windows(areas: list[np.ndarray], fits: list[np.ndarray], method: str, size: int,
                     overlap: float = 0.0, count: int = 0, rng: np.random.Generator | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The windows a sampler proposes over several areas (each an ``inside`` map and its ``fits`` map
-    from :func:`fitting_windows`); this is what ``slidemap sample`` calls.
+    """The windows a sampler proposes over several areas; this is what ``slidemap sample`` calls.
+
+    Each area is an ``inside`` map and its ``fits`` map from :func:`fitting_windows`.
 
     ``grid``: the lattice of :func:`grid_candidates` (stride ``round(size * (1 - overlap))``, edges
     covered) over each area's bounding box, kept where it fits. ``random``: ``count`` distinct fitting
@@ -104,15 +110,18 @@ def propose_windows(areas: list[np.ndarray], fits: list[np.ndarray], method: str
         return which, rows, cols, int(rows.size)
     if method != "grid":
         raise ValueError(f"unknown sampler {method!r}; one of {METHODS}")
-    which, rows, cols, proposed = [], [], [], 0
+    which_parts: list[np.ndarray] = []
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
+    proposed = 0
     for i, (inside, fit) in enumerate(zip(areas, fits, strict=True)):
         r, c = grid_candidates(inside, size, overlap)
         proposed += int(r.size)
         keep = fit[r, c] if r.size else np.zeros(0, dtype=bool)
-        which.append(np.full(int(keep.sum()), i, dtype=np.int64))
-        rows.append(r[keep])
-        cols.append(c[keep])
-    return np.concatenate(which), np.concatenate(rows), np.concatenate(cols), proposed
+        which_parts.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        row_parts.append(r[keep])
+        col_parts.append(c[keep])
+    return np.concatenate(which_parts), np.concatenate(row_parts), np.concatenate(col_parts), proposed
 
 
 def grid_windows(area_mask: np.ndarray, size: int, overlap: float, nodata_mask: np.ndarray | None = None,

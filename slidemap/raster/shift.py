@@ -36,7 +36,7 @@ MIN_STD = 0.01
 class InputStats:
     """Per-band statistics of the rows a prediction reads, each row of the region counted once."""
 
-    def __init__(self, bands: Sequence[str]):
+    def __init__(self, bands: Sequence[str]) -> None:
         self.bands = list(bands)
         self.stats = RunningStats(len(self.bands))
         self._next_row = 0
@@ -79,17 +79,21 @@ def _factor(k: float) -> str:
 
 def shift_warnings(training: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]], sigma: float = SIGMA,
                    scale: float = SCALE) -> dict[str, str]:
-    """One message per band whose input statistics ``seen`` are far from the ``training`` statistics
-    (``{band: {mean, std, min, max}}`` as dicts or models); bands without statistics on either side are
-    skipped."""
+    """One message per band whose input statistics ``seen`` are far from the ``training`` statistics.
+
+    Both are ``{band: {mean, std, min, max}}``, as dicts or models; bands without statistics on either side are
+    skipped.
+    """
     out: dict[str, str] = {}
     for band, s in seen.items():
         t = training.get(band)
-        if t is None or not s.get("count") or _get(t, "mean") is None or s.get("mean") is None:
+        tm = None if t is None else _get(t, "mean")
+        if tm is None or not s.get("count") or s.get("mean") is None:
             continue
-        tm, ts, sm, ss = _get(t, "mean"), _get(t, "std"), float(s["mean"]), float(s["std"] or 0.0)
+        ts, sm, ss = _get(t, "std"), float(s["mean"]), float(s["std"] or 0.0)
         t_lo, t_hi, s_lo, s_hi = _get(t, "min"), _get(t, "max"), s.get("min"), s.get("max")
-        if None not in (t_lo, t_hi, s_lo, s_hi) and t_hi > t_lo and s_hi > s_lo:
+        if t_lo is not None and t_hi is not None and s_lo is not None and s_hi is not None \
+                and t_hi > t_lo and s_hi > s_lo:
             # both the spread and the magnitude: a near-constant training band has a tiny spread only
             k = (s_hi - s_lo) / (t_hi - t_lo)
             m = max(abs(s_lo), abs(s_hi)) / max(abs(t_lo), abs(t_hi), 1e-12)
@@ -111,8 +115,8 @@ def shift_warnings(training: Mapping[str, Any], seen: Mapping[str, Mapping[str, 
         if ts and abs(sm - tm) > sigma * ts:
             z = (sm - tm) / ts
             order = ""
-            alike = [b for b, o in training.items() if b != band and _get(o, "mean") is not None
-                     and _get(o, "std") and abs(sm - _get(o, "mean")) <= _get(o, "std")]
+            alike = [b for b, o in training.items() if b != band and (om := _get(o, "mean")) is not None
+                     and (osd := _get(o, "std")) and abs(sm - om) <= osd]
             if alike:
                 order = f", or bands in another order (its values look like band {alike[0]}'s)"
             out[band] = (f"band {band}: its mean {_fmt(sm)} lies {abs(z):.1f} training std "

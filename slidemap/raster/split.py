@@ -36,6 +36,7 @@ class Split:
     method: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The method and the three counts, as the run records them."""
         return {"method": self.method, "train": int(self.train.size), "val": int(self.val.size),
                 "buffer": int(self.buffer.size)}
 

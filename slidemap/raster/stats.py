@@ -27,8 +27,10 @@ class RunningStats:
         self.hi = np.full(shape, -np.inf)
 
     def add(self, values: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Add pixels ``values`` (C, ...) to slot 0; ``valid`` (same shape) marks the ones that count,
-        None counts every pixel (the caller has already dropped nodata), NaN never counts with ``valid``."""
+        """Add pixels ``values`` (C, ...) to slot 0; ``valid`` (same shape) marks the ones that count.
+
+        ``valid`` None counts every pixel (the caller has already dropped nodata); NaN never counts with ``valid``.
+        """
         v = np.asarray(values).reshape(self.bands, -1).astype(np.float64)
         if v.shape[1] == 0:
             return
@@ -50,8 +52,10 @@ class RunningStats:
         self._merge(slice(0, 1), nb, mb, m2b, lo, hi)
 
     def add_finite(self, values: np.ndarray) -> None:
-        """Add pixels ``values`` (C, ...) to slot 0, NaN and infinities not counted, one band at a time
-        (float64 temporaries of one band only: cheap enough for every strip a prediction reads)."""
+        """Add pixels ``values`` (C, ...) to slot 0, NaN and infinities not counted, one band at a time.
+
+        Float64 temporaries of one band only: cheap enough for every strip a prediction reads.
+        """
         v = np.asarray(values).reshape(self.bands, -1)
         nb, mb, m2b = np.zeros((self.bands, 1)), np.zeros((self.bands, 1)), np.zeros((self.bands, 1))
         lo, hi = np.full((self.bands, 1), np.inf), np.full((self.bands, 1), -np.inf)
@@ -65,8 +69,10 @@ class RunningStats:
             self._merge(slice(0, 1), nb, mb, m2b, lo, hi)
 
     def add_lines(self, block: np.ndarray, counted: np.ndarray, axis: str, first: int) -> None:
-        """Add the ``counted`` pixels of ``block`` (C, H, W), each column (``axis="x"``) or row (``"y"``)
-        to its own slot, the block's first column/row being slot ``first``."""
+        """Add the ``counted`` pixels of ``block`` (C, H, W), each column or row to its own slot.
+
+        Columns with ``axis="x"``, rows with ``"y"``; the block's first column/row is slot ``first``.
+        """
         if axis == "y":
             block, counted = block.transpose(0, 2, 1), counted.T
         nb = counted.sum(axis=0).astype(np.float64)
@@ -82,7 +88,7 @@ class RunningStats:
         nb_used = np.broadcast_to(nb[used], (self.bands, int(used.sum())))
         self._merge(index, nb_used, mb[:, used], m2b[:, used], lo[:, used], hi[:, used])
 
-    def _merge(self, idx, nb: np.ndarray, mb: np.ndarray, m2b: np.ndarray, lo: np.ndarray,
+    def _merge(self, idx: slice | np.ndarray, nb: np.ndarray, mb: np.ndarray, m2b: np.ndarray, lo: np.ndarray,
                hi: np.ndarray) -> None:
         """Chan's update of slots ``idx`` with batches of ``nb`` pixels of mean ``mb`` and M2 ``m2b``."""
         n0, mean0 = self.n[:, idx], self.mean[:, idx]

@@ -50,8 +50,10 @@ def gradient(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float
 
 
 def _difference(z: np.ndarray, axis: int) -> np.ndarray:
-    """Change of ``z`` per pixel step along ``axis``: central where both neighbours exist, one-sided where
-    one does, NaN where neither (or the pixel itself is NaN)."""
+    """Change of ``z`` per pixel step along ``axis``.
+
+    Central where both neighbours exist, one-sided where one does, NaN where neither (or the pixel itself is NaN).
+    """
     p = np.pad(z, [(1, 1) if a == axis else (0, 0) for a in range(2)], constant_values=np.nan)
     n = z.shape[axis]
     before = np.take(p, np.arange(0, n), axis=axis)
@@ -104,8 +106,10 @@ def hillshade(dz_east: np.ndarray, dz_north: np.ndarray, azimuth_deg: float = HI
 
 def terrain_layers(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray | float,
                    layers: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """The requested ``layers`` (names from TERRAIN_LAYERS) of a DEM block, each float32 (H, W), NaN where
-    the DEM is NaN."""
+    """The requested ``layers`` (names from TERRAIN_LAYERS) of a DEM block, each float32 (H, W).
+
+    NaN where the DEM is NaN.
+    """
     unknown = [n for n in layers if n not in TERRAIN_LAYERS]
     if unknown:
         raise ValueError(f"unknown terrain layers {unknown}; known: {TERRAIN_LAYERS}")
@@ -115,11 +119,13 @@ def terrain_layers(dem: np.ndarray, dx_m: np.ndarray | float, dy_m: np.ndarray |
     for name in layers:
         if name == "dem":
             values = np.asarray(dem, dtype=np.float64)
-        elif name == "slope":
-            values = slope_deg(*grad)
-        elif name == "aspect":
-            values = aspect_deg(*grad)
         else:
-            values = hillshade(*grad)
+            assert grad is not None  # computed whenever a layer other than dem is asked for
+            if name == "slope":
+                values = slope_deg(*grad)
+            elif name == "aspect":
+                values = aspect_deg(*grad)
+            else:
+                values = hillshade(*grad)
         out[name] = np.where(nodata, np.nan, values).astype(np.float32)
     return out

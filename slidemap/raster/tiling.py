@@ -73,8 +73,9 @@ class AxisTiling:
 
     @classmethod
     def plan(cls, length: int, tile: int, overlap: int) -> AxisTiling:
-        """The fewest tiles of at most ``tile`` px that cover the region with ``overlap``, shrunk to even
-        out the last one's excess; offsets every ``size - overlap`` px, the last one flush with the end.
+        """The fewest tiles of at most ``tile`` px that cover the region with ``overlap``, shrunk to share the excess.
+
+        Offsets come every ``size - overlap`` px, the last one flush with the end.
 
         Shrinking matters: 10,000 px in tiles of 512 needs 23 tiles; at 512 px they would compute
         11,776 px, at the 496 px chosen here 11,408 (sizes and offsets stay multiples of 16).
@@ -108,8 +109,10 @@ def _ramp(distance: np.ndarray, overlap: int, margin: int) -> np.ndarray:
 
 
 def wide_tile(tile: int, overlap: int, batch_size: int) -> int:
-    """Width of one network pass: ``batch_size`` tiles side by side, run as one wide tile, so the
-    overlaps between them are computed once (the pixels per pass, hence the memory, stay the same)."""
+    """Width of one network pass: ``batch_size`` tiles side by side, run as one wide tile.
+
+    So the overlaps between them are computed once (the pixels per pass, hence the memory, stay the same).
+    """
     return tile + (batch_size - 1) * (tile - overlap)
 
 

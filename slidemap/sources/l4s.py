@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -115,8 +115,11 @@ def _number_of(image: Path) -> int | None:
 
 
 def _resolve_entry(folder: Path, entry: str) -> Path | None:
-    """The image a list line names: ``7``, ``image_7.h5``, ``img/image_7.h5`` or ``TrainData/img/image_7.h5``
-    (relative to ``folder``, as the benchmark's own lists are to its data root), or an absolute path."""
+    """The image a list line names, or None.
+
+    ``7``, ``image_7.h5``, ``img/image_7.h5`` or ``TrainData/img/image_7.h5`` (relative to ``folder``, as the
+    benchmark's own lists are to its data root), or an absolute path.
+    """
     p = Path(entry)
     candidates = [p] if p.is_absolute() else [folder / entry.lstrip("/")]
     m = _NUMBER.match(p.name)
@@ -171,7 +174,8 @@ def find_patches(folder: str | Path, list_file: str | Path | None = None) -> lis
         if not images:
             raise UserError(f"FOLDER {folder}/img: holds no image_N.h5 files; give a Landslide4Sense folder")
     unique = {p.resolve(): p for p in images}
-    patches = sorted((Patch(_number_of(p), p, None) for p in unique.values()),
+    # every image was chosen for having a number
+    patches = sorted((Patch(cast(int, _number_of(p)), p, None) for p in unique.values()),
                      key=lambda q: (q.number, str(q.image)))
     for a, b in zip(patches, patches[1:], strict=False):
         if a.number == b.number:

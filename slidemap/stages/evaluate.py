@@ -22,7 +22,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -61,6 +61,9 @@ from slidemap.raster.metrics import NODATA_CLASS as NODATA
 from slidemap.stages.maps import write_error_map_style
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import evaluate_patches
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 CONNECTIVITY = 4  # as predict's polygons (rasterio.features.shapes): one object = one polygon
 POOLED = "all"
@@ -182,7 +185,8 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
                           metrics=metrics, files=files)
 
 
-def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndarray]:
+def truth_reader(truth_ds: rasterio.io.DatasetReaderBase, grid: Grid,
+                 path: Path) -> Callable[[Window], np.ndarray]:
     """Return ``read(window)`` giving the truth mask on ``grid``'s pixels (255 outside the truth).
 
     Same CRS and pixel size with a whole-pixel offset (a prediction of one area's window) is read exactly;
@@ -218,8 +222,10 @@ def truth_reader(truth_ds, grid: Grid, path: Path) -> Callable[[Window], np.ndar
 
 
 def object_counts(truth: ComponentLabeler, pred: ComponentLabeler, object_overlap: float) -> dict[str, int]:
-    """Inventory landslides found / total and predicted objects / false alarms (objects with no valid
-    pixel are left out: they lie wholly on nodata)."""
+    """Inventory landslides found / total, and predicted objects / false alarms.
+
+    Objects with no valid pixel are left out: they lie wholly on nodata.
+    """
     t, p = truth.resolve(), pred.resolve()
     t_valid, t_hit = t.sums["valid"], t.sums["hit"]
     p_valid, p_hit = p.sums["valid"], p.sums["hit"]
@@ -271,7 +277,8 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], threshold: Any
             writer.writerow({k: flat.get(k) for k in CSV_FIELDS})
 
 
-def _evaluate_area(pred_ds, read_truth, grid: Grid, geom, window: Window, tif: Path, object_overlap: float,
+def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[[Window], np.ndarray],
+                   grid: Grid, geom: BaseGeometry, window: Window, tif: Path, object_overlap: float,
                    block: int) -> dict[str, Any]:
     """Stream one area's window: error classes to ``tif``, pixel counts, km² and object counts."""
     from rasterio import features
@@ -354,7 +361,7 @@ def _area_geometries(scene: Scene, names: Sequence[str], crs: CRS) -> dict[str, 
     return out
 
 
-def _coverage(geom, grid: Grid) -> float:
+def _coverage(geom: BaseGeometry, grid: Grid) -> float:
     from shapely.geometry import box
 
     return float(geom.intersection(box(*grid.bounds)).area / geom.area) if geom.area else 0.0

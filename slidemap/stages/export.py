@@ -1,5 +1,6 @@
-"""``slidemap export``: a model bundle as an ONNX file for QGIS (Deepness) and ONNX Runtime; and the ONNX
-Runtime engines ``predict --engine onnx|onnx-int8|auto`` runs, built once per bundle and kept beside it.
+"""``slidemap export``: a bundle as ONNX for QGIS (Deepness) and ONNX Runtime; and the ONNX engines.
+
+The engines are what ``predict --engine onnx|onnx-int8|auto`` runs, built once per bundle and kept beside it.
 
 **The exported file** (``slidemap export RUN --onnx model.onnx``) takes raw band values (N, C, H, W)
 float32 in the bundle's band order, standardises them with the bundle's statistics inside the graph (NaN
@@ -24,6 +25,7 @@ int8) on the bundle's validation chips at its best threshold.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +65,18 @@ class ExportOptions(StageOptions):
 
 
 class ExportResult(StageResult):
+    """The ONNX file written, the metadata it carries, and its check against torch (empty without ORT)."""
+
     path: Path
     metadata: dict[str, Any]
     check: dict[str, float] = {}
 
 
 def run(options: ExportOptions) -> ExportResult:
-    """Write the bundle's network to ``options.onnx`` with its standardisation and Deepness metadata, then
-    check it: ONNX Runtime (when installed) against torch on random raw values."""
+    """Write the bundle's network to ``options.onnx`` with its standardisation and Deepness metadata.
+
+    Then check it: ONNX Runtime (when installed) against torch on random raw values.
+    """
     o = options
     require_onnx("--onnx")
     bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "RUN")
@@ -111,14 +117,15 @@ def deepness_metadata(bundle: Bundle, resolution_cm: float, tile: int, overlap: 
     }
     post = bundle.meta.postprocess
     if post is not None:
-        min_px = max(float(post.min_pixels), post.min_area_m2 / (resolution_cm / 100) ** 2)
+        # min_area_m2 is unknown (None) for chips without a pixel size: min_pixels alone then
+        min_px = max(float(post.min_pixels), (post.min_area_m2 or 0.0) / (resolution_cm / 100) ** 2)
         if min_px > 1:
             meta["seg_small_segment"] = deepness_small_segment(min_px)
     return meta
 
 
 def _resolution_cm(bundle: Bundle, given: float | None) -> float:
-    """cm per pixel: given, else the bundle's training scene's pixel size."""
+    """Cm per pixel: given, else the bundle's training scene's pixel size."""
     if given is not None:
         return float(given)
     size = bundle.meta.training.get("pixel_size_m")
@@ -160,9 +167,12 @@ def _check_export(bundle: Bundle, path: Path) -> dict[str, float]:
 
 # --- engines for predict ------------------------------------------------------------------------------
 
-def build_engines(bundle: Bundle, int8: bool = True, log=None) -> EngineRecord:
-    """The ONNX engines of ``bundle`` and their validation F1, built once and kept beside it (rebuilt when
-    the bundle, onnxruntime or slidemap changed). ``int8`` False: the fp32 model only, no chips needed."""
+def build_engines(bundle: Bundle, int8: bool = True, log: Callable[[str], None] | None = None) -> EngineRecord:
+    """The ONNX engines of ``bundle`` and their validation F1, built once and kept beside it.
+
+    They are rebuilt when the bundle, onnxruntime or slidemap changed. ``int8`` False: the fp32 model only, no
+    chips needed.
+    """
     if bundle.path is None:
         raise UserError("--engine: a bundle held in memory has no folder to keep its ONNX engines in; "
                         "save it first")

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slidemap.formats.qgis import write_paletted_style, write_ramp_style
 from slidemap.raster.metrics import CLASS_COLOURS, FN, FP, TN, TP
 from slidemap.raster.shift import InputStats, shift_warnings
+
+if TYPE_CHECKING:
+    import rasterio.io
+
+    from slidemap.nn.bundle import Bundle
 
 PROB_SCALE = 1 / 254
 LANDSLIDE_RGB = (230, 25, 75)
@@ -30,7 +36,7 @@ class ShiftWarning(UserWarning):
     """An input band far from the model's training statistics (the domain-shift guard)."""
 
 
-def describe_probability(ds, as_float: bool) -> None:
+def describe_probability(ds: rasterio.io.DatasetWriter, as_float: bool) -> None:
     """Band description, scale and offset of an open ``probability.tif`` (uint8: scale 1/254)."""
     ds.set_band_description(1, "landslide probability (0-1)" + ("" if as_float else "; value = DN / 254"))
     ds.scales = (1.0 if as_float else PROB_SCALE,)
@@ -51,9 +57,11 @@ def write_error_map_style(tif: Path) -> Path:
     return write_paletted_style(tif, ERROR_CLASSES)
 
 
-def warn_shift(bundle, seen: InputStats, where: str) -> list[str]:
-    """Warn once per band whose input statistics are far from the bundle's training statistics; returns
-    the messages (for prediction.json)."""
+def warn_shift(bundle: Bundle, seen: InputStats, where: str) -> list[str]:
+    """Warn once per band whose input statistics are far from the bundle's training statistics.
+
+    Returns the messages (for prediction.json).
+    """
     found = shift_warnings(bundle.meta.stats, seen.as_dict())
     for message in found.values():
         warnings.warn(f"{where}: {message}", ShiftWarning, stacklevel=3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from slidemap.errors import UserError
 from slidemap.figures import patch_preview
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_dir, atomic_file, output_lock, sha256
-from slidemap.formats.prediction import PatchMetrics, PatchPrediction, Scores
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction, ScenePrediction, Scores
 from slidemap.nn.bundle import Bundle
 from slidemap.nn.inference import TileRunner
 from slidemap.nn.normalise import match_bands
@@ -31,14 +32,19 @@ from slidemap.raster.shift import InputStats
 from slidemap.sources.l4s import mask_name, read_mask, write_mask
 from slidemap.stages.maps import warn_shift
 
+if TYPE_CHECKING:
+    from slidemap.nn.engines import OnnxRunner
+
 SUBMISSION = "submission"
 
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
-                    device: str, precision: str, previews: int = 24, submission: bool = False, runner=None,
+                    device: str, precision: str, previews: int = 24, submission: bool = False,
+                    runner: TileRunner | OnnxRunner | None = None,
                     choice: dict | None = None) -> tuple[PatchPrediction, int]:
-    """Predict every patch of a chip set into ``out`` (replaced atomically); returns its description and
-    the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
+    """Predict every patch of a chip set into ``out`` (replaced atomically).
+
+    Returns its description and the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
 
     ``decision`` turns probabilities into masks (for patch datasets by default 0.5 and nothing else, as the
     benchmark's arg-max). With ``submission`` the masks are also gathered, and nothing else, in
@@ -90,8 +96,10 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
 
 
 def _submission(folder: Path, names: list[str]) -> list[str]:
-    """``submission/`` holding only the masks (hard links where the file system allows) and
-    ``submission.zip`` with the masks at its root, in patch order; returns both names."""
+    """Write ``submission/`` and ``submission.zip``, both holding only the masks; returns both names.
+
+    The folder holds hard links where the file system allows; the zip has the masks at its root, in patch order.
+    """
     import os
     import zipfile
 
@@ -118,11 +126,13 @@ def _preview_indexes(n: int, previews: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, previews)})
 
 
-def evaluate_patches(pred: Path, chips: Path | None, info: PatchPrediction
+def evaluate_patches(pred: Path, chips: Path | None, info: ScenePrediction | PatchPrediction
                      ) -> tuple[PatchMetrics, str, dict[str, Path]]:
-    """Score predicted ``mask_N.h5`` files against the chip set they were predicted from; writes
-    ``metrics.csv`` (one row per patch) and ``metrics.json`` (pooled) into ``pred``. Returns the metrics,
-    a printable table and the files written."""
+    """Score predicted ``mask_N.h5`` files against the chip set they were predicted from.
+
+    Writes ``metrics.csv`` (one row per patch) and ``metrics.json`` (pooled) into ``pred``. Returns the metrics, a
+    printable table and the files written.
+    """
     if not isinstance(info, PatchPrediction):
         raise UserError(f"PRED {pred}: a scene prediction, not a patch prediction; evaluate it against its "
                         f"scene folder")

@@ -36,11 +36,11 @@ import shutil
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import rasterio
@@ -69,7 +69,7 @@ from slidemap.nn.inference import TileRunner, inference_probe, iter_probability_
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
 from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
-from slidemap.raster.components import PIXELS
+from slidemap.raster.components import PIXELS, ComponentLabeler, Components
 from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
 from slidemap.raster.polygons import (
     AREA,
@@ -88,6 +88,11 @@ from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import predict_patches
 
+if TYPE_CHECKING:
+    import torch
+
+    from slidemap.nn.engines import EngineRecord, OnnxRunner
+
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
 
@@ -97,8 +102,10 @@ class PredictWarning(UserWarning):
 
 
 class PredictOptions(StageOptions):
-    """Everything ``slidemap predict`` takes (see ``slidemap predict --help``): one input of ``scene``
-    (optionally one ``area`` of it), ``images`` (+ ``dem``) or ``chips``."""
+    """Everything ``slidemap predict`` takes (see ``slidemap predict --help``).
+
+    One input: ``scene`` (optionally one ``area`` of it), ``images`` (+ ``dem``) or ``chips``.
+    """
 
     model: Path | Bundle
     out: Path
@@ -194,11 +201,11 @@ def run(options: PredictOptions) -> PredictResult:
 
         size = ChipSet(o.chips, "--chips").size
         choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, size)
-        meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
-                                         o.precision, o.previews, o.submission, runner=runner,
-                                         choice=choice.record())
+        patch_meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
+                                               o.precision, o.previews, o.submission, runner=runner,
+                                               choice=choice.record())
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
-        return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation, previews=previews)
+        return PredictResult(path=Path(o.out), meta=patch_meta, evaluation=evaluation, previews=previews)
     choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, o.tile)
     inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or []), *(o.pre_images or []))
               if p is not None]
@@ -207,7 +214,7 @@ def run(options: PredictOptions) -> PredictResult:
             sc = _prepare_images(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
             where = "--image " + ", ".join(str(p) for p in o.images)
         else:
-            sc = Scene(o.scene, "--scene")
+            sc = Scene(cast(Path, o.scene), "--scene")  # the one input left (validated)
             where = f"--scene {sc.path}"
         band_idx = [i + 1 for i in match_bands(bundle.bands, sc.bands, where, bundle.name)]
         window, area_geoms = _window_of(sc, o.area)
@@ -251,7 +258,7 @@ def run(options: PredictOptions) -> PredictResult:
 # --- the engine -----------------------------------------------------------------------------------------
 
 def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile: int,
-                  log=None) -> tuple[RunChoice, Any]:
+                  log: Callable[[str], None] | None = None) -> tuple[RunChoice, Any]:
     """Resolve ``--device/--precision/--engine`` for this bundle at this tile size and build the runner.
 
     ``auto`` on a CPU times torch fp32 (the reference), torch bf16 (where the CPU has native bf16), ONNX
@@ -269,9 +276,9 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
         return choice, _build_runner(bundle, choice.setting, dev, {})
     if engine in ("onnx", "onnx-int8"):
         engines.require_onnxruntime(f"--engine {engine}")
-        record = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
+        built = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
         choice = resolve_run(precision, dev, engine)
-        ok, why = record.eligible(engine) if engine == "onnx-int8" else (True, "")
+        ok, why = built.eligible(engine) if engine == "onnx-int8" else (True, "")
         if not ok:
             warnings.warn(f"--engine {engine}: {why}; auto would not pick it", PredictWarning, stacklevel=3)
         return choice, _build_runner(bundle, choice.setting, dev, engine_paths_of(bundle))
@@ -279,7 +286,7 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
     from slidemap.nn.device import cpu_has_native_bf16
 
     excluded: dict[str, str] = {}
-    record = None
+    record: EngineRecord | None = None
     if engine == "torch":
         excluded["onnx"] = "onnx, onnx-int8: --engine torch"
     elif engines.onnxruntime_available() and bundle.path is not None:
@@ -318,14 +325,19 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
 
 
 def engine_paths_of(bundle: Bundle) -> dict[str, Path]:
+    """Where the bundle's ONNX engines live (none for a bundle held only in memory)."""
     from slidemap.nn.engines import engine_paths
 
     return engine_paths(bundle.path) if bundle.path is not None else {}
 
 
-def _engine_record(bundle: Bundle, int8: bool, strict: bool, log=None):
-    """The bundle's engines (built once); without ``strict`` a bundle whose chips are gone gets the fp32
-    ONNX engine only, with the reason int8 is missing recorded."""
+def _engine_record(bundle: Bundle, int8: bool, strict: bool,
+                   log: Callable[[str], None] | None = None) -> EngineRecord:
+    """The bundle's engines (built once).
+
+    Without ``strict`` a bundle whose chips are gone gets the fp32 ONNX engine only, with the reason int8 is
+    missing recorded.
+    """
     from slidemap.stages.export import build_engines
 
     try:
@@ -337,7 +349,8 @@ def _engine_record(bundle: Bundle, int8: bool, strict: bool, log=None):
         return record.model_copy(update={"calibration": {"error": str(e).split(": ", 1)[-1]}})
 
 
-def _build_runner(bundle: Bundle, setting: Setting, device, paths: dict[str, Path]):
+def _build_runner(bundle: Bundle, setting: Setting, device: torch.device,
+                  paths: dict[str, Path]) -> TileRunner | OnnxRunner:
     if setting.engine == "torch":
         return TileRunner(bundle.build_model(), device, setting.precision)
     from slidemap.nn.engines import OnnxRunner
@@ -348,8 +361,10 @@ def _build_runner(bundle: Bundle, setting: Setting, device, paths: dict[str, Pat
 # --- inputs ------------------------------------------------------------------------------------------
 
 def _decision(bundle: Bundle, o: PredictOptions) -> Decision:
-    """Threshold, clean-up and minimum object size: the bundle's post-processing (or 0.5 for patch
-    datasets, as the benchmark), with --threshold / --min-area overriding their part."""
+    """Threshold, clean-up and minimum object size, with --threshold / --min-area overriding their part.
+
+    The rest is the bundle's post-processing (or 0.5 for patch datasets, as the benchmark).
+    """
     given = None
     if o.threshold is not None:
         which = str(o.threshold) if str(o.threshold) in bundle.meta.thresholds else "given"
@@ -360,9 +375,11 @@ def _decision(bundle: Bundle, o: PredictOptions) -> Decision:
 
 def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, pre_images: list[Path],
                     folder: Path) -> Scene:
-    """Prepare bare images (+ DEM, + pre-event images) into a scene in ``folder`` exactly as at training
-    time: the bundle's recipe (band names, resolution, pre-event band names), else what its band names say
-    (image bands, indices, pre_* and d* layers, terrain); a missing input is a one-line UserError."""
+    """Prepare bare images (+ DEM, + pre-event images) into a scene in ``folder`` exactly as at training time.
+
+    By the bundle's recipe (band names, resolution, pre-event band names), else by what its band names say (image
+    bands, indices, pre_* and d* layers, terrain); a missing input is a one-line UserError.
+    """
     from slidemap.stages.prepare import PrepareOptions
     from slidemap.stages.prepare import run as prepare_run
 
@@ -412,15 +429,19 @@ def _band_count(paths: list[Path], option: str) -> int:
 
 
 def _mask_marks_unknown(scene: Scene) -> bool:
-    """Whether the scene's mask.tif marks unknown truth (a label raster's unlabelled pixels) with 255 besides
-    nodata: then where to predict is told by the bands alone (prepare blanks every band at nodata)."""
+    """Whether the scene's mask.tif marks unknown truth (a label raster's unlabelled pixels) with 255.
+
+    Then where to predict is told by the bands alone (prepare blanks every band at nodata).
+    """
     inv = scene.meta.inventory
     return inv is not None and inv.kind == "raster" and bool(inv.unknown_km2)
 
 
 def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
-    """The pixel window to predict (the whole scene, or the area's by the one window rule) and the area's
-    polygon (pixels outside it are nodata)."""
+    """The pixel window to predict, and the area's polygon (pixels outside it are nodata).
+
+    The window is the whole scene, or the area's by the one window rule.
+    """
     if area is None:
         return Window(0, 0, scene.width, scene.height), None
     geom = scene.area_geometry(area)
@@ -459,7 +480,8 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                      o: PredictOptions, decision: Decision, seen: InputStats):
+                      o: PredictOptions, decision: Decision,
+                      seen: InputStats) -> tuple[ComponentLabeler, float]:
     from rasterio import features
 
     sc, width, height = region.scene, region.width, region.height
@@ -539,7 +561,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
 
 # --- pass 2: mask and polygons -------------------------------------------------------------------------
 
-def _mask_and_polygons(region: _Region, comps, tmp: Path) -> None:
+def _mask_and_polygons(region: _Region, comps: Components, tmp: Path) -> None:
     width, height = region.width, region.height
     polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs)
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)

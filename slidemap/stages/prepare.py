@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import rasterio
@@ -37,7 +37,7 @@ from slidemap.formats.files import atomic_dir, sha256
 from slidemap.formats.gdal import GDAL_CACHE_MB, gtiff_profile, is_raster, open_raster, pinned_gpkg_timestamp
 from slidemap.formats.scene import NODATA_MASK, Recipe, Scene, SceneMeta
 from slidemap.progress import bar
-from slidemap.raster.align import MAX_RESOLUTION_M, MIN_RESOLUTION_M, aligned, grid_of, target_grid
+from slidemap.raster.align import MAX_RESOLUTION_M, MIN_RESOLUTION_M, OnGrid, aligned, grid_of, target_grid
 from slidemap.raster.areas import empty_areas, load_areas, split_areas
 from slidemap.raster.bands import (
     PRE_PREFIX,
@@ -53,6 +53,9 @@ from slidemap.raster.labels import LabelRaster, open_label_raster
 from slidemap.raster.layers import StackSources
 from slidemap.raster.stats import RunningStats
 from slidemap.stages.options import Paths, StageOptions, StageResult
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 BLOCK = 1024  # pixels per side of a processing block (a multiple of the 256 px GeoTIFF tiles)
 
@@ -173,10 +176,13 @@ class PrepareOptions(StageOptions):
 
     @property
     def ratio(self) -> tuple[int, int] | None:
-        return None if self.split is None else tuple(int(p) for p in self.split.split(":"))  # type: ignore
+        """``split`` as (train, test) parts, e.g. (3, 2); None without ``split``."""
+        return None if self.split is None else cast(tuple[int, int], tuple(int(p) for p in self.split.split(":")))
 
 
 class PrepareResult(StageResult):
+    """The scene folder written and its scene.json."""
+
     path: Path
     meta: SceneMeta
 
@@ -275,9 +281,11 @@ def run(options: PrepareOptions) -> PrepareResult:
 
 def _band_names(datasets: Sequence[rasterio.DatasetReader], paths: Sequence[Path],
                 given: Sequence[str] | None, reserved: Sequence[str]) -> list[str]:
-    """Names of the image bands: ``given``, else each file's band descriptions, else band<k> (k counting
-    all image bands); made unique, and never the name of a terrain layer, an index, a change layer or a
-    pre-event layer (``pre_*``): prediction tells layers apart by name."""
+    """Names of the image bands: ``given``, else each file's band descriptions, else band<k>.
+
+    k counts all image bands. Names are made unique, and never the name of a terrain layer, an index, a change
+    layer or a pre-event layer (``pre_*``): prediction tells layers apart by name.
+    """
     counts = [ds.count for ds in datasets]
     total = sum(counts)
     derived = set(reserved) | set(SPECTRAL_INDICES) | {change_name(i) for i in SPECTRAL_INDICES}
@@ -315,8 +323,11 @@ def _unique(names: Sequence[str], taken: set[str]) -> list[str]:
 
 def _pre_band_names(datasets: Sequence[rasterio.DatasetReader], paths: Sequence[Path],
                     given: Sequence[str] | None, image_bands: Sequence[str]) -> list[str]:
-    """Names (without the pre_ prefix) of the pre-event images' bands: ``given``, else the files' band
-    descriptions when every band has one, else the image band names when the counts agree, else band<k>."""
+    """Names (without the pre_ prefix) of the pre-event images' bands.
+
+    ``given``, else the files' band descriptions when every band has one, else the image band names when the
+    counts agree, else band<k>.
+    """
     counts = [ds.count for ds in datasets]
     total = sum(counts)
     if given is not None:
@@ -357,8 +368,9 @@ def _open_inventory(stack: contextlib.ExitStack, o: PrepareOptions, grid: Grid, 
 
 def _write_layers(folder: Path, sources: StackSources, stats: RunningStats, split_axis: str | None,
                   train_geoms: list | None) -> tuple[dict[str, np.ndarray], tuple, dict[str, float]]:
-    """Write stack.tif and mask.tif block by block, adding the valid pixels to ``stats`` on the way
-    (per column or row along ``split_axis`` if given, else those inside ``train_geoms`` if given).
+    """Write stack.tif and mask.tif block by block, adding the valid pixels to ``stats`` on the way.
+
+    Pixels are added per column or row along ``split_axis`` if given, else those inside ``train_geoms`` if given.
 
     Returns the valid area (m²) per column and per row (to place a --split cut), a decimated copy of the
     true-colour bands for the quicklook, gathered on the way so the stack is not read again, and the valid
@@ -423,9 +435,11 @@ def _write_layers(folder: Path, sources: StackSources, stats: RunningStats, spli
 
 # --- pass 2: statistics and per-area figures ------------------------------------------------------
 
-def _summarise(folder: Path, grid: Grid, area_gdf, inv: Inventory | None) -> tuple[list[dict], dict]:
-    """Per-area figures and the whole scene's landslides (from mask.tif, not the stack: the band statistics
-    came with the write pass).
+def _summarise(folder: Path, grid: Grid, area_gdf: gpd.GeoDataFrame,
+               inv: Inventory | None) -> tuple[list[dict], dict]:
+    """Per-area figures and the whole scene's landslides, from mask.tif.
+
+    Not from the stack: the band statistics came with the write pass.
 
     An area's landslides are the inventory's landslides (polygons, or connected components of a label
     raster) that own at least one of its valid landslide pixels: the count agrees with the mask (a polygon
@@ -504,7 +518,8 @@ def _inventory_info(inv: Inventory | None, scene_row: dict, truth_km2: dict[str,
 
 
 def _quicklook(folder: Path, grid: Grid, overview: tuple[np.ndarray, Affine, list[str]],
-               inv: Inventory | None, area_gdf, first_image: Path, image_bands: list[str]) -> None:
+               inv: Inventory | None, area_gdf: gpd.GeoDataFrame, first_image: Path,
+               image_bands: list[str]) -> None:
     pixels, transform, names = overview
     title = f"{first_image.name}: {', '.join(image_bands[:8])}" + ("…" if len(image_bands) > 8 else "")
     if isinstance(inv, PolygonInventory):
@@ -516,11 +531,14 @@ def _quicklook(folder: Path, grid: Grid, overview: tuple[np.ndarray, Affine, lis
                      title=title)
 
 
-def _sources(o: PrepareOptions, readers, pre_readers, dem_reader, inv: Inventory | None) -> list[dict]:
+def _sources(o: PrepareOptions, readers: Sequence[OnGrid], pre_readers: Sequence[OnGrid],
+             dem_reader: OnGrid | None, inv: Inventory | None) -> list[dict]:
     """Every input with its checksum and how it was brought onto the grid ("none": it lay on it)."""
-    items = [("image", p, r.resampling) for p, r in zip(o.images, readers, strict=True)]
+    items: list[tuple[str, Path, str | None]] = [("image", p, r.resampling)
+                                                 for p, r in zip(o.images, readers, strict=True)]
     items += [("pre_image", p, r.resampling) for p, r in zip(o.pre_images, pre_readers, strict=True)]
     if o.dem is not None:
+        assert dem_reader is not None  # opened whenever --dem is given
         items.append(("dem", Path(o.dem), dem_reader.resampling))
     if o.inventory is not None:
         how = inv.reader.resampling if isinstance(inv, LabelRaster) else "rasterised"

@@ -64,6 +64,8 @@ class SampleOptions(StageOptions):
 
 
 class SampleResult(StageResult):
+    """The chip set folder written and its chips.json."""
+
     path: Path
     meta: ChipsMeta
 
@@ -95,8 +97,8 @@ def run(options: SampleOptions) -> SampleResult:
     for p, what in ((sc.stack_path, "stack.tif"), (sc.mask_path, "mask.tif"), (sc.areas_path, "areas.gpkg")):
         require_file(p, f"SCENE {sc.path}: {what}")
     train_names = _train_areas(sc, o.area)
-    boxes = [_area_box(sc, name, o.size, o.max_nodata) for name in train_names]
-    boxes = [b for b in boxes if b is not None]
+    found = [_area_box(sc, name, o.size, o.max_nodata) for name in train_names]
+    boxes = [b for b in found if b is not None]
     if not boxes:
         raise UserError(f"SCENE {sc.path}: train area(s) {', '.join(train_names)} cover no pixel of the "
                         f"scene; check areas.gpkg")
@@ -126,6 +128,7 @@ def run(options: SampleOptions) -> SampleResult:
                "seed": o.seed}
     with atomic_dir(o.out, "chips.json", [sc.path], "chip set") as tmp:
         images, masks = open_arrays(tmp, len(windows), len(sc.bands), o.size)
+        assert masks is not None  # open_arrays makes masks unless told not to
         _fill_chips(sc, boxes, which, rows, cols, o.size, images, masks)
         ls = int(np.count_nonzero(masks == 1))
         valid = int(masks.size - np.count_nonzero(masks == NODATA_MASK))

@@ -127,6 +127,8 @@ class TrainSummary(Record):
 
 
 class TrainResult(StageResult):
+    """The run folder, the bundle it ended with, and the run's summary."""
+
     run: Path
     bundle: Path
     summary: TrainSummary
@@ -216,7 +218,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         pl.seed_everything(o.seed, workers=False, verbose=False)
         net = build_model(o.model, in_channels=len(bands), filters=o.filters, **o.model_args)
         if channels_last:
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
@@ -271,8 +273,10 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
 
 
 def _pixel_size(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"pixel_size_m": [x, y]}`` of the scene the (first) chip set was cut from, if it is known (what
-    ``slidemap export`` writes as the resolution QGIS resamples to)."""
+    """``{"pixel_size_m": [x, y]}`` of the scene the (first) chip set was cut from, if it is known.
+
+    It is what ``slidemap export`` writes as the resolution QGIS resamples to.
+    """
     from slidemap.formats.scene import Scene
 
     first = config["chips"][0] if isinstance(config["chips"], list) else config["chips"]
@@ -287,9 +291,11 @@ def _pixel_size(config: dict[str, Any]) -> dict[str, Any]:
 
 def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float, pixel_area_m2: float | None,
                  max_min_pixels: int | None) -> PostProcess | None:
-    """Threshold, clean-up and minimum object size maximising validation F1 (``slidemap.raster.postprocess``),
-    the minimum size at most half the smallest landslides of the chip masks; None when the validation chips
-    hold no landslide."""
+    """Threshold, clean-up and minimum object size maximising validation F1.
+
+    See ``slidemap.raster.postprocess``; the minimum size is at most half the smallest landslides of the chip
+    masks. None when the validation chips hold no landslide.
+    """
     result = choose_postprocess(prob, truth, reference_threshold=pixel_threshold, max_min_pixels=max_min_pixels)
     if result is None:
         return None
@@ -306,8 +312,10 @@ def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float, pi
 
 
 def _training_stats(chips: Sequence[Path], normalise: Normaliser) -> dict[str, BandStats]:
-    """The bundle's band statistics: the mean/std standardised with, and the range and pixel count of the
-    chip sets' statistics (what predict's domain-shift guard compares an input with)."""
+    """The bundle's band statistics: the mean/std standardised with, and the chip sets' range and count.
+
+    The range and pixel count are what predict's domain-shift guard compares an input with.
+    """
     chipsets = [ChipSet(c) for c in chips]
     out = {}
     for b, s in normalise.as_stats().items():
@@ -346,8 +354,10 @@ def _recipe(chipsets: list[ChipSet]) -> Recipe | None:
 
 
 def _bands(chipsets: list[ChipSet], wanted: list[str] | None) -> list[str]:
-    """The bands to train on: ``wanted`` (checked in every chip set) or the first chip set's, which every
-    other chip set must hold."""
+    """The bands to train on: ``wanted`` (checked in every chip set) or the first chip set's.
+
+    Every other chip set must hold them.
+    """
     bands = list(wanted) if wanted else chipsets[0].bands
     for c in chipsets:
         c.band_indexes(bands)  # a missing band is a UserError naming the chip set
@@ -355,8 +365,10 @@ def _bands(chipsets: list[ChipSet], wanted: list[str] | None) -> list[str]:
 
 
 def _pooled_normaliser(chipsets: list[ChipSet], bands: list[str]) -> Normaliser:
-    """The chip set's statistics; for several chip sets (sites), their train-area statistics pooled with
-    weights = each site's valid pixel count (its ``count``, else its chips' valid pixels)."""
+    """The chip set's statistics; for several chip sets (sites), their train-area statistics pooled.
+
+    Weights are each site's valid pixel count (its ``count``, else its chips' valid pixels).
+    """
     where = f"CHIPS {chipsets[0].path}: chips.json"
     if len(chipsets) == 1:
         return Normaliser.from_stats(bands, chipsets[0].stats, where, "sample it again")
@@ -380,10 +392,14 @@ def _count(chipset: ChipSet, band: str) -> float:
 
 
 def _split(chipsets: list[ChipSet], val_fraction: float, seed: int) -> Split:
-    """The spatial split of each chip set (site), concatenated; a scene chip set without windows.csv is
-    refused (its overlapping chips would straddle training and validation)."""
+    """The spatial split of each chip set (site), concatenated.
+
+    A scene chip set without windows.csv is refused (its overlapping chips would straddle training and
+    validation).
+    """
     parts, offset = [], 0
     for c in chipsets:
+        windows: list[dict[str, Any]]
         if not c.windows:
             if c.meta.scene:
                 raise UserError(f"CHIPS {c.path}: windows.csv is missing, so overlapping chips cannot be "
@@ -470,9 +486,10 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
 # --- a bundle's own chips (for int8 calibration and engine checks) ------------------------------------------
 
 def bundle_chips(bundle: Any, calibration: int = 64, max_val: int = 512) -> dict[str, Any]:
-    """Chips of the bundle's own training run, standardised with its statistics: ``calibration`` chips
-    spread evenly over the training split (never the validation chips, never test data) and up to
-    ``max_val`` validation chips with their masks, by the run's own split (same chip sets, fraction, seed).
+    """Chips of the bundle's own training run, standardised with its statistics.
+
+    ``calibration`` chips spread evenly over the training split (never the validation chips, never test data) and
+    up to ``max_val`` validation chips with their masks, by the run's own split (same chip sets, fraction, seed).
 
     A UserError naming the bundle when its chip sets are gone or changed since training.
     """
@@ -517,6 +534,9 @@ def _read_chips(chipsets: list[ChipSet], bands: list[str], normalise: Normaliser
             raw = np.asarray(c.images[local][:, c.band_indexes(bands)], dtype=np.float32)
             nodata = np.isnan(raw).any(axis=1)
             images.append(normalise(raw))
+            if c.masks is None:  # deleted since training (chips.json, which is checked, is unchanged)
+                raise UserError(f"CHIPS {c.path}: masks.npy is gone; the engines' accuracy check needs it "
+                                f"(use --engine torch or onnx)")
             m = np.array(c.masks[local], dtype=np.uint8)
             m[nodata] = 255
             masks.append(m)

@@ -12,7 +12,8 @@ Regenerate the parameter table of docs/models.md with
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 
@@ -55,7 +56,8 @@ def build_model(name: str, in_channels: int, filters: int = 16, **kwargs: Any) -
     dropout = kwargs.get("dropout", 0.0)
     if not 0.0 <= float(dropout) < 1.0:
         raise UserError(f"dropout {dropout}: must be at least 0 and below 1")
-    return cls(in_channels=in_channels, filters=filters, **kwargs)
+    # every network takes filters; the base class's signature does not say so
+    return cast(Callable[..., SegmentationNet], cls)(in_channels=in_channels, filters=filters, **kwargs)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:

@@ -57,6 +57,7 @@ class ResidualUnit(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shortcut (down-sampled, projected where the shape changes) plus the residual branch."""
         # The residual branch never modifies x in place (its first in-place ReLU acts on BN's output, or,
         # in the first unit, on a convolution's), so the shortcut still sees the unit's input.
         sampled = x[..., ::self.stride, ::self.stride] if self.stride > 1 else x
@@ -90,6 +91,7 @@ class ResUNet(SegmentationNet):
         self.head = nn.Conv2d(filters, 1, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual encoder, bridge, and decoder on the up-sampled maps concatenated with the skips."""
         skips = []
         for unit in self.encoder:
             x = unit(x)

@@ -13,7 +13,7 @@ convolution, before ReLU) and dropout (after each pooling and each concatenation
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,10 +54,12 @@ class SegmentationNet(nn.Module):
                                                multiple, minimum))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, 1, H, W) of ``x`` (N, C, H, W), after :meth:`check_input`."""
         self.check_input(x)
         return self.logits(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The network itself, without the shape check (the ONNX export traces this)."""
         raise NotImplementedError
 
 
@@ -114,6 +116,7 @@ class UNet(SegmentationNet):
         self.head = nn.Conv2d(filters, 1, kernel_size=1)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, bottleneck, decoder with skips; without autograd, the faster :meth:`_inference_logits`."""
         if not self.training and not torch.is_grad_enabled():
             return self._inference_logits(x)
         skips = []
@@ -144,7 +147,8 @@ class UNet(SegmentationNet):
         x = self.bottleneck(x)
         for up, block, skip in zip(self.upsample, self.decoder, reversed(skips), strict=True):
             u = up(x)
-            conv, rest = block[0], list(block)[1:]
+            seq = cast(DoubleConv, block)  # the decoder holds DoubleConv blocks
+            conv, rest = cast(nn.Conv2d, seq[0]), list(seq)[1:]
             half = u.shape[1]
             x = F.conv2d(u, conv.weight[:, :half], conv.bias, padding=1)
             x += F.conv2d(skip, conv.weight[:, half:], None, padding=1)

@@ -1,5 +1,6 @@
-"""The image grid of a synthetic study area, its layout (train and test areas) and the constants
-every part of the generator shares: CRSs, origin, band names, cover classes.
+"""The image grid of a synthetic study area, its layout (train and test areas) and shared constants.
+
+The constants every part of the generator shares: CRSs, origin, band names, cover classes.
 
 Named ``SynthGrid`` (not ``Grid``) so that it is never mistaken for :class:`slidemap.raster.geo.Grid`,
 the grid of a prepared scene.
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
 
 IMAGE_CRS = CRS.from_epsg(32723)  # UTM 23S: Nova Friburgo, the area of study 000
 DEM_CRS = CRS.from_epsg(4326)
@@ -40,18 +45,22 @@ class SynthGrid:
 
     @property
     def transform(self) -> Affine:
+        """The image grid's transform (UTM 23S, upper-left corner at ``ORIGIN_XY``)."""
         return Affine(self.pixel, 0.0, ORIGIN_XY[0], 0.0, -self.pixel, ORIGIN_XY[1])
 
     @property
     def extent_m(self) -> float:
+        """Side of the square image in metres."""
         return self.size * self.pixel
 
     @property
     def cell(self) -> float:
+        """Side of a terrain cell in metres."""
         return self.pixel * self.k
 
     @property
     def terrain_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the terrain grid: the image in cells, plus the margin on each side."""
         n = math.ceil(self.size / self.k) + 2 * self.margin
         return n, n
 
@@ -72,7 +81,7 @@ class SynthGrid:
         """Map coordinates of continuous image coordinates ``(u, v)`` = (column, row), corners integer."""
         return np.column_stack([ORIGIN_XY[0] + uv[:, 0] * self.pixel, ORIGIN_XY[1] - uv[:, 1] * self.pixel])
 
-def make_areas(grid: SynthGrid) -> dict[str, tuple[str, object]]:
+def make_areas(grid: SynthGrid) -> dict[str, tuple[str, Polygon]]:
     """Train area on the left 60 %, two test areas stacked on the right: disjoint, sharing edges only.
 
     The train outline carries the test areas' common corner as a vertex, so after any reprojection
@@ -100,8 +109,10 @@ def region_raster(grid: SynthGrid) -> np.ndarray:
 
 
 def pre_event_grid(grid: SynthGrid) -> tuple[Affine, int]:
-    """Transform and width (= height) of the pre-event image's grid: pixels ``PRE_EVENT_ZOOM`` times
-    larger, offset by half an image pixel to the south-east, inside the image's extent.
+    """Transform and width (= height) of the pre-event image's grid.
+
+    Its pixels are ``PRE_EVENT_ZOOM`` times larger, offset by half an image pixel to the south-east, inside the
+    image's extent.
 
     A different grid on purpose: a consumer that stacks the two images must co-register them, as it
     must with real images from two dates. Pre-event pixel ``j`` spans image pixels ``2j + 0.5`` to

@@ -1,5 +1,6 @@
-"""Land cover: surface reflectance painted back to front (vegetation, fields, settlements, rivers with
-gravel bars, roads), with the class of every pixel.
+"""Land cover: surface reflectance painted back to front, with the class of every pixel.
+
+Back to front: vegetation, fields, settlements, rivers with gravel bars, roads.
 
 The look-alikes of landslides that study 000 names (bare fields, gravel roads, riverbeds with
 bedload, settlements) are painted where they sit in nature: on flat valley floors, or as thin lines.
@@ -8,12 +9,16 @@ bedload, settlements) are painted where they sit in nature: on flat valley floor
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from slidemap.sources.synth.grid import COVER, SynthGrid
 from slidemap.sources.synth.terrain import River, smooth_noise, walk
+
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
 
 # Surface reflectance (blue, green, red, red_edge, nir), typical of RapidEye over south-east Brazil.
 SPECTRA = {
@@ -39,6 +44,7 @@ SPECTRA = {
 
 
 def spectrum(name: str) -> np.ndarray:
+    """The reflectance of cover ``name`` in the five bands, as float32."""
     return np.asarray(SPECTRA[name], np.float32)
 
 
@@ -49,6 +55,7 @@ def jitter(rng: np.random.Generator, name: str, brightness_sd: float = 0.18, ban
 
 
 def rasterize(grid: SynthGrid, shapes: list, all_touched: bool = False, dtype: str = "int32") -> np.ndarray:
+    """Burn ``shapes`` (``(geometry, value)`` pairs, map coordinates) into an image-grid raster; 0 elsewhere."""
     from rasterio import features
 
     n = grid.size
@@ -71,8 +78,9 @@ def paint(reflectance: np.ndarray, where: np.ndarray, spectra: np.ndarray, alpha
 def render_surface(rng: dict[str, np.random.Generator], grid: SynthGrid, terrain: dict[str, np.ndarray],
                    rivers: list[River], bare_fields: float = 1.0, settlements: float = 1.0, roads: float = 1.0
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Surface reflectance (5, H, W) and cover classes before the landslides, painted back to front:
-    vegetation, fields, settlements, rivers with gravel bars, roads.
+    """Surface reflectance (5, H, W) and cover classes before the landslides, painted back to front.
+
+    The order: vegetation, fields, settlements, rivers with gravel bars, roads.
 
     ``bare_fields``, ``settlements`` and ``roads`` are density factors of the look-alikes that make a
     site hard (1.0 = the default mix); each painter draws from its own random stream, so changing one
@@ -106,7 +114,7 @@ def _vegetation(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np
     return refl
 
 
-def _rotated_rect(cx: float, cy: float, length: float, width: float, angle: float):
+def _rotated_rect(cx: float, cy: float, length: float, width: float, angle: float) -> Polygon:
     from shapely import affinity
     from shapely.geometry import box
 
@@ -172,7 +180,8 @@ def _settlements(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, n
     n, p = grid.size, grid.pixel
     edge = smooth_noise(rng, (n, n), 120.0 / p)
     town = np.zeros((n, n), bool)
-    buildings, spectra = [], []
+    buildings: list[tuple[Polygon, int]] = []
+    spectra: list[np.ndarray] = []
     for cx, cy in centres:
         radius = rng.uniform(150.0, 420.0) * scale
         c0, r0 = ~grid.transform @ (cx, cy)
@@ -257,8 +266,10 @@ def _roads(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], refl:
 
 def _paint_numbered(grid: SynthGrid, shapes: list, spectra: list, refl: np.ndarray, cover: np.ndarray,
                     opacity: float, kind: str) -> None:
-    """Paint shapes numbered 1..n (``(geometry, i)``), each in its own spectrum ``spectra[i - 1]``, and
-    mark their pixels (every pixel they touch) as cover ``kind``."""
+    """Paint shapes numbered 1..n (``(geometry, i)``), each in its own spectrum ``spectra[i - 1]``.
+
+    Their pixels (every pixel they touch) are marked as cover ``kind``.
+    """
     ids = rasterize(grid, shapes, all_touched=True)
     inside = ids > 0
     paint(refl, inside, np.asarray(spectra).T[:, ids[inside] - 1], opacity)

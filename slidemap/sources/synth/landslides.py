@@ -1,11 +1,14 @@
-"""Landslides: crowns on steep slopes, bodies traced down the fall line, outlines with a round crown,
-a narrower track and a fan-shaped runout; painted as a bright fresh scar over a darker runout.
+"""Landslides: crowns on steep slopes, bodies traced down the fall line.
+
+Outlines have a round crown, a narrower track and a fan-shaped runout; they are painted as a bright fresh scar
+over a darker runout.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -15,14 +18,19 @@ from slidemap.sources.synth.grid import COVER, ORIGIN_XY, SynthGrid, region_rast
 from slidemap.sources.synth.landcover import jitter, paint, rasterize
 from slidemap.sources.synth.terrain import smooth_series
 
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
+
 MIN_AREA_M2, MAX_AREA_M2 = 200.0, 80_000.0  # the range of study 000's inventory
 MAX_RUN_M = 750.0  # longest landslide path traced down the fall line
 
 
 @dataclass
 class Landslide:
-    outline: object  # shapely Polygon in the image CRS
-    scar: object  # the upper part: fresh bright scar
+    """One placed landslide: its outline and scar in the image CRS, and the area it lies in."""
+
+    outline: Polygon
+    scar: Polygon  # the upper part: fresh bright scar
     region: int  # 0 train, 1 test_a, 2 test_b
 
 
@@ -66,9 +74,11 @@ def _resample(path: np.ndarray, length: float, n: int) -> np.ndarray:
     return np.column_stack([np.interp(at, s, path[:, 0]), np.interp(at, s, path[:, 1])])
 
 
-def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float, split: float):
-    """Polygon of a landslide of about ``area_px`` pixels along its path (u, v pixels): round crown,
-    narrower track, fan-shaped runout; and the scar, its part above ``split`` (fraction of the length).
+def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float,
+             split: float) -> tuple[Polygon | None, Polygon | None]:
+    """Polygon of a landslide of about ``area_px`` pixels along its path (u, v pixels), and its scar.
+
+    Round crown, narrower track, fan-shaped runout; the scar is its part above ``split`` (fraction of the length).
 
     A path cut short by gentle ground gives a wider slide, but never one less than twice as long as
     wide: landslides here are elongated down the fall line.
@@ -89,7 +99,7 @@ def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float, split: 
     right = path - normal * (half * width * wobble[1])[:, None]
     i = int(round(split * (n - 1)))
 
-    def polygon(a: np.ndarray, b: np.ndarray):
+    def polygon(a: np.ndarray, b: np.ndarray) -> Polygon | None:
         geom = make_valid(Polygon(np.vstack([a, b[::-1]])))
         parts = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon"]
         return max(parts, key=lambda g: g.area) if parts else None
@@ -98,10 +108,11 @@ def _outline(rng: np.random.Generator, path: np.ndarray, area_px: float, split: 
 
 
 def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[str, np.ndarray],
-                     areas: dict[str, tuple[str, object]], count: int, size: float = 1.0) -> list[Landslide]:
-    """Place ``count`` landslides: crowns on steep slopes, bodies down the fall line, sizes
-    log-uniform in 200-80,000 m², none overlapping another or crossing an area's edge; 20 % in each
-    test area (the train area makes up what a crowded test area cannot hold).
+                     areas: dict[str, tuple[str, Polygon]], count: int, size: float = 1.0) -> list[Landslide]:
+    """Place ``count`` landslides: crowns on steep slopes, bodies down the fall line.
+
+    Sizes are log-uniform in 200-80,000 m², none overlapping another or crossing an area's edge; 20 % in each test
+    area (the train area makes up what a crowded test area cannot hold).
 
     ``size`` multiplies the range of areas (and the longest run by its square root, so that shapes
     stay alike). Most slides here are as long as their fall line down to gentle ground, so larger
@@ -120,7 +131,7 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
     slope = terrain["slope"]
     to_xy = [grid.pixel, 0.0, 0.0, -grid.pixel, ORIGIN_XY[0], ORIGIN_XY[1]]
     placed: list[Landslide] = []
-    keep_out: list[object] = []  # placed slides with a halo, and their bounding boxes
+    keep_out: list[Polygon] = []  # placed slides with a halo, and their bounding boxes
     boxes = np.empty((0, 4))
     names = list(areas)
     for r in (1, 2, 0):  # test areas first, 20 % each; the train area takes the rest
@@ -183,8 +194,11 @@ def place_landslides(rng: np.random.Generator, grid: SynthGrid, terrain: dict[st
 
 def paint_landslides(rng: np.random.Generator, grid: SynthGrid, slides: list[Landslide], refl: np.ndarray,
                 cover: np.ndarray) -> None:
-    """Fresh scars (bright, redder soil, a few surviving shrubs) and runouts (darker, wet debris mixed
-    with broken vegetation)."""
+    """Paint fresh scars and runouts.
+
+    Scars are bright, redder soil with a few surviving shrubs; runouts darker, wet debris mixed with broken
+    vegetation.
+    """
     if not slides:
         return
     n = grid.size

@@ -9,7 +9,7 @@ parameters give the same bytes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -17,8 +17,8 @@ from slidemap.errors import UserError
 from slidemap.sources.synth.params import SynthParams
 
 MARKER = "synth.json"
-SYNTH_FORMAT = "slidemap.synth"
-SYNTH_FORMAT_VERSION = 1
+SYNTH_FORMAT: Final = "slidemap.synth"
+SYNTH_FORMAT_VERSION: Final = 1
 
 
 class SynthFile(BaseModel):
@@ -47,6 +47,7 @@ class SynthMarker(SynthParams, _Header):
 
     @property
     def params(self) -> SynthParams:
+        """The parameters alone, as :func:`~slidemap.sources.synth.writing.synthesize` takes them."""
         return SynthParams(**{name: getattr(self, name) for name in SynthParams.model_fields})
 
 

@@ -1,5 +1,6 @@
-"""The sensor: topographic shading under the sun of the acquisition, thin cloud, path radiance, blur
-(the sensor's PSF), noise and quantisation to digital numbers.
+"""The sensor: shading, cloud, path radiance, blur, noise and quantisation to digital numbers.
+
+Topographic shading is under the sun of the acquisition; the blur is the sensor's PSF.
 
 Two acquisitions share it: the post-event image on the image grid and, on request, a pre-event image
 of the same ground before the landslides, under another sun, with other cloud and noise, on a coarser
@@ -39,9 +40,11 @@ def to_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarr
 
 def pre_event_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarray,
                               terrain: dict[str, np.ndarray]) -> np.ndarray:
-    """The pre-event acquisition of reflectance ``refl`` (image grid, before the landslides): shaded
-    under the pre-event sun, averaged onto :func:`~slidemap.sources.synth.grid.pre_event_grid`, then
-    cloud, blur, noise and quantisation of its own. No nodata stripe."""
+    """The pre-event acquisition of reflectance ``refl`` (image grid, before the landslides).
+
+    Shaded under the pre-event sun, averaged onto :func:`~slidemap.sources.synth.grid.pre_event_grid`, then cloud,
+    blur, noise and quantisation of its own. No nodata stripe.
+    """
     shaded = refl * _illumination(terrain, PRE_SUN_AZIMUTH_DEG, PRE_SUN_ELEVATION_DEG)[None]
     _, n = pre_event_grid(grid)
     # each pre-event pixel covers half of image pixel 2j, all of 2j + 1 and half of 2j + 2 per axis
@@ -51,8 +54,11 @@ def pre_event_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: n
 
 
 def _acquire(rng: np.random.Generator, refl: np.ndarray, pixel: float, nodata_stripe: bool) -> np.ndarray:
-    """Add thin cloud and path radiance to shaded reflectance (5, n, n), blur (sensor PSF), add noise,
-    quantise to uint16 DN (reflectance x 10,000, at least 1) and blank the nodata stripe to 0."""
+    """Turn shaded reflectance (5, n, n) into digital numbers.
+
+    Adds thin cloud and path radiance, blurs (sensor PSF), adds noise, quantises to uint16 DN (reflectance x
+    10,000, at least 1) and blanks the nodata stripe to 0.
+    """
     n, p = refl.shape[1], pixel
     haze = np.clip(0.35 * (smooth_noise(rng, (n, n), 1200.0 / p) - 0.8), 0.0, 0.28)  # thin: ground shows
     haze *= 1.0 + 0.15 * smooth_noise(rng, (n, n), 60.0 / p)

@@ -1,5 +1,6 @@
-"""The study area in memory: :func:`generate` runs terrain, land cover, landslides and the sensor in
-order, each on its own random stream, and returns a :class:`StudyArea` (no files).
+"""The study area in memory: :func:`generate` returns a :class:`StudyArea` (no files).
+
+It runs terrain, land cover, landslides and the sensor in order, each on its own random stream.
 
 Named ``StudyArea`` (not ``Scene``) so that it is never mistaken for
 :class:`slidemap.formats.scene.Scene`, the prepared scene folder that ``prepare`` writes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from affine import Affine
@@ -20,6 +22,9 @@ from slidemap.sources.synth.params import SynthParams
 from slidemap.sources.synth.sensor import pre_event_digital_numbers, to_digital_numbers
 from slidemap.sources.synth.terrain import River, image_terrain, make_elevation, make_rivers
 
+if TYPE_CHECKING:
+    from shapely.geometry import Polygon
+
 # One random stream per part, so that a parameter of one part leaves the others' draws alone. New
 # streams go at the end: the first ones then stay what they were (SeedSequence children are numbered).
 STREAMS = ("rivers", "terrain", "landslides", "fields", "settlements", "roads", "surface", "sensor",
@@ -28,8 +33,10 @@ STREAMS = ("rivers", "terrain", "landslides", "fields", "settlements", "roads", 
 
 @dataclass
 class StudyArea:
-    """Everything ``synthesize`` writes, in memory, plus the slope and cover classes behind it (for tests
-    and measurements)."""
+    """Everything ``synthesize`` writes, in memory, plus the slope and cover classes behind it.
+
+    The extras are for tests and measurements.
+    """
 
     grid: SynthGrid
     params: SynthParams
@@ -38,13 +45,14 @@ class StudyArea:
     slope: np.ndarray  # (H, W) slope in degrees on the image grid
     cover: np.ndarray  # (H, W) uint8 COVER classes, landslides included
     landslides: list[Landslide]
-    areas: dict[str, tuple[str, object]]  # name -> (role, shapely Polygon in the image CRS)
+    areas: dict[str, tuple[str, Polygon]]  # name -> (role, polygon in the image CRS)
     rivers: list[River] = field(default_factory=list)
     pre_image: np.ndarray | None = None  # (5, h, w) uint16 DN before the landslides, on pre_transform
     pre_transform: Affine | None = None
 
     @property
     def seed(self) -> int:
+        """The seed every random stream was derived from."""
         return self.params.seed
 
 

@@ -1,5 +1,7 @@
-"""Terrain: a dendritic river network first, then the elevation around it (flat valley floors, concave
-hillslopes, sharp ridges), and the slope and fall line on the image grid.
+"""Terrain: a river network first, then the elevation around it, and the slope and fall line.
+
+The river network is dendritic; the elevation has flat valley floors, concave hillslopes and sharp ridges; slope
+and fall line are on the image grid.
 
 Rivers come first so that they lie in valley bottoms by construction and landslides running down the
 fall line end on valley floors, as in nature.
@@ -21,6 +23,8 @@ RELIEF_M, HILL_LENGTH_M, ROUGH_M = 480.0, 800.0, (16.0, 4.0)
 
 @dataclass
 class River:
+    """One river of the network, upstream to downstream, with the valley floor it carves."""
+
     xy: np.ndarray  # (N, 2) map coordinates, upstream to downstream
     order: int  # 1 main river, 2 tributary, 3 creek
     width: float  # channel width in m
@@ -55,10 +59,12 @@ def smooth_series(rng: np.random.Generator, n: int, persistence: float, sd: floa
 
 
 class _Occupancy:
-    """Coarse raster of where rivers already run (and their valley-floor elevation there), to stop new
-    rivers before they run into others and to find the emptiest ground for the next creek."""
+    """Coarse raster of where rivers already run (and their valley-floor elevation there).
 
-    def __init__(self, bounds: tuple[float, float, float, float], cell: float = 80.0):
+    It stops new rivers before they run into others and finds the emptiest ground for the next creek.
+    """
+
+    def __init__(self, bounds: tuple[float, float, float, float], cell: float = 80.0) -> None:
         self.xmin, self.ymin, self.xmax, self.ymax = bounds
         self.cell = cell
         shape = (int((self.ymax - self.ymin) / cell) + 1, int((self.xmax - self.xmin) / cell) + 1)
@@ -114,8 +120,10 @@ def _truncate(xy: np.ndarray, occupancy: _Occupancy, gap: float, skip: int) -> n
 
 
 def make_rivers(rng: np.random.Generator, grid: SynthGrid) -> list[River]:
-    """A dendritic river network: meandering main rivers, tributaries branching off at acute angles
-    and creeks off those, each stopping before it runs into another valley."""
+    """A dendritic river network: meandering main rivers, tributaries and creeks.
+
+    Tributaries branch off at acute angles and creeks off those, each stopping before it runs into another valley.
+    """
     bounds = grid.terrain_bounds
     xmin, ymin, xmax, ymax = bounds
     span = xmax - xmin
@@ -164,8 +172,11 @@ def make_rivers(rng: np.random.Generator, grid: SynthGrid) -> list[River]:
 
 
 def _fill_creeks(rng: np.random.Generator, occupancy: _Occupancy, max_gap: float = 550.0) -> list[River]:
-    """Creeks from the ground farthest from any river down to the nearest one, until no point is more
-    than ``max_gap`` m from a river: so ridges and valleys cover the whole scene, no plateaus."""
+    """Creeks from the ground farthest from any river down to the nearest one, until none is far.
+
+    Until no point is more than ``max_gap`` m from a river: so ridges and valleys cover the whole scene, no
+    plateaus.
+    """
     creeks = []
     for _ in range(10_000):
         far = int(np.argmax(occupancy.dist))
@@ -224,8 +235,10 @@ def _floodplains(grid: SynthGrid, rivers: list[River]) -> np.ndarray:
 
 def make_elevation(rng: np.random.Generator, grid: SynthGrid, rivers: list[River], relief: float = 1.0
                    ) -> np.ndarray:
-    """Elevation (m) on the terrain grid: flat valley floors along the rivers, concave hillslopes rising
-    with distance from the valley floor up to sharp ridges, spurs and hollows from noise octaves.
+    """Elevation (m) on the terrain grid: flat valley floors along the rivers, hillslopes up to ridges.
+
+    Concave hillslopes rise with distance from the valley floor up to sharp ridges; spurs and hollows come from
+    noise octaves.
 
     Valleys are where the rivers are by construction, so rivers lie in valley bottoms and landslides
     running down the fall line end on valley floors. ``relief`` multiplies everything above the valley

@@ -1,6 +1,6 @@
-"""Writing a study area: the image (and the pre-event image), the DEM, the inventory and the areas, each
-in its own CRS, and the ``synth.json`` marker, built in a temporary folder that replaces ``out`` in one
-rename.
+"""Writing a study area: images, DEM, inventory and areas, each in its own CRS, and the ``synth.json`` marker.
+
+Everything is built in a temporary folder that replaces ``out`` in one rename.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
     with atomic_dir(out, MARKER, what=WHAT) as tmp:
         _write_image(tmp / "image.tif", study.image, study.grid.transform, study.seed)
         if study.pre_image is not None:
+            assert study.pre_transform is not None  # made with the pre-event image
             _write_image(tmp / "pre_image.tif", study.pre_image, study.pre_transform, study.seed,
                          "pre-event: before the landslides; other sun, cloud, noise and grid")
         _write_dem(tmp / "dem.tif", study)
@@ -118,8 +119,10 @@ def _write_image(path: Path, image: np.ndarray, transform: Affine, seed: int,
 
 
 def dem_grid(grid: SynthGrid) -> tuple[Affine, int, int]:
-    """A 12.5 m grid in EPSG:4326 (degrees sized at the area's centre latitude) covering the image
-    with a margin."""
+    """A 12.5 m grid in EPSG:4326 covering the image with a margin.
+
+    Its degrees are sized at the area's centre latitude.
+    """
     from rasterio.warp import transform_bounds
 
     from slidemap.raster.geo import meridian_radii
