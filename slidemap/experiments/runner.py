@@ -134,7 +134,8 @@ def _train(job: RunJob) -> TrainSummary:
         val_fraction=t.val_fraction, augment=run.augment, patience=t.patience,
         bands=list(run.bands) if run.bands else None, loss=t.loss, pos_weight=t.pos_weight,
         seed=run.coords["seed"], device=t.device, precision=t.precision, resume=started, progress=False,
-        threads=job.threads, model_args=run.model_args))
+        threads=job.threads, model_args=run.model_args,
+        learn_postprocess=job.spec.predict.postprocess != "none"))
     return result.summary
 
 

@@ -80,6 +80,8 @@ class TrainOptions(StageOptions):
     model_args: dict[str, Any] = {}
     channels_last: bool | None = None
     """None: channels-last unless ``precision auto`` measures NCHW clearly faster (docs/performance.md)."""
+    learn_postprocess: bool = True
+    """False skips choosing the post-processing on the validation chips (a grid that scores raw masks)."""
 
     @field_validator("precision")
     @classmethod
@@ -243,7 +245,8 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
     threshold, f1_best = best_threshold(prob, truth)
     if f1_best <= f1_half:  # no threshold beats 0.5 (e.g. nothing to find): keep 0.5
         threshold, f1_best = 0.5, f1_half
-    postprocess = _postprocess(prob, truth, threshold, _pixel_area_m2(o.chips), min_size_cap(masks.numpy()))
+    postprocess = (_postprocess(prob, truth, threshold, _pixel_area_m2(o.chips), min_size_cap(masks.numpy()))
+                   if o.learn_postprocess else None)
 
     log = outcome.log
     best = min(log.rows, key=lambda r: (r["val_loss"], r["epoch"]))
