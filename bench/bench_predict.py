@@ -8,7 +8,8 @@
 Each size gets a synthetic scene folder (7 float32 bands at 10 m, smooth terrain-like fields plus noise,
 a NaN stripe of nodata) written block by block, and one predict run in a fresh child process, so the
 peak RSS printed is that run's own (``os.wait4``), imports and the network included. The run is the
-whole product path: GeoTIFF in -> probability.tif, mask.tif, landslides.gpkg, overviews. The bundle
+whole product path: GeoTIFF in -> probability.tif, mask.tif, landslides.gpkg, overviews, on the torch
+engine in the precision asked for (``--engine torch``: no ONNX engines built or timed). The bundle
 is a randomly initialised U-Net whose head is scaled so about 2 % of the scene comes out landslide
 (realistic polygon counts; speed does not depend on the weights otherwise).
 
@@ -36,6 +37,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GiB, format_table, load_average, machine_line  # noqa: E402
 
+from slidemap.formats.bundle import BundleMeta  # noqa: E402
+from slidemap.formats.files import atomic_dir  # noqa: E402
+from slidemap.formats.gdal import gtiff_profile  # noqa: E402
+from slidemap.formats.scene import BandStats, SceneMeta  # noqa: E402
+from slidemap.nn.bundle import save_bundle  # noqa: E402
+from slidemap.nn.models import build_model  # noqa: E402
+
 BANDS = ["blue", "green", "red", "red_edge", "nir", "dem", "slope"]
 PIXEL_M = 10.0
 
@@ -47,10 +55,6 @@ def write_scene(folder: Path, size: int, seed: int = 0) -> Path:
     from affine import Affine
     from rasterio.crs import CRS
     from rasterio.windows import Window
-
-    from slidemap.formats.files import atomic_dir, write_json
-    from slidemap.formats.scene import SCENE_FORMAT, SCENE_FORMAT_VERSION
-    from slidemap.raster.geo import gtiff_profile
 
     crs, transform = CRS.from_epsg(32645), Affine(PIXEL_M, 0, 400000, 0, -PIXEL_M, 3000000)
     rng = np.random.default_rng(seed)
@@ -79,20 +83,16 @@ def write_scene(folder: Path, size: int, seed: int = 0) -> Path:
                 mk.write(np.where(nodata, 255, 0).astype(np.uint8)[None], window=Window(0, r0, size, h))
         gpd.GeoDataFrame({"name": [], "role": []}, geometry=[], crs=crs).to_file(tmp / "areas.gpkg",
                                                                                   layer="areas")
-        stats = {b: {"mean": 1000.0, "std": 300.0, "min": 0.0, "max": 2000.0} for b in BANDS}
-        write_json(tmp / "scene.json", {
-            "format": SCENE_FORMAT, "format_version": SCENE_FORMAT_VERSION, "bands": BANDS,
-            "crs": crs.to_wkt(), "transform": list(transform)[:6], "width": size, "height": size,
-            "pixel_size_m": [PIXEL_M, PIXEL_M], "stats": stats, "areas": [], "inventory": None})
+        stats = {b: BandStats(mean=1000.0, std=300.0, min=0.0, max=2000.0) for b in BANDS}
+        SceneMeta(bands=BANDS, image_bands=BANDS[:5], terrain=BANDS[5:], crs=crs.to_wkt(),
+                  transform=list(transform)[:6], width=size, height=size, pixel_size_m=(PIXEL_M, PIXEL_M),
+                  stats=stats, areas=[], inventory=None).save(tmp / "scene.json")
     return folder
 
 
 def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
     """A random U-Net whose head makes ~2 % of a standardised synthetic scene come out as landslide."""
     import torch
-
-    from slidemap.nn.bundle import save_bundle
-    from slidemap.nn.models import build_model
 
     torch.manual_seed(seed)
     net = build_model("unet", in_channels=len(BANDS), filters=filters).eval()
@@ -106,18 +106,19 @@ def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
         net.head.weight.mul_(scale)
         net.head.bias.mul_(scale)
         net.head.bias.sub_(float(np.percentile(net(x).numpy(), 98)))
-    stats = {b: {"mean": 1000.0, "std": 300.0} for b in BANDS}
-    return save_bundle(path, net, {"architecture": "unet", "model_args": net.config, "bands": BANDS,
-                                   "stats": stats, "patch_size": 128,
-                                   "thresholds": {"0.5": 0.5, "best": 0.5}, "training": {"bench": True}})
+    stats = {b: BandStats(mean=1000.0, std=300.0) for b in BANDS}
+    return save_bundle(path, net, BundleMeta(architecture="unet", model_args=net.config, bands=BANDS, stats=stats,
+                                             patch_size=128, thresholds={"0.5": 0.5, "best": 0.5},
+                                             training={"bench": True}))
 
 
 CHILD = """
 import sys, time
-from slidemap.stages.predict import predict
+from slidemap.stages.predict import PredictOptions, run
 t = time.perf_counter()
-predict(sys.argv[1], sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]), overlap=int(sys.argv[5]),
-        batch_size=int(sys.argv[6]), device="cpu", precision=sys.argv[7])
+run(PredictOptions(model=sys.argv[1], out=sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]),
+                   overlap=int(sys.argv[5]), batch_size=int(sys.argv[6]), device="cpu", precision=sys.argv[7],
+                   engine="torch"))
 print(time.perf_counter() - t)
 """
 

@@ -7,7 +7,7 @@
 The scene comes from ``slidemap.sources.synth.synthesize`` (its time is printed, not judged). ``prepare`` is
 timed from the GeoTIFF/GeoPackage inputs to the complete scene folder and reported per scene pixel;
 ``sample`` per scene pixel and per chip pixel written. The epoch is one epoch of
-``slidemap.stages.train.train`` (U-Net-16, batch 16, the trainer's defaults) on the very chips sampled, so the
+``slidemap.stages.train.run`` (U-Net-16, batch 16, the trainer's defaults) on the very chips sampled, so the
 target "prepare + sample < 10 % of an epoch" is a ratio measured in one run on one machine.
 """
 
@@ -22,6 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GiB, format_table, load_average, machine_line, peak_rss_bytes, reset_peak_rss  # noqa: E402
+
+from slidemap.sources.synth import synthesize  # noqa: E402
+from slidemap.stages import prepare, sample, train  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -53,11 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.size, args.chip_size = 512, 64
 
-    from slidemap.sources.synth import synthesize
-    from slidemap.stages.prepare import prepare_scene
-    from slidemap.stages.sample import sample_chips
-    from slidemap.stages.train import train
-
     print(f"# bench_prepare_sample  {machine_line()}")
     print(f"# command: {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory(prefix="bench-prep-") as tmp:
@@ -67,24 +65,26 @@ def main(argv: list[str] | None = None) -> None:
         landslides = max(20, int(120 * (n / 2048) ** 2))
         files, synth_s, synth_rss = timed(synthesize, work / "synth", seed=0, size=n,
                                           pixel_size=args.pixel_size, landslides=landslides)
-        scene, prep_s, prep_rss = timed(prepare_scene, [files["image"]], work / "scene", dem=files["dem"],
-                                        inventory=files["inventory"], areas=files["areas"])
-        chips, samp_s, samp_rss = timed(sample_chips, work / "scene", work / "chips", method="grid",
-                                        size=args.chip_size, overlap=args.overlap)
-        chip_px = len(chips) * args.chip_size**2
-        _, train_s, train_rss = timed(train, work / "chips", work / "run", model="unet", filters=16,
-                                      batch_size=16, epochs=1, patience=0, seed=0, device="cpu",
-                                      precision=args.precision, progress=False)
+        scene, prep_s, prep_rss = timed(prepare.run, prepare.PrepareOptions(
+            images=[files["image"]], out=work / "scene", dem=files["dem"], inventory=files["inventory"],
+            areas=files["areas"]))
+        chips, samp_s, samp_rss = timed(sample.run, sample.SampleOptions(
+            scene=work / "scene", out=work / "chips", method="grid", size=args.chip_size, overlap=args.overlap))
+        n_chips = chips.meta.count
+        chip_px = n_chips * args.chip_size**2
+        _, train_s, train_rss = timed(train.run, train.TrainOptions(
+            chips=[work / "chips"], out=work / "run", model="unet", filters=16, batch_size=16, epochs=1,
+            patience=0, seed=0, device="cpu", precision=args.precision, progress=False))
         epoch_train_s, epoch_s = epoch_seconds(work / "run")
         mpx = n * n / 1e6
         rows = [
             {"stage": "synth (not judged)", "seconds": synth_s, "Mpx/s": mpx / synth_s, "peak RSS GiB":
-             synth_rss / GiB, "note": f"{n}² px, {len(scene.bands)} bands after prepare"},
+             synth_rss / GiB, "note": f"{n}² px, {len(scene.meta.bands)} bands after prepare"},
             {"stage": "prepare", "seconds": prep_s, "Mpx/s": mpx / prep_s, "peak RSS GiB": prep_rss / GiB,
              "note": f"scene {n}² px"},
             {"stage": "sample (grid)", "seconds": samp_s, "Mpx/s": mpx / samp_s,
              "peak RSS GiB": samp_rss / GiB,
-             "note": f"{len(chips)} chips of {args.chip_size} px = {chip_px / 1e6:.1f} Mpx "
+             "note": f"{n_chips} chips of {args.chip_size} px = {chip_px / 1e6:.1f} Mpx "
                      f"({chip_px / 1e6 / samp_s:.1f} chip-Mpx/s)"},
             {"stage": "train 1 epoch", "seconds": epoch_s, "Mpx/s": chip_px / 1e6 / epoch_s,
              "peak RSS GiB": train_rss / GiB, "note": f"training part {epoch_train_s:.1f} s; whole call "

@@ -3,7 +3,7 @@
     python bench/bench_train.py                       # ladder on unet16@128, the grid, then e2e
     python bench/bench_train.py --section levers      # only the ladder (plain fp32 -> every lever)
     python bench/bench_train.py --section grid --configs unet16@128,resunet16@64 --precision bf16
-    python bench/bench_train.py --section e2e         # through slidemap.stages.train.train (whole epochs)
+    python bench/bench_train.py --section e2e         # through slidemap.stages.train.run (whole epochs)
     python bench/bench_train.py --quick               # smoke run: few steps, small configs
 
 A step is what the trainer does per batch: forward, masked BCE, backward, Adam. Inputs are one random
@@ -37,6 +37,7 @@ from common import format_table, load_average, machine_line, write_chipset  # no
 
 from slidemap.nn.losses import masked_bce  # noqa: E402
 from slidemap.nn.models import build_model  # noqa: E402
+from slidemap.stages import train  # noqa: E402
 
 BANDS = 6
 BATCH = 16
@@ -252,9 +253,7 @@ def run_grid(configs: list[str], precisions: list[str], rounds: int) -> list[dic
 
 
 def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int, epochs: int) -> None:
-    """Whole epochs through ``slidemap.stages.train.train`` on a synthetic chip set: what a user gets."""
-    from slidemap.stages.train import train  # noqa: PLC0415  (only this section needs the trainer)
-
+    """Whole epochs through ``slidemap.stages.train.run`` on a synthetic chip set: what a user gets."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for text in configs:
@@ -264,14 +263,15 @@ def run_e2e(configs: list[str], precisions: list[str], quick: bool, chips: int, 
                 for channels_last in (False, True):
                     out = Path(tmp) / f"run-{text}-{precision}-{channels_last}"
                     t0 = time.perf_counter()
-                    result = train(chipset, out, model=arch, filters=filters, batch_size=BATCH,
-                                   epochs=1 if quick else epochs, patience=0, val_fraction=0.1, seed=0,
-                                   device="cpu", precision="32" if precision == "32" else "bf16-mixed",
-                                   progress=False, channels_last=channels_last)
-                    summary = result["summary"]
+                    result = train.run(train.TrainOptions(
+                        chips=[chipset], out=out, model=arch, filters=filters, batch_size=BATCH,
+                        epochs=1 if quick else epochs, patience=0, val_fraction=0.1, seed=0, device="cpu",
+                        precision="32" if precision == "32" else "bf16-mixed", progress=False,
+                        channels_last=channels_last))
+                    summary = result.summary
                     rows.append({"config": text, "precision": precision, "channels_last": channels_last,
-                                 "chips/s (train epochs)": summary["chips_per_s"],
-                                 "wall s": time.perf_counter() - t0, "val F1@0.5": summary["val_f1_at_0.5"],
+                                 "chips/s (train epochs)": summary.chips_per_s,
+                                 "wall s": time.perf_counter() - t0, "val F1@0.5": summary.val_f1_at_half,
                                  "load": load_average()})
                     print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print("\n" + format_table(rows))

@@ -14,15 +14,17 @@ train, 1 to validate): it shows the pipeline works end to end, and its figures a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from slidemap.errors import UserError
+from slidemap.formats.prediction import PatchMetrics, PatchPrediction
 from slidemap.raster.metrics import Counts
-from slidemap.sources.l4s import L4S_BASELINE, format_table, import_l4s, predict_patches
+from slidemap.sources.l4s import L4S_BASELINE, import_l4s
+from slidemap.stages import predict, train
+from slidemap.stages.patches import format_table
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
 SMOKE_TRAIN = [1, 2, 3, 16, 27]
@@ -66,15 +68,13 @@ def smoke_lists(work: Path) -> tuple[Path, Path, Path]:
     if not SAMPLE.is_dir():
         raise UserError(f"--data: not given and the sample {SAMPLE} is absent; give --data, --train-list "
                         f"and --val-list")
-    train, val = work / "train.txt", work / "val.txt"
-    train.write_text("".join(f"img/image_{n}.h5\n" for n in SMOKE_TRAIN))
-    val.write_text("".join(f"img/image_{n}.h5\n" for n in SMOKE_VAL))
-    return SAMPLE, train, val
+    train_list, val_list = work / "train.txt", work / "val.txt"
+    train_list.write_text("".join(f"img/image_{n}.h5\n" for n in SMOKE_TRAIN))
+    val_list.write_text("".join(f"img/image_{n}.h5\n" for n in SMOKE_VAL))
+    return SAMPLE, train_list, val_list
 
 
 def run(args: argparse.Namespace) -> dict:
-    from slidemap.stages.train import train
-
     smoke = args.data is None
     work = args.work or Path(tempfile.mkdtemp(prefix="slidemap-l4s-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -95,31 +95,32 @@ def run(args: argparse.Namespace) -> dict:
     t_import = time.perf_counter() - t0
     print(f"imported {len(train_chips)} training and {len(val_chips)} validation patches in {t_import:.1f} s")
 
-    result = train(train_chips.path, work / "run", model=args.model, filters=args.filters,
-                   batch_size=batch_size, epochs=epochs, lr=args.lr, val_fraction=args.val_fraction,
-                   augment=True, patience=args.patience, bands=None, loss=args.loss,
-                   pos_weight=args.pos_weight, seed=args.seed, device=args.device, resume=False)
+    result = train.run(train.TrainOptions(
+        chips=[train_chips.path], out=work / "run", model=args.model, filters=args.filters,
+        batch_size=batch_size, epochs=epochs, lr=args.lr, val_fraction=args.val_fraction, augment=True,
+        patience=args.patience, bands=None, loss=args.loss, pos_weight=args.pos_weight, seed=args.seed,
+        device=args.device, resume=False))
     t_train = time.perf_counter() - t0 - t_import
     print(f"trained {args.model} ({args.filters} filters, up to {epochs} epochs) in {t_train:.1f} s: "
-          f"{result['bundle']}")
+          f"{result.bundle}")
 
-    scored = predict_patches(result["bundle"], val_chips.path, work / "val_prediction",
-                             threshold=args.threshold, device=args.device, evaluate=True)
+    pred = predict.run(predict.PredictOptions(model=result.bundle, chips=val_chips.path,
+                                              out=work / "val_prediction", threshold=args.threshold,
+                                              device=args.device, evaluate=True))
     t_eval = time.perf_counter() - t0 - t_import - t_train
-    metrics_counts = _counts(work / "val_prediction" / "metrics.json")
+    assert isinstance(pred.meta, PatchPrediction) and pred.evaluation is not None
+    metrics = pred.evaluation.metrics
+    assert isinstance(metrics, PatchMetrics)
+    scored = {**metrics.scores.model_dump(), "threshold": round(pred.meta.threshold, 4)}
     print(f"predicted and evaluated {len(val_chips)} validation patches in {t_eval:.1f} s "
           f"(threshold {scored['threshold']})")
     print()
-    print(format_table(scored, metrics_counts, len(val_chips), baseline=L4S_BASELINE))
+    print(format_table(scored, Counts(**metrics.counts), len(val_chips), baseline=L4S_BASELINE))
     print("baseline: the benchmark's U-Net, trained on 3799 patches, scored on its 245 validation patches")
     if smoke:
         print("(smoke run: 5 training patches and a couple of epochs; compare only a full-dataset run)")
     print(f"submission-format masks: {work / 'val_prediction'}")
     return scored
-
-
-def _counts(metrics_json: Path) -> Counts:
-    return Counts(**json.loads(metrics_json.read_text())["counts"])
 
 
 def main(argv: list[str] | None = None) -> int:
