@@ -15,7 +15,7 @@ import pytest
 
 from slidemap.cli import main
 from slidemap.errors import UserError
-from slidemap.experiments.runner import run_experiment
+from slidemap.experiments.runner import dry_run, run_experiment
 from slidemap.experiments.spec import load_spec
 
 TIMING = ("train_seconds", "run_seconds", "chips_per_s", "run_folder", "prediction_folder")
@@ -102,8 +102,15 @@ def test_dry_run_counts_the_studies_grids(tmp_path, capsys):
     spec = Path(__file__).resolve().parents[1] / "examples" / "soares2020.yaml"
     if not spec.is_file():
         pytest.skip("examples/soares2020.yaml not shipped yet")
+    # the listing alone: the CLI's --dry-run also times a step of each of the grid's 9 network shapes (~25 s)
+    assert dry_run(spec, tmp_path / "o", calibrate=False).startswith("288 runs")
+
+
+def test_dry_run_estimates_from_a_step_of_each_network_shape(tmp_path, capsys):
+    spec = write_spec(tmp_path)
     assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
-    assert capsys.readouterr().out.startswith("288 runs")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("estimated wall time: about ") and "network shapes measured here" in last
 
 
 # --- the grid --------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """The wall time a grid will take on this machine, from a measured calibration step.
 
-One reference training step per architecture (16 filters, 64 px, batch 16, random data) is timed here in
-the precision the runs will use, and every network shape of the grid is scaled from it by its training
-GFLOP per chip, counted on meta tensors (no compute); larger batches run somewhat more efficiently than the
-reference, so large-batch runs are overestimated a little. Chips per epoch
-come from each site's train area (its scene if prepared, else the synthetic size) and the sampler. The
-estimate is an upper bound in epochs (early stopping usually ends runs sooner) and says so.
+A training step (random data) is timed here for every network shape of the grid (architecture, filters,
+patch size) in the precision the runs will use: small networks on small patches are bound
+by per-step overheads, not by their GFLOP, so scaling one reference step by GFLOP underestimated
+examples/quick.yaml three times. Other batch sizes are scaled by chips (small batches of small networks are
+underestimated a little). The training loop adds augmentation, the masked loss and Lightning's bookkeeping
+(about 16 % over the bare step, docs/performance.md) and validation runs a forward pass (a third of a step)
+over the validation chips. Chips per epoch come from each site's train area (its scene if prepared, else
+the synthetic size) and the sampler. The estimate is an upper bound in epochs (early stopping usually ends
+runs sooner) and says so.
 """
 
 from __future__ import annotations
@@ -48,23 +51,12 @@ def _chips_per_epoch(plan: Plan, run: RunPlan) -> float:
     return total * (1 - plan.spec.training.val_fraction)
 
 
-def _gflop_per_chip(arch: str, filters: int, bands: int, size: int, batch: int) -> float:
-    """Forward + backward GFLOP of one chip, counted on meta tensors (nothing is computed)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def _seconds_per_chip(arch: str, filters: int, bands: int, size: int, precision: str) -> float:
+    """Measured: seconds per chip of a training step of this network shape here.
 
-    from slidemap.nn.models import build_model
-
-    with torch.device("meta"):
-        net = build_model(arch, bands, filters)
-        x = torch.randn(batch, bands, size, size)
-    with FlopCounterMode(display=False) as counter:
-        net(x).sum().backward()
-    return counter.get_total_flops() / 1e9 / batch
-
-
-def _seconds_per_gflop(arch: str, bands: int, precision: str) -> float:
-    """Measured: seconds per training GFLOP of a reference step (16 filters, 64 px, batch 16) here."""
+    Batch 16 up to 64 px, where per-step overheads matter; batch 4 above, where the step is bound by its
+    arithmetic and a larger batch would only make the calibration longer.
+    """
     import torch
 
     from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device, resolve_precision
@@ -73,12 +65,13 @@ def _seconds_per_gflop(arch: str, bands: int, precision: str) -> float:
     device = resolve_device("auto")
     dtype = AUTOCAST_DTYPE[resolve_precision(precision, device)]
     torch.manual_seed(0)
-    net = build_model(arch, bands, 16).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    net = build_model(arch, bands, filters).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.randn(16, bands, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(16, 1, 64, 64, device=device) > 0.9).float()
-    times = []
-    for _ in range(5):
+    batch = 16 if size <= 64 else 4
+    x = torch.randn(batch, bands, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
+    times: list[float] = []
+    while len(times) < 3 or (len(times) < 6 and sum(times[1:]) < 0.5):  # a warm-up step, then >= 2 timed
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).float(), y)
@@ -88,8 +81,7 @@ def _seconds_per_gflop(arch: str, bands: int, precision: str) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    step = sorted(times[1:])[len(times[1:]) // 2]
-    return step / (_gflop_per_chip(arch, 16, bands, 64, 16) * 16)
+    return min(times[1:]) / batch
 
 
 def estimate_seconds(plan: Plan) -> str:
@@ -101,26 +93,24 @@ def estimate_seconds(plan: Plan) -> str:
     precision = plan.spec.training.precision
     epochs = plan.spec.training.epochs
     rates: dict[tuple, float] = {}
-    flops: dict[tuple, float] = {}
     total = 0.0
     t0 = time.perf_counter()
     for run in plan.runs:
         c = run.coords
         bands = len(run.bands) if run.bands else len(site_bands(plan.spec, run.train_sites[0]) or [0] * 7)
-        key = (c["architecture"], c["filters"], bands, c["size"], c["batch_size"])
-        if key not in flops:
-            flops[key] = _gflop_per_chip(*key)
-        if (c["architecture"], bands) not in rates:
-            rates[(c["architecture"], bands)] = _seconds_per_gflop(c["architecture"], bands, precision)
-        seconds_per_chip = flops[key] * rates[(c["architecture"], bands)]
-        total += epochs * _chips_per_epoch(plan, run) * seconds_per_chip * 1.25  # + validation
+        key = (c["architecture"], c["filters"], c["size"])  # the band count only changes the first layer
+        if key not in rates:
+            rates[key] = _seconds_per_chip(c["architecture"], c["filters"], bands, c["size"], precision)
+        train_chips = _chips_per_epoch(plan, run)
+        val_chips = train_chips * plan.spec.training.val_fraction / (1 - plan.spec.training.val_fraction)
+        total += epochs * (train_chips * 1.16 + val_chips / 3) * rates[key]
     calibration = time.perf_counter() - t0
     cpu = _cpu_name()
     when = f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min"
-    return (f"estimated wall time: at most {when} for {epochs} epochs per run on this machine ({cpu}, "
-            f"{torch.get_num_threads()} threads; early stopping ends most runs sooner): a reference training "
-            f"step per architecture measured here ({calibration:.0f} s), scaled by each network's GFLOP per "
-            f"chip (counted); prediction and per-run start-up not included")
+    return (f"estimated wall time: about {when} for {epochs} epochs per run on this machine ({cpu}, "
+            f"{torch.get_num_threads()} threads; early stopping ends most runs sooner): a training step of each "
+            f"of the grid's {len(rates)} network shapes measured here ({calibration:.0f} s); the test-area "
+            f"predictions and each run's start-up (about a second on a 2-core CPU) not included")
 
 
 def _cpu_name() -> str:
