@@ -159,7 +159,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
         if metrics is None:
             predict.run(predict.PredictOptions(model=bundle, out=folder, chips=Path(chips), threshold="0.5",
                                                engine=p.engine, device=job.spec.training.device,
-                                               precision=job.spec.training.precision, previews=0))
+                                               precision=p.precision, previews=0))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
         assert isinstance(metrics, PatchMetrics)
         rows.append(area_row({**base, "threshold": metrics.threshold}, site, "patches", metrics.counts, {}, {},
@@ -174,7 +174,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
                                                min_area=p.min_area, postprocess=p.postprocess,
                                                batch_size=p.batch_size, engine=p.engine,
                                                device=job.spec.training.device,
-                                               precision=job.spec.training.precision))
+                                               precision=p.precision))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene), areas=[area.name],
                                                             maps=False)).metrics
         assert isinstance(metrics, SceneMetrics)

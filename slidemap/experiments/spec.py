@@ -195,9 +195,10 @@ class Predict(SpecModel):
     # the studies scored the thresholded mask as it came; "auto" applies the clean-up learned on validation
     postprocess: Literal["auto", "bundle", "none"] = "none"
     batch_size: int = Field(4, ge=1)
-    # torch by default: every run of a grid is scored by its own network, not by a quantised copy, and
-    # building the ONNX engines would cost each small run more than its prediction pass
+    # torch in fp32 by default: every run of a grid is scored the same way by its own network (not by a
+    # quantised or bf16 copy), and choosing an engine would cost each small run more than its prediction pass
     engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
+    precision: Literal["auto", "32", "bf16", "bf16-mixed", "16", "16-mixed"] = "32"
 
 
 class Resources(SpecModel):

@@ -179,7 +179,7 @@ def build_engines(bundle: Bundle, int8: bool = True, log: Callable[[str], None] 
     paths = engine_paths(bundle.path)
     digest = sha256(bundle.path)
     record = _valid_record(paths, digest)
-    if record is not None and (not int8 or "onnx-int8" in record.files):
+    if record is not None and "onnx" in record.files and (not int8 or "onnx-int8" in record.files):
         return record
     t0 = time.perf_counter()
     if log:
@@ -213,18 +213,51 @@ def build_engines(bundle: Bundle, int8: bool = True, log: Callable[[str], None] 
     return record
 
 
+def torch_record(bundle: Bundle, log: Callable[[str], None] | None = None) -> EngineRecord:
+    """bf16's validation F1 beside fp32's, kept beside the bundle like the engines' record.
+
+    The evidence ``auto`` needs to predict in bf16 where onnxruntime is not installed (or ``--engine torch``);
+    building the ONNX engines later replaces it (its versions then differ).
+    """
+    if bundle.path is None:
+        raise UserError("--precision auto: a bundle held in memory has no folder to keep its accuracy check in")
+    paths = engine_paths(bundle.path)
+    digest = sha256(bundle.path)
+    record = _valid_record(paths, digest)
+    if record is not None:
+        return record
+    from slidemap.stages.train import bundle_chips
+
+    t0 = time.perf_counter()
+    if log:
+        log(f"checking bf16's validation F1 against fp32 for {bundle.name}, once")
+    chips = bundle_chips(bundle)
+    if len(chips["validation"]) == 0:
+        raise UserError(f"MODEL {bundle.name}: its training run has no validation chips to check bf16 on")
+    threshold = bundle.threshold("best")
+    f1 = engine_f1(bundle, chips["validation"], chips["validation_masks"], threshold, None)
+    record = EngineRecord(bundle_sha256=digest, versions=versions(), threshold=threshold,
+                          validation={"chips": chips["chips"], "count": chips["validation_chips"],
+                                      "part": "validation split", "split": chips["split"]},
+                          f1=f1, files={}, seconds=round(time.perf_counter() - t0, 2))
+    paths["record"].parent.mkdir(parents=True, exist_ok=True)
+    record.save(paths["record"])
+    return record
+
+
 def engine_f1(bundle: Bundle, images: np.ndarray, masks: np.ndarray, threshold: float,
-              paths: dict[str, Path]) -> dict[str, float]:
-    """Validation F1 of each engine on the same chips at the same threshold."""
+              paths: dict[str, Path] | None) -> dict[str, float]:
+    """Validation F1 of each engine on the same chips at the same threshold (torch only without ``paths``)."""
     from slidemap.nn.device import cpu_has_native_bf16
     from slidemap.nn.inference import TileRunner
 
     runners: dict[str, Any] = {"torch-fp32": TileRunner(bundle.build_model(), "cpu", "32")}
     if cpu_has_native_bf16():
         runners["torch-bf16"] = TileRunner(bundle.build_model(), "cpu", "bf16")
-    runners["onnx"] = OnnxRunner(paths["onnx"], "onnx")
-    if paths["onnx-int8"].is_file():
-        runners["onnx-int8"] = OnnxRunner(paths["onnx-int8"], "onnx-int8")
+    if paths is not None:
+        runners["onnx"] = OnnxRunner(paths["onnx"], "onnx")
+        if paths["onnx-int8"].is_file():
+            runners["onnx-int8"] = OnnxRunner(paths["onnx-int8"], "onnx-int8")
     return {name: round(pooled_f1(run_chips(r, images), masks, threshold), 5) for name, r in runners.items()}
 
 
@@ -236,7 +269,7 @@ def existing_record(bundle: Bundle) -> EngineRecord | None:
 
 
 def _valid_record(paths: dict[str, Path], digest: str) -> EngineRecord | None:
-    if not paths["record"].is_file() or not paths["onnx"].is_file():
+    if not paths["record"].is_file():
         return None
     try:
         record = EngineRecord.load(paths["record"])
@@ -244,6 +277,6 @@ def _valid_record(paths: dict[str, Path], digest: str) -> EngineRecord | None:
         return None
     if record.bundle_sha256 != digest or record.versions != versions():
         return None
-    if "onnx-int8" in record.files and not paths["onnx-int8"].is_file():
+    if any(not paths[name].is_file() for name in record.files if name in ("onnx", "onnx-int8")):
         return None
     return record

@@ -294,18 +294,20 @@ def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile
     elif not engines.onnxruntime_available():
         excluded["onnx"] = f"onnx, onnx-int8: onnxruntime is not installed ({engines.INSTALL_HINT})"
     candidates = [Setting("torch", "32", True)]
-    if engine == "torch" and bundle.path is not None:  # bf16's accuracy check, if the engines were built
-        from slidemap.stages.export import existing_record
-
-        record = existing_record(bundle)
-    if cpu_has_native_bf16() and name == "auto":
+    if record is None and cpu_has_native_bf16() and name == "auto" and bundle.path is not None:
+        from slidemap.stages.export import torch_record  # bf16's accuracy check without the ONNX engines
+        try:
+            record = torch_record(bundle, log)
+        except UserError as e:
+            excluded["torch-bf16"] = f"torch-bf16: {str(e).split(': ', 1)[-1]}"
+    if cpu_has_native_bf16() and name == "auto" and "torch-bf16" not in excluded:
         ok, why = record.eligible("torch-bf16") if record is not None else (False, "torch-bf16: validation "
                                                                              "F1 not measured")
         if ok:
             candidates.append(Setting("torch", "bf16", True))
         else:
             excluded["torch-bf16"] = why
-    if record is not None and engine != "torch":
+    if record is not None and engine != "torch" and "onnx" in record.files:
         candidates.append(Setting("onnx", "32", False))
         if "onnx-int8" in record.files:
             ok, why = record.eligible("onnx-int8")
