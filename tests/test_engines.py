@@ -307,3 +307,36 @@ def test_patch_prediction_takes_the_engine_too(tiny_run):
     result = predict.run(predict.PredictOptions(model=tiny_run["run"].bundle, out=tiny_run["root"] / "pp",
                                                 chips=tiny_run["chips"], engine="onnx", previews=0))
     assert result.meta.engine == "onnx" and result.meta.count > 0
+
+
+def test_bf16_stays_a_candidate_without_onnxruntime(tiny_run, monkeypatch, tmp_path, own_cache):
+    """A plain install (no onnxruntime) checks bf16's validation F1 once and may then predict in bf16; the
+    ONNX engines are still built over that torch-only record once onnxruntime is there."""
+    from slidemap.nn.device import cpu_has_native_bf16
+    from slidemap.stages import predict
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: auto never considers it")
+    alone = tmp_path / "run"
+    alone.mkdir()
+    shutil.copy(tiny_run["run"].bundle, alone / "bundle.pt")
+    real = sys.modules.get("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    measured = {"torch-fp32": 1.0, "torch-bf16": 2.0}
+    monkeypatch.setattr(dev, "measure", lambda steps, seconds=0: {k: measured[k] / 1e-6 for k in steps})
+    result = predict.run(predict.PredictOptions(model=alone / "bundle.pt", out=tmp_path / "p",
+                                                scene=tiny_run["scene"], tile=128, overlap=32))
+    record = json.loads((alone / "bundle.engines.json").read_text())
+    assert record["files"] == {} and set(record["f1"]) == {"torch-fp32", "torch-bf16"}
+    assert result.meta.engine == "torch" and result.meta.precision == "bf16"
+    assert result.meta.engine_choice["setting"] == "torch-bf16"
+    assert "onnx" in result.meta.engine_choice["excluded"] and "torch-bf16" not in result.meta.engine_choice[
+        "excluded"]
+    if real is None:  # onnxruntime is there again (the cache and environment patches stay)
+        monkeypatch.delitem(sys.modules, "onnxruntime")
+    else:
+        monkeypatch.setitem(sys.modules, "onnxruntime", real)
+    built = predict.run(predict.PredictOptions(model=alone / "bundle.pt", out=tmp_path / "p2",
+                                               scene=tiny_run["scene"], tile=128, overlap=32, engine="onnx"))
+    assert built.meta.engine == "onnx" and (alone / "bundle.onnx").is_file()
+    assert "onnx" in json.loads((alone / "bundle.engines.json").read_text())["files"]
