@@ -242,7 +242,7 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax_f1.set(xlabel="epoch", ylabel="F1", title="Validation F1 (threshold 0.5)", ylim=(0, 1))
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.25)  # tight_layout: +50 % time
     return save_png(fig, path)
 
 
