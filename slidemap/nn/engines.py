@@ -113,7 +113,7 @@ def export_onnx(net: SegmentationNet, bands: int, path: str | Path, mean: np.nda
     model = _Exported(net.float().eval(), mean, std).eval()
     x = torch.zeros(1, bands, example_size, example_size)
     dynamic = {0: "batch", 2: "height", 3: "width"}
-    with atomic_file(path) as tmp, warnings.catch_warnings(), _quiet_exporter():
+    with atomic_file(path) as tmp, warnings.catch_warnings(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         # Autograd on while tracing: the networks take their plain path (MaxPool, Concat), which ONNX
         # Runtime fuses, not the torch-specific inference path.
@@ -131,11 +131,15 @@ def export_onnx(net: SegmentationNet, bands: int, path: str | Path, mean: np.nda
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """torch.onnx logs every skipped torchvision op at import; keep it off the user's screen."""
+def _quiet_logger(name: str | None) -> Iterator[None]:
+    """Errors only from logger ``name`` (None: the root logger) for the block.
+
+    torch.onnx logs every skipped torchvision op at import, and onnxruntime's quantiser logs each calibration
+    step on the root logger; neither belongs on the user's screen.
+    """
     import logging
 
-    logger = logging.getLogger("torch.onnx")
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -228,7 +232,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
             return next(self.batches, None)
 
     out_path = Path(out_path)
-    with atomic_file(out_path) as tmp, warnings.catch_warnings(), _quiet_ort_logging():
+    with atomic_file(out_path) as tmp, warnings.catch_warnings(), _quiet_logger(None):
         warnings.simplefilter("ignore")
         pre = tmp.with_name(tmp.name + ".pre.onnx")
         try:
@@ -241,19 +245,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
             for leftover in tmp.parent.glob("augmented_model*.onnx"):
                 leftover.unlink(missing_ok=True)
     return out_path
-
-
-@contextlib.contextmanager
-def _quiet_ort_logging() -> Iterator[None]:
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 # --- the record of the engines built for a bundle -----------------------------------------------------------
