@@ -75,6 +75,8 @@ BAD_SPECS = [
     ("sites: {a: {synth: {seed: 1}, scene: x}}\n", "exactly one of scene, prepare, synth, l4s"),
     ("sites: {a: {synth: {seed: 1}}}\nmodels: [{architecture: vgg}]\n", "models.0.architecture"),
     ("sites: {a: {synth: {seed: 1}}}\ntraining: {epochs: 0}\n", "training.epochs"),
+    ("sites: {a: {synth: {seed: 1}}}\ntraining: {precision: fp8}\n", "training.precision: 'fp8': use auto, 32"),
+    ("sites: {a: {synth: {seed: 1}}}\npredict: {precision: half}\n", "predict.precision: 'half': use auto, 32"),
     ("sites: {a: {synth: {seed: 1}}}\nexclude: [{colour: red}]\n", "unknown axis colour"),
     ("sites: {a: {synth: {seed: 1}}}\nmodels: [{filters: [16, -1]}]\n", "models.0.filters"),
     ("- just a list\n", "not a mapping"),

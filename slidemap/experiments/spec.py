@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slidemap.errors import UserError
+from slidemap.nn.device import precision_field
 from slidemap.raster.bands import TERRAIN_LAYERS
 from slidemap.raster.tiling import check_patch_size
 
@@ -169,6 +170,12 @@ class Training(SpecModel):
     precision: str = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        precision_field(v)  # refused here, before anything runs; kept as written
+        return v
+
 
 class Scenario(SpecModel):
     """Which sites train one model (one, several, all) and whose test areas it is evaluated on.
@@ -198,7 +205,13 @@ class Predict(SpecModel):
     # torch in fp32 by default: every run of a grid is scored the same way by its own network (not by a
     # quantised or bf16 copy), and choosing an engine would cost each small run more than its prediction pass
     engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
-    precision: Literal["auto", "32", "bf16", "bf16-mixed", "16", "16-mixed"] = "32"
+    precision: str = "32"
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        precision_field(v)
+        return v
 
 
 class Resources(SpecModel):

@@ -83,6 +83,14 @@ def check_precision(precision: str | None) -> str:
     return name
 
 
+def precision_field(precision: str) -> str:
+    """:func:`check_precision` for pydantic validators: a ValueError saying what is allowed."""
+    try:
+        return check_precision(precision)
+    except UserError as e:
+        raise ValueError(str(e).split(": ", 1)[-1]) from None
+
+
 def check_engine(engine: str | None) -> str:
     """``torch``, ``onnx``, ``onnx-int8`` or ``auto``; anything else is a UserError."""
     if engine is None or engine == "auto":

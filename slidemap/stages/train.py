@@ -41,7 +41,7 @@ from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
 from slidemap.nn.bundle import save_bundle
-from slidemap.nn.device import RunChoice, check_precision, resolve_device, resolve_run
+from slidemap.nn.device import RunChoice, precision_field, resolve_device, resolve_run
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
 from slidemap.raster.postprocess import choose_postprocess, min_size_cap
@@ -86,10 +86,7 @@ class TrainOptions(StageOptions):
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: str) -> str:
-        try:
-            return check_precision(v)
-        except UserError as e:
-            raise ValueError(str(e).split(": ", 1)[-1]) from None
+        return precision_field(v)
 
     @field_validator("max_time")
     @classmethod
