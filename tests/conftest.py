@@ -222,3 +222,31 @@ def _private_engine_cache(tmp_path_factory):
         os.environ.pop("SLIDEMAP_CACHE_DIR", None)
     else:
         os.environ["SLIDEMAP_CACHE_DIR"] = previous
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the real CLI, expect exit status 2 and exactly one ``error:`` line on stderr; return it."""
+    from slidemap.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def write_l4s(folder: Path, patches: int = 4) -> Path:
+    """A Landslide4Sense folder: img/image_N.h5 and mask/mask_N.h5 (about 0.9 MB per patch)."""
+    import h5py
+
+    from slidemap.sources.l4s import L4S_BANDS, L4S_SIZE
+
+    (folder / "img").mkdir(parents=True)
+    (folder / "mask").mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(1, patches + 1):
+        with h5py.File(folder / "img" / f"image_{n}.h5", "w") as f:
+            f.create_dataset("img", data=rng.random((L4S_SIZE, L4S_SIZE, len(L4S_BANDS)), dtype=np.float32))
+        with h5py.File(folder / "mask" / f"mask_{n}.h5", "w") as f:
+            f.create_dataset("mask", data=(rng.random((L4S_SIZE, L4S_SIZE)) < 0.1).astype(np.uint8))
+    return folder

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import write_l4s
 
 from slidemap.cli import main
 
@@ -42,20 +42,7 @@ def tiny_chips(tiny_scene, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def l4s_folder(tmp_path_factory) -> Path:
     """A Landslide4Sense folder of two valid patches (img/image_N.h5, mask/mask_N.h5)."""
-    import h5py
-
-    from slidemap.sources.l4s import L4S_BANDS, L4S_SIZE
-
-    folder = tmp_path_factory.mktemp("l4s") / "TrainData"
-    (folder / "img").mkdir(parents=True)
-    (folder / "mask").mkdir()
-    rng = np.random.default_rng(0)
-    for n in (1, 2):
-        with h5py.File(folder / "img" / f"image_{n}.h5", "w") as f:
-            f.create_dataset("img", data=rng.random((L4S_SIZE, L4S_SIZE, len(L4S_BANDS)), dtype=np.float32))
-        with h5py.File(folder / "mask" / f"mask_{n}.h5", "w") as f:
-            f.create_dataset("mask", data=(rng.random((L4S_SIZE, L4S_SIZE)) < 0.1).astype(np.uint8))
-    return folder
+    return write_l4s(tmp_path_factory.mktemp("l4s") / "TrainData", patches=2)
 
 
 def _user_folder(tmp_path: Path) -> Path:

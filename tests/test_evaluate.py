@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import cli_error
 from pyproj import Geod
 from scipy import ndimage
 from shapely.geometry import box
@@ -34,15 +35,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def evaluate(pred, truth=None, **options) -> EvaluateResult:
     """``slidemap evaluate`` through its API: ``run(EvaluateOptions(...))``."""
     return run(EvaluateOptions(pred=pred, truth=truth, **options))
-
-
-def cli_error(capsys, argv) -> str:
-    """Run the real CLI, expect exit status 2 and exactly one ``error:`` line on stderr; return it."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # --- tiny folders built by hand per the scene / prediction contracts ---------------------------------

@@ -9,16 +9,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
-from conftest import make_rasters, write_raster
-from test_predict import bundle_meta, lively, predict
+from conftest import write_raster
+from test_predict import bundle_meta, lively_scene, predict
 
 from slidemap.figures import error_map_png, footprint_window
-from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import save_bundle
-from slidemap.nn.models import build_model
-from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import FN, FP, NODATA_CLASS, TN, TP
 from slidemap.stages import evaluate
 
@@ -33,16 +29,8 @@ def parse_qml(path: Path) -> ET.Element:
 
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
-    from slidemap.stages.prepare import PrepareOptions
-    from slidemap.stages.prepare import run as prepare
-
     root = tmp_path_factory.mktemp("maps")
-    r = make_rasters(root / "in", size=96)
-    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
-                                         inventory=r.inventory, areas=r.areas)).path)
-    torch.manual_seed(0)
-    net = build_model("unet", in_channels=len(scene.bands), filters=4)
-    lively(net, Normaliser.from_stats(scene.bands, scene.stats, "scene", "again")(scene.read()))
+    scene, net, _ = lively_scene(root, 96)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats))
     out = root / "pred"
     predict(bundle, out, scene=scene.path, tile=64, overlap=32, evaluate=True)

@@ -7,17 +7,13 @@ import json
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import make_rasters
+from conftest import cli_error
 from scipy import ndimage
-from test_predict import bundle_meta, cli_error, lively, predict
+from test_predict import bundle_meta, lively_scene, predict
 from test_train import FAST, make_chipset, train
 
 from slidemap.formats.bundle import PostProcess
-from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import load_bundle, save_bundle
-from slidemap.nn.models import build_model
-from slidemap.nn.normalise import Normaliser
 from slidemap.raster.postprocess import (
     F1_TIE,
     Cleanup,
@@ -187,17 +183,8 @@ def test_training_stores_the_choice_in_the_bundle(tmp_path):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from slidemap.stages.prepare import PrepareOptions
-    from slidemap.stages.prepare import run as prepare
-
     root = tmp_path_factory.mktemp("postprocess")
-    r = make_rasters(root / "in", size=160, nodata_rows=(70, 75))
-    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
-                                         inventory=r.inventory, areas=r.areas)).path)
-    torch.manual_seed(0)
-    net = build_model("unet", in_channels=len(scene.bands), filters=4)
-    normalise = Normaliser.from_stats(scene.bands, scene.stats, "scene", "prepare it again")
-    lively(net, normalise(scene.read())[:, :128, :128])
+    scene, net, _ = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
     pp = PostProcess(threshold=0.45, opening=1, closing=1, fill_holes=16, min_pixels=6)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
                                                               thresholds={"0.5": 0.5, "best": 0.6},

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import make_rasters
+from conftest import cli_error, make_rasters
 from rasterio.crs import CRS
 from scipy import ndimage
 
@@ -40,15 +40,6 @@ def predict(model, out, **options) -> PredictResult:
     return run(PredictOptions(model=model, out=out, **options))
 
 
-def cli_error(capsys, argv) -> str:
-    """Run the real CLI, expect exit status 2 and exactly one ``error:`` line on stderr; return it."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 def bundle_meta(bands, net, **fields) -> BundleMeta:
     """The description of a test bundle: a U-Net for ``bands``, unit statistics unless given."""
     fields.setdefault("stats", {b: {"mean": 0.0, "std": 1.0} for b in bands})
@@ -68,6 +59,23 @@ def lively(net: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
         net.head.bias.mul_(6.0 / max(hi - lo, 1e-6))
         net.head.bias.sub_(float(np.median(net(torch.from_numpy(x[None])).numpy())))
     return net.eval()
+
+
+def lively_scene(root: Path, size: int, nodata_rows: tuple[int, int] | None = None,
+                 crop: int | None = None):
+    """A scene prepared from ``make_rasters(size)`` and a lively 4-filter U-Net for its bands (made lively on
+    the first ``crop`` x ``crop`` px, else on all of it); returns (scene, net, rasters)."""
+    from slidemap.stages.prepare import PrepareOptions
+    from slidemap.stages.prepare import run as prepare
+
+    r = make_rasters(root / "in", size=size, nodata_rows=nodata_rows)
+    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
+                                         inventory=r.inventory, areas=r.areas)).path)
+    torch.manual_seed(0)
+    net = build_model("unet", in_channels=len(scene.bands), filters=4)
+    x = Normaliser.from_stats(scene.bands, scene.stats, "scene", "prepare it again")(scene.read())
+    lively(net, x if crop is None else x[:, :crop, :crop])
+    return scene, net, r
 
 
 def random_scene(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -218,17 +226,8 @@ def test_min_area_drops_specks():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A 160 px scene (nodata rows 70-75) and a lively 4-filter U-Net bundle for its bands."""
-    from slidemap.stages.prepare import PrepareOptions
-    from slidemap.stages.prepare import run as prepare
-
     root = tmp_path_factory.mktemp("predict")
-    r = make_rasters(root / "in", size=160, nodata_rows=(70, 75))
-    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
-                                         inventory=r.inventory, areas=r.areas)).path)
-    torch.manual_seed(0)
-    net = build_model("unet", in_channels=len(scene.bands), filters=4)
-    normalise = Normaliser.from_stats(scene.bands, scene.stats, "scene", "prepare it again")
-    lively(net, normalise(scene.read())[:, :128, :128])
+    scene, net, r = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
                                                               thresholds={"0.5": 0.5, "best": 0.6}))
     return {"root": root, "rasters": r, "scene": scene, "bundle": bundle}

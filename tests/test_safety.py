@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import write_l4s
 
 from slidemap.cli import main
 from slidemap.formats.files import _HOST, output_lock, sha256
@@ -134,23 +135,6 @@ def wait_for(proc: subprocess.Popen, condition: Callable[[], bool], limit: float
             return condition()
         time.sleep(0.01)
     return False
-
-
-def write_l4s(folder: Path, patches: int = 4) -> Path:
-    """A Landslide4Sense folder: img/image_N.h5 and mask/mask_N.h5 (about 0.9 MB per patch)."""
-    import h5py
-
-    from slidemap.sources.l4s import L4S_BANDS, L4S_SIZE
-
-    (folder / "img").mkdir(parents=True)
-    (folder / "mask").mkdir()
-    rng = np.random.default_rng(0)
-    for n in range(1, patches + 1):
-        with h5py.File(folder / "img" / f"image_{n}.h5", "w") as f:
-            f.create_dataset("img", data=rng.random((L4S_SIZE, L4S_SIZE, len(L4S_BANDS)), dtype=np.float32))
-        with h5py.File(folder / "mask" / f"mask_{n}.h5", "w") as f:
-            f.create_dataset("mask", data=(rng.random((L4S_SIZE, L4S_SIZE)) < 0.1).astype(np.uint8))
-    return folder
 
 
 def prepare_args(synth: Path) -> list:

@@ -9,15 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
-import torch
-from conftest import make_rasters
-from test_predict import bundle_meta, lively, predict
+from test_predict import bundle_meta, lively_scene, predict
 
 from slidemap.cli import main
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import save_bundle
-from slidemap.nn.models import build_model
-from slidemap.nn.normalise import Normaliser
 from slidemap.raster.shift import InputStats, shift_warnings
 from slidemap.raster.stats import RunningStats
 from slidemap.stages.maps import ShiftWarning
@@ -80,16 +76,8 @@ def test_rows_read_twice_count_once_and_nan_never():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from slidemap.stages.prepare import PrepareOptions
-    from slidemap.stages.prepare import run as prepare
-
     root = tmp_path_factory.mktemp("shift")
-    r = make_rasters(root / "in", size=96)
-    scene = Scene(prepare(PrepareOptions(images=[r.image], out=root / "scene", dem=r.dem,
-                                         inventory=r.inventory, areas=r.areas)).path)
-    torch.manual_seed(0)
-    net = build_model("unet", in_channels=len(scene.bands), filters=4)
-    lively(net, Normaliser.from_stats(scene.bands, scene.stats, "scene", "again")(scene.read()))
+    scene, net, r = lively_scene(root, 96)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats))
     # the same scene with its image bands stored 10000x larger (reflectance 0-1 vs 0-10000, say)
     scaled = root / "scaled"
