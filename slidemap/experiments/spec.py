@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slidemap.errors import UserError
-from slidemap.nn.device import precision_field
+from slidemap.nn.precision import precision_field
 from slidemap.raster.bands import TERRAIN_LAYERS
 from slidemap.raster.tiling import check_patch_size
 

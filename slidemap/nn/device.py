@@ -36,15 +36,18 @@ from typing import Any, Literal
 import torch
 
 from slidemap.errors import UserError
+from slidemap.nn.precision import (  # noqa: F401 - the vocabulary, re-exported where it was
+    ENGINES,
+    PRECISION_ALIASES,
+    PRECISIONS,
+    check_engine,
+    check_precision,
+    precision_field,
+)
 
-PRECISIONS = ("32", "bf16", "16")
-"""Canonical precisions: fp32; bf16 autocast (CPU with native bf16, or GPU); fp16 autocast (GPU only)."""
-PRECISION_ALIASES = {"32-true": "32", "fp32": "32", "bf16-mixed": "bf16", "16-mixed": "16", "fp16": "16"}
 LIGHTNING_PRECISION: dict[str, Literal["32-true", "bf16-mixed", "16-mixed"]] = {
     "32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
 AUTOCAST_DTYPE = {"32": None, "bf16": torch.bfloat16, "16": torch.float16, "int8": None}
-ENGINES = ("torch", "onnx", "onnx-int8")
-"""Inference engines: torch (any precision), ONNX Runtime fp32, ONNX Runtime static int8 (QDQ)."""
 MARGIN = 1.10
 """How much faster than the reference setting a candidate must be for ``auto`` to take it."""
 MEASURE_SECONDS = 1.5
@@ -71,33 +74,6 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes: stay with fp32
         return False
-
-
-def check_precision(precision: str | None) -> str:
-    """The canonical name of ``precision`` (``auto`` stays ``auto``); an unknown word is a UserError."""
-    if precision is None or precision == "auto":
-        return "auto"
-    name = PRECISION_ALIASES.get(str(precision), str(precision))
-    if name not in PRECISIONS:
-        raise UserError(f"--precision {precision}: use auto, 32, bf16 or 16 (16: GPU only)")
-    return name
-
-
-def precision_field(precision: str) -> str:
-    """:func:`check_precision` for pydantic validators: a ValueError saying what is allowed."""
-    try:
-        return check_precision(precision)
-    except UserError as e:
-        raise ValueError(str(e).split(": ", 1)[-1]) from None
-
-
-def check_engine(engine: str | None) -> str:
-    """``torch``, ``onnx``, ``onnx-int8`` or ``auto``; anything else is a UserError."""
-    if engine is None or engine == "auto":
-        return "auto"
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine}: use auto, torch, onnx or onnx-int8")
-    return engine
 
 
 # --- what a network runs as ---------------------------------------------------------------------------
