@@ -210,6 +210,13 @@ def tiny_scene(tmp_path_factory, tiny_inputs) -> Path:
                                               inventory=tiny_inputs.inventory, areas=tiny_inputs.areas)).path
 
 
+@pytest.fixture(autouse=True)
+def _checkpoint_every_epoch(monkeypatch):
+    """Checkpoints on disk after every epoch (the default waits 10 s), so that interrupting a tiny test run
+    after an epoch leaves one to resume from; tests of the default delete the variable."""
+    monkeypatch.setenv("SLIDEMAP_CHECKPOINT_EVERY_S", "0")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_engine_cache(tmp_path_factory):
     """Measured precision/engine choices go to a cache of the test session, never the user's ~/.cache."""

@@ -260,6 +260,12 @@ def test_report_has_every_section_and_real_figures(done, tmp_path):
         assert image.shape[0] > 150 and image.shape[1] > 250, png
         assert np.std(image[..., :3]) > 0.05, f"{png} is (nearly) blank"
     assert list((tmp_path / "report" / "error_maps").glob("*.png"))
+    # grid runs draw no learning curve; the report draws those of its table-3 runs from their metrics.csv
+    assert not list((done / "out").glob("runs/*/learning_curve.png"))
+    assert not list((done / "out").glob("runs/*/checkpoints"))
+    curves = list((tmp_path / "report" / "learning_curves").glob("*.png"))
+    assert curves and all(np.std(imread(c)[..., :3]) > 0.05 for c in curves)
+    assert "learning curve: runs/" in (tmp_path / "report" / "report.md").read_text()
     assert "runs/" in text  # tables name the run folders
 
 

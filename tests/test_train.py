@@ -152,6 +152,39 @@ def test_interrupted_then_resumed_equals_uninterrupted(chips, reference, tmp_pat
     assert all(torch.equal(bundles[0][k], bundles[1][k]) for k in bundles[1])
 
 
+def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
+    """What the experiment runner asks for: no checkpoints written at the end nor left behind, no learning
+    curve; the best weights come from memory, so the bundle and the log equal a default run's."""
+    out = tmp_path / "lean"
+    train(chips, out, keep_checkpoints=False, learning_curve=False, **FAST)
+    names = {p.name for p in out.iterdir()}
+    assert {"bundle.pt", "summary.json", "metrics.csv"} <= names
+    assert "checkpoints" not in names and "learning_curve.png" not in names
+    a, b = load_bundle(out).state_dict, load_bundle(reference).state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
+
+
+def test_first_checkpoint_is_due_after_the_interval(chips, reference, tmp_path, monkeypatch):
+    """By default the first checkpoint is due 10 s into training: a short run killed after two epochs has
+    none on disk, and --resume starts it afresh, saying why, to the same weights."""
+    monkeypatch.delenv("SLIDEMAP_CHECKPOINT_EVERY_S")
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(chips, out, callbacks=[_Interrupt()], **FAST)
+    assert not list(out.glob("checkpoints/*.ckpt"))
+    with pytest.warns(UserWarning, match=r"before its first checkpoint was written \(the first is due 10 s"):
+        train(chips, out, resume=True, **FAST)
+    assert _same_weights(reference, out)
+
+
+def test_bad_checkpoint_interval_is_one_line_before_anything_is_written(chips, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIDEMAP_CHECKPOINT_EVERY_S", "soon")
+    with pytest.raises(UserError, match="SLIDEMAP_CHECKPOINT_EVERY_S=soon: give seconds"):
+        train(chips, tmp_path / "run", **FAST)
+    assert not (tmp_path / "run").exists()
+
+
 def test_finished_run_trained_on_with_resume_equals_longer_run(chips, reference, tmp_path):
     out = tmp_path / "run"
     train(chips, out, **{**FAST, "epochs": 2})

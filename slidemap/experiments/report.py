@@ -8,6 +8,7 @@ each row comes from. A report of an unfinished grid works and lists the runs tha
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import shutil
 from dataclasses import dataclass, field
@@ -211,11 +212,13 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
     a = an.areas(df)
     maps = folder / "error_maps"
     rows = []
+    run_folders: dict[str, None] = {}
     r: Any  # a row of t3 (pandas types its fields as any scalar)
     for r in t3.itertuples():
         runs = a[(a["scenario"] == r.scenario) & (a["sampling"] == r.sampling) & (a["size"] == r.size)
                  & (a["dataset"] == r.dataset) & (a["model"] == r.model)]
         first_seed = runs[runs["seed"] == runs["seed"].min()]
+        run_folders.update(dict.fromkeys(first_seed["run_folder"]))
         for x in first_seed.itertuples():
             rows.append({"scenario": r.scenario, "sampling": r.sampling, "size": int(r.size),
                          "dataset": r.dataset, "model": r.model,
@@ -230,6 +233,31 @@ def _error_maps(doc: Doc, df: pd.DataFrame, t3: pd.DataFrame, root: Path, folder
     if rows:
         doc.p("Error maps of those models (first seed; yellow TP, magenta FP, cyan FN) and their areas:")
         doc.table(pd.DataFrame(rows), floats=4)
+    curves = [(run, png) for run in run_folders
+              if (png := _learning_curve(Path(run), folder / "learning_curves" / f"{Path(run).name}.png"))]
+    if curves:
+        doc.p("Learning curves of those runs (training and validation loss, validation F1 at 0.5, per epoch):")
+        for run, png in curves:
+            doc.image(png, f"learning curve: {_short(run, root)}")
+
+
+def _learning_curve(run: Path, target: Path) -> Path | None:
+    """A run's learning curve: copied if it drew one, else drawn from its metrics.csv (grid runs draw none)."""
+    from slidemap.figures import plot_learning_curve
+
+    if (run / "learning_curve.png").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "learning_curve.png", target)
+        return target
+    try:
+        with open(run / "metrics.csv", newline="") as f:
+            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    except (OSError, ValueError):
+        return None
+    if not rows or any({"epoch", "train_loss", "val_loss", "val_f1"} - set(row) for row in rows):
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return plot_learning_curve(rows, target)
 
 
 def _error_map(prediction: Path, area: str, target: Path) -> bool:

@@ -38,6 +38,7 @@ from slidemap.formats.files import atomic_file, check_out, output_lock
 
 if TYPE_CHECKING:
     from slidemap.formats.prediction import PatchMetrics, SceneMetrics
+    from slidemap.nn.bundle import Bundle
     from slidemap.stages.train import TrainSummary
 
 SPEC_FILE = "experiment.json"
@@ -86,9 +87,12 @@ def execute_run(job: RunJob) -> Outcome:
         base.update(threshold="", epochs_run=summary.epochs_run, best_epoch=summary.best_epoch,
                     val_f1=summary.val_f1_at_best, train_seconds=summary.seconds, chips_per_s=summary.chips_per_s,
                     precision_mode=summary.precision, device=summary.device, status="ok", error="")
+        from slidemap.nn.bundle import load_bundle
+
+        bundle = load_bundle(run.folder / "bundle.pt")  # once: every test area shares it and its runner
         rows = []
         for site in run.test_sites:
-            rows += _test_site(job, site, base)
+            rows += _test_site(job, site, base, bundle)
         rows = with_pooled(rows)
         failed = None
     except (UserError, Exception) as e:  # noqa: BLE001 - recorded, the grid goes on
@@ -135,11 +139,11 @@ def _train(job: RunJob) -> TrainSummary:
         bands=list(run.bands) if run.bands else None, loss=t.loss, pos_weight=t.pos_weight,
         seed=run.coords["seed"], device=t.device, precision=t.precision, resume=started, progress=False,
         threads=job.threads, model_args=run.model_args,
-        learn_postprocess=job.spec.predict.postprocess != "none"))
+        learn_postprocess=job.spec.predict.postprocess != "none", learning_curve=False, keep_checkpoints=False))
     return result.summary
 
 
-def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, Any]]:
+def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> list[dict[str, Any]]:
     """Predict and evaluate each test area of ``site`` (one prediction folder per area), as rows."""
     from slidemap.formats.prediction import PatchMetrics, SceneMetrics
     from slidemap.formats.scene import Scene
@@ -157,7 +161,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
         folder = run.folder / "predictions" / f"{site}__patches"
         metrics = _predicted(folder, bundle)
         if metrics is None:
-            predict.run(predict.PredictOptions(model=bundle, out=folder, chips=Path(chips), threshold="0.5",
+            predict.run(predict.PredictOptions(model=model, out=folder, chips=Path(chips), threshold="0.5",
                                                engine=p.engine, device=job.spec.training.device,
                                                precision=p.precision, previews=0))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
@@ -169,7 +173,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any]) -> list[dict[str, A
         folder = run.folder / "predictions" / f"{site}__{area.name}"
         metrics = _predicted(folder, bundle)
         if metrics is None:
-            predict.run(predict.PredictOptions(model=bundle, out=folder, scene=Path(scene), area=area.name,
+            predict.run(predict.PredictOptions(model=model, out=folder, scene=Path(scene), area=area.name,
                                                tile=p.tile, overlap=p.overlap, threshold=p.threshold,
                                                min_area=p.min_area, postprocess=p.postprocess,
                                                batch_size=p.batch_size, engine=p.engine,
@@ -287,13 +291,16 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
                 write_rows(run.folder, [{**_base_row(job), "status": "failed", "error": bad[0][:400]}])
                 continue
             todo.append(RunJob(run, spec, scenes, l4s_tests, threads))
-        collect(plan, results_csv)
+        known: dict[Path, list[dict[str, Any]] | None] = {}
+        collect(plan, results_csv, known)
         log(f"{len(plan.runs)} runs, {len(plan.runs) - len(todo)} already recorded, {len(todo)} to run "
             f"({'ray ' + ray if ray else f'{workers} worker(s)'}, {threads} thread(s) each)")
+        folders = {job.run.name: job.run.folder for job in todo}
         with _progress(plan, todo, workers) as tick:
             for outcome in _dispatch(todo, workers, ray, spec):
                 tick(outcome)
-                collect(plan, results_csv)
+                known[folders[outcome.name]] = read_rows(folders[outcome.name])  # as the CSV would read it
+                collect(plan, results_csv, known)
         failed = sum(1 for run in plan.runs if any(r.get("status") != "ok" for r in read_rows(run.folder) or [{}]))
     return len(plan.runs) - failed, failed, results_csv
 
@@ -317,11 +324,20 @@ def site_inputs(spec: Spec) -> list[Path]:
     return paths
 
 
-def collect(plan: Plan, path: Path) -> int:
-    """Rebuild results.csv from the runs' records, in grid order."""
+def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | None] | None = None) -> int:
+    """Rebuild results.csv from the runs' records, in grid order.
+
+    ``known`` holds records already read (by run folder), so that a grid of n runs reads each record once
+    rather than n times; the caller puts in each finished run's rows.
+    """
     rows = []
     for run in plan.runs:
-        rows += read_rows(run.folder) or []
+        if known is None:
+            rows += read_rows(run.folder) or []
+            continue
+        if run.folder not in known:
+            known[run.folder] = read_rows(run.folder)
+        rows += known[run.folder] or []
     return write_results(path, rows)
 
 

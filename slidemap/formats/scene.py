@@ -8,6 +8,7 @@ the scene CRS, columns ``name`` and ``role``), ``scene.json`` (:class:`SceneMeta
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -253,9 +254,12 @@ class Scene:
 
     def area_geometries(self) -> gpd.GeoDataFrame:
         """GeoDataFrame of the named areas (columns name, role, geometry) in the scene CRS."""
-        from slidemap.formats.gdal import read_vector
-
-        return read_vector(self.areas_path, f"SCENE {self.path}: areas.gpkg")
+        path = self.areas_path
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        return _read_areas(path, str(self.path), st and (st.st_mtime_ns, st.st_size, st.st_ino)).copy()
 
     def area_geometry(self, name: str) -> BaseGeometry | None:
         """The (dissolved) polygon of area ``name`` in the scene CRS, or None if it has none."""
@@ -299,3 +303,14 @@ class Scene:
             raise UserError(f"--bands: {', '.join(missing)} not in scene {self.path}; it has "
                             f"{', '.join(self.bands)}")
         return [self.bands.index(n) + 1 for n in names]
+
+
+@functools.lru_cache(maxsize=16)
+def _read_areas(path: Path, scene: str, stamp: tuple[int, int, int] | None) -> gpd.GeoDataFrame:
+    """areas.gpkg, read once per version of the file (``stamp``).
+
+    A grid run predicts and scores several areas of one scene, and each read costs ~8 ms.
+    """
+    from slidemap.formats.gdal import read_vector
+
+    return read_vector(path, f"SCENE {scene}: areas.gpkg")

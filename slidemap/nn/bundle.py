@@ -6,9 +6,9 @@ here a bundle becomes the very network it was saved from, with its normaliser an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,8 @@ class Bundle:
     meta: BundleMeta
     state_dict: dict[str, torch.Tensor]
     path: Path | None = None
+    runners: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Inference runners built from this bundle, by setting: one run of a grid predicts several areas."""
 
     @property
     def name(self) -> str:
@@ -70,9 +72,14 @@ class Bundle:
         """
         from slidemap.nn.models import build_model
 
-        model = build_model(self.meta.architecture, in_channels=len(self.bands), **self.meta.model_args)
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced (17 ms a U-Net)
+            model = build_model(self.meta.architecture, in_channels=len(self.bands), **self.meta.model_args)
         try:
-            model.load_state_dict(self.state_dict)
+            weights = {k: v.clone(memory_format=torch.contiguous_format) for k, v in self.state_dict.items()}
+            model.load_state_dict(weights, assign=True)
+            meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+            if meta:
+                raise RuntimeError(f"weights missing:\n{', '.join(meta[:3])}")
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)[:120]
             raise UserError(f"MODEL {self.name}: its weights do not fit the network its metadata describes "

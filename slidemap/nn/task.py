@@ -6,9 +6,11 @@ from generators seeded by (seed, epoch), which the checkpoint fixes through its 
 with the weights of an uninterrupted one. Nodata pixels (mask 255) weigh 0 in the loss and count nowhere in
 the validation metrics. Checkpoints are written into the run folder under a temporary name, flushed to disk
 and renamed, so a full disk or a kill never leaves a truncated checkpoint at its final path. They reach the
-disk at most every ``LAST_CHECKPOINT_EVERY_S`` seconds and at the end (held in memory in between, best
-before last), because a resumed run replays the epochs since then exactly, and a grid of short runs would
-otherwise spend a fifth of its time writing checkpoints.
+disk at most every ``LAST_CHECKPOINT_EVERY_S`` seconds (``SLIDEMAP_CHECKPOINT_EVERY_S`` overrides it) and
+at the end (best held in memory in between, last only dumped when due, best before last), because a resumed
+run replays the epochs since then exactly, and a grid of short runs would otherwise spend a fifth of its
+time writing checkpoints. A caller that writes the weights itself right after (the experiment runner) skips
+the final write and takes the best weights from memory.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from slidemap.errors import UserError
 from slidemap.formats.files import atomic_file
 from slidemap.nn.augment import apply_symmetries, draw_symmetries
 from slidemap.nn.losses import build_loss
@@ -42,6 +45,16 @@ if TYPE_CHECKING:
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_precision", "val_recall", "val_f1", "val_iou", "lr")
 TIMING_COLUMNS = ("epoch", "train_seconds", "seconds", "chips_per_s")
 LAST_CHECKPOINT_EVERY_S = 10.0  # a kill loses at most this much training (plus the epoch under way)
+
+
+def checkpoint_every_s() -> float:
+    """Seconds between checkpoint writes: ``SLIDEMAP_CHECKPOINT_EVERY_S`` if set (0: every epoch), else 10."""
+    value = os.environ.get("SLIDEMAP_CHECKPOINT_EVERY_S", "")
+    try:
+        return max(0.0, float(value)) if value else LAST_CHECKPOINT_EVERY_S
+    except ValueError:
+        raise UserError(f"SLIDEMAP_CHECKPOINT_EVERY_S={value}: give seconds, e.g. 10 (0 writes every epoch)") \
+            from None
 
 
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
@@ -360,16 +373,18 @@ def _copied(value: Any) -> Any:
 
 
 class RunCheckpoint(pl.callbacks.ModelCheckpoint):
-    """``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (every epoch), on disk every ``every_s`` s.
+    """``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (latest epoch), on disk every ``every_s`` s.
 
-    They are also written at the last epoch and when training stops early or runs out of time;
-    ``AtomicCheckpointIO`` holds them in memory in between.
+    The first write is due ``every_s`` after training starts, so a run shorter than that writes only at
+    the end; with ``final_write`` False not even then (the caller keeps the weights, see `best_weights`).
+    In between, an improved best is held in memory (a copy) and the last is dumped only when it is due.
     """
 
-    def __init__(self, dirpath: Path, every_s: float = LAST_CHECKPOINT_EVERY_S) -> None:
+    def __init__(self, dirpath: Path, every_s: float | None = None, final_write: bool = True) -> None:
         super().__init__(dirpath=dirpath, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                          save_last=True, enable_version_counter=False)
-        self.every_s = every_s
+        self.every_s = checkpoint_every_s() if every_s is None else every_s
+        self.final_write = final_write
         self._written_at: float | None = None
         self._last_step = -1
 
@@ -380,25 +395,49 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_step = trainer.global_step
+        if self.save_last:
+            self._last_step = trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the clock of the first write."""
+        super().on_train_start(trainer, pl_module)
+        self._written_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Hold this epoch's best and last checkpoints; write them when they are due."""
+        """Hold this epoch's best if it improved; write best and last when they are due."""
+        final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+        due = (final and self.final_write) or (not final and (
+            self._written_at is None or time.monotonic() - self._written_at >= self.every_s))
         io = self._io(trainer)
-        io.hold = True
+        io.hold, self.save_last = True, due
         try:
             super().on_train_epoch_end(trainer, pl_module)  # Lightning saves here when validation ends epochs
-            if self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))  # every epoch, held
+            if due and self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         finally:
-            io.hold = False
-        final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        if final or self._written_at is None or time.monotonic() - self._written_at >= self.every_s:
+            io.hold, self.save_last = False, True
+        if due:
             self._write(io)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Whatever is held, when the run ended in a way the epoch could not see (``--max-time``)."""
-        self._write(self._io(trainer))
+        """Best and last as they are now, when the run ended in a way the epoch could not see (``--max-time``)."""
+        if not self.final_write:
+            return
+        io = self._io(trainer)
+        if self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
+            io.hold = True
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                io.hold = False
+        self._write(io)
+
+    def best_weights(self, trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
+        """The network weights of the best epoch, when they are held in memory (not yet written)."""
+        held = self._io(trainer).held.get(Path(self.dirpath or "") / "best.ckpt")
+        if held is None:
+            return None
+        return {k.removeprefix("net."): v for k, v in held["state_dict"].items() if k.startswith("net.")}
 
     def _write(self, io: AtomicCheckpointIO) -> None:
         if io.held:
@@ -418,20 +457,27 @@ def readable_checkpoint(path: Path) -> bool:
 # --- the fit loop ----------------------------------------------------------------------------------
 
 class FitOutcome:
-    """What a finished (or interrupted) fit leaves: the run log and whether it was interrupted."""
+    """What a finished (or interrupted) fit leaves.
 
-    def __init__(self, log: RunLog, interrupted: bool) -> None:
-        self.log, self.interrupted = log, interrupted
+    The run log, whether it was interrupted, and the best epoch's weights when they were not written
+    (``final_write`` False).
+    """
+
+    def __init__(self, log: RunLog, interrupted: bool, best_weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.log, self.interrupted, self.best_weights = log, interrupted, best_weights
 
 
 def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epochs: int, patience: int,
         max_time: str | None, progress: bool, resume_from: Path | None, train_chips: int,
-        callbacks: Sequence[pl.Callback] = ()) -> FitOutcome:
-    """Run Lightning's loop on ``task`` with the run folder's log and checkpoints (best and last)."""
+        callbacks: Sequence[pl.Callback] = (), final_write: bool = True) -> FitOutcome:
+    """Run Lightning's loop on ``task`` with the run folder's log and checkpoints (best and last).
+
+    ``final_write`` False leaves the end of training unwritten: the caller saves the best weights itself.
+    """
     from slidemap.nn.device import LIGHTNING_PRECISION
 
     run_log = RunLog(run, train_chips)
-    checkpoint = RunCheckpoint(run / "checkpoints")
+    checkpoint = RunCheckpoint(run / "checkpoints", final_write=final_write)
     cbs: list[pl.Callback] = [run_log, checkpoint, *callbacks]
     if patience:
         cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience,
@@ -451,7 +497,7 @@ def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epo
             except SystemExit:  # Lightning exits the process on Ctrl-C; an API must not
                 if not trainer.interrupted:
                     raise
-    return FitOutcome(run_log, bool(trainer.interrupted))
+    return FitOutcome(run_log, bool(trainer.interrupted), checkpoint.best_weights(trainer))
 
 
 # --- chips as standardised tensors -------------------------------------------------------------------

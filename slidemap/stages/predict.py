@@ -353,11 +353,17 @@ def _engine_record(bundle: Bundle, int8: bool, strict: bool,
 
 def _build_runner(bundle: Bundle, setting: Setting, device: torch.device,
                   paths: dict[str, Path]) -> TileRunner | OnnxRunner:
-    if setting.engine == "torch":
-        return TileRunner(bundle.build_model(), device, setting.precision)
-    from slidemap.nn.engines import OnnxRunner
+    """The runner of ``setting``, built once per bundle (stateless between calls, so areas share it)."""
+    path = paths.get(setting.engine)
+    key = (setting, str(device), str(path), path.stat().st_mtime_ns if path and path.is_file() else None)
+    if key not in bundle.runners:
+        if setting.engine == "torch":
+            bundle.runners[key] = TileRunner(bundle.build_model(), device, setting.precision)
+        else:
+            from slidemap.nn.engines import OnnxRunner
 
-    return OnnxRunner(paths[setting.engine], setting.engine)
+            bundle.runners[key] = OnnxRunner(paths[setting.engine], setting.engine)
+    return bundle.runners[key]
 
 
 # --- inputs ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ How the pieces follow the studies, and where they depart from them (docs/trainin
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -82,6 +83,11 @@ class TrainOptions(StageOptions):
     """None: channels-last unless ``precision auto`` measures NCHW clearly faster (docs/performance.md)."""
     learn_postprocess: bool = True
     """False skips choosing the post-processing on the validation chips (a grid that scores raw masks)."""
+    learning_curve: bool = True
+    """False skips ``learning_curve.png`` (a grid's report draws the curves it shows from metrics.csv)."""
+    keep_checkpoints: bool = True
+    """False removes ``checkpoints/`` once the bundle is written and skips their final write: a finished grid
+    run needs only its bundle (study 000's U-Net-64 checkpoints are ~0.4 GB a run)."""
 
     @field_validator("precision")
     @classmethod
@@ -142,6 +148,9 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     o = options
     device = resolve_device(o.device)
     resolve_run(o.precision, device)  # a bad --precision fails before anything is read
+    from slidemap.nn.task import checkpoint_every_s
+
+    checkpoint_every_s()  # and so does a bad SLIDEMAP_CHECKPOINT_EVERY_S
     chipsets = [ChipSet(c) for c in o.chips]
     bands = _bands(chipsets, o.bands)
     size = chipsets[0].size
@@ -223,7 +232,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
                                 channels_last=channels_last)
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
-                      resume_from, len(split.train), callbacks)
+                      resume_from, len(split.train), callbacks, final_write=o.keep_checkpoints)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
             print(f"training interrupted; continue it with --resume --out {out}", file=sys.stderr)
             raise KeyboardInterrupt
@@ -232,7 +241,10 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         seconds = time.perf_counter() - started
         ckpt_dir = out / "checkpoints"
         best_ckpt = ckpt_dir / "best.ckpt"
-        load_net_weights(net, best_ckpt if best_ckpt.is_file() else ckpt_dir / "last.ckpt")
+        if outcome.best_weights is not None:
+            net.load_state_dict(outcome.best_weights)
+        else:
+            load_net_weights(net, best_ckpt if best_ckpt.is_file() else ckpt_dir / "last.ckpt")
         val_idx = torch.as_tensor(split.val)
         prob = predict_chips(net, images, val_idx, max(2 * batch_size, 32), device)
         truth = masks[val_idx].numpy()
@@ -258,7 +270,8 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         precision_choice=choice.record(), postprocess=postprocess.model_dump() if postprocess else None,
         seconds=round(seconds, 1),
         chips_per_s=round(chips_seen / train_seconds, 1) if train_seconds else None)
-    plot_learning_curve(log.rows, out / "learning_curve.png")
+    if o.learning_curve:
+        plot_learning_curve(log.rows, out / "learning_curve.png")
     reproducible = summary.model_dump(exclude={"seconds", "chips_per_s", "precision_choice"})
     meta = BundleMeta(
         architecture=o.model, model_args=dict(net.config), bands=bands,
@@ -269,6 +282,8 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         recipe=recipe)
     write_json(out / "summary.json", summary)
     bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
+    if not o.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return TrainResult(run=out, bundle=bundle, summary=summary)
 
 
@@ -440,7 +455,7 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     ``best.ckpt`` with a warning: per-epoch seeds make training on from an earlier epoch land on the same
     weights.
     """
-    from slidemap.nn.task import readable_checkpoint
+    from slidemap.nn.task import checkpoint_every_s, readable_checkpoint
 
     done, started = (out / "bundle.pt").is_file(), (out / "config.yaml").is_file()
     if not resume:
@@ -463,8 +478,8 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     if last.is_file() or best.is_file():
         raise UserError(f"--resume: the checkpoints in {out / 'checkpoints'} are unreadable (truncated?); "
                         f"start a new run with another --out")
-    warnings.warn(f"{last} missing: the run stopped before its first epoch ended; starting it afresh",
-                  stacklevel=3)
+    warnings.warn(f"{last} missing: the run stopped before its first checkpoint was written (the first is due "
+                  f"{checkpoint_every_s():g} s into training); starting it afresh", stacklevel=3)
     return None
 
 
