@@ -249,7 +249,7 @@ def section_predict(paths: dict, keras_python: str | None, seconds: float) -> No
 
 def _network_only(bundle, engines, server, seconds) -> dict[str, float]:
     from slidemap.nn.device import Setting, measure
-    from slidemap.stages.predict import _build_runner, engine_paths_of
+    from slidemap.stages.runners import build_runner, engine_paths_of
 
     x = np.random.default_rng(0).standard_normal((4, len(bundle.bands), 512, 512), dtype=np.float32)
     xcl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -257,7 +257,7 @@ def _network_only(bundle, engines, server, seconds) -> dict[str, float]:
     for engine, precision in engines:
         s = Setting(engine, "32" if precision == "auto" else precision, engine == "torch")
         s = Setting(engine, "int8", False) if engine == "onnx-int8" else s
-        runner = _build_runner(bundle, s, "cpu", engine_paths_of(bundle))
+        runner = build_runner(bundle, s, "cpu", engine_paths_of(bundle))
         steps[s.name] = (lambda r=runner, e=engine: r(xcl if e == "torch" else x) is not None
                          and 4 * 512 * 512)
     if server:
