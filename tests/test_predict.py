@@ -248,7 +248,7 @@ def test_predict_scene_writes_georeferenced_outputs(study):
         assert profile["crs"] == scene.crs and profile["transform"] == scene.transform
         assert (profile["width"], profile["height"]) == (scene.width, scene.height)
         assert profile["dtype"] == "uint8" and profile["nodata"] == 255 and profile["compress"] == "deflate"
-    assert p_ovr and m_ovr
+    assert p_ovr == m_ovr == []  # 160 px fit one 256-px block: no overviews, as gdaladdo decides
     nodata = np.zeros(mask.shape, bool)
     nodata[70:75] = True
     assert ((mask == 255) == nodata).all() and ((prob == 255) == nodata).all()
@@ -457,3 +457,23 @@ def test_precision_auto_without_a_measurement_is_fp32_and_bf16_close_to_fp32():
     assert 0.2 < p32.std() and diff.mean() < 0.02 and diff.max() < 0.15 and diff.max() > 0
     with pytest.raises(UserError, match="--precision 16"):
         TileRunner(net, "cpu", "16")
+
+
+@pytest.mark.parametrize(("width", "height", "factors"), [(160, 160, []), (256, 100, []), (600, 300, [2, 4]),
+                                                          (10_000, 10_000, [2, 4, 8, 16, 32, 64])])
+def test_overviews_halve_until_a_block(tmp_path, width, height, factors):
+    """Levels as gdaladdo's -minsize 256 picks them; the smallest overview fits one block."""
+    from rasterio.enums import Resampling
+
+    from slidemap.formats.gdal import build_overviews, gtiff_profile, overview_factors
+
+    assert overview_factors(width, height) == factors
+    if width * height > 1_000_000:
+        return
+    path = tmp_path / "r.tif"
+    with rasterio.open(path, "w", **gtiff_profile(width, height, 1, "uint8", None, rasterio.Affine.identity())) as ds:
+        ds.write(np.arange(width * height, dtype=np.uint32).reshape(1, height, width).astype(np.uint8))
+    build_overviews(path, Resampling.nearest)
+    with rasterio.open(path) as ds:
+        assert ds.overviews(1) == factors
+        assert not factors or max(ds.width, ds.height) // factors[-1] <= 256

@@ -34,6 +34,7 @@ default 6 at the same size (with predictor 3; docs/performance.md), and writing 
 GDAL_CACHE_MB = 256
 """GDAL's block cache while a stage streams a scene (GDAL's default, 5 % of RAM, grows with the scene)."""
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
+OVERVIEW_MIN_SIZE = 256  # gdaladdo's default -minsize, and the side of our GeoTIFF blocks
 GPKG_TIMESTAMP = "2000-01-01T00:00:00Z"
 """The ``last_change`` every GeoPackage slidemap writes records, so that reruns give identical bytes."""
 
@@ -163,13 +164,28 @@ class RowWriter:
         self.pending = [data[n:]] if n < len(data) else []
 
 
-def build_overviews(path: Path, resampling: Resampling) -> None:
-    """Internal overviews (deflate) so a GIS draws a large raster quickly at any zoom."""
+def overview_factors(width: int, height: int) -> list[int]:
+    """Overview levels as ``gdaladdo`` picks them (``-minsize 256``): halve until the smallest fits a block.
+
+    A raster that already fits one 256-px block gets none: a GIS reads it whole faster than an overview.
+    """
+    return [f for f in OVERVIEW_FACTORS if max(width, height) / (f // 2) > OVERVIEW_MIN_SIZE]
+
+
+def build_overviews(path: Path, resampling: Resampling, size: tuple[int, int] | None = None) -> None:
+    """Internal overviews (deflate) so a GIS draws a large raster quickly at any zoom.
+
+    ``size`` (width, height), when the caller knows it, saves opening the file to learn it.
+    """
+    if size is None:
+        with rasterio.open(path) as ds:
+            size = ds.width, ds.height
+    factors = overview_factors(*size)
+    if not factors:
+        return
     with rasterio.Env(COMPRESS_OVERVIEW="DEFLATE"), rasterio.open(path, "r+") as ds:
-        factors = [f for f in OVERVIEW_FACTORS if min(ds.width, ds.height) // f >= 16] or [2]
-        if min(ds.width, ds.height) >= 2:
-            ds.build_overviews(factors, resampling)
-            ds.update_tags(ns="rio_overview", resampling=resampling.name)
+        ds.build_overviews(factors, resampling)
+        ds.update_tags(ns="rio_overview", resampling=resampling.name)
 
 
 @contextlib.contextmanager

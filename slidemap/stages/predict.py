@@ -360,8 +360,8 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
         _mask_and_polygons(region, comps, tmp)
     t_polygons = time.perf_counter() - t1
     t2 = time.perf_counter()
-    build_overviews(tmp / "probability.tif", Resampling.average)
-    build_overviews(tmp / "mask.tif", Resampling.nearest)
+    build_overviews(tmp / "probability.tif", Resampling.average, (region.width, region.height))
+    build_overviews(tmp / "mask.tif", Resampling.nearest, (region.width, region.height))
     return {
         "width": region.width, "height": region.height, "landslides": len(comps),
         "landslide_km2": round(float(comps.sums[AREA].sum()) / 1e6, 6), "valid_km2": round(valid_km2, 6),
