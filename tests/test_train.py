@@ -152,6 +152,25 @@ def test_interrupted_then_resumed_equals_uninterrupted(chips, reference, tmp_pat
     assert all(torch.equal(bundles[0][k], bundles[1][k]) for k in bundles[1])
 
 
+def test_interrupt_after_training_says_how_to_finish(chips, reference, tmp_path, monkeypatch, capsys):
+    """Ctrl-C or SIGTERM between the last epoch and the bundle: the hint to --resume, which then writes the
+    bundle of the uninterrupted run."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    best = train_stage.best_threshold
+    monkeypatch.setattr(train_stage, "best_threshold", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(chips, out, **FAST)
+    assert f"training interrupted; continue it with --resume --out {out}" in capsys.readouterr().err
+    assert not (out / "bundle.pt").exists()
+    monkeypatch.setattr(train_stage, "best_threshold", best)
+    train(chips, out, resume=True, **FAST)
+    a, b = load_bundle(out).state_dict, load_bundle(reference).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
     """What the experiment runner asks for: no checkpoints written at the end nor left behind, no learning
     curve; the best weights come from memory, so the bundle and the log equal a default run's."""

@@ -189,8 +189,12 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
-                               batch_size, config, resume_from, callbacks, _recipe(chipsets))
+        try:
+            return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
+                                   batch_size, config, resume_from, callbacks, _recipe(chipsets))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM in training or after it, before the bundle
+            print(f"training interrupted; continue it with --resume --out {out}", file=sys.stderr)
+            raise
 
 
 def _precision_choice(o: TrainOptions, device: torch.device, bands: int, size: int) -> RunChoice:
@@ -234,7 +238,6 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
                       resume_from, len(split.train), callbacks, final_write=o.keep_checkpoints)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
-            print(f"training interrupted; continue it with --resume --out {out}", file=sys.stderr)
             raise KeyboardInterrupt
         if not outcome.log.rows:
             raise UserError(f"--max-time {o.max_time}: no epoch finished in time; allow more time")
