@@ -471,7 +471,9 @@ def test_overviews_halve_until_a_block(tmp_path, width, height, factors):
     if width * height > 1_000_000:
         return
     path = tmp_path / "r.tif"
-    with rasterio.open(path, "w", **gtiff_profile(width, height, 1, "uint8", None, rasterio.Affine.identity())) as ds:
+    profile = gtiff_profile(width, height, 1, "uint8", rasterio.crs.CRS.from_epsg(32633),
+                            rasterio.Affine(10, 0, 500_000, 0, -10, 5_000_000))
+    with rasterio.open(path, "w", **profile) as ds:
         ds.write(np.arange(width * height, dtype=np.uint32).reshape(1, height, width).astype(np.uint8))
     build_overviews(path, Resampling.nearest)
     with rasterio.open(path) as ds:
