@@ -479,3 +479,18 @@ def test_overviews_halve_until_a_block(tmp_path, width, height, factors):
     with rasterio.open(path) as ds:
         assert ds.overviews(1) == factors
         assert not factors or max(ds.width, ds.height) // factors[-1] <= 256
+
+
+def test_a_bundle_builds_its_runner_once_and_travels_without_it(study):
+    """The test areas of a grid run share one runner; a pickled bundle (to a worker) leaves it behind."""
+    import pickle
+
+    from slidemap.nn.bundle import load_bundle
+    from slidemap.stages.runners import choose_runner
+
+    bundle = load_bundle(study["bundle"])
+    first, second = (choose_runner(bundle, "cpu", "32", "torch", 96)[1] for _ in range(2))
+    assert first is second and len(bundle.runners) == 1
+    again = pickle.loads(pickle.dumps(bundle))
+    assert again.runners == {} and again.meta == bundle.meta
+    assert all(torch.equal(again.state_dict[k], v) for k, v in bundle.state_dict.items())

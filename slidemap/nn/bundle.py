@@ -30,6 +30,10 @@ class Bundle:
     runners: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
     """Inference runners built from this bundle, by setting: one run of a grid predicts several areas."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (to a worker process or a Ray task) without its runners: an ONNX session does not travel."""
+        return {**self.__dict__, "runners": {}}
+
     @property
     def name(self) -> str:
         """How errors name this model: its file, or ``<in memory>``."""
