@@ -40,8 +40,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, load_average  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
-
 
 def machine_lines() -> list[str]:
     from slidemap.nn.device import machine

@@ -7,7 +7,6 @@ one line ``error: ...`` and exit status 2 (a traceback only with ``--debug``).
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import warnings
@@ -549,10 +548,10 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning UserError into ``error: ...`` and exit status 2."""
-    # OpenMP threads that spin while waiting burn the other core on a shared machine (a 2-thread training
-    # step took 5.6x the CPU time of a 1-thread step at load 9, docs/performance.md); sleeping waiters cost
-    # nothing measurable on an idle machine. Read when torch loads libgomp, so set before any stage runs.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy is left to libgomp (spin briefly, then sleep; less spin when oversubscribed):
+    # OMP_WAIT_POLICY=PASSIVE, the default here until 2026-11-30, made training 1.3x (U-Net-16, 128 px) to
+    # 2.3x (U-Net-8, 64 px) slower on an idle 2-core machine, and was no cheaper under a 2-process load
+    # (docs/performance.md). A user on a busy shared machine can still set it.
     with contextlib.suppress(ValueError):  # not in the main thread (tests calling main from a thread)
         signal.signal(signal.SIGTERM, _terminate)
     try:

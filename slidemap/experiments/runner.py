@@ -372,14 +372,10 @@ def dispatch(func: Callable, jobs: list, workers: int = 1, ray: str | None = Non
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(func, job) for job in jobs]
         for f in as_completed(futures):
             yield f.result()
-
-
-def _worker_init() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: float) -> Iterator[Any]:
@@ -393,7 +389,7 @@ def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: floa
                 ray.init(address="auto", log_to_driver=False)
         if not ray.is_initialized():
             ray.init(address=None if address == "auto" else address, include_dashboard=False,
-                     log_to_driver=False, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
+                     log_to_driver=False)
     task = ray.remote(num_cpus=cpus, num_gpus=gpu)(func)
     pending = [task.remote(job) for job in jobs]
     while pending:
