@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from slidemap import __version__
 from slidemap.errors import UserError
@@ -150,7 +150,6 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
     from slidemap.stages import evaluate, predict
 
     run, p = job.run, job.spec.predict
-    bundle = run.folder / "bundle.pt"
     rows = []
     scene = job.scenes.get(site)
     if scene is None:  # Landslide4Sense: the test patch set is one "area"
@@ -159,7 +158,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
             raise UserError(f"sites.{site}.l4s: has no test list (test: or test_folder:); it cannot be a test "
                             f"site")
         folder = run.folder / "predictions" / f"{site}__patches"
-        metrics = _predicted(folder, bundle)
+        metrics = _predicted(folder, cast(Path, model.path))
         if metrics is None:
             predict.run(predict.PredictOptions(model=model, out=folder, chips=Path(chips), threshold="0.5",
                                                engine=p.engine, device=job.spec.training.device,
@@ -171,7 +170,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
         return rows
     for area in Scene(scene).areas_with_role("test"):
         folder = run.folder / "predictions" / f"{site}__{area.name}"
-        metrics = _predicted(folder, bundle)
+        metrics = _predicted(folder, cast(Path, model.path))
         if metrics is None:
             predict.run(predict.PredictOptions(model=model, out=folder, scene=Path(scene), area=area.name,
                                                tile=p.tile, overlap=p.overlap, threshold=p.threshold,
@@ -324,7 +323,7 @@ def site_inputs(spec: Spec) -> list[Path]:
     return paths
 
 
-def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | None] | None = None) -> int:
+def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | None]) -> int:
     """Rebuild results.csv from the runs' records, in grid order.
 
     ``known`` holds records already read (by run folder), so that a grid of n runs reads each record once
@@ -332,9 +331,6 @@ def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | Non
     """
     rows = []
     for run in plan.runs:
-        if known is None:
-            rows += read_rows(run.folder) or []
-            continue
         if run.folder not in known:
             known[run.folder] = read_rows(run.folder)
         rows += known[run.folder] or []

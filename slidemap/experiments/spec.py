@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from slidemap.errors import UserError
 from slidemap.nn.precision import precision_field
@@ -25,6 +33,15 @@ from slidemap.raster.tiling import check_patch_size
 
 AXES = ("scenario", "dataset", "sampling", "size", "architecture", "filters", "batch_size", "seed")
 """The grid's coordinates, in the order runs are listed and folders named."""
+
+
+def _checked_precision(value: str) -> str:
+    precision_field(value)  # refused when the spec is read, before anything runs
+    return value
+
+
+Precision = Annotated[str, AfterValidator(_checked_precision)]
+"""A precision word of the one vocabulary (``slidemap.nn.precision``), kept as the spec wrote it."""
 
 
 class SpecModel(BaseModel):
@@ -167,14 +184,8 @@ class Training(SpecModel):
     loss: Literal["bce", "bce+dice", "focal"] = "bce"
     pos_weight: float | None = Field(None, gt=0)
     val_fraction: float = Field(0.3, gt=0, lt=1)
-    precision: str = "auto"
+    precision: Precision = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        precision_field(v)  # refused here, before anything runs; kept as written
-        return v
 
 
 class Scenario(SpecModel):
@@ -205,13 +216,7 @@ class Predict(SpecModel):
     # torch in fp32 by default: every run of a grid is scored the same way by its own network (not by a
     # quantised or bf16 copy), and choosing an engine would cost each small run more than its prediction pass
     engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
-    precision: str = "32"
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        precision_field(v)
-        return v
+    precision: Precision = "32"
 
 
 class Resources(SpecModel):

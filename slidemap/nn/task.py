@@ -280,8 +280,12 @@ def predict_chips(net: torch.nn.Module, images: torch.Tensor, idx: torch.Tensor,
 
 def load_net_weights(net: torch.nn.Module, ckpt: Path) -> None:
     """Load the network's weights from a Lightning checkpoint of the task (``net.`` keys)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    net.load_state_dict(_net_weights(torch.load(ckpt, map_location="cpu", weights_only=True)))
+
+
+def _net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's part of a task checkpoint's state dict, without the ``net.`` prefix."""
+    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
 
 
 @contextlib.contextmanager
@@ -385,7 +389,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
                          save_last=True, enable_version_counter=False)
         self.every_s = checkpoint_every_s() if every_s is None else every_s
         self.final_write = final_write
-        self._written_at: float | None = None
+        self._written_at = time.monotonic()  # restarted when training starts
         self._last_step = -1
 
     def _io(self, trainer: pl.Trainer) -> AtomicCheckpointIO:
@@ -406,40 +410,34 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hold this epoch's best if it improved; write best and last when they are due."""
         final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        due = (final and self.final_write) or (not final and (
-            self._written_at is None or time.monotonic() - self._written_at >= self.every_s))
+        due = self.final_write if final else time.monotonic() - self._written_at >= self.every_s
         io = self._io(trainer)
-        io.hold, self.save_last = True, due
+        io.hold, self.save_last = True, due  # Lightning saves last only beside a new best, and only when due
         try:
             super().on_train_epoch_end(trainer, pl_module)  # Lightning saves here when validation ends epochs
-            if due and self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         finally:
             io.hold, self.save_last = False, True
         if due:
-            self._write(io)
+            self._write(trainer, io)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Best and last as they are now, when the run ended in a way the epoch could not see (``--max-time``)."""
-        if not self.final_write:
-            return
-        io = self._io(trainer)
+        if self.final_write:
+            self._write(trainer, self._io(trainer))
+
+    def best_weights(self, trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
+        """The network weights of the best epoch, when they are held in memory (not yet written)."""
+        held = self._io(trainer).held.get(Path(self.dirpath or "") / "best.ckpt")
+        return None if held is None else _net_weights(held)
+
+    def _write(self, trainer: pl.Trainer, io: AtomicCheckpointIO) -> None:
+        """This moment's last (unless written already) after the held best, to disk."""
         if self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
             io.hold = True
             try:
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             finally:
                 io.hold = False
-        self._write(io)
-
-    def best_weights(self, trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
-        """The network weights of the best epoch, when they are held in memory (not yet written)."""
-        held = self._io(trainer).held.get(Path(self.dirpath or "") / "best.ckpt")
-        if held is None:
-            return None
-        return {k.removeprefix("net."): v for k, v in held["state_dict"].items() if k.startswith("net.")}
-
-    def _write(self, io: AtomicCheckpointIO) -> None:
         if io.held:
             io.flush()
             self._written_at = time.monotonic()
