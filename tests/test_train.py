@@ -184,6 +184,30 @@ def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
     assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
 
 
+def test_threshold_comes_from_the_best_epochs_validation_pass(chips, monkeypatch, tmp_path):
+    """fp32 training chooses the threshold on the best epoch's validation probabilities, kept from its validation
+    pass (no second pass over the validation chips); a fresh pass of the bundle's network gives the same choice."""
+    from slidemap.nn import task
+    from slidemap.nn.task import load_chip_tensors
+    from slidemap.raster.metrics import confusion, scores
+
+    passes, predict_chips = [], task.predict_chips
+    monkeypatch.setattr(task, "predict_chips", lambda *a: passes.append(a) or predict_chips(*a))
+    out = tmp_path / "fp32"
+    summary = train(chips, out, precision="32", **FAST).summary
+    assert passes == []
+    bundle, chipset = load_bundle(out), ChipSet(chips)
+    val = torch.as_tensor(train_stage._split([chipset], 0.3, FAST["seed"]).val)
+    images, masks = load_chip_tensors([chipset], bundle.bands, bundle.normaliser())
+    prob, truth = predict_chips(bundle.build_model(), images, val, 32, torch.device("cpu")), masks[val].numpy()
+    threshold, f1 = best_threshold(prob, truth)
+    f1_half = scores(confusion(prob >= 0.5, truth))["f1"]
+    if f1 <= f1_half:  # as train keeps 0.5 when no threshold beats it
+        threshold, f1 = 0.5, f1_half
+    assert (summary.best_threshold, summary.val_f1_at_best) == (round(threshold, 4), round(f1, 4))
+    assert summary.val_f1_at_half == round(f1_half, 4)
+
+
 def test_first_checkpoint_is_due_after_the_interval(chips, reference, tmp_path, monkeypatch):
     """By default the first checkpoint is due 10 s into training: a short run killed after two epochs has
     none on disk, and --resume starts it afresh, saying why, to the same weights."""

@@ -1,61 +1,29 @@
-"""Training with Lightning: the task, its per-epoch log, atomic checkpoints and the fit loop.
+"""Training with Lightning: the task that trains a network on chips held in memory.
 
 The task trains on chips held in memory as one tensor (no DataLoader workers): Lightning iterates batch
 numbers and the task maps them to chips. Every random draw of an epoch (shuffle, symmetries, dropout) comes
 from generators seeded by (seed, epoch), which the checkpoint fixes through its epoch, so a resumed run ends
 with the weights of an uninterrupted one. Nodata pixels (mask 255) weigh 0 in the loss and count nowhere in
-the validation metrics. Checkpoints are written into the run folder under a temporary name, flushed to disk
-and renamed, so a full disk or a kill never leaves a truncated checkpoint at its final path. They reach the
-disk at most every ``LAST_CHECKPOINT_EVERY_S`` seconds (``SLIDEMAP_CHECKPOINT_EVERY_S`` overrides it) and
-at the end (best held in memory in between, last only dumped when due, best before last), because a resumed
-run replays the epochs since then exactly, and a grid of short runs would otherwise spend a fifth of its
-time writing checkpoints. A caller that writes the weights itself right after (the experiment runner) skips
-the final write and takes the best weights from memory.
+the validation metrics. The loop around it (run log, checkpoints, ``fit``) is ``slidemap.nn.fitting``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import logging
 import math
 import os
-import signal
-import threading
-import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from slidemap.errors import UserError
-from slidemap.formats.files import atomic_file
 from slidemap.nn.augment import apply_symmetries, draw_symmetries
 from slidemap.nn.losses import build_loss
 from slidemap.raster.metrics import Counts, scores
 
 if TYPE_CHECKING:
     from slidemap.nn.device import Probe, Setting
-
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_precision", "val_recall", "val_f1", "val_iou", "lr")
-TIMING_COLUMNS = ("epoch", "train_seconds", "seconds", "chips_per_s")
-LAST_CHECKPOINT_EVERY_S = 10.0  # a kill loses at most this much training (plus the epoch under way)
-
-
-def checkpoint_every_s() -> float:
-    """Seconds between checkpoint writes: ``SLIDEMAP_CHECKPOINT_EVERY_S`` if set (0: every epoch), else 10."""
-    value = os.environ.get("SLIDEMAP_CHECKPOINT_EVERY_S", "")
-    try:
-        return max(0.0, float(value)) if value else LAST_CHECKPOINT_EVERY_S
-    except ValueError:
-        raise UserError(f"SLIDEMAP_CHECKPOINT_EVERY_S={value}: give seconds, e.g. 10 (0 writes every epoch)") \
-            from None
-
 
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
     """A 63-bit seed for one random stream of one epoch (0: shuffle, 1: symmetries, 2: torch global)."""
@@ -67,7 +35,7 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
 
 
-class _BatchNumbers:
+class BatchNumbers:
     """What Lightning iterates: the batch numbers of an epoch; the task maps them to chips."""
 
     def __init__(self, count: int) -> None:
@@ -90,7 +58,7 @@ class SegmentationTask(pl.LightningModule):
     def __init__(self, net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
                  train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, val_batch_size: int,
                  lr: float, loss: str, pos_weight: float | None, augment: bool, seed: int,
-                 channels_last: bool) -> None:
+                 channels_last: bool, keep_val_prob: bool = False) -> None:
         super().__init__()
         self.net = net
         self.images, self.masks = images, masks
@@ -104,6 +72,12 @@ class SegmentationTask(pl.LightningModule):
         self.train_acc = torch.zeros(2, dtype=torch.float64)
         self.val_acc = torch.zeros(6, dtype=torch.float64)
         self.epoch_result: dict[str, float] = {}
+        self._show_steps = True
+        # The validation probabilities of the best epoch, kept so that choosing the threshold after training
+        # needs no second pass over the validation chips (the same network, batches and precision)
+        self.keep_val_prob = keep_val_prob
+        self.best_val_prob: torch.Tensor | None = None
+        self._val_prob: torch.Tensor | None = None
 
     @property
     def train_batches(self) -> int:
@@ -147,6 +121,9 @@ class SegmentationTask(pl.LightningModule):
         """Seed torch's global stream from (seed, epoch), so a resumed run draws the same dropout; zero the sums."""
         torch.manual_seed(_stream_seed(self.seed, self.current_epoch, 2))  # dropout and the like
         self.train_acc = torch.zeros(2, dtype=torch.float64, device=self.device)
+        # the step's loss is logged for the progress bar alone (metrics.csv pools train_acc): without a bar,
+        # Lightning's logging would cost ~0.8 ms a step for nothing
+        self._show_steps = self.trainer.progress_bar_callback is not None
 
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         """Masked loss of batch number ``batch`` of this epoch's plan, with its symmetries applied."""
@@ -159,12 +136,22 @@ class SegmentationTask(pl.LightningModule):
         loss = self.loss_fn(logits, y)
         valid = (y != 255).sum()
         self.train_acc += torch.stack([loss.detach().double() * valid, valid.double()])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
+        if self._show_steps:
+            self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        """Zero the pooled validation counts."""
+        """Zero the pooled validation counts (and have a buffer for this epoch's probabilities)."""
         self.val_acc = torch.zeros(6, dtype=torch.float64, device=self.device)
+        shape = (len(self.val_idx), *self.masks.shape[1:])
+        if self.keep_val_prob and (self._val_prob is None or self._val_prob.shape != shape
+                                   or self._val_prob.device != self.device):
+            self._val_prob = torch.empty(shape, dtype=torch.float32, device=self.device)
+
+    def keep_best_val_prob(self) -> None:
+        """This epoch is the best so far: its validation probabilities become the best epoch's."""
+        if self.keep_val_prob and self._val_prob is not None:
+            self.best_val_prob, self._val_prob = self._val_prob, self.best_val_prob
 
     def validation_step(self, batch: int, batch_idx: int) -> None:
         """Add batch ``batch``'s loss and confusion counts at 0.5 to the pooled counts."""
@@ -173,6 +160,8 @@ class SegmentationTask(pl.LightningModule):
         logits = self.net(x.contiguous(memory_format=self.memory_format))
         loss = self.loss_fn(logits, y)
         valid = y != 255
+        if self._val_prob is not None:
+            self._val_prob[sl] = torch.sigmoid(logits.detach().float()).reshape(y.shape)
         pred = logits.reshape(y.shape) >= 0  # probability >= 0.5
         truth = y == 1
         tp = (pred & truth & valid).sum()
@@ -199,73 +188,6 @@ class SegmentationTask(pl.LightningModule):
         self.log("val_f1", s["f1"], prog_bar=True)
 
 
-def _fmt(value: float | int) -> str:
-    return str(value) if isinstance(value, int) else f"{value:.8g}"
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_fmt(row[c]) for c in columns])
-    with atomic_file(path) as tmp:
-        tmp.write_text(buf.getvalue())
-
-
-class RunLog(pl.Callback):
-    """Writes metrics.csv and timing.csv after each validation, before the checkpoints are saved.
-
-    Its rows are part of each checkpoint (``state_dict``), so a resumed run rewrites exactly the rows of
-    the epochs its checkpoint holds and carries on.
-    """
-
-    def __init__(self, run: Path, train_chips: int) -> None:
-        self.run, self.train_chips = run, train_chips
-        self.rows: list[dict[str, Any]] = []
-        self.timing: list[dict[str, Any]] = []
-        self._t0 = self._t_train = 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        """The rows written so far, stored in each checkpoint."""
-        return {"rows": [dict(r) for r in self.rows], "timing": [dict(t) for t in self.timing]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take back the rows of the checkpoint a run resumes from."""
-        self.rows = [dict(r) for r in state.get("rows", [])]
-        self.timing = [dict(t) for t in state.get("timing", [])]
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write the files at once (headers only, or a resumed run's rows)."""
-        self._write()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start the epoch's clock."""
-        self._t0 = time.perf_counter()
-        self._t_train = 0.0
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Note the epoch's training time, which leaves out validation."""
-        if not trainer.sanity_checking and not self._t_train:
-            self._t_train = time.perf_counter() - self._t0
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Record the epoch's metrics and timing (replacing any later rows of a resumed run) and write."""
-        if trainer.sanity_checking or not isinstance(pl_module, SegmentationTask):
-            return
-        row = pl_module.epoch_result
-        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [dict(row)]
-        seconds = time.perf_counter() - self._t0
-        self.timing = [t for t in self.timing if t["epoch"] < row["epoch"]] + [{
-            "epoch": row["epoch"], "train_seconds": self._t_train, "seconds": seconds,
-            "chips_per_s": self.train_chips / self._t_train if self._t_train else 0.0}]
-        self._write()
-
-    def _write(self) -> None:
-        _write_csv(self.run / "metrics.csv", METRIC_COLUMNS, self.rows)
-        _write_csv(self.run / "timing.csv", TIMING_COLUMNS, self.timing)
-
-
 @torch.inference_mode()
 def predict_chips(net: torch.nn.Module, images: torch.Tensor, idx: torch.Tensor, batch_size: int,
                   device: torch.device) -> np.ndarray:
@@ -278,46 +200,6 @@ def predict_chips(net: torch.nn.Module, images: torch.Tensor, idx: torch.Tensor,
     return torch.cat(out).numpy()
 
 
-def load_net_weights(net: torch.nn.Module, ckpt: Path) -> None:
-    """Load the network's weights from a Lightning checkpoint of the task (``net.`` keys)."""
-    net.load_state_dict(_net_weights(torch.load(ckpt, map_location="cpu", weights_only=True)))
-
-
-def _net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The network's part of a task checkpoint's state dict, without the ``net.`` prefix."""
-    return {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-
-
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Keep Lightning's start-up chatter and its warnings about our deliberate choices off the screen."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        for text in ("does not have many workers", "Checkpoint directory", "GPU available but not used",
-                     "number of training batches", "LOCAL_RANK", "litlogger", "tensorboard", "LeafSpec"):
-            warnings.filterwarnings("ignore", message=f".*{text}.*")
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-
-
-@contextlib.contextmanager
-def _keep_sigint() -> Iterator[None]:
-    """Restore the Ctrl-C handler afterwards: Lightning ignores SIGINT once it has caught one."""
-    main = threading.current_thread() is threading.main_thread()
-    handler = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    finally:
-        if main and handler is not None:
-            signal.signal(signal.SIGINT, handler)
-
-
 def cpu_threads() -> int:
     """Threads for training: OMP_NUM_THREADS if the user set it, else every core this process may use."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
@@ -326,176 +208,6 @@ def cpu_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-# --- checkpoints -----------------------------------------------------------------------------------
-
-class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
-    """Checkpoints written beside their final path under a temporary name, flushed and renamed.
-
-    Lightning's own writer goes through ``$TMPDIR`` and copies, so a full disk leaves a truncated file at
-    the final path; here the old checkpoint stays until the new one is complete on disk. While ``hold`` is
-    set, checkpoints are kept in memory (copied) until ``flush`` writes them, ``last.ckpt`` last, so that
-    the files on disk always describe one consistent moment or a later best.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hold = False
-        self.held: dict[Path, dict[str, Any]] = {}
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        """Write ``checkpoint`` to ``path`` atomically, or hold it."""
-        path = Path(path)
-        if self.hold:
-            self.held[path] = _copied(checkpoint)
-            return
-        self.flush()
-        self._write(checkpoint, path)
-
-    def flush(self) -> None:
-        """Write the held checkpoints, the best before the last."""
-        for path in sorted(self.held, key=lambda p: p.name == "last.ckpt"):
-            self._write(self.held.pop(path), path)
-
-    @staticmethod
-    def _write(checkpoint: dict[str, Any], path: Path) -> None:
-        with atomic_file(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-
-
-def _copied(value: Any) -> Any:
-    """A copy of a checkpoint whose tensors no longer share storage with the live model and optimiser."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return type(value)((k, _copied(v)) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return type(value)(_copied(v) for v in value)
-    return value
-
-
-class RunCheckpoint(pl.callbacks.ModelCheckpoint):
-    """``best.ckpt`` (lowest validation loss) and ``last.ckpt`` (latest epoch), on disk every ``every_s`` s.
-
-    The first write is due ``every_s`` after training starts, so a run shorter than that writes only at
-    the end; with ``final_write`` False not even then (the caller keeps the weights, see `best_weights`).
-    In between, an improved best is held in memory (a copy) and the last is dumped only when it is due.
-    """
-
-    def __init__(self, dirpath: Path, every_s: float | None = None, final_write: bool = True) -> None:
-        super().__init__(dirpath=dirpath, filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                         save_last=True, enable_version_counter=False)
-        self.every_s = checkpoint_every_s() if every_s is None else every_s
-        self.final_write = final_write
-        self._written_at = time.monotonic()  # restarted when training starts
-        self._last_step = -1
-
-    def _io(self, trainer: pl.Trainer) -> AtomicCheckpointIO:
-        io = trainer.strategy.checkpoint_io
-        assert isinstance(io, AtomicCheckpointIO)
-        return io
-
-    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_step = trainer.global_step
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Start the clock of the first write."""
-        super().on_train_start(trainer, pl_module)
-        self._written_at = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Hold this epoch's best if it improved; write best and last when they are due."""
-        final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
-        due = self.final_write if final else time.monotonic() - self._written_at >= self.every_s
-        io = self._io(trainer)
-        io.hold, self.save_last = True, due  # Lightning saves last only beside a new best, and only when due
-        try:
-            super().on_train_epoch_end(trainer, pl_module)  # Lightning saves here when validation ends epochs
-        finally:
-            io.hold, self.save_last = False, True
-        if due:
-            self._write(trainer, io)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Best and last as they are now, when the run ended in a way the epoch could not see (``--max-time``)."""
-        if self.final_write:
-            self._write(trainer, self._io(trainer))
-
-    def best_weights(self, trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
-        """The network weights of the best epoch, when they are held in memory (not yet written)."""
-        held = self._io(trainer).held.get(Path(self.dirpath or "") / "best.ckpt")
-        return None if held is None else _net_weights(held)
-
-    def _write(self, trainer: pl.Trainer, io: AtomicCheckpointIO) -> None:
-        """This moment's last (unless written already) after the held best, to disk."""
-        if self._last_step != trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
-            io.hold = True
-            try:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            finally:
-                io.hold = False
-        if io.held:
-            io.flush()
-            self._written_at = time.monotonic()
-
-
-def readable_checkpoint(path: Path) -> bool:
-    """Whether ``path`` opens as a checkpoint holding weights (tensors and plain containers only)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - truncated zip, unpickling errors, OS errors: all mean unusable
-        return False
-    return isinstance(ckpt, dict) and "state_dict" in ckpt
-
-
-# --- the fit loop ----------------------------------------------------------------------------------
-
-class FitOutcome:
-    """What a finished (or interrupted) fit leaves.
-
-    The run log, whether it was interrupted, and the best epoch's weights when they were not written
-    (``final_write`` False).
-    """
-
-    def __init__(self, log: RunLog, interrupted: bool, best_weights: dict[str, torch.Tensor] | None = None) -> None:
-        self.log, self.interrupted, self.best_weights = log, interrupted, best_weights
-
-
-def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epochs: int, patience: int,
-        max_time: str | None, progress: bool, resume_from: Path | None, train_chips: int,
-        callbacks: Sequence[pl.Callback] = (), final_write: bool = True) -> FitOutcome:
-    """Run Lightning's loop on ``task`` with the run folder's log and checkpoints (best and last).
-
-    ``final_write`` False leaves the end of training unwritten: the caller saves the best weights itself.
-    """
-    from slidemap.nn.device import LIGHTNING_PRECISION
-
-    run_log = RunLog(run, train_chips)
-    checkpoint = RunCheckpoint(run / "checkpoints", final_write=final_write)
-    cbs: list[pl.Callback] = [run_log, checkpoint, *callbacks]
-    if patience:
-        cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience,
-                                              check_on_train_epoch_end=False))
-    with _quiet_lightning():
-        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, max_time=max_time,
-                             precision=LIGHTNING_PRECISION[precision],
-                             deterministic=True if accelerator == "cpu" else "warn", logger=False,
-                             callbacks=cbs, default_root_dir=run, num_sanity_val_steps=0,
-                             enable_model_summary=False, enable_progress_bar=progress, benchmark=False,
-                             plugins=[AtomicCheckpointIO()])
-        with _keep_sigint():
-            try:
-                trainer.fit(task, train_dataloaders=_BatchNumbers(task.train_batches),
-                            val_dataloaders=_BatchNumbers(task.val_batches), ckpt_path=resume_from,
-                            weights_only=True)
-            except SystemExit:  # Lightning exits the process on Ctrl-C; an API must not
-                if not trainer.interrupted:
-                    raise
-    return FitOutcome(run_log, bool(trainer.interrupted), checkpoint.best_weights(trainer))
 
 
 # --- chips as standardised tensors -------------------------------------------------------------------

@@ -13,8 +13,8 @@ How the pieces follow the studies, and where they depart from them (docs/trainin
 - augmentation draws one of the 8 symmetries of the square per sample and epoch (``slidemap.nn.augment``);
 - bands are standardised with the train area's statistics (pooled over the sites, weighted by their valid
   pixel counts, when several chip sets are given); nodata becomes 0 after that and weighs nothing;
-- Lightning drives the loop (``slidemap.nn.task``); a resumed run ends with the weights of an
-  uninterrupted one.
+- Lightning drives the loop (``slidemap.nn.task``, ``slidemap.nn.fitting``); a resumed run ends with the
+  weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     o = options
     device = resolve_device(o.device)
     resolve_run(o.precision, device)  # a bad --precision fails before anything is read
-    from slidemap.nn.task import checkpoint_every_s
+    from slidemap.nn.fitting import checkpoint_every_s
 
     checkpoint_every_s()  # and so does a bad SLIDEMAP_CHECKPOINT_EVERY_S
     chipsets = [ChipSet(c) for c in o.chips]
@@ -219,8 +219,9 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
                     callbacks: Sequence[Any], recipe: Recipe | None = None) -> TrainResult:
     import lightning.pytorch as pl
 
+    from slidemap.nn.fitting import fit, load_net_weights
     from slidemap.nn.models import build_model
-    from slidemap.nn.task import SegmentationTask, cpu_threads, fit, load_net_weights, predict_chips
+    from slidemap.nn.task import SegmentationTask, cpu_threads, predict_chips
 
     precision, channels_last = choice.precision, choice.channels_last
     threads = torch.get_num_threads()
@@ -234,7 +235,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
-                                channels_last=channels_last)
+                                channels_last=channels_last, keep_val_prob=precision == "32")
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
                       resume_from, len(split.train), callbacks, final_write=o.keep_checkpoints)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
@@ -249,7 +250,10 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         else:
             load_net_weights(net, best_ckpt if best_ckpt.is_file() else ckpt_dir / "last.ckpt")
         val_idx = torch.as_tensor(split.val)
-        prob = predict_chips(net, images, val_idx, max(2 * batch_size, 32), device)
+        if task.best_val_prob is not None:  # fp32 validation of the best epoch: the very pass below
+            prob = task.best_val_prob.cpu().numpy()
+        else:  # a resumed run whose best came before the resume, or validation under autocast
+            prob = predict_chips(net, images, val_idx, max(2 * batch_size, 32), device)
         truth = masks[val_idx].numpy()
     finally:
         torch.set_num_threads(threads)
@@ -458,7 +462,7 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     ``best.ckpt`` with a warning: per-epoch seeds make training on from an earlier epoch land on the same
     weights.
     """
-    from slidemap.nn.task import checkpoint_every_s, readable_checkpoint
+    from slidemap.nn.fitting import checkpoint_every_s, readable_checkpoint
 
     done, started = (out / "bundle.pt").is_file(), (out / "config.yaml").is_file()
     if not resume:
