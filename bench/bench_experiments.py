@@ -5,7 +5,7 @@ fresh folders, and prints per run the wall time split into training epochs (timi
 (prediction.json) and everything else (the runner's overhead: start-up, chip loading, threshold choice,
 bundle, evaluation, records), and the runs/hour of each worker count with their ratio, in one sitting.
 
-    python bench/bench_experiments.py [--spec examples/quick.yaml] [--runs 8] [--out /tmp/bench-exp]
+    python bench/bench_experiments.py [--spec examples/quick.yaml] [--runs 8] [--outputs all|metrics]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def cpu_name() -> str:
     return "unknown CPU"
 
 
-def limited_spec(spec: Path, runs: int, folder: Path) -> Path:
+def limited_spec(spec: Path, runs: int, folder: Path, outputs: str | None = None) -> Path:
     """The spec restricted (with ``only``) to ``runs`` grid points spread evenly over its plan, so that the
     sample holds both scenarios, both samplings, both sizes and both architectures of quick.yaml."""
     from slidemap.experiments.plan import make_plan
@@ -39,6 +39,8 @@ def limited_spec(spec: Path, runs: int, folder: Path) -> Path:
     step = max(1, len(plan.runs) // runs)  # one run per block of the plan, a different position in each
     picked = [plan.runs[min(i * step + i % step, len(plan.runs) - 1)] for i in range(min(runs, len(plan.runs)))]
     data["only"] = [dict(r.coords) for r in picked]
+    if outputs:  # what each test area keeps (quick.yaml: metrics)
+        data["predict"] = {**(data.get("predict") or {}), "outputs": outputs}
     for site in data.get("sites", {}).values():  # paths stay relative to the original spec
         for key in ("scene",):
             if key in site and not Path(site[key]).is_absolute():
@@ -81,12 +83,14 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "quick.yaml")
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-experiments"))
+    ap.add_argument("--outputs", choices=("all", "metrics"), help="override the spec's predict.outputs")
     a = ap.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
     a.out.mkdir(parents=True)
-    spec = limited_spec(a.spec, a.runs, a.out)
+    spec = limited_spec(a.spec, a.runs, a.out, a.outputs)
+    outputs = (yaml.safe_load(spec.read_text()).get("predict") or {}).get("outputs", "all")
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; spec {a.spec} "
-          f"({a.runs} runs spread over its plan)")
+          f"({a.runs} runs spread over its plan, predict.outputs {outputs})")
     # Sites and chip sets are prepared once (untimed); then the runs alone are timed with 1 and 2 workers.
     run(spec, a.out / "w1", 1)
     shutil.copytree(a.out / "w1", a.out / "w2", ignore=shutil.ignore_patterns("runs", "results.csv"))

@@ -186,6 +186,34 @@ def test_added_grid_points_continue_the_experiment(done):
     assert {p: after[p] for p in before} == before and len(after) == 4
 
 
+def test_metrics_outputs_score_the_same_and_keep_only_the_masks(done, tmp_path):
+    """``predict: {outputs: metrics}`` keeps mask.tif and the metrics per test area; its rows equal those of
+    the full outputs, the setting may change between reruns, and the report draws error maps from the masks."""
+    from slidemap.experiments.report import write_report
+
+    one = "only: [{scenario: hills, dataset: rgb, sampling: random}]\n"
+    text = SPEC[:SPEC.index("only:")] + one + "predict: {outputs: metrics}\n"
+    spec = write_spec(tmp_path, text)
+    assert run_experiment(spec, tmp_path / "out", log=lambda t: None)[:2] == (1, 0)
+    got = rows(tmp_path / "out" / "results.csv")
+    expected = [x for x in rows(done / "out" / "results.csv")
+                if (x["scenario"], x["dataset"], x["sampling"]) == ("hills", "rgb", "random")]
+    assert got == expected and len(got) == 7  # each test area, each test site pooled, the scenario pooled
+    folders = [p for p in (tmp_path / "out").glob("runs/*/predictions/*") if p.is_dir()]
+    assert folders and all(sorted(f.name for f in p.iterdir()) == ["mask.tif", "metrics.csv", "metrics.json",
+                                                                   "prediction.json"] for p in folders)
+    full = next(p for p in done.glob("out/runs/hills__rgb__random*/predictions/*") if p.is_dir())
+    assert {"probability.tif", "landslides.gpkg", f"error_map_{full.name.split('__')[1]}.tif"} <= {
+        f.name for f in full.iterdir()}
+    # the setting says what to keep, not what to compute: a rerun with it changed redoes nothing
+    assert run_experiment(write_spec(tmp_path, text.replace("outputs: metrics", "outputs: all"), "all.yaml"),
+                          tmp_path / "out", log=lambda t: None)[:2] == (1, 0)
+    assert rows(tmp_path / "out" / "results.csv") == got
+    md = write_report(tmp_path / "out", tmp_path / "report")
+    maps = list((tmp_path / "report" / "error_maps").glob("*.png"))
+    assert maps and "error map:" in md.read_text()
+
+
 def test_workers_and_ray_give_the_same_rows(done, tmp_path):
     expected = [x for x in rows(done / "out" / "results.csv")  # without the run a later spec added
                 if (x["scenario"], x["dataset"], x["sampling"]) != ("both", "rgb", "random")]

@@ -45,7 +45,7 @@ from conftest import write_l4s
 from slidemap.cli import main
 from slidemap.formats.files import _HOST, output_lock, sha256
 from slidemap.nn.bundle import load_bundle
-from slidemap.nn.task import readable_checkpoint
+from slidemap.nn.fitting import readable_checkpoint
 
 SLIDEMAP = [sys.executable, "-m", "slidemap"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIDEMAP_CHECKPOINT_EVERY_S": "0"}  # checkpoints every epoch
@@ -255,8 +255,8 @@ PRED_KEYS = ("format", "format_version", "slidemap_version", "kind", "model", "b
              "dem", "pre_images", "area", "window", "crs", "transform", "threshold", "postprocess", "input_stats",
              "shift_warnings", "tile", "overlap", "blend_margin", "batch_size", "device", "precision", "engine",
              "engine_choice", "probability_dtype", "min_area_m2",
-             "connectivity", "width", "height", "landslides", "landslide_km2", "valid_km2", "dropped_specks",
-             "dropped_specks_km2", "timings_s", "seconds", "mpx", "mpx_per_s")
+             "connectivity", "outputs", "width", "height", "landslides", "landslide_km2", "valid_km2",
+             "dropped_specks", "dropped_specks_km2", "timings_s", "seconds", "mpx", "mpx_per_s")
 BUNDLE_KEYS = ("format", "format_version", "slidemap_version", "architecture", "model_args", "bands", "stats",
                "patch_size", "thresholds", "postprocess", "training", "recipe")
 KEYS = {"scene.json": SCENE_KEYS, "chips.json": CHIPS_KEYS, "prediction.json": PRED_KEYS,
@@ -290,6 +290,7 @@ EXPLICIT = [
     ("prediction.json", "threshold.value -0.5", ("threshold", "value"), -0.5, True),
     ("prediction.json", "threshold.value text", ("threshold", "value"), "high", True),
     ("prediction.json", "kind patches", ("kind",), "patches", True),
+    ("prediction.json", "outputs polygons", ("outputs",), "polygons", True),
     ("bundle", "thresholds.best 1.5", ("thresholds", "best"), 1.5, True),
     ("bundle", "thresholds.best -0.1", ("thresholds", "best"), -0.1, True),
     ("bundle", "model_args.filters 100000", ("model_args", "filters"), 100000, True),

@@ -261,24 +261,37 @@ def _learning_curve(run: Path, target: Path) -> Path | None:
 
 
 def _error_map(prediction: Path, area: str, target: Path) -> bool:
-    """Draw (or copy) the error map of one evaluated area; the runs write only its GeoTIFF."""
+    """Draw (or copy) the error map of one evaluated area.
+
+    Grid runs write its GeoTIFF only, or with ``outputs: metrics`` only the mask: then the area is evaluated
+    again from the mask (the same counts; no network), which writes the GeoTIFF and the PNG.
+    """
     from slidemap.figures import error_map_png
     from slidemap.formats.prediction import SceneMetrics
     from slidemap.formats.scene import Scene
-    from slidemap.stages.evaluate import error_map_title
+    from slidemap.stages import evaluate
 
     png, tif = prediction / f"error_map_{area}.png", prediction / f"error_map_{area}.tif"
     if png.is_file():
         shutil.copyfile(png, target)
         return True
-    if not tif.is_file() or not (prediction / "metrics.json").is_file():
+    if not (prediction / "metrics.json").is_file():
         return False
     metrics = SceneMetrics.load(prediction / "metrics.json")
     row = next((a for a in metrics.areas if a.area == area), None)
     if row is None:
         return False
+    if not tif.is_file():
+        if not (prediction / "mask.tif").is_file():
+            return False
+        evaluate.run(evaluate.EvaluateOptions(pred=prediction, truth=Path(metrics.truth), areas=[area],
+                                              object_overlap=metrics.object_overlap))
+        if png.is_file():
+            shutil.copyfile(png, target)
+        return png.is_file()
     scene = Scene(metrics.truth)
-    error_map_png(tif, target, scene.stack_path, scene.bands, error_map_title(row.model_dump(), metrics.threshold))
+    error_map_png(tif, target, scene.stack_path, scene.bands,
+                  evaluate.error_map_title(row.model_dump(), metrics.threshold))
     return True
 
 

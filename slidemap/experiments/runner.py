@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     from slidemap.stages.train import TrainSummary
 
 SPEC_FILE = "experiment.json"
-MAY_CHANGE = ("name", "description", "resources", "only", "exclude", "repeats", "seeds", "sizes")
-"""Spec keys an experiment may change between reruns (they add or drop grid points, or only say how to
-run); any other change would make old and new runs incomparable."""
+MAY_CHANGE = ("name", "description", "resources", "only", "exclude", "repeats", "seeds", "sizes",
+              "predict.outputs")
+"""Spec keys (dotted for nested ones) an experiment may change between reruns: they add or drop grid points,
+or only say how to run or what to keep; any other change would make old and new runs incomparable."""
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,11 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
                                                min_area=p.min_area, postprocess=p.postprocess,
                                                batch_size=p.batch_size, engine=p.engine,
                                                device=job.spec.training.device,
-                                               precision=p.precision))
-            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(scene), areas=[area.name],
-                                                            maps=False)).metrics
+                                               precision=p.precision,
+                                               outputs="all" if p.outputs == "all" else "mask"))
+            metrics = evaluate.run(evaluate.EvaluateOptions(
+                pred=folder, truth=Path(scene), areas=[area.name],
+                maps="tif" if p.outputs == "all" else "none")).metrics
         assert isinstance(metrics, SceneMetrics)
         m = metrics.areas[0]
         rows.append(area_row({**base, "threshold": metrics.threshold}, site, area.name, m.pixels, m.km2,
@@ -222,12 +225,19 @@ def check_spec_unchanged(spec: Spec, out: Path, spec_path: Path) -> None:
             for key in sorted(set(old) | set(now)):
                 if key in MAY_CHANGE:
                     continue
-                diff = _first_difference(old.get(key), now.get(key), key)
+                diff = _first_difference(_without(old.get(key), key), _without(now.get(key), key), key)
                 if diff:
                     raise UserError(f"{spec_path}: {diff} since the first run in {out}; restore it, or run the "
                                     f"changed spec with a new --out")
     with atomic_file(recorded) as tmp:
         tmp.write_text(json.dumps({"slidemap_version": __version__, "spec": now}, indent=1) + "\n")
+
+
+def _without(value: Any, key: str) -> Any:
+    """``value`` (the spec's ``key`` section) without the nested keys that may change (``MAY_CHANGE``)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: v for k, v in value.items() if f"{key}.{k}" not in MAY_CHANGE}
 
 
 def _first_difference(old: Any, new: Any, path: str) -> str | None:

@@ -217,6 +217,10 @@ class Predict(SpecModel):
     # quantised or bf16 copy), and choosing an engine would cost each small run more than its prediction pass
     engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
     precision: Precision = "32"
+    # "metrics": each test area keeps mask.tif, prediction.json and its metrics (no probabilities, polygons,
+    # styles or error maps: a few MB less per area and per run); the report draws the error maps it shows
+    # from the masks. "all": every output of `slidemap predict` and `slidemap evaluate` but the PNGs
+    outputs: Literal["all", "metrics"] = "all"
 
 
 class Resources(SpecModel):

@@ -1,10 +1,10 @@
 """The prediction folder's description (``prediction.json``) and the evaluation written into it.
 
 A scene prediction folder holds ``probability.tif``, ``mask.tif``, ``landslides.gpkg`` and
-``prediction.json`` (:class:`ScenePrediction`); a patch prediction holds one ``mask_N.h5`` per patch and
-``prediction.json`` (:class:`PatchPrediction`). ``evaluate`` adds error maps, ``metrics.csv`` and, last,
-``metrics.json`` (:class:`SceneMetrics` or :class:`PatchMetrics`): its presence means the evaluation is
-complete.
+``prediction.json`` (:class:`ScenePrediction`; with ``outputs`` "mask" only the mask and the JSON); a patch
+prediction holds one ``mask_N.h5`` per patch and ``prediction.json`` (:class:`PatchPrediction`).
+``evaluate`` adds error maps, ``metrics.csv`` and, last, ``metrics.json`` (:class:`SceneMetrics` or
+:class:`PatchMetrics`): its presence means the evaluation is complete.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ScenePrediction(Sidecar):
     probability_dtype: Literal["uint8", "float32"] = "uint8"
     min_area_m2: float = Field(0.0, ge=0)
     connectivity: int = 4
+    outputs: Literal["all", "mask"] = "all"  # "mask": no probability.tif, landslides.gpkg or styles
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     landslides: int = Field(ge=0)

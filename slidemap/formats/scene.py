@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import rasterio
@@ -254,20 +254,18 @@ class Scene:
 
     def area_geometries(self) -> gpd.GeoDataFrame:
         """GeoDataFrame of the named areas (columns name, role, geometry) in the scene CRS."""
-        path = self.areas_path
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
-        return _read_areas(path, str(self.path), st and (st.st_mtime_ns, st.st_size, st.st_ino)).copy()
+        return _read_areas(self.areas_path, str(self.path), _stamp(self.areas_path)).copy()
 
-    def area_geometry(self, name: str) -> BaseGeometry | None:
-        """The (dissolved) polygon of area ``name`` in the scene CRS, or None if it has none."""
+    def area_geometry(self, name: str, crs: CRS | None = None) -> BaseGeometry | None:
+        """The (dissolved) polygon of area ``name`` in the scene CRS (or in ``crs``), or None if it has none."""
         self.area(name)
-        gdf = self.area_geometries()
-        sel = gdf.loc[gdf["name"] == name].geometry
-        sel = sel[sel.notna() & ~sel.is_empty]
-        return sel.union_all() if len(sel) else None
+        shapes, file_crs = _area_shapes(self.areas_path, str(self.path), _stamp(self.areas_path))
+        geom = shapes.get(name)
+        if geom is None or crs is None or file_crs is None or CRS.from_user_input(file_crs) == crs:
+            return geom
+        import geopandas as gpd
+
+        return gpd.GeoSeries([geom], crs=file_crs).to_crs(crs).iloc[0]
 
     def area_mask(self, name: str, window: Window | None = None) -> np.ndarray:
         """Boolean raster of pixels whose centre lies in area ``name`` (whole grid or one window)."""
@@ -303,6 +301,30 @@ class Scene:
             raise UserError(f"--bands: {', '.join(missing)} not in scene {self.path}; it has "
                             f"{', '.join(self.bands)}")
         return [self.bands.index(n) + 1 for n in names]
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from another: mtime, size and inode (None if it is missing)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@functools.lru_cache(maxsize=16)
+def _area_shapes(path: Path, scene: str, stamp: tuple[int, int, int] | None) -> tuple[dict[str, Any], Any]:
+    """Each area's dissolved polygon (empty ones left out) and the file's CRS, once per version of the file.
+
+    Predicting and scoring one area asked pandas for it twice (~3 ms); shapely geometries are immutable.
+    """
+    gdf = _read_areas(path, scene, stamp)
+    shapes = {}
+    for name, sel in gdf.groupby("name", sort=False).geometry:
+        sel = sel[sel.notna() & ~sel.is_empty]
+        if len(sel):
+            shapes[str(name)] = sel.union_all()
+    return shapes, gdf.crs
 
 
 @functools.lru_cache(maxsize=16)

@@ -5,8 +5,9 @@ Pixel level: TP/FP/FN/TN counts of the landslide class (also as km², correct in
 writes) of the truth and of the prediction inside each area, streamed block by block
 (``slidemap.raster.components``), so that a 10,000² scene is never held in memory at once. Per area it
 writes an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 nodata/outside) and a PNG of the image with
-TP/FP/FN overlaid; for the whole run ``metrics.csv`` and, last, ``metrics.json`` (its presence means the
-evaluation is complete), into the prediction folder, which is locked meanwhile. A patch prediction
+TP/FP/FN overlaid (``maps`` "tif": the GeoTIFF only; "none": neither); for the whole run ``metrics.csv``
+and, last, ``metrics.json`` (its presence means the evaluation is complete), into the prediction folder,
+which is locked meanwhile. A patch prediction
 (Landslide4Sense) is scored against its chip set (``slidemap.stages.patches``).
 
 Nodata is excluded everywhere: truth 255, prediction 255 and pixels outside the area (pixel centre
@@ -15,14 +16,15 @@ outside the area polygon) or outside the prediction's extent.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import rasterio
@@ -91,8 +93,9 @@ class EvaluateOptions(StageOptions):
     areas: list[str] | None = None
     object_overlap: float = Field(0.5, gt=0.0, le=1.0)
     block: int = Field(1024, ge=16)
-    maps: bool = True
-    """Draw each error map as a PNG over the image too (the GeoTIFF is always written)."""
+    maps: Literal["png", "tif", "none"] = "png"
+    """Each area's error map: as a GeoTIFF (with its QGIS style) and a PNG over the image, the GeoTIFF only, or
+    none (an experiment grid's runs keep their masks; the report draws the maps it shows from them)."""
 
 
 class EvaluateResult(StageResult):
@@ -126,7 +129,7 @@ def run(options: EvaluateOptions) -> EvaluateResult:
 
 
 def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool, info: ScenePrediction,
-                    object_overlap: float, block: int, maps: bool = True) -> EvaluateResult:
+                    object_overlap: float, block: int, maps: str = "png") -> EvaluateResult:
     """Evaluate the chosen areas and write every output."""
     roles = {a.name: a.role for a in scene.areas}
     rows: list[dict[str, Any]] = []
@@ -151,10 +154,10 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
             if coverage < 0.999:
                 warnings.warn(f"area {name}: the prediction covers {coverage:.1%} of it; only that part is "
                               f"evaluated", EvaluateWarning, stacklevel=2)
-            stem = f"error_map_{_slug(name)}"
-            row = _evaluate_area(pred_ds, read_truth, grid, geoms[name], window, pred_dir / f"{stem}.tif",
-                                 object_overlap, block)
-            write_error_map_style(pred_dir / f"{stem}.tif")  # the legend in QGIS
+            tif = None if maps == "none" else pred_dir / f"error_map_{_slug(name)}.tif"
+            row = _evaluate_area(pred_ds, read_truth, grid, geoms[name], window, tif, object_overlap, block)
+            if tif is not None:
+                write_error_map_style(tif)  # the legend in QGIS
             row.update(area=name, role=roles[name], coverage=coverage)
             rows.append(row)
         if not rows:
@@ -162,7 +165,7 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
                             f"areas {', '.join(names)}; prediction and truth do not overlap there")
 
     threshold, threshold_source = info.threshold.value, info.threshold.which
-    for row in rows if maps else []:
+    for row in rows if maps == "png" else []:
         png = Path(row["error_map"]).with_suffix(".png")
         error_map_png(Path(row["error_map"]), png, scene.stack_path, scene.bands, error_map_title(row, threshold))
         row["error_map_png"] = str(png)
@@ -178,7 +181,8 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
     metrics.save(json_path)
     files = {"metrics_json": json_path, "metrics_csv": csv_path}
     for row in rows:
-        files[f"error_map_{_slug(row['area'])}"] = Path(row["error_map"])
+        if row.get("error_map"):
+            files[f"error_map_{_slug(row['area'])}"] = Path(row["error_map"])
         if row.get("error_map_png"):
             files[f"error_png_{_slug(row['area'])}"] = Path(row["error_map_png"])
     return EvaluateResult(path=pred_dir, table=format_table(rows, pooled, threshold, threshold_source),
@@ -199,9 +203,15 @@ def truth_reader(truth_ds: rasterio.io.DatasetReaderBase, grid: Grid,
     offset = _pixel_offset(tgrid, grid)
     if offset is not None:
         row_off, col_off = offset
-        return lambda w: read_block(truth_ds, "--truth", 1, Window(w.col_off + col_off, w.row_off + row_off,
-                                                                   w.width, w.height),
-                                    boundless=True, fill_value=NODATA)
+
+        def read_exact(w: Window) -> np.ndarray:
+            tw = Window(w.col_off + col_off, w.row_off + row_off, w.width, w.height)
+            # a boundless read goes through a VRT (~1.5 ms a block): only where the window leaves the truth
+            inside = (tw.col_off >= 0 and tw.row_off >= 0 and tw.col_off + tw.width <= tgrid.width
+                      and tw.row_off + tw.height <= tgrid.height)
+            return read_block(truth_ds, "--truth", 1, tw, boundless=not inside, fill_value=NODATA)
+
+        return read_exact
     warnings.warn(f"--truth {path}: on another grid than the prediction ({_describe(tgrid)} vs "
                   f"{_describe(grid)}); reprojecting it (nearest) onto the prediction grid", EvaluateWarning,
                   stacklevel=3)
@@ -278,9 +288,9 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], threshold: Any
 
 
 def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[[Window], np.ndarray],
-                   grid: Grid, geom: BaseGeometry, window: Window, tif: Path, object_overlap: float,
+                   grid: Grid, geom: BaseGeometry, window: Window, tif: Path | None, object_overlap: float,
                    block: int) -> dict[str, Any]:
-    """Stream one area's window: error classes to ``tif``, pixel counts, km² and object counts."""
+    """Stream one area's window: error classes to ``tif`` (unless None), pixel counts, km² and object counts."""
     from rasterio import features
 
     pixels = np.zeros(5, dtype=np.int64)  # TN, TP, FP, FN, nodata inside the area
@@ -288,9 +298,8 @@ def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[
     width, height = int(window.width), int(window.height)
     truth_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
     pred_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
-    profile = gtiff_profile(width, height, 1, "uint8", grid.crs, window_transform(window, grid.transform),
-                            nodata=NODATA)
-    with atomic_file(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with _error_map(tif, gtiff_profile(width, height, 1, "uint8", grid.crs,
+                                       window_transform(window, grid.transform), nodata=NODATA)) as write:
         for b in block_windows(width, height, block):
             gw = Window(window.col_off + b.col_off, window.row_off + b.row_off, b.width, b.height)
             pred = read_block(pred_ds, "PRED mask.tif", 1, gw)
@@ -302,7 +311,7 @@ def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[
             inside = features.geometry_mask([geom], out_shape=pred.shape, invert=True,
                                             transform=window_transform(gw, grid.transform))
             cls = error_classes(pred, truth, inside)
-            dst.write(cls, 1, window=b)
+            write(cls, b)
             row_m2 = row_pixel_areas_m2(grid.crs, grid.transform, int(gw.row_off), int(gw.height))
             for k in (TN, TP, FP, FN):
                 per_row = np.count_nonzero(cls == k, axis=1)
@@ -311,8 +320,6 @@ def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[
             pixels[4] += int(np.count_nonzero(inside & (cls == NODATA)))
             truth_objects.add(b, (truth == 1) & inside, valid=pred != NODATA, hit=(pred != NODATA) & (pred == 1))
             pred_objects.add(b, (pred == 1) & inside, valid=truth != NODATA, hit=(truth != NODATA) & (truth == 1))
-        dst.write_colormap(1, {**{k: (*c, 255) for k, c in CLASS_COLOURS.items()}, NODATA: (0, 0, 0, 0)})
-        dst.update_tags(1, classes="0 TN, 1 TP, 2 FP, 3 FN, 255 nodata or outside the area")
     counts = Counts(tp=int(pixels[TP]), fp=int(pixels[FP]), fn=int(pixels[FN]), tn=int(pixels[TN]))
     return {
         "pixels": {**counts.as_dict(), "nodata": int(pixels[4])},
@@ -321,8 +328,20 @@ def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[
         "objects": object_counts(truth_objects, pred_objects, object_overlap),
         "window": {"col_off": int(window.col_off), "row_off": int(window.row_off),
                    "width": width, "height": height},
-        "error_map": str(tif),
+        "error_map": None if tif is None else str(tif),
     }
+
+
+@contextlib.contextmanager
+def _error_map(tif: Path | None, profile: dict[str, Any]) -> Iterator[Callable[[np.ndarray, Window], None]]:
+    """``write(classes, window)`` into the error-map GeoTIFF ``tif``, written atomically; a no-op without one."""
+    if tif is None:
+        yield lambda classes, window: None
+        return
+    with atomic_file(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        yield lambda classes, window: dst.write(classes, 1, window=window)
+        dst.write_colormap(1, {**{k: (*c, 255) for k, c in CLASS_COLOURS.items()}, NODATA: (0, 0, 0, 0)})
+        dst.update_tags(1, classes="0 TN, 1 TP, 2 FP, 3 FN, 255 nodata or outside the area")
 
 
 def _truth_scene(truth: Path | None, info: ScenePrediction) -> Scene:
@@ -351,14 +370,7 @@ def _choose_areas(scene: Scene, areas: Sequence[str] | None, info: ScenePredicti
 
 
 def _area_geometries(scene: Scene, names: Sequence[str], crs: CRS) -> dict[str, Any]:
-    gdf = scene.area_geometries()
-    if gdf.crs is not None and crs is not None and CRS.from_user_input(gdf.crs) != crs:
-        gdf = gdf.to_crs(crs)
-    out = {}
-    for name in names:
-        sel = gdf.loc[gdf["name"] == name]
-        out[name] = sel.geometry.union_all() if len(sel) else None
-    return out
+    return {name: scene.area_geometry(name, crs) for name in names}
 
 
 def _coverage(geom: BaseGeometry, grid: Grid) -> float:

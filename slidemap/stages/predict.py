@@ -26,7 +26,9 @@ network; every output is written in the same order and is byte-identical to a si
 1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
 ``landslides.gpkg`` (one polygon per landslide, columns id, area_m2, mean_probability);
 ``prediction.json``; ``probability.qml`` and ``mask.qml`` (QGIS styles). ``probability.tif`` keeps the raw
-probabilities (scale 1/254 for uint8, so a GIS shows 0-1).
+probabilities (scale 1/254 for uint8, so a GIS shows 0-1). ``outputs="mask"`` writes only ``mask.tif`` and
+``prediction.json`` (an experiment grid scores hundreds of runs: the mask is all evaluation needs, and the
+error maps can be drawn from it later without the network).
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ class PredictOptions(StageOptions):
     precision: str = "auto"
     engine: str = "auto"
     previews: int = Field(24, ge=0)
+    outputs: Literal["all", "mask"] = "all"
+    """``mask``: only mask.tif and prediction.json (no probabilities, polygons or styles; scenes only)."""
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictOptions:
@@ -143,6 +147,8 @@ class PredictOptions(StageOptions):
         if self.min_area and self.chips:
             raise ValueError("--min-area goes with scenes (patches have no georeference); use --postprocess "
                              "bundle for the minimum object size learned in pixels")
+        if self.outputs != "all" and self.chips is not None:
+            raise ValueError("outputs 'mask' goes with scenes (a patch set's outputs are its masks)")
         if self.submission and self.chips is None:
             raise ValueError("--submission goes with --chips (a Landslide4Sense patch set)")
         check_tiling(self.tile, self.overlap)
@@ -219,7 +225,8 @@ def run(options: PredictOptions) -> PredictResult:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused():
             summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen)
         shift = warn_shift(bundle, seen, where)
-        write_styles(tmp, o.as_float)
+        if o.outputs == "all":
+            write_styles(tmp, o.as_float)
         if o.images is not None:
             shutil.rmtree(tmp / ".scene", ignore_errors=True)
         seconds = time.perf_counter() - t_start
@@ -241,7 +248,7 @@ def run(options: PredictOptions) -> PredictResult:
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
             engine=choice.engine, engine_choice=choice.record(),
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=decision.min_area_m2,
-            connectivity=4,
+            connectivity=4, outputs=o.outputs,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
         meta.save(tmp / "prediction.json")
     evaluation = None
@@ -356,11 +363,13 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
     t_predict = time.perf_counter() - t0
     t1 = time.perf_counter()
     comps = labeler.resolve({AREA: decision.min_area_m2, PIXELS: decision.min_pixels})
+    polygons = o.outputs == "all"
     with pinned_gpkg_timestamp():
-        _mask_and_polygons(region, comps, tmp)
+        _mask_and_polygons(region, comps, tmp, polygons)
     t_polygons = time.perf_counter() - t1
     t2 = time.perf_counter()
-    build_overviews(tmp / "probability.tif", Resampling.average, (region.width, region.height))
+    if o.outputs == "all":
+        build_overviews(tmp / "probability.tif", Resampling.average, (region.width, region.height))
     build_overviews(tmp / "mask.tif", Resampling.nearest, (region.width, region.height))
     return {
         "width": region.width, "height": region.height, "landslides": len(comps),
@@ -393,11 +402,14 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
         msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
                if sc.mask_path.exists() and not _mask_marks_unknown(sc) else None)
-        prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
-        describe_probability(prob_ds, o.as_float)
-        lab_ds = stack.enter_context(rasterio.open(
-            tmp / ".labels.tif", "w", **gtiff_profile(width, height, 1, "int32", crs, transform)))
-        prob_out, lab_out = RowWriter(prob_ds), RowWriter(lab_ds)
+        prob_out = None
+        if o.outputs == "all":
+            prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
+            describe_probability(prob_ds, o.as_float)
+            prob_out = RowWriter(prob_ds)
+        lab_ds = stack.enter_context(rasterio.open(tmp / ".labels.tif", "w",
+                                                   **_labels_profile(width, height, transform)))
+        lab_out = RowWriter(lab_ds)
         stack.enter_context(progress)
         task = progress.add_task("predict", total=total_km2)
 
@@ -425,9 +437,9 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
                                                 transform=transform @ Affine.translation(0, r0))
             # the clean-up is streamed too: strips come back final once enough rows below them are known
             label_rows(cleaner.push(r0, valid & (prob >= decision.threshold), valid, prob))
-            if o.as_float:
+            if prob_out is not None and o.as_float:
                 prob_out.write(np.where(valid, prob, np.float32(np.nan)).astype(np.float32))
-            else:
+            elif prob_out is not None:
                 q = np.rint(np.clip(prob, 0, 1) * 254).astype(np.uint8)
                 q[~valid] = PROB_NODATA_U8
                 prob_out.write(q)
@@ -447,16 +459,29 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         while queued:
             valid_km2 += queued.popleft().result()
         label_rows(cleaner.finish())
-        prob_out.close()
+        if prob_out is not None:
+            prob_out.close()
         lab_out.close()
     return labeler, valid_km2
 
 
+def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any]:
+    """The profile of the provisional labels kept between the passes.
+
+    An internal file: no CRS (writing one costs ~1 ms), and PackBits, which every GDAL has and which wrote and
+    read 4096² labels 2x faster than deflate.
+    """
+    profile = gtiff_profile(width, height, 1, "int32", None, transform, compress="packbits")
+    profile.pop("predictor", None)
+    return profile
+
+
 # --- pass 2: mask and polygons -------------------------------------------------------------------------
 
-def _mask_and_polygons(region: _Region, comps: Components, tmp: Path) -> None:
+def _mask_and_polygons(region: _Region, comps: Components, tmp: Path, with_polygons: bool = True) -> None:
     width, height = region.width, region.height
-    polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs)
+    polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs) if with_polygons \
+        else None
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
     labels_path = tmp / ".labels.tif"
     with rasterio.open(labels_path) as lab_ds, \
@@ -469,7 +494,7 @@ def _mask_and_polygons(region: _Region, comps: Components, tmp: Path) -> None:
             ids = comps.ids(labels)
             m = (ids > 0).astype(np.uint8)
             m[labels < 0] = MASK_NODATA
-            return m, polygon_pieces(ids, int(win.row_off))
+            return m, polygon_pieces(ids, int(win.row_off)) if polygons is not None else []
 
         # Tracing block k + 1 (GDAL reads and polygonizes without the GIL) overlaps dissolving and
         # writing the polygons and the mask of block k here.
@@ -480,8 +505,10 @@ def _mask_and_polygons(region: _Region, comps: Components, tmp: Path) -> None:
             if k + 1 < len(blocks):
                 pending = tracer.submit(trace_block, blocks[k + 1])
             mask_ds.write(m, 1, window=win)
-            polygons.add_pieces(pieces, int(win.row_off + win.height))
-    polygons.close()
+            if polygons is not None:
+                polygons.add_pieces(pieces, int(win.row_off + win.height))
+    if polygons is not None:
+        polygons.close()
     labels_path.unlink()
 
 
