@@ -271,8 +271,9 @@ def format_table(rows: Sequence[dict[str, Any]], pooled: dict[str, Any], thresho
                      f"{o['landslides_found']:>5d}/{o['landslides_total']:<6d} "
                      f"{o['false_alarms']:>6d}/{o['predicted_objects']:<6d}")
     source = f" ({threshold_source})" if threshold_source else ""
-    lines.append(f"threshold {threshold}{source}; IoU = landslide class (study 000's 'mIoU'); mIoU = mean of "
-                 f"landslide and background IoU; false alarms = predicted objects touching no landslide")
+    lines.append(f"threshold {_threshold_text(threshold)}{source}; IoU = landslide class (study 000's 'mIoU'); "
+                 f"mIoU = mean of landslide and background IoU; false alarms = predicted objects touching no "
+                 f"landslide")
     return "\n".join(lines)
 
 
@@ -416,4 +417,9 @@ def error_map_title(row: dict[str, Any], threshold: Any) -> str:
     s, o = row["scores"], row["objects"]
     return (f"{row['area']} ({row['role']}): P {s['precision']:.2f}  R {s['recall']:.2f}  F1 {s['f1']:.2f}  "
             f"IoU {s['iou']:.2f}  found {o['landslides_found']}/{o['landslides_total']}  "
-            f"false alarms {o['false_alarms']}  (threshold {threshold})")
+            f"false alarms {o['false_alarms']}  (threshold {_threshold_text(threshold)})")
+
+
+def _threshold_text(threshold: Any) -> str:
+    """0.69, not 0.6900000000000001 (a threshold chosen on a grid of 0.01 steps)."""
+    return f"{threshold:.4g}" if isinstance(threshold, float) else str(threshold)

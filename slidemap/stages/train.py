@@ -191,7 +191,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
             tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         try:
             return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
-                                   batch_size, config, resume_from, callbacks, _recipe(chipsets))
+                                   batch_size, config, resume_from, callbacks, chipsets)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM in training or after it, before the bundle
             print(f"training interrupted; continue it with --resume --out {out}", file=sys.stderr)
             raise
@@ -216,7 +216,7 @@ def _precision_choice(o: TrainOptions, device: torch.device, bands: int, size: i
 def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: RunChoice, images: torch.Tensor,
                     masks: torch.Tensor, split: Split, bands: list[str], size: int, normalise: Normaliser,
                     batch_size: int, config: dict[str, Any], resume_from: Path | None,
-                    callbacks: Sequence[Any], recipe: Recipe | None = None) -> TrainResult:
+                    callbacks: Sequence[Any], chipsets: list[ChipSet]) -> TrainResult:
     import lightning.pytorch as pl
 
     from slidemap.nn.fitting import fit, load_net_weights
@@ -261,7 +261,10 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
     threshold, f1_best = best_threshold(prob, truth)
     if f1_best <= f1_half:  # no threshold beats 0.5 (e.g. nothing to find): keep 0.5
         threshold, f1_best = 0.5, f1_half
-    postprocess = (_postprocess(prob, truth, threshold, _pixel_area_m2(o.chips), min_size_cap(masks.numpy()))
+    pixel_sizes = _scene_pixel_sizes(chipsets)
+    areas = {round(px[0] * px[1], 6) if px else None for px in pixel_sizes}
+    pixel_area_m2 = areas.pop() if len(areas) == 1 else None  # the scenes' pixels are of one size
+    postprocess = (_postprocess(prob, truth, threshold, pixel_area_m2, min_size_cap(masks.numpy()))
                    if o.learn_postprocess else None)
 
     log = outcome.log
@@ -282,11 +285,13 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
     reproducible = summary.model_dump(exclude={"seconds", "chips_per_s", "precision_choice"})
     meta = BundleMeta(
         architecture=o.model, model_args=dict(net.config), bands=bands,
-        stats=_training_stats(o.chips, normalise), patch_size=size,
+        stats=_training_stats(chipsets, normalise), patch_size=size,
         thresholds={"0.5": 0.5, "best": float(threshold)}, postprocess=postprocess,
         training={**reproducible, "options": {k: v for k, v in config.items() if k != "split"},
-                  "split": split.as_dict(), **_pixel_size(config)},
-        recipe=recipe)
+                  "split": split.as_dict(),
+                  # what `slidemap export` writes as the resolution QGIS resamples to
+                  **({"pixel_size_m": list(pixel_sizes[0])} if pixel_sizes[0] else {})},
+        recipe=_recipe(chipsets))
     write_json(out / "summary.json", summary)
     bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
     if not o.keep_checkpoints:
@@ -294,19 +299,19 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
     return TrainResult(run=out, bundle=bundle, summary=summary)
 
 
-def _pixel_size(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"pixel_size_m": [x, y]}`` of the scene the (first) chip set was cut from, if it is known.
-
-    It is what ``slidemap export`` writes as the resolution QGIS resamples to.
-    """
+def _scene_pixel_sizes(chipsets: list[ChipSet]) -> list[tuple[float, float] | None]:
+    """Pixel (x, y) in metres of the scene each chip set was cut from; None where it is not known."""
     from slidemap.formats.scene import Scene
 
-    first = config["chips"][0] if isinstance(config["chips"], list) else config["chips"]
-    try:
-        scene = ChipSet(first).meta.scene
-        return {"pixel_size_m": list(Scene(scene).pixel_size_m)} if scene else {}
-    except UserError:
-        return {}
+    sizes: list[tuple[float, float] | None] = []
+    for c in chipsets:
+        scene = c.meta.scene
+        try:
+            px = Scene(scene).pixel_size_m if scene and (Path(scene) / "scene.json").is_file() else None
+        except UserError:
+            px = None
+        sizes.append((float(px[0]), float(px[1])) if px else None)
+    return sizes
 
 
 # --- post-processing chosen on the validation chips -----------------------------------------------
@@ -333,12 +338,11 @@ def _postprocess(prob: np.ndarray, truth: np.ndarray, pixel_threshold: float, pi
                     else max_min_pixels})
 
 
-def _training_stats(chips: Sequence[Path], normalise: Normaliser) -> dict[str, BandStats]:
+def _training_stats(chipsets: list[ChipSet], normalise: Normaliser) -> dict[str, BandStats]:
     """The bundle's band statistics: the mean/std standardised with, and the chip sets' range and count.
 
     The range and pixel count are what predict's domain-shift guard compares an input with.
     """
-    chipsets = [ChipSet(c) for c in chips]
     out = {}
     for b, s in normalise.as_stats().items():
         parts = [c.stats.get(b) for c in chipsets]
@@ -348,23 +352,6 @@ def _training_stats(chips: Sequence[Path], normalise: Normaliser) -> dict[str, B
         out[b] = BandStats(mean=s["mean"], std=s["std"], min=min(lows) if lows else None,
                            max=max(highs) if highs else None, count=sum(counts) if counts else None)
     return out
-
-
-def _pixel_area_m2(chips: Sequence[Path]) -> float | None:
-    """Ground area of one pixel of the chip sets' scene(s), if they came from scenes of one pixel size."""
-    from slidemap.formats.scene import Scene
-
-    areas = set()
-    for c in chips:
-        scene = ChipSet(c).meta.scene
-        if not scene or not (Path(scene) / "scene.json").is_file():
-            return None
-        try:
-            px = Scene(scene).meta.pixel_size_m
-        except UserError:
-            return None
-        areas.add(round(float(px[0]) * float(px[1]), 6))
-    return areas.pop() if len(areas) == 1 else None
 
 
 # --- checks before anything is written ------------------------------------------------------------
