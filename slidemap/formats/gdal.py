@@ -34,6 +34,8 @@ default 6 at the same size (with predictor 3; docs/performance.md), and writing 
 GDAL_CACHE_MB = 256
 """GDAL's block cache while a stage streams a scene (GDAL's default, 5 % of RAM, grows with the scene)."""
 OVERVIEW_FACTORS = (2, 4, 8, 16, 32, 64)
+PREDICTOR_CODECS = ("deflate", "lzw", "zstd", "lzma")
+"""The GeoTIFF codecs a predictor helps (GDAL ignores one with any other, e.g. PackBits)."""
 OVERVIEW_MIN_SIZE = 256  # gdaladdo's default -minsize, and the side of our GeoTIFF blocks
 GPKG_TIMESTAMP = "2000-01-01T00:00:00Z"
 """The ``last_change`` every GeoPackage slidemap writes records, so that reruns give identical bytes."""
@@ -126,9 +128,9 @@ def gtiff_profile(width: int, height: int, count: int, dtype: str, crs: CRS | No
         profile.update(tiled=True, blockxsize=block, blockysize=block)
     if compress == "deflate":
         profile["zlevel"] = DEFLATE_LEVEL
-    if np.dtype(dtype).kind == "f":
+    if compress in PREDICTOR_CODECS and np.dtype(dtype).kind == "f":
         profile["predictor"] = 3
-    elif np.dtype(dtype).itemsize > 1:
+    elif compress in PREDICTOR_CODECS and np.dtype(dtype).itemsize > 1:
         profile["predictor"] = 2
     return profile
 

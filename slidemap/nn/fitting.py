@@ -262,9 +262,11 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
     In between, an improved best is held in memory (a copy) and the last is dumped only when it is due.
     """
 
-    def __init__(self, dirpath: Path, every_s: float | None = None, final_write: bool = True) -> None:
+    def __init__(self, dirpath: Path, run_log: RunLog, every_s: float | None = None,
+                 final_write: bool = True) -> None:
         super().__init__(dirpath=dirpath, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                          save_last=True, enable_version_counter=False)
+        self.run_log = run_log  # flushed before each write: the log on disk never lags a checkpoint on disk
         self.every_s = checkpoint_every_s() if every_s is None else every_s
         self.final_write = final_write
         self._written_at = time.monotonic()  # restarted when training starts
@@ -324,9 +326,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
             finally:
                 io.hold = False
         if io.held:
-            for cb in trainer.callbacks:  # type: ignore[attr-defined]
-                if isinstance(cb, RunLog):
-                    cb.flush()  # the log on disk never lags a checkpoint on disk
+            self.run_log.flush()
             io.flush()
             self._written_at = time.monotonic()
 
@@ -363,7 +363,7 @@ def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epo
     from slidemap.nn.device import LIGHTNING_PRECISION
 
     run_log = RunLog(run, train_chips)
-    checkpoint = RunCheckpoint(run / "checkpoints", final_write=final_write)
+    checkpoint = RunCheckpoint(run / "checkpoints", run_log, final_write=final_write)
     cbs: list[pl.Callback] = [run_log, checkpoint, *callbacks]
     if patience:
         cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience,

@@ -72,7 +72,6 @@ class SegmentationTask(pl.LightningModule):
         self.train_acc = torch.zeros(2, dtype=torch.float64)
         self.val_acc = torch.zeros(6, dtype=torch.float64)
         self.epoch_result: dict[str, float] = {}
-        self._show_steps = True
         # The validation probabilities of the best epoch, kept so that choosing the threshold after training
         # needs no second pass over the validation chips (the same network, batches and precision)
         self.keep_val_prob = keep_val_prob
@@ -121,9 +120,6 @@ class SegmentationTask(pl.LightningModule):
         """Seed torch's global stream from (seed, epoch), so a resumed run draws the same dropout; zero the sums."""
         torch.manual_seed(_stream_seed(self.seed, self.current_epoch, 2))  # dropout and the like
         self.train_acc = torch.zeros(2, dtype=torch.float64, device=self.device)
-        # the step's loss is logged for the progress bar alone (metrics.csv pools train_acc): without a bar,
-        # Lightning's logging would cost ~0.8 ms a step for nothing
-        self._show_steps = self.trainer.progress_bar_callback is not None
 
     def training_step(self, batch: int, batch_idx: int) -> torch.Tensor:
         """Masked loss of batch number ``batch`` of this epoch's plan, with its symmetries applied."""
@@ -136,7 +132,9 @@ class SegmentationTask(pl.LightningModule):
         loss = self.loss_fn(logits, y)
         valid = (y != 255).sum()
         self.train_acc += torch.stack([loss.detach().double() * valid, valid.double()])
-        if self._show_steps:
+        # the step's loss is logged for the progress bar alone (metrics.csv pools train_acc): without a bar,
+        # Lightning's logging would cost ~0.8 ms a step for nothing
+        if self.trainer.progress_bar_callback is not None:
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 

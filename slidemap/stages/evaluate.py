@@ -129,7 +129,8 @@ def run(options: EvaluateOptions) -> EvaluateResult:
 
 
 def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool, info: ScenePrediction,
-                    object_overlap: float, block: int, maps: str = "png") -> EvaluateResult:
+                    object_overlap: float, block: int,
+                    maps: Literal["png", "tif", "none"] = "png") -> EvaluateResult:
     """Evaluate the chosen areas and write every output."""
     roles = {a.name: a.role for a in scene.areas}
     rows: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import rasterio
@@ -90,10 +90,6 @@ from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import predict_patches
 from slidemap.stages.runners import PredictWarning, choose_runner
-
-if TYPE_CHECKING:
-
-    pass
 
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
@@ -471,9 +467,7 @@ def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any
     An internal file: no CRS (writing one costs ~1 ms), and PackBits, which every GDAL has and which wrote and
     read 4096² labels 2x faster than deflate.
     """
-    profile = gtiff_profile(width, height, 1, "int32", None, transform, compress="packbits")
-    profile.pop("predictor", None)
-    return profile
+    return gtiff_profile(width, height, 1, "int32", None, transform, compress="packbits")
 
 
 # --- pass 2: mask and polygons -------------------------------------------------------------------------
