@@ -308,6 +308,24 @@ def test_area_window(study):
     assert "test_a" in result.evaluation.table and (out / "metrics.json").exists()  # evaluated in the folder
 
 
+def test_labels_kept_on_disk_give_the_same_outputs(study, monkeypatch):
+    """A region too large for the in-memory labels streams them through a temporary GeoTIFF: same bytes."""
+    import slidemap.stages.predict as mod
+
+    a, b = study["root"] / "labels_memory", study["root"] / "labels_disk"
+    predict(study["bundle"], a, scene=study["scene"].path, tile=96, overlap=32, min_area=300.0)
+    monkeypatch.setattr(mod, "LABELS_IN_MEMORY", 0)
+    seen = []
+    real_open = mod.rasterio.open
+    monkeypatch.setattr(mod.rasterio, "open", lambda path, *args, **kw: seen.append(Path(path).name)
+                        or real_open(path, *args, **kw))
+    predict(study["bundle"], b, scene=study["scene"].path, tile=96, overlap=32, min_area=300.0)
+    assert seen.count(".labels.tif") == 2  # written, then read back
+    for name in ("mask.tif", "probability.tif", "landslides.gpkg"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # no .labels.tif left
+
+
 def test_bare_images_equal_the_prepared_scene(study):
     r = study["rasters"]
     a, b = study["root"] / "from_scene", study["root"] / "from_images"

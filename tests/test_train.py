@@ -184,6 +184,23 @@ def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
     assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
 
 
+def test_grid_run_keeps_a_weights_only_best_and_resumes_from_last(chips, reference, tmp_path):
+    """A run that keeps no checkpoints holds and writes its best as weights alone (no optimiser state to copy
+    at each improved epoch); killed, it resumes from last.ckpt to the uninterrupted bundle."""
+    out = tmp_path / "lean"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(chips, out, keep_checkpoints=False, learning_curve=False, callbacks=[_Interrupt()], **FAST)
+    best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "optimizer_states" not in best and "optimizer_states" in last and "loops" in last
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert best["epoch"] <= last["epoch"]
+    train(chips, out, keep_checkpoints=False, learning_curve=False, resume=True, **FAST)
+    a, b = load_bundle(out).state_dict, load_bundle(reference).state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
+
+
 def test_threshold_comes_from_the_best_epochs_validation_pass(chips, monkeypatch, tmp_path):
     """fp32 training chooses the threshold on the best epoch's validation probabilities, kept from its validation
     pass (no second pass over the validation chips); a fresh pass of the bundle's network gives the same choice."""

@@ -84,13 +84,14 @@ def execute_run(job: RunJob) -> Outcome:
     torch.set_num_threads(job.threads)
     base = _base_row(job)
     try:
-        summary = _train(job)
+        summary, bundle = _train(job)
         base.update(threshold="", epochs_run=summary.epochs_run, best_epoch=summary.best_epoch,
                     val_f1=summary.val_f1_at_best, train_seconds=summary.seconds, chips_per_s=summary.chips_per_s,
                     precision_mode=summary.precision, device=summary.device, status="ok", error="")
-        from slidemap.nn.bundle import load_bundle
+        if bundle is None:  # trained before (a rerun): read once, every test area shares it and its runner
+            from slidemap.nn.bundle import load_bundle
 
-        bundle = load_bundle(run.folder / "bundle.pt")  # once: every test area shares it and its runner
+            bundle = load_bundle(run.folder / "bundle.pt")
         rows = []
         for site in run.test_sites:
             rows += _test_site(job, site, base, bundle)
@@ -123,15 +124,18 @@ def _base_row(job: RunJob) -> dict[str, Any]:
             "lr": t.lr, "seed": c["seed"], "slidemap_version": __version__, "run_folder": str(job.run.folder)}
 
 
-def _train(job: RunJob) -> TrainSummary:
-    """The run's training: skipped when its bundle is there, resumed when it was interrupted."""
+def _train(job: RunJob) -> tuple[TrainSummary, Bundle | None]:
+    """The run's training: skipped when its bundle is there, resumed when it was interrupted.
+
+    Returns its summary and, when it trained now, its bundle as loaded (None: read it from the run folder).
+    """
     from slidemap.stages import train
     from slidemap.stages.train import TrainSummary
 
     run, t = job.run, job.spec.training
     done = (run.folder / "bundle.pt").is_file() and (run.folder / "summary.json").is_file()
     if done:
-        return TrainSummary.model_validate(json.loads((run.folder / "summary.json").read_text()))
+        return TrainSummary.model_validate(json.loads((run.folder / "summary.json").read_text())), None
     started = (run.folder / "config.yaml").is_file()
     result = train.run(train.TrainOptions(
         chips=[c.folder for c in run.chips], out=run.folder, model=run.coords["architecture"],
@@ -141,7 +145,7 @@ def _train(job: RunJob) -> TrainSummary:
         seed=run.coords["seed"], device=t.device, precision=t.precision, resume=started, progress=False,
         threads=job.threads, model_args=run.model_args,
         learn_postprocess=job.spec.predict.postprocess != "none", learning_curve=False, keep_checkpoints=False))
-    return result.summary
+    return result.summary, result.model
 
 
 def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> list[dict[str, Any]]:

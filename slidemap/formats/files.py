@@ -209,10 +209,12 @@ def atomic_dir(out: str | Path, marker: str, inputs: Sequence[str | Path] = (), 
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is flushed to disk and renamed onto ``path``.
 
-    Temporaries of ``path`` left by a killed writer (a checkpoint, a bundle) are removed first.
+    Temporaries of ``path`` left by a killed writer (a checkpoint, a bundle) are removed first. ``sync``
+    False skips the flush (~0.5 ms): the rename alone keeps the file whole through a kill, and only a power
+    cut could lose it; for files rewritten every second from a state held elsewhere (a run's epoch logs).
     """
     path = Path(path)
     with disk_errors(path):
@@ -226,11 +228,12 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         with disk_errors(path):
             if tmp.exists():
                 os.chmod(tmp, 0o644)
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                if sync:
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
                 os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -99,5 +99,13 @@ def load_bundle(path: str | Path, option: str = "MODEL") -> Bundle:
 
 def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Path:
     """Write ``model``'s weights with ``meta`` atomically."""
+    return cast(Path, saved_bundle(path, model, meta).path)
+
+
+def saved_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Bundle:
+    """Write ``model``'s weights with ``meta`` atomically; returns the bundle ``load_bundle`` would read back.
+
+    A caller that goes on to predict (the experiment runner) keeps it rather than reading the file again.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return write_bundle_file(path, meta, state)
+    return Bundle(meta, state, write_bundle_file(path, meta, state))

@@ -53,12 +53,13 @@ def _fmt(value: float | int) -> str:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Replace ``path`` whole, without a flush to disk: the checkpoints hold these rows (see RunLog)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_fmt(row[c]) for c in columns])
-    with atomic_file(path) as tmp:
+    with atomic_file(path, sync=False) as tmp:
         tmp.write_text(buf.getvalue())
 
 
@@ -200,6 +201,16 @@ class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
         self.flush()
         self._write(checkpoint, path)
 
+    def save_weights(self, header: dict[str, Any], weights: dict[str, torch.Tensor], path: str | Path) -> None:
+        """Write (or hold) a checkpoint of ``weights`` alone; a held one is refilled in place by one fused copy."""
+        path = Path(path)
+        held = self.held.get(path) if self.hold else None
+        if held is not None and held["state_dict"].keys() == weights.keys():
+            torch._foreach_copy_(list(held["state_dict"].values()), [w.detach() for w in weights.values()])
+            held.update(header)
+            return
+        self.save_checkpoint({**header, "state_dict": {k: w.detach() for k, w in weights.items()}}, path)
+
     def flush(self) -> None:
         """Write the held checkpoints, the best before the last."""
         for path in sorted(self.held, key=lambda p: p.name == "last.ckpt"):
@@ -260,6 +271,10 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
     The first write is due ``every_s`` after training starts, so a run shorter than that writes only at
     the end; with ``final_write`` False not even then (the caller keeps the weights, see `best_weights`).
     In between, an improved best is held in memory (a copy) and the last is dumped only when it is due.
+
+    With ``final_write`` False the checkpoints serve only to resume (from last) and to give the bundle its
+    weights, so the best is dumped and held as weights only: a third of the tensors to copy at each improved
+    epoch, and no optimiser or callback state to gather.
     """
 
     def __init__(self, dirpath: Path, run_log: RunLog, every_s: float | None = None,
@@ -271,6 +286,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         self.final_write = final_write
         self._written_at = time.monotonic()  # restarted when training starts
         self._last_step = -1
+        self._weights: dict[str, torch.Tensor] | None = None
 
     def _io(self, trainer: pl.Trainer) -> AtomicCheckpointIO:
         io = trainer.strategy.checkpoint_io
@@ -281,6 +297,22 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_step = trainer.global_step
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Lightning's save; a best that no final write will keep is saved (held) as its weights only.
+
+        That is what Lightning's weights-only checkpoint holds, less the loops' state, which nothing reads from a
+        best (runs resume from last): ~0.7 ms an improved epoch instead of ~3.5 ms for the full checkpoint.
+        """
+        if self.final_write or Path(filepath).stem != "best":
+            super()._save_checkpoint(trainer, filepath)
+            return
+        if self._weights is None:  # the module's tensors, updated in place by training: gathered once
+            self._weights = trainer.lightning_module.state_dict(keep_vars=True)
+        self._io(trainer).save_weights({"epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                                        "pytorch-lightning_version": pl.__version__}, self._weights, filepath)
+        self._last_global_step_saved = trainer.global_step  # Lightning's bookkeeping of a save
+        self._last_checkpoint_saved = filepath
 
     def _update_best_and_save(self, current: torch.Tensor, trainer: pl.Trainer,
                               monitor_candidates: dict[str, torch.Tensor]) -> None:
@@ -293,6 +325,7 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
         """Start the clock of the first write."""
         super().on_train_start(trainer, pl_module)
         self._written_at = time.monotonic()
+        self._weights = None  # gathered afresh, on the device training runs on
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hold this epoch's best if it improved; write best and last when they are due."""
@@ -331,13 +364,16 @@ class RunCheckpoint(pl.callbacks.ModelCheckpoint):
             self._written_at = time.monotonic()
 
 
-def readable_checkpoint(path: Path) -> bool:
-    """Whether ``path`` opens as a checkpoint holding weights (tensors and plain containers only)."""
+def readable_checkpoint(path: Path, resumable: bool = False) -> bool:
+    """Whether ``path`` opens as a checkpoint holding weights (tensors and plain containers only).
+
+    With ``resumable``, also the optimiser state a run continues from (a weights-only best has none).
+    """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - truncated zip, unpickling errors, OS errors: all mean unusable
         return False
-    return isinstance(ckpt, dict) and "state_dict" in ckpt
+    return isinstance(ckpt, dict) and "state_dict" in ckpt and (not resumable or "optimizer_states" in ckpt)
 
 
 # --- the fit loop ----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ import shutil
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,13 +355,14 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
                     o: PredictOptions, decision: Decision, seen: InputStats) -> dict[str, Any]:
     """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews."""
     t0 = time.perf_counter()
-    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, decision, seen)
+    labels = _Labels(tmp / ".labels.tif", region.width, region.height, region.transform)
+    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, decision, seen, labels)
     t_predict = time.perf_counter() - t0
     t1 = time.perf_counter()
     comps = labeler.resolve({AREA: decision.min_area_m2, PIXELS: decision.min_pixels})
     polygons = o.outputs == "all"
     with pinned_gpkg_timestamp():
-        _mask_and_polygons(region, comps, tmp, polygons)
+        _mask_and_polygons(region, comps, labels, tmp, polygons)
     t_polygons = time.perf_counter() - t1
     t2 = time.perf_counter()
     if o.outputs == "all":
@@ -378,8 +379,8 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                      o: PredictOptions, decision: Decision,
-                      seen: InputStats) -> tuple[ComponentLabeler, float]:
+                      o: PredictOptions, decision: Decision, seen: InputStats,
+                      labels: _Labels) -> tuple[ComponentLabeler, float]:
     from rasterio import features
 
     sc, width, height = region.scene, region.width, region.height
@@ -403,9 +404,8 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
             prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
             describe_probability(prob_ds, o.as_float)
             prob_out = RowWriter(prob_ds)
-        lab_ds = stack.enter_context(rasterio.open(tmp / ".labels.tif", "w",
-                                                   **_labels_profile(width, height, transform)))
-        lab_out = RowWriter(lab_ds)
+        lab_out = labels
+        stack.callback(labels.close)
         stack.enter_context(progress)
         task = progress.add_task("predict", total=total_km2)
 
@@ -461,8 +461,56 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
     return labeler, valid_km2
 
 
+LABELS_IN_MEMORY = 64 << 20
+"""Bytes of provisional labels (int32) kept in memory between the passes: a region up to ~4096² px."""
+
+
+class _Labels:
+    """The provisional labels between the passes: in memory, or in a temporary GeoTIFF for a large region.
+
+    In memory up to ``LABELS_IN_MEMORY`` bytes (an experiment's test area: two GDAL opens, a compressed write
+    and its read saved, ~3 ms); beyond, streamed to the output folder, so memory stays flat on a whole scene.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, transform: Affine) -> None:
+        self.path = path
+        self.array = np.empty((height, width), np.int32) if width * height * 4 <= LABELS_IN_MEMORY else None
+        self._row = 0
+        self._ds: rasterio.io.DatasetWriter | None = None
+        self._out: RowWriter | None = None
+        if self.array is None:
+            self._ds = rasterio.open(path, "w", **_labels_profile(width, height, transform))
+            self._out = RowWriter(self._ds)
+
+    def write(self, rows: np.ndarray) -> None:
+        """Add ``rows``, the next ones down."""
+        if self._out is not None:
+            self._out.write(rows)
+        elif self.array is not None:
+            self.array[self._row:self._row + len(rows)] = rows
+            self._row += len(rows)
+
+    def close(self) -> None:
+        """Finish writing (again: a no-op)."""
+        if self._out is not None and self._ds is not None:
+            self._out.close()
+            self._ds.close()
+            self._out = None
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[Window], np.ndarray]]:
+        """``read(window)`` of the labels; the temporary file is removed afterwards."""
+        if self.array is not None:
+            array = self.array
+            yield lambda w: array[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)]
+            return
+        with rasterio.open(self.path) as ds:
+            yield lambda w: ds.read(1, window=w)
+        self.path.unlink()
+
+
 def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any]:
-    """The profile of the provisional labels kept between the passes.
+    """The profile of the provisional labels kept on disk between the passes.
 
     An internal file: no CRS (writing one costs ~1 ms), and PackBits, which every GDAL has and which wrote and
     read 4096² labels 2x faster than deflate.
@@ -472,19 +520,19 @@ def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any
 
 # --- pass 2: mask and polygons -------------------------------------------------------------------------
 
-def _mask_and_polygons(region: _Region, comps: Components, tmp: Path, with_polygons: bool = True) -> None:
+def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp: Path,
+                       with_polygons: bool = True) -> None:
     width, height = region.width, region.height
     polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs) if with_polygons \
         else None
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
-    labels_path = tmp / ".labels.tif"
-    with rasterio.open(labels_path) as lab_ds, \
+    with stored.reader() as read_labels, \
             rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
             ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
 
         def trace_block(win: Window) -> tuple[np.ndarray, list]:
             """Final ids -> mask block and polygon pieces; runs in the tracer thread, one block ahead."""
-            labels = lab_ds.read(1, window=win)
+            labels = read_labels(win)
             ids = comps.ids(labels)
             m = (ids > 0).astype(np.uint8)
             m[labels < 0] = MASK_NODATA
@@ -503,7 +551,6 @@ def _mask_and_polygons(region: _Region, comps: Components, tmp: Path, with_polyg
                 polygons.add_pieces(pieces, int(win.row_off + win.height))
     if polygons is not None:
         polygons.close()
-    labels_path.unlink()
 
 
 def _row_blocks(width: int, height: int, rows: int) -> Iterator[Window]:

@@ -26,12 +26,12 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SkipValidation, field_validator
 
 from slidemap import __version__
 from slidemap.errors import UserError
@@ -41,7 +41,7 @@ from slidemap.formats.bundle import BundleMeta, PostProcess
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
-from slidemap.nn.bundle import save_bundle
+from slidemap.nn.bundle import Bundle, saved_bundle
 from slidemap.nn.device import RunChoice, precision_field, resolve_device, resolve_run
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
@@ -137,6 +137,8 @@ class TrainResult(StageResult):
     run: Path
     bundle: Path
     summary: TrainSummary
+    model: SkipValidation[Bundle | None] = Field(default=None, exclude=True, repr=False)
+    """The bundle as loaded (weights in memory), for a caller that predicts next; not serialised."""
 
 
 def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
@@ -293,10 +295,10 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
                   **({"pixel_size_m": list(pixel_sizes[0])} if pixel_sizes[0] else {})},
         recipe=_recipe(chipsets))
     write_json(out / "summary.json", summary)
-    bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
+    bundle = saved_bundle(out / "bundle.pt", net.cpu(), meta)
     if not o.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return TrainResult(run=out, bundle=bundle, summary=summary)
+    return TrainResult(run=out, bundle=cast(Path, bundle.path), summary=summary, model=bundle)
 
 
 def _scene_pixel_sizes(chipsets: list[ChipSet]) -> list[tuple[float, float] | None]:
@@ -463,15 +465,15 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     if not started:
         raise UserError(f"--resume: {out} holds no run to continue (no config.yaml); run without --resume")
     last, best = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt"
-    if last.is_file() and readable_checkpoint(last):
+    if last.is_file() and readable_checkpoint(last, resumable=True):
         return last
-    if best.is_file() and readable_checkpoint(best):
+    if best.is_file() and readable_checkpoint(best, resumable=True):  # a grid run's best holds weights only
         warnings.warn(f"{last} is {'unreadable' if last.is_file() else 'missing'}; resuming from {best}",
                       stacklevel=3)
         return best
     if last.is_file() or best.is_file():
-        raise UserError(f"--resume: the checkpoints in {out / 'checkpoints'} are unreadable (truncated?); "
-                        f"start a new run with another --out")
+        raise UserError(f"--resume: the checkpoints in {out / 'checkpoints'} are unreadable (truncated?) or hold "
+                        f"weights only; start a new run with another --out")
     warnings.warn(f"{last} missing: the run stopped before its first checkpoint was written (the first is due "
                   f"{checkpoint_every_s():g} s into training); starting it afresh", stacklevel=3)
     return None
