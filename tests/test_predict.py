@@ -512,3 +512,23 @@ def test_a_bundle_builds_its_runner_once_and_travels_without_it(study):
     again = pickle.loads(pickle.dumps(bundle))
     assert again.runners == {} and again.meta == bundle.meta
     assert all(torch.equal(again.state_dict[k], v) for k, v in bundle.state_dict.items())
+
+
+def test_a_saved_bundle_hands_over_its_network_and_predicts_as_its_file(study, tmp_path):
+    """What train gives the experiment runner: the bundle as written, whose first network is the one it was
+    saved from (no second build); its predictions are the file's, byte for byte."""
+    import pickle
+
+    from slidemap.nn.bundle import load_bundle, saved_bundle
+
+    loaded = load_bundle(study["bundle"])
+    net = loaded.build_model()
+    saved = saved_bundle(tmp_path / "bundle.pt", net, loaded.meta)
+    assert pickle.loads(pickle.dumps(saved)).network is None  # a worker gets weights, not the network
+    assert saved.build_model() is net and saved.build_model() is not net  # handed over once
+    fresh = saved_bundle(tmp_path / "bundle.pt", load_bundle(study["bundle"]).build_model(), loaded.meta)
+    a, b = tmp_path / "in_memory", tmp_path / "from_file"
+    predict(fresh, a, scene=study["scene"].path, tile=96, overlap=32)
+    predict(load_bundle(tmp_path / "bundle.pt"), b, scene=study["scene"].path, tile=96, overlap=32)
+    for name in ("mask.tif", "probability.tif", "landslides.gpkg"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name

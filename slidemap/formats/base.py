@@ -74,9 +74,9 @@ class Sidecar(Record):
             raise UserError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); {cls.REDO}") from None
         return cls.from_data(data, where)
 
-    def save(self, path: str | Path) -> None:
-        """Write the file atomically (indented JSON)."""
-        with atomic_file(path) as tmp:
+    def save(self, path: str | Path, sync: bool = True) -> None:
+        """Write the file atomically (indented JSON); ``sync`` False skips the flush to disk (``atomic_file``)."""
+        with atomic_file(path, sync) as tmp:
             tmp.write_text(self.model_dump_json(indent=2) + "\n")
 
 

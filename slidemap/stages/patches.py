@@ -91,7 +91,7 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
             masks=names, sources=[w.get("source", "") for w in chipset.windows],
             landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision,
             engine=getattr(runner, "engine", "torch"), engine_choice=choice or {})
-        meta.save(tmp / "prediction.json")
+        meta.save(tmp / "prediction.json", sync=False)  # the folder's rename publishes it
     return meta, len(show)
 
 
@@ -165,12 +165,12 @@ def evaluate_patches(pred: Path, chips: Path | None, info: ScenePrediction | Pat
     pooled = scores(total)
     metrics = PatchMetrics(chips=str(chipset.path.resolve()), patches=n, threshold=info.threshold,
                            counts=total.as_dict(), scores=Scores(**pooled))
-    with output_lock(pred.resolve()):
-        with atomic_file(pred / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
+    with output_lock(pred.resolve()):  # not flushed to disk: remade from the prediction, checked when read
+        with atomic_file(pred / "metrics.csv", sync=False) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        metrics.save(pred / "metrics.json")
+        metrics.save(pred / "metrics.json", sync=False)
     return metrics, format_table(pooled, total, n), {"metrics_json": pred / "metrics.json",
                                                       "metrics_csv": pred / "metrics.csv"}
 

@@ -246,7 +246,7 @@ def run(options: PredictOptions) -> PredictResult:
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=decision.min_area_m2,
             connectivity=4, outputs=o.outputs,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
-        meta.save(tmp / "prediction.json")
+        meta.save(tmp / "prediction.json", sync=False)  # the folder's rename publishes it
     evaluation = None
     if o.evaluate:
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene,
