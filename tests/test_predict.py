@@ -532,3 +532,35 @@ def test_a_saved_bundle_hands_over_its_network_and_predicts_as_its_file(study, t
     predict(load_bundle(tmp_path / "bundle.pt"), b, scene=study["scene"].path, tile=96, overlap=32)
     for name in ("mask.tif", "probability.tif", "landslides.gpkg"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("maps", ["png", "tif", "none"])
+def test_an_area_scored_while_predicting_equals_evaluating_after(study, tmp_path, monkeypatch, maps):
+    """``predict --evaluate --area`` scores the mask as it writes it: the same files and numbers as ``evaluate``
+    run on the finished folder, without reading the mask back."""
+    import slidemap.stages.predict as mod
+    from slidemap.stages.evaluate import EvaluateOptions
+    from slidemap.stages.evaluate import run as evaluate_run
+
+    scene = study["scene"].path
+    after = tmp_path / "after"
+    predict(study["bundle"], after, scene=scene, area="test_a", tile=96, overlap=32)
+    separate = evaluate_run(EvaluateOptions(pred=after, truth=scene, areas=["test_a"], maps=maps))
+    monkeypatch.setattr(mod, "evaluate_run", lambda *a, **k: pytest.fail("evaluated after predicting"))
+    folded = tmp_path / "folded"
+    result = predict(study["bundle"], folded, scene=scene, area="test_a", tile=96, overlap=32, evaluate=True,
+                     error_maps=maps)
+    names = sorted(p.name for p in after.iterdir())
+    assert names == sorted(p.name for p in folded.iterdir())
+    assert ("error_map_test_a.png" in names) == (maps == "png")
+    assert ("error_map_test_a.tif" in names) == (maps != "none")
+    timing = ("seconds", "mpx_per_s", "timings_s")
+    for name in names:
+        a, b = (after / name).read_bytes(), (folded / name).read_bytes()
+        if name == "prediction.json":  # the same but for the clocks
+            a, b = ({k: v for k, v in json.loads(x).items() if k not in timing} for x in (a, b))
+        else:
+            a = a.replace(str(after).encode(), str(folded).encode())
+        assert a == b, name
+    assert result.evaluation.table == separate.table
+    assert result.evaluation.metrics.areas[0].pixels["tp"] > 0

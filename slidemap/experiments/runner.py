@@ -176,17 +176,14 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
     for area in Scene(scene).areas_with_role("test"):
         folder = run.folder / "predictions" / f"{site}__{area.name}"
         metrics = _predicted(folder, cast(Path, model.path))
-        if metrics is None:
-            predict.run(predict.PredictOptions(model=model, out=folder, scene=Path(scene), area=area.name,
-                                               tile=p.tile, overlap=p.overlap, threshold=p.threshold,
-                                               min_area=p.min_area, postprocess=p.postprocess,
-                                               batch_size=p.batch_size, engine=p.engine,
-                                               device=job.spec.training.device,
-                                               precision=p.precision,
-                                               outputs="all" if p.outputs == "all" else "mask"))
-            metrics = evaluate.run(evaluate.EvaluateOptions(
-                pred=folder, truth=Path(scene), areas=[area.name],
-                maps="tif" if p.outputs == "all" else "none")).metrics
+        if metrics is None:  # predicted and scored in one pass (the metrics are part of the folder)
+            evaluation = predict.run(predict.PredictOptions(
+                model=model, out=folder, scene=Path(scene), area=area.name, tile=p.tile, overlap=p.overlap,
+                threshold=p.threshold, min_area=p.min_area, postprocess=p.postprocess, batch_size=p.batch_size,
+                engine=p.engine, device=job.spec.training.device, precision=p.precision,
+                outputs="all" if p.outputs == "all" else "mask", evaluate=True,
+                error_maps="tif" if p.outputs == "all" else "none")).evaluation
+            metrics = cast("evaluate.EvaluateResult", evaluation).metrics
         assert isinstance(metrics, SceneMetrics)
         m = metrics.areas[0]
         rows.append(area_row({**base, "threshold": metrics.threshold}, site, area.name, m.pixels, m.km2,

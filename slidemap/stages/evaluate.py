@@ -155,21 +155,41 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
             if coverage < 0.999:
                 warnings.warn(f"area {name}: the prediction covers {coverage:.1%} of it; only that part is "
                               f"evaluated", EvaluateWarning, stacklevel=2)
+            score = AreaScore(read_truth, grid, geoms[name], window, object_overlap)
             tif = None if maps == "none" else pred_dir / f"error_map_{_slug(name)}.tif"
-            row = _evaluate_area(pred_ds, read_truth, grid, geoms[name], window, tif, object_overlap, block)
+            with _error_map(tif, score.profile) as write:
+                for b in block_windows(score.width, score.height, block):
+                    gw = Window(window.col_off + b.col_off, window.row_off + b.row_off, b.width, b.height)
+                    pred = read_block(pred_ds, "PRED mask.tif", 1, gw)
+                    bad = (pred > 1) & (pred != NODATA)
+                    if bad.any():
+                        raise UserError(f"PRED {pred_ds.name}: value {int(pred[bad][0])} in mask.tif; expected "
+                                        f"1 landslide, 0 background, 255 nodata")
+                    write(score.add(b, pred), b)
             if tif is not None:
                 write_error_map_style(tif)  # the legend in QGIS
-            row.update(area=name, role=roles[name], coverage=coverage)
-            rows.append(row)
+            rows.append({**score.result(), "error_map": None if tif is None else str(tif), "area": name,
+                         "role": roles[name], "coverage": coverage})
         if not rows:
             raise UserError(f"PRED {pred_dir} and --truth {scene.path}: the prediction covers none of the "
                             f"areas {', '.join(names)}; prediction and truth do not overlap there")
+    return write_evaluation(pred_dir, pred_dir, scene, rows, info.threshold.value, info.threshold.which,
+                            object_overlap, maps)
 
-    threshold, threshold_source = info.threshold.value, info.threshold.which
+
+def write_evaluation(pred_dir: Path, folder: Path, scene: Scene, rows: list[dict[str, Any]], threshold: Any,
+                     threshold_source: str | None, object_overlap: float,
+                     maps: Literal["png", "tif", "none"]) -> EvaluateResult:
+    """The PNG error maps, metrics.csv and metrics.json of scored ``rows``, written into ``folder``.
+
+    ``folder`` is the prediction folder ``pred_dir`` itself, or the temporary folder ``predict`` is building it in
+    (``AreaEvaluation``); paths are recorded as they will be in ``pred_dir``.
+    """
     for row in rows if maps == "png" else []:
-        png = Path(row["error_map"]).with_suffix(".png")
-        error_map_png(Path(row["error_map"]), png, scene.stack_path, scene.bands, error_map_title(row, threshold))
-        row["error_map_png"] = str(png)
+        name = Path(row["error_map"]).with_suffix(".png").name
+        error_map_png(folder / Path(row["error_map"]).name, folder / name, scene.stack_path, scene.bands,
+                      error_map_title(row, threshold))
+        row["error_map_png"] = str(pred_dir / name)
     pooled = pool(rows)
     metrics = SceneMetrics(
         prediction=str(pred_dir), truth=str(scene.path), threshold=threshold,
@@ -177,11 +197,10 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
         iou_note="iou is the landslide-class IoU (study 000's 'mIoU', its eq. 4); miou is the mean of the "
                  "landslide and background IoU",
         areas=[AreaMetrics(**r) for r in rows], all=AreaMetrics(**pooled))
-    json_path, csv_path = pred_dir / "metrics.json", pred_dir / "metrics.csv"
     # not flushed to disk (~0.5 ms each): remade from the prediction in milliseconds, and checked when read
-    write_metrics_csv(csv_path, [*rows, pooled], threshold)
-    metrics.save(json_path, sync=False)
-    files = {"metrics_json": json_path, "metrics_csv": csv_path}
+    write_metrics_csv(folder / "metrics.csv", [*rows, pooled], threshold)
+    metrics.save(folder / "metrics.json", sync=False)
+    files = {"metrics_json": pred_dir / "metrics.json", "metrics_csv": pred_dir / "metrics.csv"}
     for row in rows:
         if row.get("error_map"):
             files[f"error_map_{_slug(row['area'])}"] = Path(row["error_map"])
@@ -290,49 +309,109 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], threshold: Any
             writer.writerow({k: flat.get(k) for k in CSV_FIELDS})
 
 
-def _evaluate_area(pred_ds: rasterio.io.DatasetReaderBase, read_truth: Callable[[Window], np.ndarray],
-                   grid: Grid, geom: BaseGeometry, window: Window, tif: Path | None, object_overlap: float,
-                   block: int) -> dict[str, Any]:
-    """Stream one area's window: error classes to ``tif`` (unless None), pixel counts, km² and object counts."""
-    from rasterio import features
+class AreaScore:
+    """One area's error classes, pixel and km² counts and objects, fed the predicted mask block by block.
 
-    pixels = np.zeros(5, dtype=np.int64)  # TN, TP, FP, FN, nodata inside the area
-    km2 = np.zeros(4)
-    width, height = int(window.width), int(window.height)
-    truth_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
-    pred_objects = ComponentLabeler(width, CONNECTIVITY, weights=("valid", "hit"))
-    with _error_map(tif, gtiff_profile(width, height, 1, "uint8", grid.crs,
-                                       window_transform(window, grid.transform), nodata=NODATA)) as write:
-        for b in block_windows(width, height, block):
-            gw = Window(window.col_off + b.col_off, window.row_off + b.row_off, b.width, b.height)
-            pred = read_block(pred_ds, "PRED mask.tif", 1, gw)
-            bad = (pred > 1) & (pred != NODATA)
-            if bad.any():
-                raise UserError(f"PRED {pred_ds.name}: value {int(pred[bad][0])} in mask.tif; expected 1 "
-                                f"landslide, 0 background, 255 nodata")
-            truth = read_truth(gw)
-            inside = features.geometry_mask([geom], out_shape=pred.shape, invert=True,
-                                            transform=window_transform(gw, grid.transform))
-            cls = error_classes(pred, truth, inside)
-            write(cls, b)
-            row_m2 = row_pixel_areas_m2(grid.crs, grid.transform, int(gw.row_off), int(gw.height))
-            for k in (TN, TP, FP, FN):
-                per_row = np.count_nonzero(cls == k, axis=1)
-                pixels[k] += int(per_row.sum())
-                km2[k] += float(per_row @ row_m2) / 1e6
-            pixels[4] += int(np.count_nonzero(inside & (cls == NODATA)))
-            truth_objects.add(b, (truth == 1) & inside, valid=pred != NODATA, hit=(pred != NODATA) & (pred == 1))
-            pred_objects.add(b, (pred == 1) & inside, valid=truth != NODATA, hit=(truth != NODATA) & (truth == 1))
-    counts = Counts(tp=int(pixels[TP]), fp=int(pixels[FP]), fn=int(pixels[FN]), tn=int(pixels[TN]))
-    return {
-        "pixels": {**counts.as_dict(), "nodata": int(pixels[4])},
-        "km2": {CLASS_NAMES[k]: km2[k] for k in (TP, FP, FN, TN)},
-        "scores": scores(counts),
-        "objects": object_counts(truth_objects, pred_objects, object_overlap),
-        "window": {"col_off": int(window.col_off), "row_off": int(window.row_off),
-                   "width": width, "height": height},
-        "error_map": None if tif is None else str(tif),
-    }
+    Blocks are windows of the area's ``window`` (of ``grid``), row-major: ``evaluate`` reads them from mask.tif,
+    ``predict --evaluate --area`` hands over the mask as it writes it (``AreaEvaluation``). km² are summed
+    once, over per-row counts, so any block size gives the same numbers.
+    """
+
+    def __init__(self, read_truth: Callable[[Window], np.ndarray], grid: Grid, geom: BaseGeometry,
+                 window: Window, object_overlap: float) -> None:
+        self.read_truth, self.grid, self.geom, self.window = read_truth, grid, geom, window
+        self.object_overlap = object_overlap
+        self.width, self.height = int(window.width), int(window.height)
+        self.per_row = np.zeros((self.height, 4), dtype=np.int64)  # TN, TP, FP, FN of each row
+        self.nodata = 0  # nodata pixels inside the area
+        self.truth_objects = ComponentLabeler(self.width, CONNECTIVITY, weights=("valid", "hit"))
+        self.pred_objects = ComponentLabeler(self.width, CONNECTIVITY, weights=("valid", "hit"))
+        self.profile = gtiff_profile(self.width, self.height, 1, "uint8", grid.crs,
+                                     window_transform(window, grid.transform), nodata=NODATA)
+
+    def add(self, b: Window, pred: np.ndarray) -> np.ndarray:
+        """Score block ``b`` of the area's window, predicted ``pred`` (1/0/255); returns its error classes."""
+        from rasterio import features
+
+        gw = Window(self.window.col_off + b.col_off, self.window.row_off + b.row_off, b.width, b.height)
+        truth = self.read_truth(gw)
+        inside = features.geometry_mask([self.geom], out_shape=pred.shape, invert=True,
+                                        transform=window_transform(gw, self.grid.transform))
+        cls = error_classes(pred, truth, inside)
+        rows = slice(int(b.row_off), int(b.row_off + b.height))
+        for k in (TN, TP, FP, FN):
+            self.per_row[rows, k] += np.count_nonzero(cls == k, axis=1)
+        self.nodata += int(np.count_nonzero(inside & (cls == NODATA)))
+        self.truth_objects.add(b, (truth == 1) & inside, valid=pred != NODATA, hit=(pred != NODATA) & (pred == 1))
+        self.pred_objects.add(b, (pred == 1) & inside, valid=truth != NODATA, hit=(truth != NODATA) & (truth == 1))
+        return cls
+
+    def result(self) -> dict[str, Any]:
+        """Pixels, km², scores, objects and window of the area (the blocks added so far)."""
+        pixels = self.per_row.sum(axis=0)
+        row_m2 = row_pixel_areas_m2(self.grid.crs, self.grid.transform, int(self.window.row_off), self.height)
+        counts = Counts(tp=int(pixels[TP]), fp=int(pixels[FP]), fn=int(pixels[FN]), tn=int(pixels[TN]))
+        return {
+            "pixels": {**counts.as_dict(), "nodata": self.nodata},
+            "km2": {CLASS_NAMES[k]: float(self.per_row[:, k] @ row_m2) / 1e6 for k in (TP, FP, FN, TN)},
+            "scores": scores(counts),
+            "objects": object_counts(self.truth_objects, self.pred_objects, self.object_overlap),
+            "window": {"col_off": int(self.window.col_off), "row_off": int(self.window.row_off),
+                       "width": self.width, "height": self.height},
+        }
+
+
+class AreaEvaluation:
+    """``predict --evaluate --area``: the area scored from the mask as it is written, into the new folder.
+
+    What ``evaluate`` would then write into the prediction folder (same numbers, same files), without reading
+    the mask back: the metrics are part of the folder ``predict`` publishes. ``start`` gives None where that is
+    not possible (no inventory, or the area is not the prediction's whole window); ``evaluate`` runs afterwards.
+    """
+
+    def __init__(self, scene: Scene, area: str, grid: Grid, folder: Path, pred_dir: Path,
+                 maps: Literal["png", "tif", "none"], object_overlap: float) -> None:
+        self.scene, self.area, self.folder, self.pred_dir, self.maps = scene, area, folder, pred_dir, maps
+        self._stack = contextlib.ExitStack()
+        truth_ds = self._stack.enter_context(open_raster(scene.mask_path, "--truth mask.tif"))
+        geom = scene.area_geometry(area, grid.crs)
+        self.coverage = _coverage(geom, grid)
+        self.score = AreaScore(truth_reader(truth_ds, grid, scene.mask_path), grid, geom,
+                               Window(0, 0, grid.width, grid.height), object_overlap)
+        self.tif = None if maps == "none" else f"error_map_{_slug(area)}.tif"
+        self._write = self._stack.enter_context(_error_map(None if self.tif is None else folder / self.tif,
+                                                           self.score.profile))
+
+    @classmethod
+    def start(cls, scene: Scene, area: str, grid: Grid, folder: Path, pred_dir: Path,
+              maps: Literal["png", "tif", "none"] = "png", object_overlap: float = 0.5) -> AreaEvaluation | None:
+        """The evaluation of ``area`` on the prediction ``grid`` (the area's window), or None if it cannot be fed."""
+        geom = scene.area_geometry(area, grid.crs) if scene.has_inventory else None
+        if geom is None or area_window(geom, grid) != Window(0, 0, grid.width, grid.height):
+            return None
+        return cls(scene, area, grid, folder, pred_dir, maps, object_overlap)
+
+    def add(self, b: Window, pred: np.ndarray) -> None:
+        """Score (and map) one block of the mask being written."""
+        self._write(self.score.add(b, pred), b)
+
+    def finish(self, threshold: float, threshold_source: str) -> EvaluateResult:
+        """Write the error map's style and PNG and the metrics into the folder; the evaluation's result."""
+        self.close()
+        if self.coverage < 0.999:
+            warnings.warn(f"area {self.area}: the prediction covers {self.coverage:.1%} of it; only that part is "
+                          f"evaluated", EvaluateWarning, stacklevel=2)
+        if self.tif is not None:
+            write_error_map_style(self.folder / self.tif)
+        role = self.scene.area(self.area).role
+        row = {**self.score.result(), "error_map": None if self.tif is None else str(self.pred_dir / self.tif),
+               "area": self.area, "role": role, "coverage": self.coverage}
+        return write_evaluation(self.pred_dir, self.folder, self.scene, [row], threshold, threshold_source,
+                                self.score.object_overlap, self.maps)
+
+    def close(self) -> None:
+        """Close the truth and the error map (again: a no-op)."""
+        self._stack.close()
 
 
 @contextlib.contextmanager

@@ -84,7 +84,7 @@ from slidemap.raster.polygons import (
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
 from slidemap.raster.tiling import check_tiling
-from slidemap.stages.evaluate import EvaluateOptions, EvaluateResult
+from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
@@ -119,6 +119,8 @@ class PredictOptions(StageOptions):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     as_float: bool = False
     evaluate: bool = False
+    error_maps: Literal["png", "tif", "none"] = "png"
+    """With ``evaluate``: each area's error map as GeoTIFF and PNG, GeoTIFF only, or none (``EvaluateOptions.maps``)."""
     precision: str = "auto"
     engine: str = "auto"
     previews: int = Field(24, ge=0)
@@ -218,8 +220,14 @@ def run(options: PredictOptions) -> PredictResult:
         window, area_geoms = _window_of(sc, o.area)
         region = _Region(sc, band_idx, window, area_geoms)
         seen = InputStats(bundle.bands)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused():
-            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen)
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused(), contextlib.ExitStack() as scoring_open:
+            # an area of its own scene is scored from the mask as pass 2 writes it (else evaluated afterwards)
+            scoring = AreaEvaluation.start(sc, o.area, Grid(sc.crs, region.transform, region.width,
+                                                            region.height), tmp, Path(o.out), o.error_maps) \
+                if o.evaluate and o.area else None
+            if scoring is not None:
+                scoring_open.callback(scoring.close)
+            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen, scoring)
         shift = warn_shift(bundle, seen, where)
         if o.outputs == "all":
             write_styles(tmp, o.as_float)
@@ -247,10 +255,10 @@ def run(options: PredictOptions) -> PredictResult:
             connectivity=4, outputs=o.outputs,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
         meta.save(tmp / "prediction.json", sync=False)  # the folder's rename publishes it
-    evaluation = None
-    if o.evaluate:
-        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene,
-                                                  areas=[o.area] if o.area else None))
+        evaluation = scoring.finish(decision.threshold, decision.which) if scoring is not None else None
+    if o.evaluate and evaluation is None:
+        evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.scene, areas=[o.area] if o.area else None,
+                                                  maps=o.error_maps))
     return PredictResult(path=Path(o.out), meta=meta, evaluation=evaluation)
 
 
@@ -352,7 +360,8 @@ def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
 # --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
 def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                    o: PredictOptions, decision: Decision, seen: InputStats) -> dict[str, Any]:
+                    o: PredictOptions, decision: Decision, seen: InputStats,
+                    scoring: AreaEvaluation | None = None) -> dict[str, Any]:
     """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews."""
     t0 = time.perf_counter()
     labels = _Labels(tmp / ".labels.tif", region.width, region.height, region.transform)
@@ -362,7 +371,7 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
     comps = labeler.resolve({AREA: decision.min_area_m2, PIXELS: decision.min_pixels})
     polygons = o.outputs == "all"
     with pinned_gpkg_timestamp():
-        _mask_and_polygons(region, comps, labels, tmp, polygons)
+        _mask_and_polygons(region, comps, labels, tmp, polygons, scoring)
     t_polygons = time.perf_counter() - t1
     t2 = time.perf_counter()
     if o.outputs == "all":
@@ -521,7 +530,7 @@ def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any
 # --- pass 2: mask and polygons -------------------------------------------------------------------------
 
 def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp: Path,
-                       with_polygons: bool = True) -> None:
+                       with_polygons: bool = True, scoring: AreaEvaluation | None = None) -> None:
     width, height = region.width, region.height
     polygons = LandslideWriter(tmp / "landslides.gpkg", comps, region.transform, region.crs) if with_polygons \
         else None
@@ -547,6 +556,8 @@ def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp:
             if k + 1 < len(blocks):
                 pending = tracer.submit(trace_block, blocks[k + 1])
             mask_ds.write(m, 1, window=win)
+            if scoring is not None:
+                scoring.add(win, m)
             if polygons is not None:
                 polygons.add_pieces(pieces, int(win.row_off + win.height))
     if polygons is not None:
