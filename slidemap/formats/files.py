@@ -214,7 +214,8 @@ def atomic_file(path: str | Path, sync: bool = True) -> Iterator[Path]:
 
     Temporaries of ``path`` left by a killed writer (a checkpoint, a bundle) are removed first. ``sync``
     False skips the flush (~0.5 ms): the rename alone keeps the file whole through a kill, and only a power
-    cut could lose it; for files rewritten every second from a state held elsewhere (a run's epoch logs).
+    cut could lose it; for files rewritten from a state held elsewhere (a run's epoch logs) or remade in
+    milliseconds and checked when read (a prediction's prediction.json and metrics).
     """
     path = Path(path)
     with disk_errors(path):

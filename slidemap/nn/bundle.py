@@ -78,8 +78,8 @@ class Bundle:
         """The network with the bundle's weights, in eval mode.
 
         Weights that do not fit the description are a one-line UserError. A bundle just saved from a network
-        hands that very network over the first time (building another takes 5-10 ms for a small U-Net, a
-        tenth of a grid run's fixed cost); it shares its weights' storage with ``state_dict``.
+        hands that very network over the first time (building another takes 5-10 ms for a small U-Net, of a
+        grid run's ~0.2 s of fixed cost); it shares its weights' storage with ``state_dict``.
         """
         from slidemap.nn.models import build_model
 

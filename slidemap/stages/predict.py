@@ -389,7 +389,7 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
                       o: PredictOptions, decision: Decision, seen: InputStats,
-                      labels: _Labels) -> tuple[ComponentLabeler, float]:
+                      stored: _Labels) -> tuple[ComponentLabeler, float]:
     from rasterio import features
 
     sc, width, height = region.scene, region.width, region.height
@@ -405,6 +405,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
     stack_name, mask_name = f"--scene {sc.path}: stack.tif", f"--scene {sc.path}: mask.tif"
 
     with contextlib.ExitStack() as stack:
+        stack.callback(stored.close)
         src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
         msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
                if sc.mask_path.exists() and not _mask_marks_unknown(sc) else None)
@@ -413,8 +414,6 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
             prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
             describe_probability(prob_ds, o.as_float)
             prob_out = RowWriter(prob_ds)
-        lab_out = labels
-        stack.callback(labels.close)
         stack.enter_context(progress)
         task = progress.add_task("predict", total=total_km2)
 
@@ -430,7 +429,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
             for r, binary, valid, prob in strips:
                 labels = label_strip(labeler, r, binary, prob, row_areas[r:r + len(binary)])
                 labels[~valid] = -1
-                lab_out.write(labels)
+                stored.write(labels)
 
         def finish_strip(r0: int, prob: np.ndarray, valid: np.ndarray) -> float:
             """Mask, label and write one strip; returns its valid km². Runs in the writer thread."""
@@ -466,7 +465,7 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         label_rows(cleaner.finish())
         if prob_out is not None:
             prob_out.close()
-        lab_out.close()
+        stored.close()
     return labeler, valid_km2
 
 
