@@ -228,3 +228,20 @@ def test_chattogram_label_raster(tmp_path):
     assert np.array_equal(mask == 0, (lab == 1) & valid)
     assert inv.unknown_km2 > 100 * inv.labelled_km2  # unlabelled over 99 % of the valid scene
     assert 0.1 < inv.landslide_km2 < 0.2
+
+
+def test_no_window_names_unknown_truth_when_labels_are_sparse(tmp_path):
+    """Chattogram's labels know the truth on 0.5 % of the scene: sampling that finds no window says the
+    windows were refused for unknown truth (255 in mask.tif, like nodata), not for image nodata."""
+    from slidemap.stages.sample import SampleOptions
+    from slidemap.stages.sample import run as sample
+
+    lab = np.zeros((SIZE, SIZE), dtype=np.uint8)  # unlabelled but for a few blobs
+    lab[blobs((SIZE, SIZE), 7, (2, 4), 5)] = 2
+    lab[40:44, 10:14] = 1
+    image = image_with(tmp_path, lab == 2, TRANSFORM, CRS)
+    labels = write_raster(tmp_path / "labels.tif", lab, CRS, TRANSFORM, nodata=0)
+    scene = prepare(tmp_path, "scene", images=[image], inventory=labels, label_values=[2]).path
+    with pytest.raises(UserError, match=r"at most 0 nodata or unknown-truth px; the truth is known on [0-9.]+ of "
+                                        r"[0-9.]+ km²\); try a smaller --size"):
+        sample(SampleOptions(scene=scene, out=tmp_path / "chips", method="grid", size=32))
