@@ -220,6 +220,12 @@ class Scene:
         return self.meta.inventory is not None
 
     @property
+    def mask_marks_unknown(self) -> bool:
+        """Whether mask.tif marks unknown truth with 255 (a label raster's unlabelled pixels), not only nodata."""
+        inv = self.meta.inventory
+        return inv is not None and inv.kind == "raster" and bool(inv.unknown_km2)
+
+    @property
     def stack_path(self) -> Path:
         """The layers' GeoTIFF (float32, NaN nodata)."""
         return self.path / "stack.tif"

@@ -148,7 +148,7 @@ class SegmentationTask(pl.LightningModule):
 
     def keep_best_val_prob(self) -> None:
         """This epoch is the best so far: its validation probabilities become the best epoch's."""
-        if self.keep_val_prob and self._val_prob is not None:
+        if self._val_prob is not None:  # allocated only with keep_val_prob
             self.best_val_prob, self._val_prob = self._val_prob, self.best_val_prob
 
     def validation_step(self, batch: int, batch_idx: int) -> None:

@@ -151,10 +151,7 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
                 warnings.warn(f"area {name}: not covered by the prediction in {pred_dir}; skipped",
                               EvaluateWarning, stacklevel=2)
                 continue
-            coverage = _coverage(geoms[name], grid)
-            if coverage < 0.999:
-                warnings.warn(f"area {name}: the prediction covers {coverage:.1%} of it; only that part is "
-                              f"evaluated", EvaluateWarning, stacklevel=2)
+            coverage = _coverage(geoms[name], grid, name)
             score = AreaScore(read_truth, grid, geoms[name], window, object_overlap)
             tif = None if maps == "none" else pred_dir / f"error_map_{_slug(name)}.tif"
             with _error_map(tif, score.profile) as write:
@@ -168,8 +165,7 @@ def _evaluate_scene(pred_dir: Path, scene: Scene, names: list[str], named: bool,
                     write(score.add(b, pred), b)
             if tif is not None:
                 write_error_map_style(tif)  # the legend in QGIS
-            rows.append({**score.result(), "error_map": None if tif is None else str(tif), "area": name,
-                         "role": roles[name], "coverage": coverage})
+            rows.append(score.row(name, roles[name], coverage, tif))
         if not rows:
             raise UserError(f"PRED {pred_dir} and --truth {scene.path}: the prediction covers none of the "
                             f"areas {', '.join(names)}; prediction and truth do not overlap there")
@@ -346,6 +342,11 @@ class AreaScore:
         self.pred_objects.add(b, (pred == 1) & inside, valid=truth != NODATA, hit=(truth != NODATA) & (truth == 1))
         return cls
 
+    def row(self, area: str, role: str, coverage: float, error_map: Path | None) -> dict[str, Any]:
+        """The area's row of metrics.json: :meth:`result` with its name, role, coverage and error map."""
+        return {**self.result(), "error_map": None if error_map is None else str(error_map), "area": area,
+                "role": role, "coverage": coverage}
+
     def result(self) -> dict[str, Any]:
         """Pixels, km², scores, objects and window of the area (the blocks added so far)."""
         pixels = self.per_row.sum(axis=0)
@@ -369,13 +370,12 @@ class AreaEvaluation:
     not possible (no inventory, or the area is not the prediction's whole window); ``evaluate`` runs afterwards.
     """
 
-    def __init__(self, scene: Scene, area: str, grid: Grid, folder: Path, pred_dir: Path,
+    def __init__(self, scene: Scene, area: str, geom: BaseGeometry, grid: Grid, folder: Path, pred_dir: Path,
                  maps: Literal["png", "tif", "none"], object_overlap: float) -> None:
         self.scene, self.area, self.folder, self.pred_dir, self.maps = scene, area, folder, pred_dir, maps
         self._stack = contextlib.ExitStack()
         truth_ds = self._stack.enter_context(open_raster(scene.mask_path, "--truth mask.tif"))
-        geom = scene.area_geometry(area, grid.crs)
-        self.coverage = _coverage(geom, grid)
+        self.coverage = _coverage(geom, grid, area)
         self.score = AreaScore(truth_reader(truth_ds, grid, scene.mask_path), grid, geom,
                                Window(0, 0, grid.width, grid.height), object_overlap)
         self.tif = None if maps == "none" else f"error_map_{_slug(area)}.tif"
@@ -389,7 +389,7 @@ class AreaEvaluation:
         geom = scene.area_geometry(area, grid.crs) if scene.has_inventory else None
         if geom is None or area_window(geom, grid) != Window(0, 0, grid.width, grid.height):
             return None
-        return cls(scene, area, grid, folder, pred_dir, maps, object_overlap)
+        return cls(scene, area, geom, grid, folder, pred_dir, maps, object_overlap)
 
     def add(self, b: Window, pred: np.ndarray) -> None:
         """Score (and map) one block of the mask being written."""
@@ -398,14 +398,10 @@ class AreaEvaluation:
     def finish(self, threshold: float, threshold_source: str) -> EvaluateResult:
         """Write the error map's style and PNG and the metrics into the folder; the evaluation's result."""
         self.close()
-        if self.coverage < 0.999:
-            warnings.warn(f"area {self.area}: the prediction covers {self.coverage:.1%} of it; only that part is "
-                          f"evaluated", EvaluateWarning, stacklevel=2)
         if self.tif is not None:
             write_error_map_style(self.folder / self.tif)
-        role = self.scene.area(self.area).role
-        row = {**self.score.result(), "error_map": None if self.tif is None else str(self.pred_dir / self.tif),
-               "area": self.area, "role": role, "coverage": self.coverage}
+        row = self.score.row(self.area, self.scene.area(self.area).role, self.coverage,
+                             None if self.tif is None else self.pred_dir / self.tif)
         return write_evaluation(self.pred_dir, self.folder, self.scene, [row], threshold, threshold_source,
                                 self.score.object_overlap, self.maps)
 
@@ -455,10 +451,15 @@ def _area_geometries(scene: Scene, names: Sequence[str], crs: CRS) -> dict[str, 
     return {name: scene.area_geometry(name, crs) for name in names}
 
 
-def _coverage(geom: BaseGeometry, grid: Grid) -> float:
+def _coverage(geom: BaseGeometry, grid: Grid, name: str) -> float:
+    """The share of area ``name`` the prediction's grid covers; a warning when it is not whole."""
     from shapely.geometry import box
 
-    return float(geom.intersection(box(*grid.bounds)).area / geom.area) if geom.area else 0.0
+    coverage = float(geom.intersection(box(*grid.bounds)).area / geom.area) if geom.area else 0.0
+    if coverage < 0.999:
+        warnings.warn(f"area {name}: the prediction covers {coverage:.1%} of it; only that part is evaluated",
+                      EvaluateWarning, stacklevel=3)
+    return coverage
 
 
 def _grids_overlap(a: Grid, b: Grid) -> bool:

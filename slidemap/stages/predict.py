@@ -332,15 +332,6 @@ def _band_count(paths: list[Path], option: str) -> int:
     return n
 
 
-def _mask_marks_unknown(scene: Scene) -> bool:
-    """Whether the scene's mask.tif marks unknown truth (a label raster's unlabelled pixels) with 255.
-
-    Then where to predict is told by the bands alone (prepare blanks every band at nodata).
-    """
-    inv = scene.meta.inventory
-    return inv is not None and inv.kind == "raster" and bool(inv.unknown_km2)
-
-
 def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
     """The pixel window to predict, and the area's polygon (pixels outside it are nodata).
 
@@ -408,7 +399,9 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         stack.callback(stored.close)
         src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
         msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
-               if sc.mask_path.exists() and not _mask_marks_unknown(sc) else None)
+               # where the mask marks unknown truth, where to predict is told by the bands alone (prepare
+               # blanks every band at nodata)
+               if sc.mask_path.exists() and not sc.mask_marks_unknown else None)
         prob_out = None
         if o.outputs == "all":
             prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))

@@ -219,11 +219,11 @@ def _fill_chips(sc: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.nd
 def _no_window_message(sc: Scene, method: str, size: int, max_nodata: int, require_landslide: bool,
                        names: list[str]) -> str:
     why = "holds a landslide pixel" if require_landslide else "fits"
-    inv = sc.meta.inventory
-    unknown = inv is not None and bool(inv.unknown_km2)  # a label raster's unlabelled pixels are 255 in mask.tif
-    kinds = "nodata or unknown-truth" if unknown else "nodata"
-    known = (f"; the truth is known on {inv.labelled_km2:g} of {inv.labelled_km2 + inv.unknown_km2:g} km²"
-             if unknown and inv is not None and inv.labelled_km2 is not None and inv.unknown_km2 else "")
+    inv, kinds, known = sc.meta.inventory, "nodata", ""
+    if sc.mask_marks_unknown and inv is not None:  # a label raster's unlabelled pixels are 255 in mask.tif too
+        kinds = "nodata or unknown-truth"
+        labelled, unknown = inv.labelled_km2 or 0.0, inv.unknown_km2 or 0.0
+        known = f"; the truth is known on {labelled:g} of {labelled + unknown:g} km²"
     return (f"SCENE {sc.path}: no {size} px {method} window {why} in train area(s) {', '.join(names)} "
             f"(wholly inside, clear of test areas, at most {max_nodata} {kinds} px{known}); try a smaller --size"
             f"{' or a larger --max-nodata' if max_nodata == 0 else ''}"
