@@ -354,6 +354,57 @@ def test_interrupted_predict_leaves_no_output(study, monkeypatch):
     assert list(parent.iterdir()) == []
 
 
+def test_helper_threads_run_in_order_are_kept_and_leave_nothing_running():
+    """A role's work runs in submission order on one long-lived thread; leaving the block cancels what has not
+    started and waits for what has, so no read outlives the files it reads."""
+    import threading
+    import time
+
+    from slidemap.raster.threads import helper
+
+    done, names = [], set()
+
+    def work(k, pause=0.0):
+        names.add(threading.current_thread().name)
+        time.sleep(pause)
+        done.append(k)
+        return k
+
+    with helper("test") as submit:
+        assert [f.result() for f in [submit(work, k) for k in range(5)]] == list(range(5))
+    with helper("test") as submit:  # the same thread again
+        submit(work, 5)
+    assert done == list(range(6)) and len(names) == 1 and names.pop().startswith("slidemap-test")
+    with helper("test") as submit:  # left with work queued: it is done before the block ends
+        queued = [submit(work, k, 0.05) for k in (6, 7)]
+    assert all(f.done() for f in queued) and done[-2:] == [6, 7]
+    started = threading.Event()
+    with pytest.raises(ValueError), helper("test") as submit:  # left by an error: what runs is waited for,
+        slow = submit(lambda: (started.set(), work("slow", 0.2)))  # what has not started is cancelled
+        never = submit(work, "never")
+        started.wait()
+        raise ValueError
+    assert slow.done() and never.cancelled() and done[-1] == "slow"
+
+
+def test_a_predict_that_fails_in_its_reader_leaves_no_output(study, monkeypatch):
+    """A read that fails in the helper thread surfaces in the caller, and the folder is left as it was."""
+    import slidemap.stages.predict as mod
+
+    def unreadable(*args, **kwargs):
+        raise OSError("simulated read error")
+
+    monkeypatch.setattr(mod, "read_block", unreadable)
+    parent = study["root"] / "unreadable"
+    parent.mkdir()
+    with pytest.raises(OSError, match="simulated read error"):
+        predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)
+    assert list(parent.iterdir()) == []
+    monkeypatch.undo()
+    predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)  # threads fine
+    assert (parent / "pred" / "mask.tif").is_file()
+
+
 def test_band_mismatch_names_missing_and_extra_bands(study, tmp_path):
     net = build_model("unet", in_channels=3, filters=4)
     bundle = save_bundle(tmp_path / "b.pt", net, bundle_meta(["red", "nir", "swir"], net))

@@ -201,6 +201,49 @@ def test_grid_run_keeps_a_weights_only_best_and_resumes_from_last(chips, referen
     assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
 
 
+def test_best_weights_are_copied_into_the_network_as_load_state_dict_would():
+    """The best epoch's weights go into the network by one fused copy; other weights take load_state_dict."""
+    from slidemap.nn.fitting import set_net_weights
+
+    torch.manual_seed(0)
+    net, other = build_model("resunet", in_channels=3, filters=8), build_model("resunet", in_channels=3, filters=8)
+    other(torch.rand(2, 3, 32, 32))  # training mode: the batch norms' running statistics and counts move
+    weights = {k: v.clone() for k, v in other.state_dict().items()}
+    set_net_weights(net, weights)
+    mine = net.state_dict()
+    assert mine.keys() == weights.keys() and all(torch.equal(mine[k], weights[k]) for k in weights)
+    assert all(p.requires_grad for p in net.parameters())
+    assert [k for k in weights if mine[k].data_ptr() == weights[k].data_ptr()] == []  # copied, not shared
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        set_net_weights(net, {k: v[:1] if v.ndim else v for k, v in weights.items()})
+
+
+def test_callback_entry_points_are_looked_up_once_and_make_fresh_callbacks(monkeypatch):
+    """Every Trainer gets the callbacks of Lightning's entry-point factories, found once per process."""
+    from importlib import metadata
+
+    from slidemap.nn import fitting
+
+    class Found(pl.Callback):
+        pass
+
+    class Point:
+        name = "found"
+
+        def load(self):
+            return lambda: [Found()]
+
+    looked = []
+    monkeypatch.setattr(metadata, "entry_points", lambda group: looked.append(group) or [Point()])
+    monkeypatch.setattr(fitting, "_CALLBACK_FACTORIES", {})
+    fitting._callback_factories_once()
+    trainers = [pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                           enable_checkpointing=False) for _ in range(2)]
+    found = [[c for c in t.callbacks if isinstance(c, Found)] for t in trainers]
+    assert [len(f) for f in found] == [1, 1] and found[0][0] is not found[1][0]
+    assert looked == ["lightning.pytorch.callbacks_factory"]
+
+
 def test_threshold_comes_from_the_best_epochs_validation_pass(chips, monkeypatch, tmp_path):
     """fp32 training chooses the threshold on the best epoch's validation probabilities, kept from its validation
     pass (no second pass over the validation chips); a fresh pass of the bundle's network gives the same choice."""

@@ -25,8 +25,7 @@ than speed (overlap 256 costs 3x the compute of 64 at tile 512).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 from slidemap.errors import UserError
 from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device, resolve_precision
 from slidemap.nn.normalise import Normaliser
+from slidemap.raster.threads import helper
 from slidemap.raster.tiling import AxisTiling, check_tiling, reflect_index, wide_tile
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class TileRunner:
 def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_rows: ReadRows, height: int,
                             width: int, tile: int = 512, overlap: int = 64, margin: int | None = None,
                             batch_size: int = 4, normalise: Normaliser | None = None,
-                            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                            ) -> Generator[tuple[int, np.ndarray, np.ndarray], None, None]:
     """Predict a region strip by strip; yields ``(row0, prob, valid)`` for consecutive finished rows.
 
     ``read_rows(r0, r1)`` returns the raw (C, r1 - r0, width) float32 pixels of region rows r0..r1 (NaN
@@ -115,12 +115,12 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
         return np.ascontiguousarray(x.transpose(1, 2, 0)), valid
 
     # The next strip is read while the network runs on this one, so reading costs no wall time.
-    with ThreadPoolExecutor(1, thread_name_prefix="slidemap-read") as reader:
-        pending = reader.submit(load_strip, rows.offsets[0])
+    with helper("read") as read_ahead:
+        pending = read_ahead(load_strip, rows.offsets[0])
         for i, r in enumerate(rows.offsets):
             x, valid = pending.result()
             if i + 1 < len(rows.offsets):
-                pending = reader.submit(load_strip, rows.offsets[i + 1])
+                pending = read_ahead(load_strip, rows.offsets[i + 1])
             yield from _blend_strip(runner, x, valid, i, r, rows, cols, wx, num, den, overlap, margin,
                                     height, width)
 

@@ -50,9 +50,19 @@ def pixel_size_m(crs: CRS, transform: Affine, height: int) -> tuple[float, float
 
 
 def row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) -> np.ndarray:
-    """Ground area of one pixel in m² for each row ``row_off .. row_off+nrows-1``."""
+    """Ground area of one pixel in m² for each row ``row_off .. row_off+nrows-1`` (a read-only array).
+
+    Kept for the last grids asked: a prediction and the scoring of its area ask for the same rows.
+    """
+    return _row_pixel_areas_m2(crs, Affine(*tuple(transform)[:6]), int(row_off), int(nrows))
+
+
+@functools.lru_cache(maxsize=32)
+def _row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) -> np.ndarray:
     dx, dy = row_pixel_sizes_m(crs, transform, row_off, nrows)
-    return dx * dy
+    areas = dx * dy
+    areas.flags.writeable = False
+    return areas
 
 
 def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> tuple[np.ndarray, np.ndarray]:

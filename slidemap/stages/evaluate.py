@@ -325,14 +325,18 @@ class AreaScore:
         self.profile = gtiff_profile(self.width, self.height, 1, "uint8", grid.crs,
                                      window_transform(window, grid.transform), nodata=NODATA)
 
-    def add(self, b: Window, pred: np.ndarray) -> np.ndarray:
-        """Score block ``b`` of the area's window, predicted ``pred`` (1/0/255); returns its error classes."""
+    def add(self, b: Window, pred: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+        """Score block ``b`` of the area's window, predicted ``pred`` (1/0/255); returns its error classes.
+
+        ``inside``: the block's pixels in the area, where the caller has them rasterised already.
+        """
         from rasterio import features
 
         gw = Window(self.window.col_off + b.col_off, self.window.row_off + b.row_off, b.width, b.height)
         truth = self.read_truth(gw)
-        inside = features.geometry_mask([self.geom], out_shape=pred.shape, invert=True,
-                                        transform=window_transform(gw, self.grid.transform))
+        if inside is None:
+            inside = features.geometry_mask([self.geom], out_shape=pred.shape, invert=True,
+                                            transform=window_transform(gw, self.grid.transform))
         cls = error_classes(pred, truth, inside)
         rows = slice(int(b.row_off), int(b.row_off + b.height))
         for k in (TN, TP, FP, FN):
@@ -371,10 +375,12 @@ class AreaEvaluation:
     """
 
     def __init__(self, scene: Scene, area: str, geom: BaseGeometry, grid: Grid, folder: Path, pred_dir: Path,
-                 maps: Literal["png", "tif", "none"], object_overlap: float) -> None:
+                 maps: Literal["png", "tif", "none"], object_overlap: float,
+                 truth: rasterio.io.DatasetReaderBase | None = None) -> None:
         self.scene, self.area, self.folder, self.pred_dir, self.maps = scene, area, folder, pred_dir, maps
         self._stack = contextlib.ExitStack()
-        truth_ds = self._stack.enter_context(open_raster(scene.mask_path, "--truth mask.tif"))
+        truth_ds = truth if truth is not None else self._stack.enter_context(
+            open_raster(scene.mask_path, "--truth mask.tif"))
         self.coverage = _coverage(geom, grid, area)
         self.score = AreaScore(truth_reader(truth_ds, grid, scene.mask_path), grid, geom,
                                Window(0, 0, grid.width, grid.height), object_overlap)
@@ -384,16 +390,25 @@ class AreaEvaluation:
 
     @classmethod
     def start(cls, scene: Scene, area: str, grid: Grid, folder: Path, pred_dir: Path,
-              maps: Literal["png", "tif", "none"] = "png", object_overlap: float = 0.5) -> AreaEvaluation | None:
-        """The evaluation of ``area`` on the prediction ``grid`` (the area's window), or None if it cannot be fed."""
-        geom = scene.area_geometry(area, grid.crs) if scene.has_inventory else None
-        if geom is None or area_window(geom, grid) != Window(0, 0, grid.width, grid.height):
-            return None
-        return cls(scene, area, geom, grid, folder, pred_dir, maps, object_overlap)
+              maps: Literal["png", "tif", "none"] = "png", object_overlap: float = 0.5,
+              truth: rasterio.io.DatasetReaderBase | None = None,
+              geom: BaseGeometry | None = None) -> AreaEvaluation | None:
+        """The evaluation of ``area`` on the prediction ``grid`` (the area's window), or None if it cannot be fed.
 
-    def add(self, b: Window, pred: np.ndarray) -> None:
-        """Score (and map) one block of the mask being written."""
-        self._write(self.score.add(b, pred), b)
+        ``truth`` is the scene's mask.tif and ``geom`` the area's polygon (in the grid's CRS, its window being
+        ``grid``) when the caller has them already: predict reads the one and cuts its window by the other.
+        """
+        if not scene.has_inventory:
+            return None
+        if geom is None:
+            geom = scene.area_geometry(area, grid.crs)
+            if geom is None or area_window(geom, grid) != Window(0, 0, grid.width, grid.height):
+                return None
+        return cls(scene, area, geom, grid, folder, pred_dir, maps, object_overlap, truth)
+
+    def add(self, b: Window, pred: np.ndarray, inside: np.ndarray | None = None) -> None:
+        """Score (and map) one block of the mask being written (``inside``: see :meth:`AreaScore.add`)."""
+        self._write(self.score.add(b, pred, inside), b)
 
     def finish(self, threshold: float, threshold_source: str) -> EvaluateResult:
         """Write the error map's style and PNG and the metrics into the folder; the evaluation's result."""

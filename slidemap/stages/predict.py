@@ -39,8 +39,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -83,6 +82,7 @@ from slidemap.raster.polygons import (
 )
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
+from slidemap.raster.threads import helper
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
@@ -172,6 +172,25 @@ class _Region:
     band_idx: list[int]  # 1-based stack bands, in the bundle's order
     window: Window
     area_geoms: list | None
+    _inside: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def inside(self, block: Window) -> np.ndarray | None:
+        """Which pixels of ``block`` (a window of the region) lie in the area; None where no area is given.
+
+        A region that fits in memory is rasterised once, for pass 1 and the area's scoring in pass 2 alike.
+        """
+        from rasterio import features
+
+        if self.area_geoms is None:
+            return None
+        r0, c0, h, w = int(block.row_off), int(block.col_off), int(block.height), int(block.width)
+        if self.width * self.height > LABELS_IN_MEMORY:
+            return features.geometry_mask(self.area_geoms, out_shape=(h, w), invert=True,
+                                          transform=self.transform @ Affine.translation(c0, r0))
+        if "whole" not in self._inside:
+            self._inside["whole"] = features.geometry_mask(self.area_geoms, out_shape=(self.height, self.width),
+                                                           invert=True, transform=self.transform)
+        return self._inside["whole"][r0:r0 + h, c0:c0 + w]
 
     @property
     def transform(self) -> Affine:
@@ -220,14 +239,20 @@ def run(options: PredictOptions) -> PredictResult:
         window, area_geoms = _window_of(sc, o.area)
         region = _Region(sc, band_idx, window, area_geoms)
         seen = InputStats(bundle.bands)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused(), contextlib.ExitStack() as scoring_open:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused(), contextlib.ExitStack() as opened:
+            # the scene's mask.tif, opened once: where to predict (pass 1) and the truth the area is scored on
+            scene_mask = opened.enter_context(open_raster(sc.mask_path, f"--scene {sc.path}: mask.tif",
+                                                             need_crs=False)) \
+                if sc.mask_path.exists() else None
             # an area of its own scene is scored from the mask as pass 2 writes it (else evaluated afterwards)
             scoring = AreaEvaluation.start(sc, o.area, Grid(sc.crs, region.transform, region.width,
-                                                            region.height), tmp, Path(o.out), o.error_maps) \
+                                                            region.height), tmp, Path(o.out), o.error_maps,
+                                           truth=scene_mask, geom=area_geoms[0] if area_geoms else None) \
                 if o.evaluate and o.area else None
             if scoring is not None:
-                scoring_open.callback(scoring.close)
-            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen, scoring)
+                opened.callback(scoring.close)
+            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen, scene_mask,
+                                      scoring)
         shift = warn_shift(bundle, seen, where)
         if o.outputs == "all":
             write_styles(tmp, o.as_float)
@@ -351,12 +376,15 @@ def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
 # --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
 def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                    o: PredictOptions, decision: Decision, seen: InputStats,
+                    o: PredictOptions, decision: Decision, seen: InputStats, scene_mask: Any = None,
                     scoring: AreaEvaluation | None = None) -> dict[str, Any]:
-    """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews."""
+    """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews.
+
+    ``scene_mask`` is the scene's open mask.tif (None: the scene has none).
+    """
     t0 = time.perf_counter()
     labels = _Labels(tmp / ".labels.tif", region.width, region.height, region.transform)
-    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, decision, seen, labels)
+    labeler, valid_km2 = _probability_pass(runner, region, normalise, tmp, o, decision, seen, labels, scene_mask)
     t_predict = time.perf_counter() - t0
     t1 = time.perf_counter()
     comps = labeler.resolve({AREA: decision.min_area_m2, PIXELS: decision.min_pixels})
@@ -379,10 +407,8 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                      o: PredictOptions, decision: Decision, seen: InputStats,
-                      stored: _Labels) -> tuple[ComponentLabeler, float]:
-    from rasterio import features
-
+                      o: PredictOptions, decision: Decision, seen: InputStats, stored: _Labels,
+                      scene_mask: Any) -> tuple[ComponentLabeler, float]:
     sc, width, height = region.scene, region.width, region.height
     transform, crs = region.transform, region.crs
     row0, col0 = int(region.window.row_off), int(region.window.col_off)
@@ -398,10 +424,9 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
     with contextlib.ExitStack() as stack:
         stack.callback(stored.close)
         src = stack.enter_context(open_raster(sc.stack_path, stack_name, need_crs=False))
-        msk = (stack.enter_context(open_raster(sc.mask_path, mask_name, need_crs=False))
-               # where the mask marks unknown truth, where to predict is told by the bands alone (prepare
-               # blanks every band at nodata)
-               if sc.mask_path.exists() and not sc.mask_marks_unknown else None)
+        # where the mask marks unknown truth, where to predict is told by the bands alone (prepare blanks
+        # every band at nodata)
+        msk = None if sc.mask_marks_unknown else scene_mask
         prob_out = None
         if o.outputs == "all":
             prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
@@ -429,9 +454,9 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
             h = len(prob)
             if msk is not None:
                 valid &= read_block(msk, mask_name, 1, Window(col0, row0 + r0, width, h)) != MASK_NODATA
-            if region.area_geoms is not None:
-                valid &= features.geometry_mask(region.area_geoms, out_shape=(h, width), invert=True,
-                                                transform=transform @ Affine.translation(0, r0))
+            inside = region.inside(Window(0, r0, width, h))
+            if inside is not None:
+                valid &= inside
             # the clean-up is streamed too: strips come back final once enough rows below them are known
             label_rows(cleaner.push(r0, valid & (prob >= decision.threshold), valid, prob))
             if prob_out is not None and o.as_float:
@@ -445,12 +470,12 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
 
         # Strips are labelled and written (GDAL compresses without the GIL) in one writer thread, in
         # order, while the network predicts the next strip; at most two finished strips wait.
-        strips = iter_probability_strips(runner, read_rows, height, width, o.tile, o.overlap, None,
-                                         o.batch_size, normalise)
-        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="slidemap-write"))
+        strips = stack.enter_context(contextlib.closing(iter_probability_strips(
+            runner, read_rows, height, width, o.tile, o.overlap, None, o.batch_size, normalise)))
+        write = stack.enter_context(helper("write"))
         queued: deque = deque()
         for r0, prob, valid in strips:
-            queued.append(writer.submit(finish_strip, r0, prob, valid))
+            queued.append(write(finish_strip, r0, prob, valid))
             while len(queued) > 2:
                 valid_km2 += queued.popleft().result()
         while queued:
@@ -529,7 +554,7 @@ def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp:
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
     with stored.reader() as read_labels, \
             rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
-            ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
+            helper("polygonise") as trace:
 
         def trace_block(win: Window) -> tuple[np.ndarray, list]:
             """Final ids -> mask block and polygon pieces; runs in the tracer thread, one block ahead."""
@@ -542,14 +567,14 @@ def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp:
         # Tracing block k + 1 (GDAL reads and polygonizes without the GIL) overlaps dissolving and
         # writing the polygons and the mask of block k here.
         blocks = list(_row_blocks(width, height, 512))
-        pending = tracer.submit(trace_block, blocks[0])
+        pending = trace(trace_block, blocks[0])
         for k, win in enumerate(blocks):
             m, pieces = pending.result()
             if k + 1 < len(blocks):
-                pending = tracer.submit(trace_block, blocks[k + 1])
+                pending = trace(trace_block, blocks[k + 1])
             mask_ds.write(m, 1, window=win)
             if scoring is not None:
-                scoring.add(win, m)
+                scoring.add(win, m, region.inside(win))
             if polygons is not None:
                 polygons.add_pieces(pieces, int(win.row_off + win.height))
     if polygons is not None:

@@ -54,6 +54,9 @@ RESUMABLE = ("epochs", "patience", "max_time", "device", "precision", "progress"
              "slidemap_version", "split")
 """Options a resumed run may change; every other option must be the run's own."""
 
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's emitter where PyYAML was built with it (the same text as the pure-Python one, 4x faster)."""
+
 
 class TrainOptions(StageOptions):
     """Everything ``slidemap train`` takes (see ``slidemap train --help``)."""
@@ -190,7 +193,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     with output_lock(out):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+            tmp.write_text(yaml.dump(config, Dumper=_YAML_DUMPER, sort_keys=False))
         try:
             return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
                                    batch_size, config, resume_from, callbacks, chipsets)
@@ -221,7 +224,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
                     callbacks: Sequence[Any], chipsets: list[ChipSet]) -> TrainResult:
     import lightning.pytorch as pl
 
-    from slidemap.nn.fitting import fit, load_net_weights
+    from slidemap.nn.fitting import fit, load_net_weights, set_net_weights
     from slidemap.nn.models import build_model
     from slidemap.nn.task import SegmentationTask, cpu_threads, predict_chips
 
@@ -248,7 +251,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         ckpt_dir = out / "checkpoints"
         best_ckpt = ckpt_dir / "best.ckpt"
         if outcome.best_weights is not None:
-            net.load_state_dict(outcome.best_weights)
+            set_net_weights(net, outcome.best_weights)
         else:
             load_net_weights(net, best_ckpt if best_ckpt.is_file() else ckpt_dir / "last.ckpt")
         val_idx = torch.as_tensor(split.val)
