@@ -110,7 +110,7 @@ def estimate_seconds(plan: Plan) -> str:
     return (f"estimated wall time: about {when} for {epochs} epochs per run on this machine ({cpu}, "
             f"{torch.get_num_threads()} threads; early stopping ends most runs sooner): a training step of each "
             f"of the grid's {len(rates)} network shapes measured here ({calibration:.0f} s); the test-area "
-            f"predictions and each run's fixed costs (about 0.35 s a run with quick.yaml's four small test areas on "
+            f"predictions and each run's fixed costs (about 0.25 s a run with quick.yaml's four small test areas on "
             f"a 2-core CPU; more for large areas) not included")
 
 
