@@ -327,12 +327,17 @@ def predict(
     if scenes is not None:
         if scene or image or chips:
             raise UserError("--scenes: give the scenes in the list only (no --scene, --image or --chips)")
+        alone = [name for name, given in (("--area", area), ("--evaluate", evaluate), ("--pre-image", pre_image),
+                                          ("--submission", submission)) if given]
+        if alone:
+            raise UserError(f"--scenes: {alone[0]} applies to one scene; predict that scene on its own")
         from slidemap.experiments.batch import predict_scenes
 
         done, failed, merged = predict_scenes(
             model, scenes, out, dem=dem, workers=workers, ray=ray, log=lambda t: typer.echo(t, err=True),
             tile=tile, overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
-            device=device.value, as_float=as_float, precision=precision, postprocess=postprocess.value)
+            device=device.value, as_float=as_float, precision=precision, engine=engine,
+            postprocess=postprocess.value)
         typer.echo(f"predictions {out}: {done} scenes done, {failed} failed; all landslides in {merged}")
         if failed:
             raise typer.Exit(1)

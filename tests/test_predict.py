@@ -437,6 +437,46 @@ def test_bad_input_is_one_line(study, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: MODEL")
 
 
+def test_many_scenes_are_predicted_merged_and_resumed(study, tmp_path, capsys):
+    """``predict MODEL --scenes LIST``: a folder per entry (a prepared scene, bare images), one merged GeoPackage
+    of their landslides, a failing entry recorded without stopping the others, and a rerun that redoes nothing."""
+    import geopandas as gpd
+
+    r, scene = study["rasters"], study["scene"]
+    one_band = tmp_path / "one_band.tif"
+    with rasterio.open(r.image) as src:
+        profile = {**src.profile, "count": 1}
+        with rasterio.open(one_band, "w", **profile) as dst:
+            dst.write(src.read(1), 1)
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"# a region's scenes\n{scene.path}\n{r.image}   # bare image, with --dem\n{one_band}\n")
+    out = tmp_path / "batch"
+    argv = ["predict", str(study["bundle"]), "--scenes", str(listing), "--out", str(out), "--dem", str(r.dem),
+            "--tile", "96", "--overlap", "32", "--engine", "torch"]
+    assert main(argv) == 1  # one entry failed
+    captured = capsys.readouterr()
+    assert f"scene {Path(scene.path).name}: done" in captured.err and f"scene {r.image.stem}: done" in captured.err
+    assert "scene one_band: FAILED: --image: the images hold 1 band(s)" in captured.err
+    assert "2 scenes done, 1 failed" in captured.out
+    names = [Path(scene.path).name, r.image.stem]
+    metas = [json.loads((out / n / "prediction.json").read_text()) for n in names]
+    assert [m["engine_choice"]["excluded"]["onnx"] for m in metas] == ["onnx, onnx-int8: --engine torch"] * 2
+    assert not (out / "one_band").exists()
+    np.testing.assert_array_equal(read(out / names[0] / "mask.tif")[0], read(out / names[1] / "mask.tif")[0])
+    merged = gpd.read_file(out / "landslides.gpkg")
+    assert merged.crs == scene.crs and sorted(set(merged["scene"])) == sorted(names)
+    assert [int((merged["scene"] == n).sum()) for n in names] == [m["landslides"] for m in metas]
+    assert metas[0]["landslides"] > 0
+    stamps = [(out / n / "mask.tif").stat().st_mtime_ns for n in names]
+    listing.write_text(f"{scene.path}\n{r.image}\n")  # the failing entry dropped: the rest is done already
+    assert main(argv) == 0
+    assert [(out / n / "mask.tif").stat().st_mtime_ns for n in names] == stamps
+    assert "2 scenes done, 0 failed" in capsys.readouterr().out
+    for extra in (["--area", "test"], ["--evaluate"]):
+        line = cli_error(capsys, [*argv, *extra])
+        assert line == f"error: --scenes: {extra[0]} applies to one scene; predict that scene on its own"
+
+
 def test_cli_predict(study, capsys):
     out = study["root"] / "pred_cli"
     code = main(["predict", str(study["bundle"]), "--scene", str(study["scene"].path), "--out", str(out),
