@@ -138,7 +138,7 @@ def prepare(
                                             "background."),
     unlabelled_values: str | None = typer.Option(None, help="Label raster: comma-separated values that mean "
                                                  "'not labelled' (besides its nodata)."),
-    areas: Path | None = typer.Option(None, help="Named areas (columns name, role=train|test)."),
+    areas: Path | None = typer.Option(None, help="Named areas (name, role=train|test); none nor --split: to predict."),
     split: str | None = typer.Option(None, help="Cut the scene into train:test (by valid area) along "
                                      "--split-axis, e.g. 3:2."),
     split_axis: Axis = typer.Option(Axis.x, help="Axis of --split: x (left train, right test) or y "
@@ -167,8 +167,9 @@ def prepare(
     """Co-register images, DEM and inventory into a scene folder (stack, mask, areas, scene.json)."""
     from slidemap.stages import prepare as stage
 
-    if (areas is None) == (split is None):
-        raise UserError("--areas / --split: give exactly one (a file of named areas, or e.g. --split 3:2)")
+    if areas is not None and split is not None:
+        raise UserError("--areas / --split: give one (a file of named areas, or e.g. --split 3:2), or neither "
+                        "for a scene only to predict")
     with _warnings_as_lines():
         result = stage.run(stage.PrepareOptions(
             images=image, out=out, dem=dem, inventory=inventory, areas=areas, split=split,

@@ -400,9 +400,15 @@ def test_cli_prepare_prints_scene_and_errors(tmp_path, tiny_inputs, capsys):
                  str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --image {tmp_path / 'nope.tif'}: no such file; check the path"]
-    assert main(["prepare", "--image", str(tiny_inputs.image), "--out", str(tmp_path / "y")]) == 2
-    assert "--areas / --split" in capsys.readouterr().err
+    both = ["prepare", "--image", str(tiny_inputs.image), "--areas", str(tiny_inputs.areas), "--split", "1:1",
+            "--out", str(tmp_path / "y")]
+    assert main(both) == 2
+    assert capsys.readouterr().err.startswith("error: --areas / --split: give one")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    # neither: a scene only to predict (an analyst's fresh image), its statistics over all valid pixels
+    assert main(["prepare", "--image", str(tiny_inputs.image), "--out", str(tmp_path / "z")]) == 0
+    assert "128x128 px, bands blue, green, red, nir" in capsys.readouterr().out
+    assert Scene(tmp_path / "z").areas == [] and Scene(tmp_path / "z").stats
 
 
 def test_cli_prints_warnings_as_one_line(tmp_path, capsys):
