@@ -477,6 +477,36 @@ def test_many_scenes_are_predicted_merged_and_resumed(study, tmp_path, capsys):
         assert line == f"error: --scenes: {extra[0]} applies to one scene; predict that scene on its own"
 
 
+def test_scenes_in_two_utm_zones_merge_in_wgs84(study, tmp_path, capsys):
+    """Sentinel-2 tiles of one region can lie in two UTM zones: their landslides are merged in WGS 84."""
+    import geopandas as gpd
+    from rasterio.warp import calculate_default_transform, reproject
+
+    r, scene = study["rasters"], study["scene"]
+    east = tmp_path / "east_zone.tif"
+    with rasterio.open(r.image) as src:
+        transform, width, height = calculate_default_transform(src.crs, "EPSG:32634", src.width, src.height,
+                                                               *src.bounds)
+        with rasterio.open(east, "w", **{**src.profile, "crs": "EPSG:32634", "transform": transform,
+                                         "width": width, "height": height}) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b))
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"{scene.path}\n{east}\n")
+    out = tmp_path / "batch"
+    assert main(["predict", str(study["bundle"]), "--scenes", str(listing), "--out", str(out), "--dem",
+                 str(r.dem), "--tile", "96", "--overlap", "32", "--engine", "torch"]) == 0
+    capsys.readouterr()
+    merged = gpd.read_file(out / "landslides.gpkg")
+    assert merged.crs.to_epsg() == 4326
+    own = gpd.read_file(out / Path(scene.path).name / "landslides.gpkg")
+    assert own.crs == scene.crs and len(own) > 0
+    mine = merged[merged["scene"] == Path(scene.path).name]
+    assert len(mine) == len(own) and int((merged["scene"] == "east_zone").sum()) > 0
+    np.testing.assert_allclose(mine.to_crs(own.crs).geometry.area.to_numpy(), own.geometry.area.to_numpy(),
+                               rtol=1e-6)
+
+
 def test_cli_predict(study, capsys):
     out = study["root"] / "pred_cli"
     code = main(["predict", str(study["bundle"]), "--scene", str(study["scene"].path), "--out", str(out),
