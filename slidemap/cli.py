@@ -138,7 +138,8 @@ def prepare(
                                             "background."),
     unlabelled_values: str | None = typer.Option(None, help="Label raster: comma-separated values that mean "
                                                  "'not labelled' (besides its nodata)."),
-    areas: Path | None = typer.Option(None, help="Named areas (name, role=train|test); none nor --split: to predict."),
+    areas: Path | None = typer.Option(None, help="Named areas (columns name, role=train|test); give neither "
+                                      "this nor --split for a scene only to predict."),
     split: str | None = typer.Option(None, help="Cut the scene into train:test (by valid area) along "
                                      "--split-axis, e.g. 3:2."),
     split_axis: Axis = typer.Option(Axis.x, help="Axis of --split: x (left train, right test) or y "
