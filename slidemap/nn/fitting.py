@@ -141,19 +141,27 @@ def load_net_weights(net: torch.nn.Module, ckpt: Path) -> None:
     net.load_state_dict(_net_weights(torch.load(ckpt, map_location="cpu", weights_only=True)))
 
 
+def copy_state(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor]) -> bool:
+    """Copy ``src`` into ``dst``'s tensors in place by one fused copy; whether it could.
+
+    Only when both have the same keys, shapes, dtypes and devices; otherwise nothing is copied.
+    """
+    if dst.keys() != src.keys() or any((d.shape, d.dtype, d.device) != (src[k].shape, src[k].dtype, src[k].device)
+                                       for k, d in dst.items()):
+        return False
+    with torch.no_grad():
+        torch._foreach_copy_([t.detach() for t in dst.values()], [src[k].detach() for k in dst])
+    return True
+
+
 def set_net_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy ``weights`` (the network's own keys, shapes, dtypes, device) into ``net`` by one fused copy.
 
     ``load_state_dict`` walks every module in Python (7 ms for a small U-Net, each grid run); anything else
     than a copy of the network's own state dict goes through it, for its checks and messages.
     """
-    own = net.state_dict(keep_vars=True)
-    if own.keys() != weights.keys() or any((own[k].shape, own[k].dtype, own[k].device) != (w.shape, w.dtype, w.device)
-                                           for k, w in weights.items()):
+    if not copy_state(net.state_dict(keep_vars=True), weights):
         net.load_state_dict(weights)
-        return
-    with torch.no_grad():
-        torch._foreach_copy_([t.detach() for t in own.values()], [weights[k] for k in own])
 
 
 def _net_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -250,8 +258,7 @@ class AtomicCheckpointIO(pl.plugins.TorchCheckpointIO):
         """Write (or hold) a checkpoint of ``weights`` alone; a held one is refilled in place by one fused copy."""
         path = Path(path)
         held = self.held.get(path) if self.hold else None
-        if held is not None and held["state_dict"].keys() == weights.keys():
-            torch._foreach_copy_(list(held["state_dict"].values()), [w.detach() for w in weights.values()])
+        if held is not None and copy_state(held["state_dict"], weights):
             held.update(header)
             return
         self.save_checkpoint({**header, "state_dict": {k: w.detach() for k, w in weights.items()}}, path)

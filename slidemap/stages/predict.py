@@ -34,12 +34,13 @@ error maps can be drawn from it later without the network).
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -172,25 +173,29 @@ class _Region:
     band_idx: list[int]  # 1-based stack bands, in the bundle's order
     window: Window
     area_geoms: list | None
-    _inside: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def inside(self, block: Window) -> np.ndarray | None:
         """Which pixels of ``block`` (a window of the region) lie in the area; None where no area is given.
 
         A region that fits in memory is rasterised once, for pass 1 and the area's scoring in pass 2 alike.
         """
-        from rasterio import features
-
         if self.area_geoms is None:
             return None
         r0, c0, h, w = int(block.row_off), int(block.col_off), int(block.height), int(block.width)
         if self.width * self.height > LABELS_IN_MEMORY:
-            return features.geometry_mask(self.area_geoms, out_shape=(h, w), invert=True,
-                                          transform=self.transform @ Affine.translation(c0, r0))
-        if "whole" not in self._inside:
-            self._inside["whole"] = features.geometry_mask(self.area_geoms, out_shape=(self.height, self.width),
-                                                           invert=True, transform=self.transform)
-        return self._inside["whole"][r0:r0 + h, c0:c0 + w]
+            return self._rasterised(Window(c0, r0, w, h))
+        return self._whole_inside[r0:r0 + h, c0:c0 + w]
+
+    @functools.cached_property
+    def _whole_inside(self) -> np.ndarray:
+        return self._rasterised(Window(0, 0, self.width, self.height))
+
+    def _rasterised(self, block: Window) -> np.ndarray:
+        from rasterio import features
+
+        return features.geometry_mask(cast(list, self.area_geoms), out_shape=(int(block.height), int(block.width)),
+                                      invert=True, transform=self.transform @ Affine.translation(int(block.col_off),
+                                                                                                int(block.row_off)))
 
     @property
     def transform(self) -> Affine:
@@ -241,9 +246,10 @@ def run(options: PredictOptions) -> PredictResult:
         seen = InputStats(bundle.bands)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused(), contextlib.ExitStack() as opened:
             # the scene's mask.tif, opened once: where to predict (pass 1) and the truth the area is scored on
+            # (where it marks unknown truth, pass 1 goes by the bands alone: only a scoring needs it)
+            wanted = sc.mask_path.exists() and (not sc.mask_marks_unknown or bool(o.evaluate and o.area))
             scene_mask = opened.enter_context(open_raster(sc.mask_path, f"--scene {sc.path}: mask.tif",
-                                                             need_crs=False)) \
-                if sc.mask_path.exists() else None
+                                                             need_crs=False)) if wanted else None
             # an area of its own scene is scored from the mask as pass 2 writes it (else evaluated afterwards)
             scoring = AreaEvaluation.start(sc, o.area, Grid(sc.crs, region.transform, region.width,
                                                             region.height), tmp, Path(o.out), o.error_maps,
@@ -376,11 +382,12 @@ def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
 # --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
 def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
-                    o: PredictOptions, decision: Decision, seen: InputStats, scene_mask: Any = None,
+                    o: PredictOptions, decision: Decision, seen: InputStats,
+                    scene_mask: rasterio.io.DatasetReaderBase | None = None,
                     scoring: AreaEvaluation | None = None) -> dict[str, Any]:
     """Pass 1: probabilities + provisional labels, streamed; pass 2: mask + polygons; then overviews.
 
-    ``scene_mask`` is the scene's open mask.tif (None: the scene has none).
+    ``scene_mask`` is the scene's open mask.tif (None: it has none, or pass 1 and the scoring need none).
     """
     t0 = time.perf_counter()
     labels = _Labels(tmp / ".labels.tif", region.width, region.height, region.transform)
@@ -408,7 +415,7 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
 
 def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
                       o: PredictOptions, decision: Decision, seen: InputStats, stored: _Labels,
-                      scene_mask: Any) -> tuple[ComponentLabeler, float]:
+                      scene_mask: rasterio.io.DatasetReaderBase | None) -> tuple[ComponentLabeler, float]:
     sc, width, height = region.scene, region.width, region.height
     transform, crs = region.transform, region.crs
     row0, col0 = int(region.window.row_off), int(region.window.col_off)
