@@ -3,14 +3,10 @@
 The package in layers, imports running downwards only: ``cli`` -> ``experiments`` -> ``stages`` (prepare,
 sample, train, predict, evaluate) -> ``nn`` (networks, training task, inference) and ``sources`` (synthetic
 study areas, Landslide4Sense) -> ``figures`` -> ``raster`` (grids, tiling, terrain, components, polygons,
-metrics) -> ``formats`` (files on disk, validated sidecars) -> ``errors``.
+metrics) -> ``formats`` (files on disk, validated sidecars) -> ``errors`` and ``version``.
 """
 
-__version__ = "0.1.0"
-
-from slidemap import _compat  # noqa: E402
-from slidemap.errors import UserError  # noqa: E402
-
-_compat.install()
+from slidemap.errors import UserError
+from slidemap.version import __version__
 
 __all__ = ["UserError", "__version__"]

@@ -1,7 +1,7 @@
 """The house rules: imports run one way through the layers, no import loops, no module over 600 lines.
 
 Layers, top to bottom (a module may import its own layer and the ones below, never one above):
-cli -> experiments / demo -> stages -> nn / sources -> figures -> raster -> formats -> progress -> errors.
+cli -> experiments / demo -> stages -> nn / sources -> figures -> raster -> formats -> progress -> errors / version.
 Every import counts, the ones inside functions too (a lazy import is still a dependency).
 """
 
@@ -11,9 +11,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "slidemap"
-LAYERS = [("slidemap.cli", "slidemap._compat"), ("slidemap.experiments", "slidemap.demo"), ("slidemap.stages",),
+LAYERS = [("slidemap.cli",), ("slidemap.experiments", "slidemap.demo"), ("slidemap.stages",),
           ("slidemap.nn", "slidemap.sources"), ("slidemap.figures",), ("slidemap.raster",), ("slidemap.formats",),
-          ("slidemap.progress",), ("slidemap.errors",)]
+          ("slidemap.progress",), ("slidemap.errors", "slidemap.version")]
 
 
 def layer_of(module: str) -> int | None:
@@ -92,3 +92,26 @@ def test_no_import_loops_between_modules():
     for m in sorted(mods):
         visit(m)
     assert not loops, loops[:3]
+
+
+def test_no_module_imports_the_root_package():
+    """``slidemap/__init__`` sits above every layer: a module that takes a name from it pulls the whole root in."""
+    wrong = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "slidemap":
+                wrong.append(f"{module}: from slidemap import {', '.join(a.name for a in node.names)}")
+    assert not wrong, wrong
+
+
+def test_version_is_a_leaf_and_import_adds_no_hook():
+    import subprocess
+    import sys
+
+    assert not imports(PACKAGE / "version.py", "slidemap.version")
+    code = ("import sys; before = list(sys.meta_path); import slidemap; "
+            "assert sys.meta_path == before, sys.meta_path; print(slidemap.__version__, slidemap.UserError.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    from importlib.metadata import version
+
+    assert out == [version("slidemap"), "UserError"]
