@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from slidemap import __version__
+from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import (

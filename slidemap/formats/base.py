@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slidemap import __version__
+from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.formats.files import atomic_file
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from slidemap import __version__
+from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.formats.files import sha256
 from slidemap.nn.bundle import Bundle, load_bundle

@@ -33,7 +33,7 @@ import torch
 import yaml
 from pydantic import Field, SkipValidation, field_validator
 
-from slidemap import __version__
+from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.figures import plot_learning_curve
 from slidemap.formats.base import Record

@@ -12,7 +12,7 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
-from slidemap import __version__
+from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.sources.synth.grid import (
     AREAS_CRS,
