@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import (
@@ -35,6 +34,7 @@ from slidemap.experiments.results import (
 from slidemap.experiments.sites import materialise_chips, materialise_site, scene_of
 from slidemap.experiments.spec import Spec, load_spec
 from slidemap.formats.files import atomic_file, check_out, output_lock
+from slidemap.version import __version__
 
 if TYPE_CHECKING:
     from slidemap.formats.prediction import PatchMetrics, SceneMetrics

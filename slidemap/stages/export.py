@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.formats.files import sha256
 from slidemap.nn.bundle import Bundle, load_bundle
@@ -51,6 +50,7 @@ from slidemap.nn.engines import (
 )
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.options import StageOptions, StageResult
+from slidemap.version import __version__
 
 
 class ExportOptions(StageOptions):
