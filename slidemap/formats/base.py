@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slidemap.version import __version__
-from slidemap.errors import UserError
+from slidemap.errors import UserError, validation_line
 from slidemap.formats.files import atomic_file
+from slidemap.version import __version__
 
 
 class Record(BaseModel):
@@ -55,7 +55,7 @@ class Sidecar(Record):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise UserError(f"{where}: {validation_message(e)}; {cls.REDO}") from None
+            raise UserError(f"{where}: {validation_line(e)}; {cls.REDO}") from None
 
     @classmethod
     def load(cls, path: str | Path, option: str = "") -> Self:
@@ -78,13 +78,3 @@ class Sidecar(Record):
         """Write the file atomically (indented JSON); ``sync`` False skips the flush to disk (``atomic_file``)."""
         with atomic_file(path, sync) as tmp:
             tmp.write_text(self.model_dump_json(indent=2) + "\n")
-
-
-def validation_message(error: ValidationError) -> str:
-    """The first problem of a pydantic ValidationError as ``key.path: what is wrong``."""
-    first = error.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-after"))
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    if first.get("type") == "missing":
-        msg = "missing"
-    return f"{loc}: {msg}" if loc else msg

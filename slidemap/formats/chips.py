@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field, ValidationError
 
-from slidemap.errors import UserError
-from slidemap.formats.base import Record, Sidecar, validation_message
+from slidemap.errors import UserError, validation_line
+from slidemap.formats.base import Record, Sidecar
 from slidemap.formats.files import DISK_ERRORS, require_dir
 from slidemap.formats.scene import BandStats, Recipe
 
@@ -188,7 +188,7 @@ def read_windows(path: Path, where: str = "CHIPS") -> list[dict[str, Any]]:
                 try:
                     w = Window.model_validate(clean)
                 except ValidationError as e:
-                    raise UserError(f"{where}: windows.csv line {n}: {validation_message(e)}; sample it "
+                    raise UserError(f"{where}: windows.csv line {n}: {validation_line(e)}; sample it "
                                     f"again") from None
                 out.append({"id": w.id, "row": "" if w.row is None else w.row,
                             "col": "" if w.col is None else w.col, "size": "" if w.size is None else w.size,

@@ -2,7 +2,7 @@
 
 A stage is called as ``run(XOptions(...))``; everything is validated when the options are built, before
 anything is read or written, and a bad value is a UserError naming the option as the command line spells
-it (``--batch-size 0: must be at least 1``).
+it (``--batch-size 0: must be greater than or equal to 1``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from slidemap.errors import UserError
+from slidemap.errors import UserError, option_name, validation_line
 
 
 def _as_list(value: Any) -> Any:
@@ -33,37 +33,11 @@ class StageOptions(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise UserError(option_error(e)) from None
+            raise UserError(validation_line(e, option_name, "unknown option")) from None
 
     def replace(self, **changes: Any) -> Self:
         """A validated copy with ``changes``."""
         return type(self)(**{**self.model_dump(), **changes})
-
-
-def option_error(error: ValidationError) -> str:
-    """The first problem as ``--option value: what is wrong``."""
-    first = error.errors()[0]
-    loc = [str(p) for p in first.get("loc", ())]
-    if not loc:  # a check across options: its message names them
-        return str(first.get("msg", "invalid options")).removeprefix("Value error, ")
-    name = "--" + loc[0].replace("_", "-")
-    if first.get("type") == "extra_forbidden":
-        return f"{name}: unknown option"
-    if first.get("type") == "missing":
-        return f"{name}: required"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) or value is None else f" {_short(value)}"
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    msg = msg.replace("Input should be", "must be")
-    return f"{name}{shown}: {msg}"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)[:80]
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)[:80]
 
 
 class StageResult(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from slidemap.errors import UserError
+from slidemap.errors import UserError, option_name, validation_line
 
 # option -> (lowest, highest) accepted value of a factor, and what 1.0 means
 FACTORS = {
@@ -44,9 +44,7 @@ class SynthParams(BaseModel):
         try:
             params = cls(**values)
         except ValidationError as e:
-            err = e.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "?"
-            raise UserError(f"{_option(name)} {values.get(name)!r}: {err['msg'].lower()}") from None
+            raise UserError(validation_line(e, option_name, "unknown option")) from None
         params.check()
         return params
 
@@ -64,9 +62,6 @@ class SynthParams(BaseModel):
         for name, (low, high, default) in FACTORS.items():
             value = getattr(self, name)
             if not low <= value <= high:  # NaN fails too
-                raise UserError(f"{_option(name)} {value}: use a factor between {low:g} and {high:g} "
+                raise UserError(f"{option_name([name])} {value}: use a factor between {low:g} and {high:g} "
                                 f"(1 = {default})")
 
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")

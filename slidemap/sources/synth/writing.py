@@ -12,7 +12,6 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
-from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.sources.synth.grid import (
     AREAS_CRS,
@@ -29,6 +28,7 @@ from slidemap.sources.synth.grid import (
 from slidemap.sources.synth.marker import MARKER, SynthFile, SynthMarker
 from slidemap.sources.synth.params import SynthParams
 from slidemap.sources.synth.study import StudyArea, generate_from
+from slidemap.version import __version__
 
 GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # fixed last_change, so the GeoPackages are byte-identical
 WHAT = "synthetic study area"
