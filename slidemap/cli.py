@@ -21,7 +21,6 @@ import typer
 from slidemap.errors import UserError
 
 if TYPE_CHECKING:
-    from slidemap.nn.device import Setting
     from slidemap.stages.evaluate import EvaluateResult
 
 app = typer.Typer(
@@ -258,9 +257,9 @@ def train(
     seed: int = typer.Option(0, help="Random seed (same seed on CPU: identical run)."),
     device: Device = typer.Option(Device.auto, help="Training device."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last checkpoint."),
-    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: mixed precision on "
-                                  "a GPU; on a CPU the fastest of fp32 and bf16 (where native), channels-last"
-                                  " or not, measured once on this machine and cached (`slidemap info`)."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: bf16 on a GPU that has "
+                                  "it and on a CPU whose bf16 matmul is at least 1.5x its fp32 (measured once "
+                                  "per machine, `slidemap info`), else 32."),
     max_time: str | None = typer.Option(None, help="Stop training after this wall time, DD:HH:MM:SS."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     threads: int | None = typer.Option(None, help="CPU threads (default: every core; on a machine other jobs "
@@ -316,12 +315,15 @@ def predict(
     device: Device = typer.Option(Device.auto, help="Inference device."),
     as_float: bool = typer.Option(False, "--float", help="Write probability.tif as float32 (default uint8)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Also evaluate against the scene's inventory."),
-    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only); auto: see --engine; mixed "
-                                  "precision on a GPU."),
-    engine: str = typer.Option("auto", help="auto, torch, onnx or onnx-int8 (the last two need "
-                               "slidemap[onnx]); auto: the fastest on this CPU at this tile size, measured "
-                               "once and cached, among torch fp32, torch bf16 and ONNX Runtime fp32 / int8, "
-                               "bf16 and int8 only where their validation F1 is within 0.01 of fp32."),
+    precision: str = typer.Option("auto", help="auto, 32, bf16 or 16 (GPU only), for --engine torch; auto: "
+                                  "bf16 where this device runs it fast (the rule `slidemap info` shows), else "
+                                  "fp32."),
+    engine: str = typer.Option("torch", help="torch, onnx or onnx-int8: ONNX Runtime running the engines of "
+                               "`slidemap export RUN --onnx M.onnx [--int8]` (needs slidemap[onnx]), from "
+                               "--onnx-model or an export beside the bundle."),
+    onnx_model: Path | None = typer.Option(None, "--onnx-model", help="With --engine onnx / onnx-int8: the "
+                                           ".onnx file `slidemap export` wrote (default: an export of this "
+                                           "model found beside it)."),
 ) -> None:
     """Predict landslides over a whole scene (tiled, blended, streamed), many scenes, or a patch dataset."""
     from slidemap.stages import predict as stage
@@ -338,7 +340,7 @@ def predict(
         done, failed, merged = predict_scenes(
             model, scenes, out, dem=dem, workers=workers, ray=ray, log=lambda t: typer.echo(t, err=True),
             tile=tile, overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size,
-            device=device.value, as_float=as_float, precision=precision, engine=engine,
+            device=device.value, as_float=as_float, precision=precision, engine=engine, onnx_model=onnx_model,
             postprocess=postprocess.value)
         typer.echo(f"predictions {out}: {done} scenes done, {failed} failed; all landslides in {merged}")
         if failed:
@@ -349,7 +351,7 @@ def predict(
         model=model, out=out, scene=scene, area=area, images=image or None, dem=dem,
         pre_images=pre_image or None, chips=chips, tile=tile,
         overlap=overlap, threshold=threshold, min_area=min_area, batch_size=batch_size, device=device.value,
-        as_float=as_float, evaluate=evaluate, precision=precision, engine=engine,
+        as_float=as_float, evaluate=evaluate, precision=precision, engine=engine, onnx_model=onnx_model,
         postprocess=postprocess.value, submission=submission)
     with _warnings_as_lines():
         result = stage.run(options)
@@ -362,8 +364,7 @@ def predict(
     else:
         typer.echo(f"prediction {result.path}: {m.landslides} landslides, {m.landslide_km2:.4f} km² of "
                    f"{m.valid_km2:.3f} km² valid, threshold {m.threshold.value:.4f} ({m.threshold.which}), "
-                   f"{m.mpx_per_s} Mpx/s, engine {m.engine_choice.get('setting', m.engine)} "
-                   f"({m.engine_choice.get('how', 'given')})")
+                   f"{m.mpx_per_s} Mpx/s, engine {m.engine_choice.get('setting', m.engine)}")
         for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
             typer.echo(f"  {name:16s} {result.path / name}")
     if result.evaluation is not None:
@@ -408,66 +409,74 @@ def export(
     resolution_cm: float | None = typer.Option(None, help="Pixel size in cm that QGIS resamples the layer to "
                                                "(default: the pixel size of the scene the model was trained "
                                                "on)."),
-    tile: int = typer.Option(512, help="Tile size written for QGIS (Deepness's tile_size), a multiple of "
-                             "16."),
+    tile: int = typer.Option(512, help="Tile size in px, a multiple of 16: the QGIS file's fixed input height "
+                             "and width, and Deepness's tile_size."),
     overlap: int = typer.Option(64, help="Tile overlap in pixels (written as Deepness's percent)."),
-    threshold: str = typer.Option("best", help="Threshold written as seg_thresh: 'best', '0.5' or a number."),
+    threshold: str = typer.Option("best", help="Threshold written as seg_thresh, rounded to the 2 decimals "
+                                  "Deepness shows: 'best', '0.5' or a number."),
+    int8: bool = typer.Option(False, "--int8", help="Also write the int8 engine for `predict --engine "
+                              "onnx-int8`, calibrated on the model's training chips, and record the validation "
+                              "F1 of torch fp32, ONNX fp32 and int8 in M.engines.json."),
 ) -> None:
-    """Export the model as ONNX (QGIS Deepness, ONNX Runtime): raw band values in, landslide probability out."""
+    """Export the model as ONNX for QGIS (Deepness) with its style, and the ONNX Runtime engines of predict.
+
+    Writes M.onnx (for QGIS: raw bands in, probability out, a fixed tile size), M.qml (the style of the
+    `landslide` layer Deepness adds), M.engine.onnx [M.engine-int8.onnx] and M.engines.json, all beside M.onnx.
+    """
     from slidemap.stages import export as stage
 
-    result = stage.run(stage.ExportOptions(model=run, onnx=onnx, resolution_cm=resolution_cm, tile=tile,
-                                           overlap=overlap, threshold=threshold))
+    with _warnings_as_lines():
+        result = stage.run(stage.ExportOptions(model=run, onnx=onnx, resolution_cm=resolution_cm, tile=tile,
+                                               overlap=overlap, threshold=threshold, int8=int8))
     m = result.metadata
-    typer.echo(f"onnx {result.path}: input raw bands {', '.join(m['slidemap_bands'])} (in this order), "
-               f"output landslide probability")
+    typer.echo(f"onnx {result.path}: for QGIS; input raw bands {', '.join(m['slidemap_bands'])} (in this "
+               f"order), {m['tile_size']} x {m['tile_size']} px, output landslide probability")
     typer.echo(f"  Deepness: Segmentor, {m['resolution']} cm/px, tile {m['tile_size']} px, overlap "
-               f"{m['tiles_overlap']} %, threshold {m['seg_thresh']}")
+               f"{m['tiles_overlap']} %, threshold {m['seg_thresh']} (the model's {m['slidemap_threshold']}), "
+               f"remove small segments {m['seg_small_segment'] or 'off'}")
     if "max_abs_diff" in result.check:
         typer.echo(f"  checked with ONNX Runtime: max |p - p_torch| = {result.check['max_abs_diff']:.1e}")
+    for key, what in (("style", "QGIS style of the landslide layer"), ("onnx", "engine of predict --engine onnx"),
+                      ("onnx-int8", "engine of predict --engine onnx-int8"), ("record", "the engines' record")):
+        if key in result.files:
+            typer.echo(f"  {result.files[key].name:24s} {what}")
+    if result.record.f1:
+        typer.echo("  validation F1: " + ", ".join(f"{k} {v:.4f}" for k, v in result.record.f1.items()))
 
 
 @app.command()
 def info() -> None:
-    """This machine as slidemap sees it: CPU, threads, versions, measured settings and what `auto` picks."""
-    from slidemap.nn.device import MARGIN, cache_dir, describe_cache, describe_setting, machine, pick
+    """This machine as slidemap sees it: CPU, threads, versions, and the precision `auto` takes (measured anew)."""
+    import torch
+
+    from slidemap.nn.device import (
+        BF16_SPEEDUP,
+        bf16_measurement,
+        cache_dir,
+        choose_precision,
+        cpu_has_native_bf16,
+        cpu_info,
+        cpu_name,
+        versions,
+    )
     from slidemap.nn.engines import onnxruntime_available
 
-    m = machine()
-    typer.echo(f"cpu        {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']})")
-    typer.echo(f"flags      {', '.join(m['flags']) or 'none of note'}")
-    typer.echo(f"threads    {m['threads']}")
-    typer.echo("versions   " + ", ".join(f"{k} {v}" for k, v in m.items()
-                                         if k in ("torch", "onnxruntime", "slidemap")))
+    typer.echo(f"cpu        {cpu_name()}")
+    typer.echo(f"flags      {', '.join(cpu_info()['flags']) or 'none of note'}")
+    typer.echo(f"threads    {torch.get_num_threads()}")
+    typer.echo("versions   " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     if not onnxruntime_available():
         typer.echo("onnx       not installed: --engine onnx / onnx-int8 need pip install 'slidemap[onnx]'")
-    path = cache_dir() / "choices.json"
-    rows = describe_cache(path)
-    typer.echo(f"cache      {path} ({len(rows)} measurement{'s' if len(rows) != 1 else ''})")
-    typer.echo(f"           auto keeps the fastest only if {MARGIN:.2f}x the reference (torch-fp32); bf16 "
-               f"and int8 are candidates only for bundles whose validation F1 they keep within 0.01")
-    for r in rows:
-        net = r["network"]
-        size = f"tile {net['tile']}" if "tile" in net else f"{net.get('size')} px, batch {net.get('batch')}"
-        filters = net.get("filters", net.get("model_args", {}).get("filters"))
-        what = f"{r['kind']:7s} {net.get('network')}-{filters}, {net.get('bands')} bands, {size}"
-        names = list(r["rates"])
-        ref = "torch-fp32" if "torch-fp32" in names else names[0]
-        chosen = pick(r["rates"], [_setting(ref)] + [_setting(n) for n in names if n != ref]).name
-        mark = "" if r["this_machine"] else "  (another machine or version)"
-        typer.echo(f"  {what}: auto -> {chosen}{mark}")
-        for n in names:
-            star = "*" if n == chosen else " "
-            typer.echo(f"     {star} {n:14s} {r['rates'][n]:9.3f} {r['unit']:8s} {describe_setting(n)}")
-
-
-def _setting(name: str) -> Setting:
-    from slidemap.nn.device import Setting
-
-    if name in ("onnx", "onnx-int8"):
-        return Setting(name, "int8" if name == "onnx-int8" else "32", False)
-    prec = {"fp32": "32", "bf16": "bf16", "16": "16"}[name.split("-")[1]]
-    return Setting("torch", prec, not name.endswith("-nchw"))
+    if cpu_has_native_bf16():
+        m = bf16_measurement(remeasure=True)
+        typer.echo(f"matmul     fp32 {m.fp32_gflops:.0f} GFLOP/s, bf16 {m.bf16_gflops:.0f} GFLOP/s: bf16 "
+                   f"{m.speedup:.2f}x (auto takes bf16 from {BF16_SPEEDUP}x; kept in "
+                   f"{cache_dir() / 'precision.json'})")
+    choice = choose_precision("auto", "cpu")
+    typer.echo(f"auto       --precision {choice.precision} on the CPU: {choice.why}")
+    if torch.cuda.is_available():
+        gpu = choose_precision("auto", "cuda")
+        typer.echo(f"           --precision {gpu.precision} on {torch.cuda.get_device_name()}: {gpu.why}")
 
 
 @l4s_app.command("import")

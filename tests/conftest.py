@@ -210,25 +210,18 @@ def tiny_scene(tmp_path_factory, tiny_inputs) -> Path:
                                               inventory=tiny_inputs.inventory, areas=tiny_inputs.areas)).path
 
 
-@pytest.fixture(autouse=True)
-def _checkpoint_every_epoch(monkeypatch):
-    """Checkpoints on disk after every epoch (the default waits 10 s), so that interrupting a tiny test run
-    after an epoch leaves one to resume from; tests of the default delete the variable."""
-    monkeypatch.setenv("SLIDEMAP_CHECKPOINT_EVERY_S", "0")
-
-
 @pytest.fixture(scope="session", autouse=True)
-def _private_engine_cache(tmp_path_factory):
-    """Measured precision/engine choices go to a cache of the test session, never the user's ~/.cache."""
+def _private_cache(tmp_path_factory):
+    """What slidemap measures on this machine goes to a cache of the test session, never the user's ~/.cache."""
     import os
 
-    previous = os.environ.get("SLIDEMAP_CACHE_DIR")
-    os.environ["SLIDEMAP_CACHE_DIR"] = str(tmp_path_factory.mktemp("slidemap-cache"))
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     yield
     if previous is None:
-        os.environ.pop("SLIDEMAP_CACHE_DIR", None)
+        os.environ.pop("XDG_CACHE_HOME", None)
     else:
-        os.environ["SLIDEMAP_CACHE_DIR"] = previous
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 def cli_error(capsys, argv) -> str:

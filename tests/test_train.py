@@ -25,9 +25,10 @@ from slidemap.formats.chips import ChipSet, write_chipset
 from slidemap.formats.files import atomic_dir
 from slidemap.nn.augment import apply_symmetries, draw_symmetries, transform
 from slidemap.nn.bundle import load_bundle
-from slidemap.nn.device import cpu_has_native_bf16
+from slidemap.nn.device import resolve_precision
 from slidemap.nn.losses import build_loss, masked_bce
 from slidemap.nn.models import build_model
+from slidemap.nn.task import predict_chips
 from slidemap.raster.metrics import best_threshold
 from slidemap.raster.split import overlap_pairs, split_chips
 from slidemap.stages import train as train_stage
@@ -131,10 +132,19 @@ def test_same_seed_gives_identical_metrics_and_weights(chips, reference, tmp_pat
 
 
 class _Interrupt(pl.Callback):
-    """Fails after the second epoch's checkpoints are written, as a killed process would."""
+    """Fails as a killed process would: at the end of epoch ``at_epoch`` (default: the second), after its
+    validation and metrics.csv row but before its checkpoints (Lightning runs checkpoint callbacks last), or
+    at the first step of epoch 0 (``at_epoch=0``: no epoch finished)."""
+
+    def __init__(self, at_epoch: int = 1):
+        self.at_epoch = at_epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.at_epoch == 0:
+            raise RuntimeError("simulated crash")
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == self.at_epoch:
             raise RuntimeError("simulated crash")
 
 
@@ -172,8 +182,8 @@ def test_interrupt_after_training_says_how_to_finish(chips, reference, tmp_path,
 
 
 def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
-    """What the experiment runner asks for: no checkpoints written at the end nor left behind, no learning
-    curve; the best weights come from memory, so the bundle and the log equal a default run's."""
+    """What the experiment runner asks for: no checkpoints left behind, no learning curve; the bundle and the
+    log equal a default run's."""
     out = tmp_path / "lean"
     train(chips, out, keep_checkpoints=False, learning_curve=False, **FAST)
     names = {p.name for p in out.iterdir()}
@@ -184,78 +194,35 @@ def test_grid_runs_keep_only_the_bundle(chips, reference, tmp_path):
     assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
 
 
-def test_grid_run_keeps_a_weights_only_best_and_resumes_from_last(chips, reference, tmp_path):
-    """A run that keeps no checkpoints holds and writes its best as weights alone (no optimiser state to copy
-    at each improved epoch); killed, it resumes from last.ckpt to the uninterrupted bundle."""
+def test_a_killed_run_has_a_checkpoint_of_every_finished_epoch_and_resumes_to_the_same_run(chips, reference,
+                                                                                         tmp_path):
+    """Stock Lightning checkpoints: best.ckpt and last.ckpt hold the whole training state after every epoch
+    (written atomically, after the epoch's metrics.csv row). Killed at the end of the second epoch, before its
+    checkpoint, the run has the first epoch's checkpoint and two rows, and resumes to the uninterrupted bundle
+    and log."""
     out = tmp_path / "lean"
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(chips, out, keep_checkpoints=False, learning_curve=False, callbacks=[_Interrupt()], **FAST)
     best = torch.load(out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert "optimizer_states" not in best and "optimizer_states" in last and "loops" in last
-    assert best["state_dict"].keys() == last["state_dict"].keys()
-    assert best["epoch"] <= last["epoch"]
+    assert last["epoch"] == 0 and "optimizer_states" in last and "loops" in last
+    assert best["state_dict"].keys() == last["state_dict"].keys() and best["epoch"] <= last["epoch"]
+    assert [p.name for p in (out / "checkpoints").iterdir() if not p.name.endswith(".ckpt")] == []
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # the header and the two finished epochs
     train(chips, out, keep_checkpoints=False, learning_curve=False, resume=True, **FAST)
     a, b = load_bundle(out).state_dict, load_bundle(reference).state_dict
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert filecmp.cmp(reference / "metrics.csv", out / "metrics.csv", shallow=False)
 
 
-def test_best_weights_are_copied_into_the_network_as_load_state_dict_would():
-    """The best epoch's weights go into the network by one fused copy; other weights take load_state_dict."""
-    from slidemap.nn.fitting import set_net_weights
-
-    torch.manual_seed(0)
-    net, other = build_model("resunet", in_channels=3, filters=8), build_model("resunet", in_channels=3, filters=8)
-    other(torch.rand(2, 3, 32, 32))  # training mode: the batch norms' running statistics and counts move
-    weights = {k: v.clone() for k, v in other.state_dict().items()}
-    set_net_weights(net, weights)
-    mine = net.state_dict()
-    assert mine.keys() == weights.keys() and all(torch.equal(mine[k], weights[k]) for k in weights)
-    assert all(p.requires_grad for p in net.parameters())
-    assert [k for k in weights if mine[k].data_ptr() == weights[k].data_ptr()] == []  # copied, not shared
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        set_net_weights(net, {k: v[:1] if v.ndim else v for k, v in weights.items()})
-
-
-def test_callback_entry_points_are_looked_up_once_and_make_fresh_callbacks(monkeypatch):
-    """Every Trainer gets the callbacks of Lightning's entry-point factories, found once per process."""
-    from importlib import metadata
-
-    from slidemap.nn import fitting
-
-    class Found(pl.Callback):
-        pass
-
-    class Point:
-        name = "found"
-
-        def load(self):
-            return lambda: [Found()]
-
-    looked = []
-    monkeypatch.setattr(metadata, "entry_points", lambda group: looked.append(group) or [Point()])
-    monkeypatch.setattr(fitting, "_CALLBACK_FACTORIES", {})
-    fitting._callback_factories_once()
-    trainers = [pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                           enable_checkpointing=False) for _ in range(2)]
-    found = [[c for c in t.callbacks if isinstance(c, Found)] for t in trainers]
-    assert [len(f) for f in found] == [1, 1] and found[0][0] is not found[1][0]
-    assert looked == ["lightning.pytorch.callbacks_factory"]
-
-
-def test_threshold_comes_from_the_best_epochs_validation_pass(chips, monkeypatch, tmp_path):
-    """fp32 training chooses the threshold on the best epoch's validation probabilities, kept from its validation
-    pass (no second pass over the validation chips); a fresh pass of the bundle's network gives the same choice."""
-    from slidemap.nn import task
+def test_threshold_is_chosen_on_fp32_probabilities_of_the_best_weights(chips, tmp_path):
+    """The threshold and its F1 come from one fp32 pass of the bundle's network over the validation chips."""
     from slidemap.nn.task import load_chip_tensors
     from slidemap.raster.metrics import confusion, scores
 
-    passes, predict_chips = [], task.predict_chips
-    monkeypatch.setattr(task, "predict_chips", lambda *a: passes.append(a) or predict_chips(*a))
     out = tmp_path / "fp32"
     summary = train(chips, out, precision="32", **FAST).summary
-    assert passes == []
     bundle, chipset = load_bundle(out), ChipSet(chips)
     val = torch.as_tensor(train_stage._split([chipset], 0.3, FAST["seed"]).val)
     images, masks = load_chip_tensors([chipset], bundle.bands, bundle.normaliser())
@@ -268,24 +235,15 @@ def test_threshold_comes_from_the_best_epochs_validation_pass(chips, monkeypatch
     assert summary.val_f1_at_half == round(f1_half, 4)
 
 
-def test_first_checkpoint_is_due_after_the_interval(chips, reference, tmp_path, monkeypatch):
-    """By default the first checkpoint is due 10 s into training: a short run killed after two epochs has
-    none on disk, and --resume starts it afresh, saying why, to the same weights."""
-    monkeypatch.delenv("SLIDEMAP_CHECKPOINT_EVERY_S")
+def test_a_run_killed_in_its_first_epoch_starts_afresh_on_resume(chips, reference, tmp_path):
+    """No epoch finished, so no checkpoint: --resume says so and trains from the start, to the same weights."""
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(chips, out, callbacks=[_Interrupt()], **FAST)
+        train(chips, out, callbacks=[_Interrupt(at_epoch=0)], **FAST)
     assert not list(out.glob("checkpoints/*.ckpt"))
-    with pytest.warns(UserWarning, match=r"before its first checkpoint was written \(the first is due 10 s"):
+    with pytest.warns(UserWarning, match=r"stopped before its first epoch ended; starting it afresh"):
         train(chips, out, resume=True, **FAST)
     assert _same_weights(reference, out)
-
-
-def test_bad_checkpoint_interval_is_one_line_before_anything_is_written(chips, tmp_path, monkeypatch):
-    monkeypatch.setenv("SLIDEMAP_CHECKPOINT_EVERY_S", "soon")
-    with pytest.raises(UserError, match="SLIDEMAP_CHECKPOINT_EVERY_S=soon: give seconds"):
-        train(chips, tmp_path / "run", **FAST)
-    assert not (tmp_path / "run").exists()
 
 
 def test_finished_run_trained_on_with_resume_equals_longer_run(chips, reference, tmp_path):
@@ -312,9 +270,8 @@ def test_bundle_round_trip(reference, chips):
     assert set(meta.stats) == set(BANDS) and meta.stats["red"].mean is not None
     assert meta.thresholds["0.5"] == 0.5 and 0 < meta.thresholds["best"] < 1
     assert meta.training["epochs_run"] == 3
-    # --precision auto (the default) trains in what measured fastest on this CPU (recorded by its
-    # canonical name): bf16 only where the CPU has bf16 natively.
-    assert meta.training["precision"] in (("32", "bf16") if cpu_has_native_bf16() else ("32",))
+    # --precision auto (the default) trains by the machine's rule, recorded by its canonical name
+    assert meta.training["precision"] == resolve_precision("auto", "cpu")
     best = torch.load(reference / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     net = build_model("unet", in_channels=3, filters=8)
     net.load_state_dict({k.removeprefix("net."): v for k, v in best["state_dict"].items()})

@@ -10,9 +10,8 @@ the validation metrics. The loop around it (run log, checkpoints, ``fit``) is ``
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,8 +21,6 @@ from slidemap.nn.augment import apply_symmetries, draw_symmetries
 from slidemap.nn.losses import build_loss
 from slidemap.raster.metrics import Counts, scores
 
-if TYPE_CHECKING:
-    from slidemap.nn.device import Probe, Setting
 
 def _stream_seed(seed: int, epoch: int, stream: int) -> int:
     """A 63-bit seed for one random stream of one epoch (0: shuffle, 1: symmetries, 2: torch global)."""
@@ -58,7 +55,7 @@ class SegmentationTask(pl.LightningModule):
     def __init__(self, net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
                  train_idx: np.ndarray, val_idx: np.ndarray, batch_size: int, val_batch_size: int,
                  lr: float, loss: str, pos_weight: float | None, augment: bool, seed: int,
-                 channels_last: bool, keep_val_prob: bool = False) -> None:
+                 channels_last: bool) -> None:
         super().__init__()
         self.net = net
         self.images, self.masks = images, masks
@@ -72,11 +69,6 @@ class SegmentationTask(pl.LightningModule):
         self.train_acc = torch.zeros(2, dtype=torch.float64)
         self.val_acc = torch.zeros(6, dtype=torch.float64)
         self.epoch_result: dict[str, float] = {}
-        # The validation probabilities of the best epoch, kept so that choosing the threshold after training
-        # needs no second pass over the validation chips (the same network, batches and precision)
-        self.keep_val_prob = keep_val_prob
-        self.best_val_prob: torch.Tensor | None = None
-        self._val_prob: torch.Tensor | None = None
 
     @property
     def train_batches(self) -> int:
@@ -132,24 +124,14 @@ class SegmentationTask(pl.LightningModule):
         loss = self.loss_fn(logits, y)
         valid = (y != 255).sum()
         self.train_acc += torch.stack([loss.detach().double() * valid, valid.double()])
-        # the step's loss is logged for the progress bar alone (metrics.csv pools train_acc): without a bar,
-        # Lightning's logging would cost ~0.8 ms a step for nothing
+        # the step's loss is logged for the progress bar alone (metrics.csv pools train_acc)
         if self.trainer.progress_bar_callback is not None:
             self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        """Zero the pooled validation counts (and have a buffer for this epoch's probabilities)."""
+        """Zero the pooled validation counts."""
         self.val_acc = torch.zeros(6, dtype=torch.float64, device=self.device)
-        shape = (len(self.val_idx), *self.masks.shape[1:])
-        if self.keep_val_prob and (self._val_prob is None or self._val_prob.shape != shape
-                                   or self._val_prob.device != self.device):
-            self._val_prob = torch.empty(shape, dtype=torch.float32, device=self.device)
-
-    def keep_best_val_prob(self) -> None:
-        """This epoch is the best so far: its validation probabilities become the best epoch's."""
-        if self._val_prob is not None:  # allocated only with keep_val_prob
-            self.best_val_prob, self._val_prob = self._val_prob, self.best_val_prob
 
     def validation_step(self, batch: int, batch_idx: int) -> None:
         """Add batch ``batch``'s loss and confusion counts at 0.5 to the pooled counts."""
@@ -158,8 +140,6 @@ class SegmentationTask(pl.LightningModule):
         logits = self.net(x.contiguous(memory_format=self.memory_format))
         loss = self.loss_fn(logits, y)
         valid = y != 255
-        if self._val_prob is not None:
-            self._val_prob[sl] = torch.sigmoid(logits.detach().float()).reshape(y.shape)
         pred = logits.reshape(y.shape) >= 0  # probability >= 0.5
         truth = y == 1
         tp = (pred & truth & valid).sum()
@@ -198,16 +178,6 @@ def predict_chips(net: torch.nn.Module, images: torch.Tensor, idx: torch.Tensor,
     return torch.cat(out).numpy()
 
 
-def cpu_threads() -> int:
-    """Threads for training: OMP_NUM_THREADS if the user set it, else every core this process may use."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 # --- chips as standardised tensors -------------------------------------------------------------------
 
 def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: Any,
@@ -235,49 +205,3 @@ def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: 
             masks[offset + start:offset + stop] = torch.from_numpy(m)
         offset += len(chipset)
     return images, masks
-
-
-# --- what ``--precision auto`` measures for training ---------------------------------------------------
-
-def training_probe(arch: str, bands: int, filters: int, model_args: dict[str, Any], size: int,
-                   batch_size: int, device: torch.device, max_batch: int = 8) -> Probe:
-    """The training step ``--precision auto`` times, on a fresh network and random chips of the run's size.
-
-    Forward (under autocast), BCE, backward and an Adam step, in each candidate setting (fp32 and, where the CPU
-    has native bf16, bf16 autocast; channels-last and NCHW each). The run's own network and random streams are not
-    touched.
-    """
-    from slidemap.nn.device import AUTOCAST_DTYPE, Probe, Setting, cpu_has_native_bf16
-    from slidemap.nn.models import build_model
-
-    batch = max(1, min(batch_size, max_batch))  # chips/s hardly depends on the batch past 8; time does
-    candidates = [Setting("torch", "32", True), Setting("torch", "32", False)]
-    excluded = {}
-    if cpu_has_native_bf16():
-        candidates += [Setting("torch", "bf16", True), Setting("torch", "bf16", False)]
-    else:
-        excluded["torch-bf16"] = "torch-bf16: this CPU has no native bf16 (it would be emulated)"
-
-    def step(setting: Setting) -> Callable[[], float]:
-        fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
-        net = build_model(arch, in_channels=bands, filters=filters, **model_args).to(device)
-        net = net.to(memory_format=fmt).train()  # type: ignore[call-overload]
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
-        x = torch.randn(batch, bands, size, size, device=device).contiguous(memory_format=fmt)
-        y = (torch.rand(batch, 1, size, size, device=device) > 0.9).float()
-        dtype = AUTOCAST_DTYPE[setting.precision]
-
-        def run() -> float:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = net(x)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(batch)
-
-        return run
-
-    key = {"network": arch, "bands": bands, "filters": filters, "model_args": dict(model_args),
-           "size": size, "batch": batch, "device": device.type}
-    return Probe("train", key, candidates, step, "chips/s", 1.0, excluded)

@@ -33,7 +33,6 @@ import torch
 import yaml
 from pydantic import Field, SkipValidation, field_validator
 
-from slidemap.version import __version__
 from slidemap.errors import UserError
 from slidemap.figures import plot_learning_curve
 from slidemap.formats.base import Record
@@ -42,20 +41,18 @@ from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
 from slidemap.nn.bundle import Bundle, saved_bundle
-from slidemap.nn.device import RunChoice, precision_field, resolve_device, resolve_run
+from slidemap.nn.device import PrecisionChoice, choose_precision, precision_field, resolve_device
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
 from slidemap.raster.postprocess import choose_postprocess, min_size_cap
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Paths, StageOptions, StageResult
+from slidemap.version import __version__
 
 RESUMABLE = ("epochs", "patience", "max_time", "device", "precision", "progress", "threads",
              "slidemap_version", "split")
 """Options a resumed run may change; every other option must be the run's own."""
-
-_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-"""libyaml's emitter where PyYAML was built with it (the same text as the pure-Python one, 4x faster)."""
 
 
 class TrainOptions(StageOptions):
@@ -82,15 +79,15 @@ class TrainOptions(StageOptions):
     progress: bool = True
     threads: int | None = Field(None, ge=1)
     model_args: dict[str, Any] = {}
-    channels_last: bool | None = None
-    """None: channels-last unless ``precision auto`` measures NCHW clearly faster (docs/performance.md)."""
+    channels_last: bool = True
+    """Channels-last memory layout (faster convolutions on CPUs and GPUs alike, docs/performance.md)."""
     learn_postprocess: bool = True
     """False skips choosing the post-processing on the validation chips (a grid that scores raw masks)."""
     learning_curve: bool = True
     """False skips ``learning_curve.png`` (a grid's report draws the curves it shows from metrics.csv)."""
     keep_checkpoints: bool = True
-    """False removes ``checkpoints/`` once the bundle is written and skips their final write: a finished grid
-    run needs only its bundle (study 000's U-Net-64 checkpoints are ~0.4 GB a run)."""
+    """False removes ``checkpoints/`` once the bundle is written: a finished grid run needs only its bundle
+    (study 000's U-Net-64 checkpoints are ~0.4 GB a run)."""
 
     @field_validator("precision")
     @classmethod
@@ -152,10 +149,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     """
     o = options
     device = resolve_device(o.device)
-    resolve_run(o.precision, device)  # a bad --precision fails before anything is read
-    from slidemap.nn.fitting import checkpoint_every_s
-
-    checkpoint_every_s()  # and so does a bad SLIDEMAP_CHECKPOINT_EVERY_S
+    choice = choose_precision(o.precision, device)  # a bad --precision fails before anything is read
     chipsets = [ChipSet(c) for c in o.chips]
     bands = _bands(chipsets, o.bands)
     size = chipsets[0].size
@@ -169,7 +163,6 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     normalise = _pooled_normaliser(chipsets, bands)
     out = check_out(o.out, "config.yaml", o.chips, "run")
     resume_from = _check_run_folder(out, o.resume)
-    choice = _precision_choice(o, device, len(bands), size)
     precision = choice.precision
     split = _split(chipsets, o.val_fraction, o.seed)
     batch_size = o.batch_size
@@ -193,7 +186,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     with output_lock(out):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_file(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.dump(config, Dumper=_YAML_DUMPER, sort_keys=False))
+            tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         try:
             return _fit_and_bundle(o, out, device, choice, images, masks, split, bands, size, normalise,
                                    batch_size, config, resume_from, callbacks, chipsets)
@@ -202,35 +195,20 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
             raise
 
 
-def _precision_choice(o: TrainOptions, device: torch.device, bands: int, size: int) -> RunChoice:
-    """Precision and layout to train in: given, or ``auto`` measured on this CPU (and cached)."""
-    from slidemap.nn.task import cpu_threads, training_probe
-
-    probe = training_probe(o.model, bands, o.filters, dict(o.model_args), size, o.batch_size, device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(o.threads or cpu_threads())
-    try:
-        choice = resolve_run(o.precision, device, "torch", o.channels_last, probe)
-    finally:
-        torch.set_num_threads(threads)
-    if choice.how == "given" and o.channels_last is None:
-        choice.setting = type(choice.setting)("torch", choice.precision, True)
-    return choice
-
-
-def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: RunChoice, images: torch.Tensor,
+def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: PrecisionChoice, images: torch.Tensor,
                     masks: torch.Tensor, split: Split, bands: list[str], size: int, normalise: Normaliser,
                     batch_size: int, config: dict[str, Any], resume_from: Path | None,
                     callbacks: Sequence[Any], chipsets: list[ChipSet]) -> TrainResult:
     import lightning.pytorch as pl
 
-    from slidemap.nn.fitting import fit, load_net_weights, set_net_weights
+    from slidemap.nn.fitting import fit, load_net_weights
     from slidemap.nn.models import build_model
-    from slidemap.nn.task import SegmentationTask, cpu_threads, predict_chips
+    from slidemap.nn.task import SegmentationTask, predict_chips
 
-    precision, channels_last = choice.precision, choice.channels_last
+    precision, channels_last = choice.precision, o.channels_last
     threads = torch.get_num_threads()
-    torch.set_num_threads(o.threads or cpu_threads())
+    if o.threads:
+        torch.set_num_threads(o.threads)
     started = time.perf_counter()
     try:
         pl.seed_everything(o.seed, workers=False, verbose=False)
@@ -240,25 +218,18 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Ru
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
-                                channels_last=channels_last, keep_val_prob=precision == "32")
+                                channels_last=channels_last)
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
-                      resume_from, len(split.train), callbacks, final_write=o.keep_checkpoints)
+                      resume_from, len(split.train), callbacks)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
             raise KeyboardInterrupt
         if not outcome.log.rows:
             raise UserError(f"--max-time {o.max_time}: no epoch finished in time; allow more time")
         seconds = time.perf_counter() - started
-        ckpt_dir = out / "checkpoints"
-        best_ckpt = ckpt_dir / "best.ckpt"
-        if outcome.best_weights is not None:
-            set_net_weights(net, outcome.best_weights)
-        else:
-            load_net_weights(net, best_ckpt if best_ckpt.is_file() else ckpt_dir / "last.ckpt")
+        load_net_weights(net, outcome.best or out / "checkpoints" / "last.ckpt")
         val_idx = torch.as_tensor(split.val)
-        if task.best_val_prob is not None:  # fp32 validation of the best epoch: the very pass below
-            prob = task.best_val_prob.cpu().numpy()
-        else:  # a resumed run whose best came before the resume, or validation under autocast
-            prob = predict_chips(net, images, val_idx, max(2 * batch_size, 32), device)
+        # the threshold and post-processing are chosen on fp32 probabilities whatever precision trained
+        prob = predict_chips(net, images, val_idx, max(2 * batch_size, 32), device)
         truth = masks[val_idx].numpy()
     finally:
         torch.set_num_threads(threads)
@@ -454,7 +425,7 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     ``best.ckpt`` with a warning: per-epoch seeds make training on from an earlier epoch land on the same
     weights.
     """
-    from slidemap.nn.fitting import checkpoint_every_s, readable_checkpoint
+    from slidemap.nn.fitting import readable_checkpoint
 
     done, started = (out / "bundle.pt").is_file(), (out / "config.yaml").is_file()
     if not resume:
@@ -470,15 +441,15 @@ def _check_run_folder(out: Path, resume: bool) -> Path | None:
     last, best = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt"
     if last.is_file() and readable_checkpoint(last, resumable=True):
         return last
-    if best.is_file() and readable_checkpoint(best, resumable=True):  # a grid run's best holds weights only
+    if best.is_file() and readable_checkpoint(best, resumable=True):
         warnings.warn(f"{last} is {'unreadable' if last.is_file() else 'missing'}; resuming from {best}",
                       stacklevel=3)
         return best
     if last.is_file() or best.is_file():
         raise UserError(f"--resume: the checkpoints in {out / 'checkpoints'} are unreadable (truncated?) or hold "
                         f"weights only; start a new run with another --out")
-    warnings.warn(f"{last} missing: the run stopped before its first checkpoint was written (the first is due "
-                  f"{checkpoint_every_s():g} s into training); starting it afresh", stacklevel=3)
+    warnings.warn(f"{last} missing: the run stopped before its first epoch ended; starting it afresh",
+                  stacklevel=3)
     return None
 
 
