@@ -213,9 +213,9 @@ def atomic_file(path: str | Path, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is flushed to disk and renamed onto ``path``.
 
     Temporaries of ``path`` left by a killed writer (a checkpoint, a bundle) are removed first. ``sync``
-    False skips the flush (~0.5 ms): the rename alone keeps the file whole through a kill, and only a power
-    cut could lose it; for files rewritten from a state held elsewhere (a run's epoch logs) or remade in
-    milliseconds and checked when read (a prediction's prediction.json and metrics).
+    False skips the flush: the rename alone keeps the file whole through a killed process, only a power cut
+    could lose it; for files that are cheap to remake and checked when read (a prediction's metrics) or
+    published by the rename of the folder they are written in.
     """
     path = Path(path)
     with disk_errors(path):

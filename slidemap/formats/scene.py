@@ -8,9 +8,8 @@ the scene CRS, columns ``name`` and ``role``), ``scene.json`` (:class:`SceneMeta
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import rasterio
@@ -260,18 +259,24 @@ class Scene:
 
     def area_geometries(self) -> gpd.GeoDataFrame:
         """GeoDataFrame of the named areas (columns name, role, geometry) in the scene CRS."""
-        return _read_areas(self.areas_path, str(self.path), _stamp(self.areas_path)).copy()
+        from slidemap.formats.gdal import read_vector
+
+        return read_vector(self.areas_path, f"SCENE {self.path}: areas.gpkg")
 
     def area_geometry(self, name: str, crs: CRS | None = None) -> BaseGeometry | None:
         """The (dissolved) polygon of area ``name`` in the scene CRS (or in ``crs``), or None if it has none."""
         self.area(name)
-        shapes, file_crs = _area_shapes(self.areas_path, str(self.path), _stamp(self.areas_path))
-        geom = shapes.get(name)
-        if geom is None or crs is None or file_crs is None or CRS.from_user_input(file_crs) == crs:
+        gdf = self.area_geometries()
+        shapes = gdf.geometry[(gdf["name"].astype(str) == name).to_numpy()]
+        shapes = shapes[shapes.notna() & ~shapes.is_empty]
+        if not len(shapes):
+            return None
+        geom = shapes.union_all()
+        if crs is None or gdf.crs is None or CRS.from_user_input(gdf.crs) == crs:
             return geom
         import geopandas as gpd
 
-        return gpd.GeoSeries([geom], crs=file_crs).to_crs(crs).iloc[0]
+        return gpd.GeoSeries([geom], crs=gdf.crs).to_crs(crs).iloc[0]
 
     def area_mask(self, name: str, window: Window | None = None) -> np.ndarray:
         """Boolean raster of pixels whose centre lies in area ``name`` (whole grid or one window)."""
@@ -308,37 +313,3 @@ class Scene:
                             f"{', '.join(self.bands)}")
         return [self.bands.index(n) + 1 for n in names]
 
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells one version of a file from another: mtime, size and inode (None if it is missing)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-@functools.lru_cache(maxsize=16)
-def _area_shapes(path: Path, scene: str, stamp: tuple[int, int, int] | None) -> tuple[dict[str, Any], Any]:
-    """Each area's dissolved polygon (empty ones left out) and the file's CRS, once per version of the file.
-
-    Predicting and scoring one area asked pandas for it twice (~3 ms); shapely geometries are immutable.
-    """
-    gdf = _read_areas(path, scene, stamp)
-    shapes = {}
-    for name, sel in gdf.groupby("name", sort=False).geometry:
-        sel = sel[sel.notna() & ~sel.is_empty]
-        if len(sel):
-            shapes[str(name)] = sel.union_all()
-    return shapes, gdf.crs
-
-
-@functools.lru_cache(maxsize=16)
-def _read_areas(path: Path, scene: str, stamp: tuple[int, int, int] | None) -> gpd.GeoDataFrame:
-    """areas.gpkg, read once per version of the file (``stamp``).
-
-    A grid run predicts and scores several areas of one scene, and each read costs ~8 ms.
-    """
-    from slidemap.formats.gdal import read_vector
-
-    return read_vector(path, f"SCENE {scene}: areas.gpkg")

@@ -6,7 +6,6 @@ Metric pixel sizes and areas work in any CRS (geographic included); every stage 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,6 @@ from rasterio.crs import CRS
 from rasterio.windows import Window, subdivide
 
 if TYPE_CHECKING:
-    import pyproj
     import rasterio.io
     from shapely.geometry import Polygon
     from shapely.geometry.base import BaseGeometry
@@ -50,19 +48,9 @@ def pixel_size_m(crs: CRS, transform: Affine, height: int) -> tuple[float, float
 
 
 def row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) -> np.ndarray:
-    """Ground area of one pixel in m² for each row ``row_off .. row_off+nrows-1`` (a read-only array).
-
-    Kept for the last grids asked: a prediction and the scoring of its area ask for the same rows.
-    """
-    return _row_pixel_areas_m2(crs, Affine(*tuple(transform)[:6]), int(row_off), int(nrows))
-
-
-@functools.lru_cache(maxsize=32)
-def _row_pixel_areas_m2(crs: CRS, transform: Affine, row_off: int, nrows: int) -> np.ndarray:
+    """Ground area of one pixel in m² for each row ``row_off .. row_off+nrows-1``."""
     dx, dy = row_pixel_sizes_m(crs, transform, row_off, nrows)
-    areas = dx * dy
-    areas.flags.writeable = False
-    return areas
+    return dx * dy
 
 
 def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +77,6 @@ def row_pixel_sizes_m(crs: CRS, transform: Affine, row_off: int, nrows: int) -> 
     return dx, dy
 
 
-@functools.lru_cache(maxsize=16)
-def _projection(wkt: str) -> tuple[pyproj.Proj, pyproj.Transformer]:
-    import pyproj
-
-    crs = pyproj.CRS.from_wkt(wkt)
-    return pyproj.Proj(crs), pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
-
-
 def _scale_factors(wkt: str, transform: Affine, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parallel (k) and meridional (h) scale factors of a projected CRS in each row; 1.0 where it cannot tell.
 
@@ -104,7 +84,10 @@ def _scale_factors(wkt: str, transform: Affine, rows: np.ndarray) -> tuple[np.nd
     vary with latitude. "Cannot tell" is e.g. outside the projection's domain.
     """
     try:
-        proj, to_geodetic = _projection(wkt)
+        import pyproj
+
+        crs = pyproj.CRS.from_wkt(wkt)
+        proj, to_geodetic = pyproj.Proj(crs), pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
         x = np.full(rows.shape, transform.c + transform.a * 0.5)
         y = transform.f + transform.e * rows
         lon, lat = to_geodetic.transform(x, y)
@@ -117,10 +100,14 @@ def _scale_factors(wkt: str, transform: Affine, rows: np.ndarray) -> tuple[np.nd
     return np.where(bad, 1.0, k), np.where(bad, 1.0, h)
 
 
-def masked_area_km2(mask: np.ndarray, crs: CRS, transform: Affine, row_off: int = 0) -> float:
-    """Area in km² of the True pixels of a 2-D boolean ``mask`` whose first row is ``row_off``."""
+def masked_area_km2(mask: np.ndarray, row_areas_m2: np.ndarray) -> float:
+    """Area in km² of the True pixels of a 2-D boolean ``mask`` whose rows have pixels of ``row_areas_m2``.
+
+    ``row_areas_m2`` is :func:`row_pixel_areas_m2` over the mask's rows, computed once for all the masks of
+    one block.
+    """
     per_row = mask.sum(axis=1, dtype=np.int64)
-    return float((per_row * row_pixel_areas_m2(crs, transform, row_off, mask.shape[0])).sum() / 1e6)
+    return float((per_row * row_areas_m2).sum() / 1e6)
 
 
 def block_windows(width: int, height: int, block: int = 1024) -> list[Window]:

@@ -466,16 +466,17 @@ def _summarise(folder: Path, grid: Grid, area_gdf: gpd.GeoDataFrame,
             landslide = mask == 1
             ids = counter.owners(w, landslide)
             scene_ids.update(np.unique(ids[landslide]).tolist())
-            scene["m2"] += masked_area_km2(landslide, grid.crs, grid.transform, r0) * 1e6
+            row_area = row_pixel_areas_m2(grid.crs, grid.transform, r0, shape[0])
+            scene["m2"] += masked_area_km2(landslide, row_area) * 1e6
             scene["pixels"] += int(landslide.sum())
             for i, geom in enumerate(geoms):
                 inside = features.geometry_mask([geom], out_shape=shape, transform=wt, invert=True)
                 if not inside.any():
                     continue
-                area_m2[i] += masked_area_km2(inside, grid.crs, grid.transform, r0) * 1e6
-                valid_m2[i] += masked_area_km2(inside & valid, grid.crs, grid.transform, r0) * 1e6
+                area_m2[i] += masked_area_km2(inside, row_area) * 1e6
+                valid_m2[i] += masked_area_km2(inside & valid, row_area) * 1e6
                 slide = inside & landslide
-                slide_m2[i] += masked_area_km2(slide, grid.crs, grid.transform, r0) * 1e6
+                slide_m2[i] += masked_area_km2(slide, row_area) * 1e6
                 slide_px[i] += slide.sum()
                 slide_ids[i].update(np.unique(ids[slide]).tolist())
                 rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
