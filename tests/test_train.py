@@ -473,3 +473,58 @@ def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     assert unet_f1 == pytest.approx(0.719, abs=0.15), (unet_f1, baseline_f1)
     assert unet_f1 > baseline_f1 + 0.25, (unet_f1, baseline_f1)
 
+
+
+# --- the levers for transfer between sites ----------------------------------------------------------
+
+def test_photometric_augmentation_changes_image_bands_only_and_keeps_nodata():
+    from slidemap.nn.augment import apply_photometric, draw_photometric
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 8, 8, generator=g)
+    x[:, :, 0, 0] = 0  # nodata: 0 in every band after standardising
+    draws = draw_photometric(4, 3, torch.Generator().manual_seed(1))
+    assert draws.shape == (4, 3, 3)
+    gain, offset, gamma = draws[..., 0], draws[..., 1], draws[..., 2]
+    assert float(gain.min()) >= 1 / (1.1 * 1.2) - 1e-6 and float(gain.max()) <= 1.1 * 1.2 + 1e-6
+    assert float(offset.abs().max()) <= 0.1 and torch.all(gamma == gamma[:, :1])  # one tone curve per chip
+    ratio = torch.tensor([5.0, 4.0, 0.0])  # the third band: terrain (no sensor gain)
+    y = apply_photometric(x, draws, ratio)
+    assert torch.equal(y[:, 2], x[:, 2]) and torch.all(y[:, :, 0, 0] == 0)
+    assert not torch.allclose(y[:, :2], x[:, :2])
+    # the identity draw (gain 1, offset 0, gamma 1) returns the chips as they were
+    identity = torch.stack([torch.ones(4, 3), torch.zeros(4, 3), torch.ones(4, 3)], dim=-1)
+    assert torch.allclose(apply_photometric(x, identity, ratio), x, atol=1e-5)
+    # raw-space meaning: gain g on band value r = mean + std * x, gamma 1, offset 0 -> g * r
+    k = 5.0
+    one = torch.stack([torch.full((1, 3), 1.2), torch.zeros(1, 3), torch.ones(1, 3)], dim=-1)
+    xs = torch.full((1, 3, 1, 1), 0.5)
+    raw = k + xs  # in units of std: mean k, value k + x
+    expected = (1.2 * raw - k)[0, 0]
+    assert torch.allclose(apply_photometric(xs, one, torch.tensor([k, k, k]))[0, 0], expected)
+
+
+def test_cosine_schedule_with_warmup_reaches_lr_then_falls_to_zero(chips, tmp_path):
+    out = tmp_path / "cos"
+    train(chips, out, lr_schedule="cosine", warmup_epochs=1, photometric=True, **{**FAST, "epochs": 4})
+    lrs = [float(r.split(",")[-1]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    lr = FAST.get("lr", 1e-3)
+    assert lrs[0] == pytest.approx(lr / 2) and lrs[1] == pytest.approx(lr)
+    assert lrs[2] == pytest.approx(lr * 0.5 * (1 + np.cos(np.pi / 3)))
+    assert lrs[3] == pytest.approx(lr * 0.25)
+    config = (out / "config.yaml").read_text()
+    assert "lr_schedule: cosine" in config and "photometric: true" in config
+
+
+def test_early_stopping_waits_for_min_epochs_and_watches_the_smoothed_loss(chips, tmp_path):
+    from slidemap.nn.task import smoothed
+
+    seen = []
+    for loss in (1.0, 0.5, 0.9):
+        seen.append(smoothed(seen[-1] if seen else None, loss, 0.5))
+    assert seen == [1.0, 0.75, 0.825]  # the noisy third epoch still counts as better than the first
+    assert smoothed(1.0, 0.5, 0.0) == 0.5
+    quick = train(chips, tmp_path / "a", patience=1, **{**FAST, "epochs": 6, "lr": 0.5}).summary
+    waited = train(chips, tmp_path / "b", patience=1, min_epochs=6, stop_smoothing=0.5,
+                   **{**FAST, "epochs": 6, "lr": 0.5}).summary
+    assert quick.epochs_run < 6 and waited.epochs_run == 6

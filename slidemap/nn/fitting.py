@@ -178,18 +178,23 @@ class FitOutcome:
 
 def fit(task: SegmentationTask, run: Path, accelerator: str, precision: str, epochs: int, patience: int,
         max_time: str | None, progress: bool, resume_from: Path | None, train_chips: int,
-        callbacks: Sequence[pl.Callback] = ()) -> FitOutcome:
-    """Run Lightning's loop on ``task`` with the run folder's log and checkpoints (best and last)."""
+        callbacks: Sequence[pl.Callback] = (), min_epochs: int = 0) -> FitOutcome:
+    """Run Lightning's loop on ``task`` with the run folder's log and checkpoints (best and last).
+
+    Early stopping watches the task's ``val_loss_smoothed`` (the validation loss itself unless the task smooths
+    it) and never ends a run before ``min_epochs``; the best checkpoint is always the lowest validation loss.
+    """
     from slidemap.nn.device import LIGHTNING_PRECISION
 
     run_log = RunLog(run, train_chips)
     checkpoint = checkpoint_callback(run)
     cbs: list[pl.Callback] = [run_log, checkpoint, *callbacks]
     if patience:
-        cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=patience,
+        cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss_smoothed", mode="min", patience=patience,
                                               check_on_train_epoch_end=False))
     with _quiet_lightning():
-        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, max_time=max_time,
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, min_epochs=min_epochs or None,
+                             max_time=max_time,
                              precision=LIGHTNING_PRECISION[precision],
                              deterministic=True if accelerator == "cpu" else "warn", logger=False,
                              callbacks=cbs, default_root_dir=run, num_sanity_val_steps=0,

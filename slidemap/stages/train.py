@@ -50,8 +50,8 @@ from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Paths, StageOptions, StageResult
 from slidemap.version import __version__
 
-RESUMABLE = ("epochs", "patience", "max_time", "device", "precision", "progress", "threads",
-             "slidemap_version", "split")
+RESUMABLE = ("epochs", "patience", "min_epochs", "stop_smoothing", "max_time", "device", "precision", "progress",
+             "threads", "slidemap_version", "split")
 """Options a resumed run may change; every other option must be the run's own."""
 
 
@@ -67,7 +67,21 @@ class TrainOptions(StageOptions):
     lr: float = Field(1e-3, gt=0)
     val_fraction: float = Field(0.3, gt=0, lt=1)
     augment: bool = True
+    """The 8 symmetries of the square, drawn per chip and epoch."""
+    photometric: bool = False
+    """Per-band gain and offset, illumination and a tone curve on the image bands, drawn per chip and epoch
+    (``slidemap.nn.augment``): for a model to be used on another sensor or another day."""
     patience: int = Field(20, ge=0)
+    """Epochs without a lower (smoothed) validation loss before training stops; 0: never stops early."""
+    min_epochs: int = Field(0, ge=0)
+    """Early stopping never ends a run before this many epochs."""
+    stop_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Early stopping watches an exponential moving average of the validation loss with this factor (0: the
+    loss itself), so one noisy epoch of a small validation set neither resets nor ends the count."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """``cosine``: the learning rate falls along a half cosine to 0 at the last epoch."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs over which the learning rate rises linearly to ``lr`` first."""
     bands: list[str] | None = None
     loss: Literal["bce", "bce+dice", "focal"] = "bce"
     pos_weight: float | None = Field(None, gt=0)
@@ -218,9 +232,12 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Pr
         task = SegmentationTask(net, images, masks, split.train, split.val, batch_size=batch_size,
                                 val_batch_size=max(2 * batch_size, 32), lr=o.lr, loss=o.loss,
                                 pos_weight=o.pos_weight, augment=o.augment, seed=o.seed,
-                                channels_last=channels_last)
+                                channels_last=channels_last,
+                                photometric=_photometric_ratio(bands, normalise) if o.photometric else None,
+                                lr_schedule=o.lr_schedule, warmup_epochs=o.warmup_epochs,
+                                stop_smoothing=o.stop_smoothing)
         outcome = fit(task, out, device.type, precision, o.epochs, o.patience, o.max_time, o.progress,
-                      resume_from, len(split.train), callbacks)
+                      resume_from, len(split.train), callbacks, min_epochs=o.min_epochs)
         if outcome.interrupted:  # no bundle for a half-trained run; the checkpoints stay
             raise KeyboardInterrupt
         if not outcome.log.rows:
@@ -273,6 +290,17 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Pr
     if not o.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return TrainResult(run=out, bundle=cast(Path, bundle.path), summary=summary, model=bundle)
+
+
+def _photometric_ratio(bands: list[str], normalise: Normaliser) -> torch.Tensor:
+    """Each band's mean over its standard deviation, 0 for the bands no sensor gain applies to (terrain, indices)."""
+    from slidemap.raster.bands import layer_kinds
+
+    kinds = layer_kinds(bands)
+    spectral = set(kinds.image) | set(kinds.pre)
+    ratio = [float(m) / float(s) if b in spectral and s > 0 else 0.0
+             for b, m, s in zip(bands, normalise.mean, normalise.std, strict=True)]
+    return torch.tensor(ratio, dtype=torch.float32)
 
 
 def _scene_pixel_sizes(chipsets: list[ChipSet]) -> list[tuple[float, float] | None]:
@@ -411,7 +439,9 @@ def _config(o: TrainOptions, chipsets: list[ChipSet], bands: list[str], device: 
     return {
         "chips": paths if many else paths[0], "chips_sha256": hashes if many else hashes[0],
         "model": o.model, "filters": o.filters, "model_args": dict(o.model_args), "batch_size": o.batch_size,
-        "epochs": o.epochs, "lr": o.lr, "val_fraction": o.val_fraction, "augment": o.augment,
+        "epochs": o.epochs, "lr": o.lr, "lr_schedule": o.lr_schedule, "warmup_epochs": o.warmup_epochs,
+        "val_fraction": o.val_fraction, "augment": o.augment, "photometric": o.photometric,
+        "min_epochs": o.min_epochs, "stop_smoothing": o.stop_smoothing,
         "patience": o.patience, "bands": bands, "loss": o.loss, "pos_weight": o.pos_weight, "seed": o.seed,
         "device": device, "precision": precision, "max_time": o.max_time, "split": split.as_dict(),
         "slidemap_version": __version__,
