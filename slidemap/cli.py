@@ -214,7 +214,9 @@ def sample(
     count: int = typer.Option(5000, help="Random windows to draw (distinct offsets; study 000: 5000)."),
     require_landslide: bool = typer.Option(False, help="Keep only windows holding a landslide pixel."),
     area: str | None = typer.Option(None, help="Train area to sample (default: all train areas)."),
-    max_nodata: int = typer.Option(0, help="Most nodata pixels a window may hold."),
+    max_nodata: int = typer.Option(0, help="Most pixels without imagery a window may hold."),
+    max_unknown: float = typer.Option(0.5, help="Largest share of a window whose truth may be unknown (a label "
+                                      "raster's unlabelled pixels; training ignores them), in [0, 1)."),
     seed: int = typer.Option(0, help="Random seed (same seed: identical chips)."),
 ) -> None:
     """Cut training chips from a scene's train area (regular grid or random windows)."""
@@ -222,7 +224,8 @@ def sample(
 
     result = stage.run(stage.SampleOptions(
         scene=scene, out=out, method=method.value, size=size, overlap=overlap, count=count,
-        require_landslide=require_landslide, area=area, max_nodata=max_nodata, seed=seed))
+        require_landslide=require_landslide, area=area, max_nodata=max_nodata, max_unknown=max_unknown,
+        seed=seed))
     s = result.meta.summary
     if method == Method.random:
         how = f"random, seed {seed}"
@@ -235,6 +238,8 @@ def sample(
     typer.echo(f"  windows: {windows}")
     typer.echo(f"  landslide pixels: {s['landslide_fraction_chips']:.2%} in the chips vs "
                f"{s['landslide_fraction_train_area']:.2%} in the train area")
+    typer.echo(f"  known truth: {s['known_truth_km2']:.4g} km² in the chips of "
+               f"{s['known_truth_km2_train_area']:.4g} km² in the train area")
 
 
 @app.command()

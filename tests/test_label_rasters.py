@@ -242,6 +242,61 @@ def test_no_window_names_unknown_truth_when_labels_are_sparse(tmp_path):
     image = image_with(tmp_path, lab == 2, TRANSFORM, CRS)
     labels = write_raster(tmp_path / "labels.tif", lab, CRS, TRANSFORM, nodata=0)
     scene = prepare(tmp_path, "scene", images=[image], inventory=labels, label_values=[2]).path
-    with pytest.raises(UserError, match=r"at most 0 nodata or unknown-truth px; the truth is known on [0-9.]+ of "
-                                        r"[0-9.]+ km²\); try a smaller --size"):
+    with pytest.raises(UserError, match=r"at most 0 px without imagery, at most 50% of unknown truth; the truth "
+                                        r"is known on [0-9.]+ of [0-9.]+ km²\); try a smaller --size or a larger "
+                                        r"--max-unknown or a larger --max-nodata"):
         sample(SampleOptions(scene=scene, out=tmp_path / "chips", method="grid", size=32))
+
+
+PATCHY = 512  # side of the patch-labelled raster, px of 10 m
+
+
+def patch_labels(seed: int = 0) -> np.ndarray:
+    """uint8 labels as an analyst makes them patch by patch: 255 unlabelled, and 14 square patches of
+    60-140 px labelled 0 (background) with landslide blobs of 1 inside them."""
+    rng = np.random.default_rng(seed)
+    lab = np.full((PATCHY, PATCHY), 255, dtype=np.uint8)
+    slides = blobs((PATCHY, PATCHY), 60, (3, 9), seed)
+    for _ in range(14):
+        side = int(rng.integers(60, 141))
+        r, c = rng.integers(0, PATCHY - side, size=2)
+        patch = np.s_[r:r + side, c:c + side]
+        lab[patch] = np.where(slides[patch], 1, 0)
+    return lab
+
+
+def test_patch_labels_sample_more_chips_as_max_unknown_grows(tmp_path):
+    """A label raster labelled in patches: the chips and the km² of known truth they hold, for max_unknown
+    0 / 0.25 / 0.5 / 0.75, equal a brute count over the grid lattice (docs/real-scenes.md tables them)."""
+    from slidemap.formats.chips import ChipSet
+    from slidemap.raster.sampling import grid_candidates
+    from slidemap.stages.sample import SampleOptions
+    from slidemap.stages.sample import run as sample
+
+    lab = patch_labels()
+    image = image_with(tmp_path, lab == 1, TRANSFORM, CRS)
+    labels = write_raster(tmp_path / "labels.tif", lab, CRS, TRANSFORM, nodata=255)
+    scene = Scene(run(PrepareOptions(out=tmp_path / "scene", images=[image], inventory=labels, label_values=[1],
+                                     split="3:2")).path)
+    mask = scene.read_mask()
+    assert np.array_equal(mask, lab)  # the scene's grid is the raster's; every image pixel is valid
+    train, test = scene.area_mask("train"), scene.area_mask("test")
+    rows, cols = grid_candidates(train, 64, 0.0)
+    chips, km2 = [], []
+    for share in (0.0, 0.25, 0.5, 0.75):
+        got = sample(SampleOptions(scene=scene.path, out=tmp_path / f"chips{share}", size=64, max_unknown=share))
+        want = [(r, c) for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
+                if train[r:r + 64, c:c + 64].all() and not test[r:r + 64, c:c + 64].any()
+                and (mask[r:r + 64, c:c + 64] == 255).sum() <= int(share * 64 * 64)]
+        windows = [(w["row"], w["col"]) for w in ChipSet(got.path).windows]
+        assert windows == want, share
+        covered = np.zeros(mask.shape, dtype=bool)
+        for r, c in want:
+            covered[r:r + 64, c:c + 64] = True
+        known = (covered & (mask != 255)).sum() * 100 / 1e6
+        assert got.meta.summary["known_truth_km2"] == pytest.approx(known)
+        chips.append(len(want))
+        km2.append(known)
+    assert chips[0] < chips[1] < chips[2] < chips[3]  # more windows, and more known truth in them
+    assert km2[0] < km2[1] < km2[2] < km2[3]
+

@@ -24,9 +24,7 @@ from slidemap.raster.sampling import (
     grid_candidates,
     grid_offsets,
     grid_stride,
-    grid_windows,
     propose_windows,
-    random_windows,
     windows_within,
 )
 from slidemap.stages import sample as sample_mod
@@ -60,6 +58,19 @@ def random_masks(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.
     forbidden[fr:fr + 3, fc:fc + 3] = True
     nodata = rng.random((h, w)) < 0.03
     return area, forbidden, nodata
+
+
+def grid_windows(area, size, overlap, nodata=None, max_nodata=0, forbidden=None) -> tuple[np.ndarray, np.ndarray]:
+    """The grid windows (row, col) of one area, through the function ``slidemap sample`` calls."""
+    fits = fitting_windows(area, size, nodata, max_nodata, forbidden)
+    return propose_windows([np.asarray(area, dtype=bool)], [fits], "grid", size, overlap)[1:3]
+
+
+def random_windows(area, size, count, rng, nodata=None, max_nodata=0, forbidden=None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random windows (row, col) of one area, through the function ``slidemap sample`` calls."""
+    fits = fitting_windows(area, size, nodata, max_nodata, forbidden)
+    return propose_windows([np.asarray(area, dtype=bool)], [fits], "random", size, count=count, rng=rng)[1:3]
 
 
 def brute_fits(area, size, nodata=None, max_nodata=0, forbidden=None) -> np.ndarray:
@@ -234,6 +245,20 @@ def test_random_draws_are_spread_uniformly():
     assert quadrants.min() > 200 and quadrants.max() < 300
 
 
+def test_fitting_windows_counts_unknown_truth_apart_from_nodata():
+    area = np.ones((6, 6), bool)
+    nodata = np.zeros((6, 6), bool)
+    nodata[5, 5] = True
+    unknown = np.zeros((6, 6), bool)
+    unknown[:, :2] = True  # two unlabelled columns: a 3 px window at column c holds 3 * max(0, 2 - c)
+    got = [fitting_windows(area, 3, nodata, 0, unknown_mask=unknown, max_unknown=k)[0, :4].tolist()
+           for k in (0, 3, 6)]
+    assert got == [[False, False, True, True], [False, True, True, True], [True, True, True, True]]
+    # image nodata is its own limit, whatever the unknown truth allows
+    assert not fitting_windows(area, 3, nodata, 0, unknown_mask=unknown, max_unknown=9)[3, 3]
+    assert fitting_windows(area, 3, nodata, 1, unknown_mask=unknown, max_unknown=9)[3, 3]
+
+
 def test_fitting_windows_counts_nodata_limit():
     area = np.ones((6, 6), bool)
     nodata = np.zeros((6, 6), bool)
@@ -329,7 +354,7 @@ def test_grid_chips_equal_the_stack_and_stay_in_the_train_area(scene, tmp_path):
     assert meta.bands == ["red", "nir", "dem"] and meta.size == 32 and meta.count == 21
     assert meta.stats == Scene(scene).stats
     assert meta.sampler == {"method": "grid", "overlap": 0.2, "count": None, "require_landslide": False,
-                            "area": None, "max_nodata": 0, "seed": 0}
+                            "area": None, "max_nodata": 0, "max_unknown": 0.5, "seed": 0}
     assert meta.scene == str(scene.resolve()) and meta.scene_crs == "EPSG:32633"
     assert meta.scene_transform == list(Scene(scene).transform)[:6]
     s = meta.summary
@@ -341,6 +366,13 @@ def test_grid_chips_equal_the_stack_and_stay_in_the_train_area(scene, tmp_path):
     usable = sc.area_mask("west") & ~sc.area_mask("east") & (m != 255)
     assert usable.sum() == 160 * 112 - 8 * 40
     assert s["landslide_fraction_train_area"] == pytest.approx((m[usable] == 1).mean())
+    # km² of known truth: 10 m pixels; the chips' pixels counted once where windows overlap
+    assert s["known_truth_km2_train_area"] == pytest.approx(usable.sum() * 100 / 1e6)
+    covered = np.zeros_like(usable)
+    for w in chips.windows:
+        covered[w["row"]:w["row"] + 32, w["col"]:w["col"] + 32] = True
+    assert s["known_truth_km2"] == pytest.approx((covered & (m != 255)).sum() * 100 / 1e6)
+    assert 0 < s["known_truth_km2"] < s["known_truth_km2_train_area"]
 
 
 def test_grid_edge_windows_shift_back_inside(tmp_path):
@@ -398,6 +430,43 @@ def test_nodata_limit(tmp_path):
     assert not (strict.masks == 255).any()
     assert sorted({int((m == 255).sum()) for m in looser.masks}) == [0, 12, 28]
     np.testing.assert_array_equal(np.isnan(looser.images).all(axis=1), looser.masks == 255)
+
+
+def test_unknown_truth_is_limited_apart_from_nodata_and_keeps_its_imagery(tmp_path):
+    """A label raster's unlabelled pixels (255 in mask.tif over valid imagery) count against max_unknown,
+    a share of the window, not against max_nodata; their imagery goes into the chips, their truth stays 255."""
+    scene = make_scene(tmp_path / "s", width=128, height=64, nodata_rows=(60, 61),
+                       areas=[("t", "train", (0, 64, 0, 128))])
+    with rasterio.open(scene / "mask.tif", "r+") as ds:
+        mask = ds.read(1)
+        mask[0:32, 0:48] = 255  # unlabelled; the stack keeps its values there
+        ds.write(mask, 1)
+    meta = json.loads((scene / "scene.json").read_text())
+    meta["inventory"] = {"kind": "raster", "labelled_km2": 0.05, "unknown_km2": 0.0154}
+    (scene / "scene.json").write_text(json.dumps(meta))
+    # 32 px windows at rows 0, 32 x cols 0, 32, 64, 96; the nodata row (60, cols 20-60) refuses (32, 0) and
+    # (32, 32); of the unknown block (0, 0) holds 100 %, (0, 32) 50 %
+    counts = {}
+    for share in (0.0, 0.25, 0.5, 0.99):
+        chips = sample_chips(scene, tmp_path / f"c{share}", method="grid", size=32, max_unknown=share)
+        counts[share] = sorted((w["row"], w["col"]) for w in chips.windows)
+        check_chips_match_scene(chips, scene)
+    plain = [(0, 64), (0, 96), (32, 64), (32, 96)]
+    assert counts == {0.0: plain, 0.25: plain, 0.5: sorted([*plain, (0, 32)]), 0.99: sorted([*plain, (0, 32)])}
+    i = [(w["row"], w["col"]) for w in chips.windows].index((0, 32))
+    assert (chips.masks[i] == 255).sum() == 16 * 32 and not np.isnan(chips.images[i]).any()
+    s = chips.meta.summary
+    assert s["known_truth_km2"] == pytest.approx((5 * 32 * 32 - 16 * 32) * 100 / 1e6)
+    assert chips.meta.sampler["max_unknown"] == 0.99
+    with rasterio.open(scene / "mask.tif", "r+") as ds:
+        mask[10, 100] = 255  # now no 64 px window is free of unknown truth
+        ds.write(mask, 1)
+    with pytest.raises(UserError, match=r"at most 0 px without imagery, at most 0% of unknown truth; the truth is "
+                                        r"known on 0.05 of 0.0654 km²\); try a smaller --size or a larger "
+                                        r"--max-unknown or a larger --max-nodata"):
+        sample_chips(scene, tmp_path / "none", method="grid", size=64, max_unknown=0.0)
+    with pytest.raises(UserError, match="--max-unknown 1.0: must be less than 1"):
+        SampleOptions(scene=scene, out=tmp_path / "x", max_unknown=1.0)
 
 
 def test_per_window_reads_give_the_same_bytes(scene, tmp_path, monkeypatch):
@@ -478,9 +547,25 @@ def test_cli_prints_the_summary(scene, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "30 drawn" in out and "% in the chips" in out and "% in the train area" in out
+    assert "km² in the chips of 1.76 km² in the train area" in out  # (160 x 112 - 8 x 40) px of 100 m²
+    assert main(["sample", str(scene), "--out", str(tmp_path / "e"), "--size", "32", "--max-unknown", "0.25"]) == 0
+    assert ChipSet(tmp_path / "e").meta.sampler["max_unknown"] == 0.25
     assert main(["sample", str(scene), "--out", str(tmp_path / "d"), "--area", "east"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --area east") and err.count("\n") == 1
+
+
+def test_cli_defaults_are_the_stage_defaults():
+    """The sample command's defaults are SampleOptions' own, so a user gets the same chips from either."""
+    import typer.main
+
+    from slidemap.cli import app
+
+    command = typer.main.get_command(app).commands["sample"]
+    for param in command.params:
+        field = SampleOptions.model_fields.get(param.name)
+        if field is not None and not field.is_required():
+            assert param.default == field.default, param.name
 
 
 def test_scene_from_prepare(tiny_scene, tmp_path):

@@ -40,10 +40,12 @@ def windows_within(mask: np.ndarray, size: int, limit: int = 0) -> np.ndarray:
 
 
 def fitting_windows(area_mask: np.ndarray, size: int, nodata_mask: np.ndarray | None = None,
-                    max_nodata: int = 0, forbidden_mask: np.ndarray | None = None) -> np.ndarray:
+                    max_nodata: int = 0, forbidden_mask: np.ndarray | None = None,
+                    unknown_mask: np.ndarray | None = None, max_unknown: int = 0) -> np.ndarray:
     """Map over window offsets: True where the window lies wholly inside ``area_mask`` and may be sampled.
 
-    It must hold no pixel of ``forbidden_mask`` (test areas) and at most ``max_nodata`` pixels of ``nodata_mask``.
+    It must hold no pixel of ``forbidden_mask`` (test areas), at most ``max_nodata`` pixels of ``nodata_mask``
+    (no imagery) and at most ``max_unknown`` pixels of ``unknown_mask`` (imagery whose truth is unknown).
     """
     outside = ~np.asarray(area_mask, dtype=bool)
     if forbidden_mask is not None:
@@ -51,6 +53,8 @@ def fitting_windows(area_mask: np.ndarray, size: int, nodata_mask: np.ndarray | 
     fits = windows_within(outside, size, 0)
     if nodata_mask is not None and fits.any():
         fits &= windows_within(nodata_mask, size, max_nodata)
+    if unknown_mask is not None and fits.any():
+        fits &= windows_within(unknown_mask, size, max_unknown)
     return fits
 
 
@@ -122,29 +126,6 @@ def propose_windows(areas: list[np.ndarray], fits: list[np.ndarray], method: str
         row_parts.append(r[keep])
         col_parts.append(c[keep])
     return np.concatenate(which_parts), np.concatenate(row_parts), np.concatenate(col_parts), proposed
-
-
-def grid_windows(area_mask: np.ndarray, size: int, overlap: float, nodata_mask: np.ndarray | None = None,
-                 max_nodata: int = 0, forbidden_mask: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grid windows (row, col) of ``size`` px with ``overlap`` that fit one area (see fitting_windows)."""
-    fits = fitting_windows(area_mask, size, nodata_mask, max_nodata, forbidden_mask)
-    _, rows, cols, _ = propose_windows([np.asarray(area_mask, dtype=bool)], [fits], "grid", size, overlap)
-    return rows, cols
-
-
-def random_windows(area_mask: np.ndarray, size: int, count: int, rng: np.random.Generator,
-                   nodata_mask: np.ndarray | None = None, max_nodata: int = 0,
-                   forbidden_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` distinct random windows (row, col) that fit one area, sorted row-major.
-
-    Drawn uniformly among all fitting offsets at once (rejection sampling run to the end), so no draw is
-    wasted and none repeats; fewer than ``count`` come back only when fewer offsets fit.
-    """
-    fits = fitting_windows(area_mask, size, nodata_mask, max_nodata, forbidden_mask)
-    _, rows, cols, _ = propose_windows([np.asarray(area_mask, dtype=bool)], [fits], "random", size,
-                                       count=count, rng=rng)
-    return rows, cols
 
 
 def draw_offsets(fit_maps: list[np.ndarray], count: int, rng: np.random.Generator

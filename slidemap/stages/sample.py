@@ -4,8 +4,10 @@ Two samplers, as in the studies: a regular ``grid`` (study 000: 20 % overlap, st
 ``random`` integer pixel offsets (study 000: 5000 windows, kept only where they hold a landslide when
 ``require_landslide``). Every window lies wholly inside ONE train area (every pixel centre inside its
 polygon), holds no pixel of any test area (a guard against overlapping polygons: a chip that touches a
-test area leaks it into training) and at most ``max_nodata`` nodata pixels. Where windows may go is
-decided by the pure functions of ``slidemap.raster.sampling``; this stage wires them to a scene folder.
+test area leaks it into training), at most ``max_nodata`` pixels without imagery and at most a fraction
+``max_unknown`` of pixels whose truth is unknown (a label raster's unlabelled pixels: imagery is there, and
+the loss ignores those pixels, so a window with some of them still teaches from the rest). Where windows may
+go is decided by the pure functions of ``slidemap.raster.sampling``; this stage wires them to a scene folder.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from slidemap.formats.files import atomic_dir, require_file
 from slidemap.formats.gdal import open_raster, read_block
 from slidemap.formats.scene import NODATA_MASK, Scene
 from slidemap.progress import track
-from slidemap.raster.geo import Grid, area_window
+from slidemap.raster.geo import Grid, area_window, masked_area_km2, row_pixel_areas_m2
 from slidemap.raster.sampling import bounding_box, fitting_windows, propose_windows
 from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import StageOptions, StageResult
 
 MAX_BBOX_BYTES = 2 << 30  # read a train area's stack box in one go below this, else window by window
+MAX_UNKNOWN = 0.5
+"""Default ``max_unknown``: the share of a window whose truth may be unknown (docs/real-scenes.md measures it)."""
 
 
 class SampleOptions(StageOptions):
@@ -44,6 +48,7 @@ class SampleOptions(StageOptions):
     require_landslide: bool = False
     area: str | None = None
     max_nodata: int = Field(0, ge=0)
+    max_unknown: float = Field(MAX_UNKNOWN, ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
 
     @field_validator("size")
@@ -62,6 +67,11 @@ class SampleOptions(StageOptions):
                              f"{self.size} px windows")
         return self
 
+    @property
+    def max_unknown_pixels(self) -> int:
+        """``max_unknown`` as a count of a window's pixels."""
+        return int(self.max_unknown * self.size * self.size)
+
 
 class SampleResult(StageResult):
     """The chip set folder written and its chips.json."""
@@ -78,8 +88,9 @@ class _AreaBox:
     window: Window  # the box, in scene pixels
     inside: np.ndarray  # pixel centre in this train area
     mask: np.ndarray  # mask.tif over the box (1 / 0 / 255)
-    fits: np.ndarray  # window offsets inside the area, clear of test areas, nodata <= limit
-    usable: np.ndarray  # pixels of the area counted for the landslide fraction
+    fits: np.ndarray  # window offsets inside the area, clear of test areas, nodata and unknown <= limits
+    usable: np.ndarray  # pixels of the area whose truth is known: counted for the landslide fraction
+    row_m2: np.ndarray  # ground area of a pixel in each row of the box
 
     @property
     def row_off(self) -> int:
@@ -97,7 +108,7 @@ def run(options: SampleOptions) -> SampleResult:
     for p, what in ((sc.stack_path, "stack.tif"), (sc.mask_path, "mask.tif"), (sc.areas_path, "areas.gpkg")):
         require_file(p, f"SCENE {sc.path}: {what}")
     train_names = _train_areas(sc, o.area)
-    found = [_area_box(sc, name, o.size, o.max_nodata) for name in train_names]
+    found = [_area_box(sc, name, o.size, o.max_nodata, o.max_unknown_pixels) for name in train_names]
     boxes = [b for b in found if b is not None]
     if not boxes:
         raise UserError(f"SCENE {sc.path}: train area(s) {', '.join(train_names)} cover no pixel of the "
@@ -116,8 +127,7 @@ def run(options: SampleOptions) -> SampleResult:
                          for i, r, c in zip(which, rows, cols, strict=True)], dtype=bool)
         which, rows, cols = which[keep], rows[keep], cols[keep]
     if rows.size == 0:
-        raise UserError(_no_window_message(sc, o.method, o.size, o.max_nodata, o.require_landslide,
-                                           train_names))
+        raise UserError(_no_window_message(sc, o, train_names))
 
     windows = [{"id": i, "row": boxes[w].row_off + int(r), "col": boxes[w].col_off + int(c), "size": o.size,
                 "area": boxes[w].name, "source": ""}
@@ -125,7 +135,7 @@ def run(options: SampleOptions) -> SampleResult:
     sampler = {"method": o.method, "overlap": o.overlap if o.method == "grid" else None,
                "count": o.count if o.method == "random" else None,
                "require_landslide": o.require_landslide, "area": o.area, "max_nodata": o.max_nodata,
-               "seed": o.seed}
+               "max_unknown": o.max_unknown, "seed": o.seed}
     with atomic_dir(o.out, "chips.json", [sc.path], "chip set") as tmp:
         images, masks = open_arrays(tmp, len(windows), len(sc.bands), o.size)
         assert masks is not None  # open_arrays makes masks unless told not to
@@ -136,7 +146,9 @@ def run(options: SampleOptions) -> SampleResult:
         masks.flush()
         summary = {"chips": len(windows), "drawn": drawn, "kept": len(windows), "fitting_windows": fitting,
                    "landslide_fraction_chips": ls / max(1, valid),
-                   "landslide_fraction_train_area": fraction_area}
+                   "landslide_fraction_train_area": fraction_area,
+                   "known_truth_km2": _known_km2_in_chips(boxes, which, rows, cols, o.size),
+                   "known_truth_km2_train_area": sum(masked_area_km2(b.usable, b.row_m2) for b in boxes)}
         meta = {"bands": sc.bands, "stats": sc.stats, "size": o.size, "sampler": sampler,
                 "scene": str(sc.path.resolve()), "scene_crs": sc.meta.crs,
                 "scene_transform": list(sc.transform)[:6], "summary": summary, "recipe": sc.meta.recipe}
@@ -162,8 +174,8 @@ def _train_areas(sc: Scene, area: str | None) -> list[str]:
     return names
 
 
-def _area_box(sc: Scene, name: str, size: int, max_nodata: int) -> _AreaBox | None:
-    """Rasterise one train area over its bounding box, with the test-area guard and nodata mask."""
+def _area_box(sc: Scene, name: str, size: int, max_nodata: int, max_unknown: int) -> _AreaBox | None:
+    """Rasterise one train area over its bounding box, with the test-area guard and the nodata and unknown maps."""
     win = area_window(sc.area_geometry(name), Grid(sc.crs, sc.transform, sc.width, sc.height))
     if win is None:
         return None
@@ -178,9 +190,28 @@ def _area_box(sc: Scene, name: str, size: int, max_nodata: int) -> _AreaBox | No
     for t in sc.areas_with_role("test"):
         test |= sc.area_mask(t.name, window=win)
     mask = sc.read_mask(window=win)
-    nodata = mask == NODATA_MASK
-    fits = fitting_windows(inside, size, nodata, max_nodata, forbidden_mask=test)
-    return _AreaBox(name, win, inside, mask, fits, inside & ~test & ~nodata)
+    no_truth = mask == NODATA_MASK
+    if sc.mask_marks_unknown:  # 255 in mask.tif is also imagery whose truth is unknown: the stack tells
+        nodata = np.isnan(sc.read(window=win, bands=sc.bands[:1])[0])
+        unknown = no_truth & ~nodata
+    else:
+        nodata, unknown = no_truth, None
+    fits = fitting_windows(inside, size, nodata, max_nodata, forbidden_mask=test, unknown_mask=unknown,
+                           max_unknown=max_unknown)
+    row_m2 = row_pixel_areas_m2(sc.crs, sc.transform, int(win.row_off), int(win.height))
+    return _AreaBox(name, win, inside, mask, fits, inside & ~test & ~no_truth, row_m2)
+
+
+def _known_km2_in_chips(boxes: list[_AreaBox], which: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                        size: int) -> float:
+    """Ground area of the pixels with known truth that the chips hold, each pixel once (windows overlap)."""
+    km2 = 0.0
+    for i, box in enumerate(boxes):
+        covered = np.zeros(box.mask.shape, dtype=bool)
+        for r, c in zip(rows[which == i], cols[which == i], strict=True):
+            covered[r:r + size, c:c + size] = True
+        km2 += masked_area_km2(covered & (box.mask != NODATA_MASK), box.row_m2)
+    return km2
 
 
 def _has_landslide(box: _AreaBox, row: int, col: int, size: int) -> bool:
@@ -210,21 +241,23 @@ def _fill_chips(sc: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.nd
                 else:
                     window = Window(box.col_off + c, box.row_off + r, size, size)
                     chip = read_block(ds, where, None, window, "float32")
-                m = box.mask[r:r + size, c:c + size]
-                images[j] = chip
-                images[j][:, m == NODATA_MASK] = np.nan
-                masks[j] = m
+                images[j] = chip  # NaN where there is no imagery; kept where only the truth is unknown
+                masks[j] = box.mask[r:r + size, c:c + size]
 
 
-def _no_window_message(sc: Scene, method: str, size: int, max_nodata: int, require_landslide: bool,
-                       names: list[str]) -> str:
-    why = "holds a landslide pixel" if require_landslide else "fits"
-    inv, kinds, known = sc.meta.inventory, "nodata", ""
-    if sc.mask_marks_unknown and inv is not None:  # a label raster's unlabelled pixels are 255 in mask.tif too
-        kinds = "nodata or unknown-truth"
+def _no_window_message(sc: Scene, o: SampleOptions, names: list[str]) -> str:
+    why = "holds a landslide pixel" if o.require_landslide else "fits"
+    limits, known, wider = f"at most {o.max_nodata} px without imagery", "", []
+    inv = sc.meta.inventory
+    if sc.mask_marks_unknown and inv is not None:  # a label raster's unlabelled pixels
+        limits += f", at most {o.max_unknown:.0%} of unknown truth"
         labelled, unknown = inv.labelled_km2 or 0.0, inv.unknown_km2 or 0.0
         known = f"; the truth is known on {labelled:g} of {labelled + unknown:g} km²"
-    return (f"SCENE {sc.path}: no {size} px {method} window {why} in train area(s) {', '.join(names)} "
-            f"(wholly inside, clear of test areas, at most {max_nodata} {kinds} px{known}); try a smaller --size"
-            f"{' or a larger --max-nodata' if max_nodata == 0 else ''}"
-            f"{' or more --count' if method == 'random' and require_landslide else ''}")
+        wider.append("a larger --max-unknown")
+    if o.max_nodata == 0:
+        wider.append("a larger --max-nodata")
+    if o.method == "random" and o.require_landslide:
+        wider.append("more --count")
+    return (f"SCENE {sc.path}: no {o.size} px {o.method} window {why} in train area(s) {', '.join(names)} "
+            f"(wholly inside, clear of test areas, {limits}{known}); try a smaller --size"
+            f"{''.join(' or ' + w for w in wider)}")
