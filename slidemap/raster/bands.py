@@ -71,11 +71,6 @@ def rgb_band_indexes(bands: Sequence[str]) -> list[int]:
     return [0, 0, 0]
 
 
-def terrain_bands(bands: Sequence[str]) -> list[str]:
-    """The bands among ``bands`` that prepare derives from a DEM, in order."""
-    return [b for b in bands if b in TERRAIN_LAYERS]
-
-
 def image_bands(bands: Sequence[str]) -> list[str]:
     """The bands among ``bands`` that come from the (post-event) images, in order.
 
@@ -103,11 +98,6 @@ class LayerKinds:
     pre: list[str]  # with the prefix
     change: list[str]
     terrain: list[str]
-
-    @property
-    def pre_unprefixed(self) -> list[str]:
-        """The pre-event bands without the ``pre_`` prefix: the pre-event images' own band names."""
-        return [b[len(PRE_PREFIX):] for b in self.pre]
 
     @property
     def needs_pre_image(self) -> list[str]:
