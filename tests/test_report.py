@@ -53,7 +53,7 @@ def results(tmp_path) -> Path:
 
 
 def test_best_per_group_picks_the_best_mean_over_seeds(results):
-    best = an.best_per_group(an.load(results), "f1")
+    best = an.best_models(an.load(results), "f1")
     row = best[(best["test_site"] == "A") & (best["test_area"] == "t1") & (best["sampling"] == "grid")].iloc[0]
     # unet-16 over seeds: (f1 50/50/50 + f1 40/40/60) / 2 = 0.45; unet-32: 0.6667; resunet-16: 0.8
     assert row["model"] == "resunet-16/b4"
@@ -65,8 +65,8 @@ def test_best_per_group_picks_the_best_mean_over_seeds(results):
     assert u["n"] == 2 and u["f1_sd"] > 0
 
 
-def test_table3_averages_iou_over_test_areas(results):
-    t3 = an.table3(an.load(results))
+def test_best_average_iou_averages_iou_over_test_areas(results):
+    t3 = an.best_average_iou(an.load(results))
     grid = t3[t3["sampling"] == "grid"].iloc[0]
     # unet-32 is on both of A's areas and nowhere else: average of t1 and t2 (B has none for it)
     u32 = (iou(60, 20, 40) + iou(40, 40, 40)) / 2
@@ -81,20 +81,32 @@ def test_table3_averages_iou_over_test_areas(results):
 
 def test_transfer_matrix_cells(results):
     m = an.transfer_matrix(an.load(results))
-    cell = m[(m["architecture"] == "unet") & (m["test_site"] == "A")].iloc[0]
-    # site-level F1 per run (areas pooled by counts), then the mean over runs
-    runs = [f1(50 + 30, 50 + 10, 50 + 60), f1(60 + 40, 20 + 40, 40 + 40), f1(70 + 50, 30 + 30, 30 + 30),
-            f1(40 + 20, 40 + 20, 60 + 60)]
-    assert cell["f1"] == pytest.approx(sum(runs) / len(runs))
+    # sampling and filters vary in this grid: the matrix keeps them apart instead of averaging over them
+    assert {"sampling", "filters"} <= set(m.columns)
+    cell = m[(m["architecture"] == "unet") & (m["test_site"] == "A") & (m["sampling"] == "grid")
+             & (m["filters"] == 16)].iloc[0]
+    # site-level F1 per run (areas pooled by counts), then the mean over the two seeds
+    runs = [f1(50 + 30, 50 + 10, 50 + 60), f1(40 + 20, 40 + 20, 60 + 60)]
+    assert cell["f1"] == pytest.approx(sum(runs) / len(runs)) and cell["n"] == 2
+    assert cell[an.RUNS_ON] == "not recorded / not recorded"
     b = m[(m["architecture"] == "resunet") & (m["test_site"] == "B")].iloc[0]
     assert b["f1"] == pytest.approx(f1(5, 95, 95))
 
 
-def test_paired_claims(results):
-    claims = {c.text.split(" (")[0]: c for c in an.claims(an.load(results))}
-    sampling = claims["Random sampling beats grid sampling"]
-    # pairs: seed 0, unet-16, test areas A/t1 and A/t2
-    d = [f1(70, 30, 30) - f1(50, 50, 50), f1(50, 30, 30) - f1(30, 10, 60)]
-    assert sampling.n == 2 and sampling.mean == pytest.approx(sum(d) / 2) and sampling.wins == 2
-    local = claims["ResU-Net beats U-Net on the sites it was trained on"]
-    assert local.n == 1 and "cannot be tested" in local.sentence()
+def test_claims_pair_runs_not_test_areas(results):
+    claims = an.claims(an.load(results))
+    sampling = next(c for c in claims if "random sampling outperformed" in c.quote)
+    # the best run of each sampling per seed, over the configurations both trained: seed 0 only (unet-16);
+    # each run's IoU averaged over its test areas (study 000's "average mIoU")
+    rnd = (iou(70, 30, 30) + iou(50, 30, 30)) / 2
+    grid = (iou(50, 50, 50) + iou(30, 10, 60) + iou(10, 90, 90)) / 3
+    c = sampling.comparisons[0]
+    assert (c.n, c.used) == (1, 1) and c.mean == pytest.approx(rnd - grid)
+    assert c.unpaired == 3 and sampling.verdict == "too few pairs" and sampling.p is None
+    local = next(c for c in claims if c.quote.startswith("ResU-Net demonstrated the highest score"))
+    # filters differ within U-Net (16, 32): only unet-16 pairs with resunet-16; A's two areas pooled, B left out
+    pair = local.comparisons[0]
+    assert pair.n == 1 and pair.mean == pytest.approx(f1(80, 20, 20) - f1(50 + 30, 50 + 10, 50 + 60))
+    assert pair.unpaired == 3 and "1 of 1 pairs differ" in local.sentence()
+    assert next(c for c in claims if "64x64" in c.quote).verdict == \
+        "cannot be tested here: the grid lacks the patch size(s) 64, 128 px"
