@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import threading
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,6 +24,7 @@ from slidemap.formats.bundle import BundleMeta
 from slidemap.formats.prediction import ScenePrediction
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import save_bundle
+from slidemap.nn.device import resolve_precision
 from slidemap.nn.inference import TileRunner, predict_array
 from slidemap.nn.models import build_model
 from slidemap.nn.normalise import Normaliser
@@ -354,39 +358,6 @@ def test_interrupted_predict_leaves_no_output(study, monkeypatch):
     assert list(parent.iterdir()) == []
 
 
-def test_helper_threads_run_in_order_are_kept_and_leave_nothing_running():
-    """A role's work runs in submission order on one long-lived thread; leaving the block cancels what has not
-    started and waits for what has, so no read outlives the files it reads."""
-    import threading
-    import time
-
-    from slidemap.raster.threads import helper
-
-    done, names = [], set()
-
-    def work(k, pause=0.0):
-        names.add(threading.current_thread().name)
-        time.sleep(pause)
-        done.append(k)
-        return k
-
-    with helper("test") as submit:
-        assert [f.result() for f in [submit(work, k) for k in range(5)]] == list(range(5))
-    with helper("test") as submit:  # the same thread again
-        submit(work, 5)
-    assert done == list(range(6)) and len(names) == 1 and names.pop().startswith("slidemap-test")
-    with helper("test") as submit:  # left with work queued: it is done before the block ends
-        queued = [submit(work, k, 0.05) for k in (6, 7)]
-    assert all(f.done() for f in queued) and done[-2:] == [6, 7]
-    started = threading.Event()
-    with pytest.raises(ValueError), helper("test") as submit:  # left by an error: what runs is waited for,
-        slow = submit(lambda: (started.set(), work("slow", 0.2)))  # what has not started is cancelled
-        never = submit(work, "never")
-        started.wait()
-        raise ValueError
-    assert slow.done() and never.cancelled() and done[-1] == "slow"
-
-
 def test_a_predict_that_fails_in_its_reader_leaves_no_output(study, monkeypatch):
     """A read that fails in the helper thread surfaces in the caller, and the folder is left as it was."""
     import slidemap.stages.predict as mod
@@ -401,8 +372,9 @@ def test_a_predict_that_fails_in_its_reader_leaves_no_output(study, monkeypatch)
         predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)
     assert list(parent.iterdir()) == []
     monkeypatch.undo()
-    predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)  # threads fine
+    predict(study["bundle"], parent / "pred", scene=study["scene"].path, tile=96, overlap=32)
     assert (parent / "pred" / "mask.tif").is_file()
+    assert not [t for t in threading.enumerate() if t.name.startswith("slidemap-")]  # none left running
 
 
 def test_band_mismatch_names_missing_and_extra_bands(study, tmp_path):
@@ -460,7 +432,7 @@ def test_many_scenes_are_predicted_merged_and_resumed(study, tmp_path, capsys):
     assert "2 scenes done, 1 failed" in captured.out
     names = [Path(scene.path).name, r.image.stem]
     metas = [json.loads((out / n / "prediction.json").read_text()) for n in names]
-    assert [m["engine_choice"]["excluded"]["onnx"] for m in metas] == ["onnx, onnx-int8: --engine torch"] * 2
+    assert [(m["engine"], m["engine_choice"]["how"]) for m in metas] == [("torch", "rule")] * 2
     assert not (out / "one_band").exists()
     np.testing.assert_array_equal(read(out / names[0] / "mask.tif")[0], read(out / names[1] / "mask.tif")[0])
     merged = gpd.read_file(out / "landslides.gpkg")
@@ -555,6 +527,31 @@ def test_cli_errors_are_one_line(study, tmp_path, capsys):
                               "--tile", "96", "--overlap", "32"])
     assert line.startswith(f"error: --out {tmp_path / 'mine'}: is a folder with other content (notes.txt)")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    line = cli_error(capsys, ["predict", bundle, "--scene", scene, "--out", out, "--engine", "auto"])
+    assert line.startswith("error: --engine auto: use torch, onnx or onnx-int8")
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx", "onnx-int8"])
+def test_out_is_checked_before_any_work_and_the_model_folder_stays_as_it_was(study, tmp_path, capsys, engine):
+    """A refused --out adds nothing anywhere (no engines beside the bundle); a read-only run folder predicts."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(study["bundle"], run / "bundle.pt")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    line = cli_error(capsys, ["predict", str(run), "--scene", str(study["scene"].path), "--out", str(mine),
+                              "--engine", engine, "--tile", "96", "--overlap", "32"])
+    assert line.startswith(f"error: --out {mine}: is a folder with other content (notes.txt)")
+    assert sorted(p.name for p in run.iterdir()) == ["bundle.pt"] and sorted(os.listdir(mine)) == ["notes.txt"]
+    if engine != "torch":
+        return
+    run.chmod(0o555)
+    try:
+        result = predict(run, tmp_path / "pred", scene=study["scene"].path, tile=96, overlap=32)
+    finally:
+        run.chmod(0o755)
+    assert result.meta.landslides > 0 and sorted(p.name for p in run.iterdir()) == ["bundle.pt"]
 
 
 def test_vectorised_polygon_pieces_equal_shape_by_shape():
@@ -583,9 +580,8 @@ def test_precision_auto_without_a_measurement_is_fp32_and_bf16_close_to_fp32():
     torch.manual_seed(2)
     x = random_scene((3, 96, 128), seed=2)
     net = lively(build_model("unet", in_channels=3, filters=4), x)
-    # A runner told "auto" with nothing to measure keeps fp32 (predict measures, see test_engines.py).
-    auto = TileRunner(net, "cpu", "auto")
-    assert auto.precision == "32"
+    # "auto" is the device module's rule, the same for every runner on this machine
+    assert TileRunner(net, "cpu", "auto").precision == resolve_precision("auto", "cpu") in ("32", "bf16")
     assert TileRunner(net, "cpu", "32").precision == "32"
     assert TileRunner(net, "cpu", "bf16").precision == "bf16"
     p32 = predict_array(TileRunner(net, "cpu", "32"), x, tile=128, overlap=32)
@@ -620,19 +616,22 @@ def test_overviews_halve_until_a_block(tmp_path, width, height, factors):
         assert not factors or max(ds.width, ds.height) // factors[-1] <= 256
 
 
-def test_a_bundle_builds_its_runner_once_and_travels_without_it(study):
-    """The test areas of a grid run share one runner; a pickled bundle (to a worker) leaves it behind."""
-    import pickle
-
+def test_a_runner_built_once_serves_several_predictions_as_its_own_would(study, tmp_path):
+    """The experiment runner may build one runner for a run's test areas and pass it to each prediction."""
     from slidemap.nn.bundle import load_bundle
-    from slidemap.stages.runners import choose_runner
+    from slidemap.stages.runners import build_runner
 
     bundle = load_bundle(study["bundle"])
-    first, second = (choose_runner(bundle, "cpu", "32", "torch", 96)[1] for _ in range(2))
-    assert first is second and len(bundle.runners) == 1
-    again = pickle.loads(pickle.dumps(bundle))
-    assert again.runners == {} and again.meta == bundle.meta
-    assert all(torch.equal(again.state_dict[k], v) for k, v in bundle.state_dict.items())
+    runner, choice = build_runner(bundle, "cpu", "32", "torch")
+    assert choice == {"engine": "torch", "precision": "32", "setting": "torch-fp32", "how": "given"}
+    shared = [run(PredictOptions(model=bundle, out=tmp_path / f"shared_{area}", scene=study["scene"].path,
+                                 area=area, tile=96, overlap=32, precision="32"), runner=runner)
+              for area in ("test_a", "test_b")]
+    own = predict(study["bundle"], tmp_path / "own", scene=study["scene"].path, area="test_b", tile=96,
+                  overlap=32, precision="32")
+    assert shared[1].meta.landslides == own.meta.landslides
+    for name in ("mask.tif", "probability.tif", "landslides.gpkg"):
+        assert (tmp_path / "shared_test_b" / name).read_bytes() == (tmp_path / "own" / name).read_bytes(), name
 
 
 def test_a_saved_bundle_hands_over_its_network_and_predicts_as_its_file(study, tmp_path):

@@ -1,10 +1,12 @@
-"""QGIS layer styles (``.qml``) written beside rasters, so a map opens in QGIS with its legend.
+"""QGIS layer styles (``.qml``), so a map opens in QGIS with its legend and colours.
 
 QGIS loads ``name.qml`` beside ``name.tif`` as the layer's default style when the raster is added. Two
 raster renderers are written, as QGIS itself saves them: *paletted* (one colour and label per class value:
 masks, error maps) and *single-band pseudocolour* (an interpolated ramp between labelled values:
 probabilities; QGIS applies the band's scale and offset first, so a uint8 probability with scale 1/254 is
-styled in 0-1).
+styled in 0-1). One vector style, a *single symbol* simple fill (:func:`write_fill_style`), colours polygon
+layers such as landslides; it holds only the symbology, so loading it onto a layer (Layer Properties ->
+Symbology -> Style -> Load Style) changes nothing else of that layer.
 """
 
 from __future__ import annotations
@@ -83,3 +85,33 @@ def write_ramp_style(raster: str | Path, stops: Sequence[Entry], label_precision
         ET.SubElement(shader, "item", {"value": _value(value), "color": _hex(rgb), "alpha": str(alpha),
                                        "label": label})
     return _finish(root, style_path(raster))
+
+
+def _rgba(rgb: tuple[int, int, int], alpha: int) -> str:
+    return ",".join(str(int(v)) for v in (*rgb, alpha))
+
+
+def write_fill_style(path: str | Path, fill: tuple[int, int, int], alpha: int,
+                     outline: tuple[int, int, int], outline_mm: float = 0.4) -> Path:
+    """A polygon style at ``path`` (``.qml``): one simple fill, ``fill`` at ``alpha`` (0-255), a solid outline."""
+    root = ET.Element("qgis", {"version": QGIS_VERSION, "styleCategories": "Symbology"})
+    renderer = ET.SubElement(root, "renderer-v2", {"type": "singleSymbol", "symbollevels": "0",
+                                                   "enableorderby": "0", "forceraster": "0"})
+    symbol = ET.SubElement(ET.SubElement(renderer, "symbols"), "symbol", {
+        "type": "fill", "name": "0", "alpha": "1", "clip_to_extent": "1", "force_rhr": "0"})
+    layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1", "locked": "0", "pass": "0"})
+    options = ET.SubElement(layer, "Option", {"type": "Map"})
+    for name, value in (("color", _rgba(fill, alpha)), ("style", "solid"), ("outline_color", _rgba(outline, 255)),
+                        ("outline_style", "solid"), ("outline_width", f"{outline_mm:g}"),
+                        ("outline_width_unit", "MM"), ("joinstyle", "bevel")):
+        ET.SubElement(options, "Option", {"type": "QString", "name": name, "value": value})
+    ET.SubElement(renderer, "rotation")
+    ET.SubElement(renderer, "sizescale")
+    ET.SubElement(root, "blendMode").text = "0"
+    ET.SubElement(root, "featureBlendMode").text = "0"
+    ET.SubElement(root, "layerGeometryType").text = "2"  # polygons
+    ET.indent(root)
+    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, "unicode") + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -1,18 +1,18 @@
 """The network outside torch: ONNX export (for QGIS and for ONNX Runtime) and the ONNX Runtime engines.
 
 **Export** (:func:`export_onnx`): the bundle's network, traced on the plain (autograd) path so the graph
-holds ``MaxPool`` and ``Concat`` as ONNX Runtime fuses them, with a dynamic batch, height and width, the
-sigmoid at the end (probabilities (N, 1, H, W) out) and, for the file a user takes away
-(``slidemap export``), the bundle's standardisation baked in: raw band values in, in the bundle's band
-order, NaN and inf treated as nodata exactly as ``slidemap.nn.normalise`` does (0 after standardising).
+holds ``MaxPool`` and ``Concat`` as ONNX Runtime fuses them, the sigmoid at the end (probabilities
+(N, 1, H, W) out) and, for the file a user takes to QGIS (``slidemap export``), the bundle's
+standardisation baked in: raw band values in, in the bundle's band order, NaN and inf treated as nodata
+exactly as ``slidemap.nn.normalise`` does (0 after standardising). The QGIS file has its height and width
+fixed at one tile size (Deepness reads its tile size from the input shape); the engines ``predict`` runs
+keep height and width dynamic, because the strip engine feeds tiles of any width.
 
 **Engines** (:class:`OnnxRunner`): the same call as ``slidemap.nn.inference.TileRunner``, (N, C, h, w)
 standardised float32 -> (N, h, w) probabilities, run by ONNX Runtime, in fp32 or static int8. The int8
 model (:func:`quantize_int8`) is quantised per channel (weights int8, activations uint8, QDQ) with ranges
-calibrated on chips of the bundle's own training split, never on test data; the stage that builds it
-(``slidemap.stages.predict``) measures every engine's validation F1 when it builds it and records it
-beside the bundle (:class:`EngineRecord`), and ``auto`` only ever picks an engine whose F1 is within
-:data:`F1_TOLERANCE` of torch fp32.
+calibrated on chips of the bundle's own training split, never on test data; ``slidemap export --int8``
+measures each engine's validation F1 and records it beside the files it writes (:class:`EngineRecord`).
 
 onnxruntime and onnx are the optional extra ``slidemap[onnx]``; without them the torch engine stays.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,14 +41,12 @@ OPSET = 13
 """ONNX opset of the exported graphs: every op they use exists there, per-channel QDQ needs 13, and the
 onnxruntime Deepness installs (>=1.12.1, <=1.17.0, its python_requirements/requirements.txt) reads it."""
 F1_TOLERANCE = 0.01
-"""The most an engine's validation F1 may fall below torch fp32's for ``auto`` to pick it."""
-CALIBRATION_CHIPS = 64
-"""Training chips (evenly spread over the training split) that set the int8 activation ranges."""
+"""The most int8's validation F1 may fall below fp32's before ``predict --engine onnx-int8`` warns."""
 INSTALL_HINT = "install it with pip install 'slidemap[onnx]' (onnxruntime and onnx)"
 
 
 def onnxruntime_available() -> bool:
-    """Whether the optional ONNX Runtime is installed (else ``auto`` keeps to torch)."""
+    """Whether the optional ONNX Runtime is installed (``slidemap info`` says so)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -100,19 +97,21 @@ class _Exported(torch.nn.Module):
 
 def export_onnx(net: SegmentationNet, bands: int, path: str | Path, mean: np.ndarray | None = None,
                 std: np.ndarray | None = None, metadata: dict[str, Any] | None = None,
-                example_size: int = 64) -> Path:
+                tile: int | None = None) -> Path:
     """Write ``net`` as ONNX to ``path`` (atomically).
 
     Input ``input`` (N, bands, H, W) float32, output ``probability`` (N, 1, H, W); with ``mean``/``std`` the
-    standardisation is part of the graph.
+    standardisation is part of the graph. With ``tile`` H and W are fixed at ``tile`` (only the batch is
+    dynamic: what Deepness needs); without, they are dynamic too.
 
     ``metadata`` values are written JSON-encoded into the model's ``metadata_props`` (what the Deepness
     QGIS plugin reads with ``json.loads``).
     """
-    onnx = require_onnx("export")
+    onnx = require_onnx("--onnx")
     model = _Exported(net.float().eval(), mean, std).eval()
-    x = torch.zeros(1, bands, example_size, example_size)
-    dynamic = {0: "batch", 2: "height", 3: "width"}
+    size = tile or 64
+    x = torch.zeros(1, bands, size, size)
+    dynamic: dict[int, str] = {0: "batch"} if tile else {0: "batch", 2: "height", 3: "width"}
     with atomic_file(path) as tmp, warnings.catch_warnings(), _quiet_logger("torch.onnx"):
         warnings.simplefilter("ignore")
         # Autograd on while tracing: the networks take their plain path (MaxPool, Concat), which ONNX
@@ -149,21 +148,20 @@ def _quiet_logger(name: str | None) -> Iterator[None]:
 
 
 def deepness_small_segment(min_pixels: float) -> int:
-    """Deepness's ``seg_small_segment`` for dropping landslides under ``min_pixels`` pixels, approximately.
+    """Deepness's ``seg_small_segment`` closest to dropping landslides under ``min_pixels`` pixels.
 
-    Deepness has no area filter: its "remove small segments" value ``n`` opens and closes the class map with
-    a square kernel of side ``(n // 2) ** 2 + 1`` (``processing_utils.erode_dilate_image``) and median-blurs
-    it with side ``(n // 2) * 2 + 1``; an opening removes what a square of that side does not fit in. The
-    smallest ``n`` whose kernel side reaches ``sqrt(min_pixels)``, i.e. a square landslide of the minimum
-    area just survives; 0 (off) for no minimum.
+    Deepness 0.6.5 has no area filter: for ``seg_small_segment = n`` it median-blurs the class map with a
+    square window of side ``k = (n // 2) * 2 + 1`` (``MapProcessorSegmentation._run``; the erode/dilate
+    helper of ``processing_utils`` is never called). A pixel stays a landslide when at least
+    ``(k * k + 1) / 2`` pixels of its window are, so a compact landslide smaller than that vanishes and a
+    larger one keeps its core with its corners rounded (thin ones vanish too). Returned: the largest odd
+    ``k`` with ``(k * k + 1) / 2 <= min_pixels`` (written as ``n = k``, which Deepness uses as it is), or 0
+    (off) where that ``k`` is 1, a blur that changes nothing.
     """
-    if min_pixels <= 1:
-        return 0
-    side = float(np.sqrt(min_pixels))
-    n = 2
-    while (n // 2) ** 2 + 1 < side:
-        n += 2
-    return n
+    k = 1
+    while ((k + 2) ** 2 + 1) / 2 <= min_pixels:
+        k += 2
+    return k if k >= 3 else 0
 
 
 # --- the ONNX Runtime engines -----------------------------------------------------------------------------
@@ -182,8 +180,8 @@ class OnnxRunner:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # Idle threads sleep instead of spinning: on a shared machine a spinning pool steals the other
-        # core from whatever runs next (also from the next candidate `auto` times); no loss measured here.
+        # Idle threads sleep instead of spinning: on a shared machine a spinning pool steals the cores
+        # from whatever runs next (the writer and reader threads of the prediction).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.engine = engine
@@ -193,7 +191,8 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise UserError(f"--engine {engine}: ONNX Runtime cannot load {self.path} "
-                            f"({str(e).splitlines()[0][:120]}); delete it to have it built again") from None
+                            f"({str(e).splitlines()[0][:120]}); export the model again with slidemap "
+                            f"export") from None
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -247,17 +246,19 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.n
     return out_path
 
 
-# --- the record of the engines built for a bundle -----------------------------------------------------------
+# --- the record of an export's engines ----------------------------------------------------------------------
 
 class EngineRecord(Sidecar):
-    """``<bundle>.engines.json``: which ONNX models were built from which bundle, on which chips.
+    """``<name>.engines.json`` beside an export: which bundle its ONNX files come from, and how accurate they are.
 
-    It also holds each engine's validation F1 at the bundle's best threshold (the evidence ``auto`` needs).
+    ``files`` names the engines ``predict --engine`` runs (``onnx``, ``onnx-int8``: file names in the same
+    folder); ``f1`` holds each engine's validation F1 at the bundle's best threshold (with ``--int8``).
     """
 
-    REDO = "delete it; slidemap builds the engines again"
+    REDO = "export the model again with slidemap export"
 
     format: str = "slidemap.engines"
+    format_version: int = 2
     bundle_sha256: str
     versions: dict[str, str]
     threshold: float
@@ -265,33 +266,33 @@ class EngineRecord(Sidecar):
     validation: dict[str, Any] = {}
     f1: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
-    seconds: float = 0.0
 
-    def eligible(self, name: str) -> tuple[bool, str]:
-        """Whether ``auto`` may pick engine ``name``: its F1 is within :data:`F1_TOLERANCE` of fp32's."""
+    def f1_drop(self, name: str) -> str:
+        """Why engine ``name``'s validation F1 is a concern (fell more than :data:`F1_TOLERANCE`), else ''."""
         ref, f1 = self.f1.get("torch-fp32"), self.f1.get(name)
-        if ref is None or f1 is None:
-            return False, f"{name}: validation F1 not measured"
-        if f1 < ref - F1_TOLERANCE:
-            return False, f"{name}: validation F1 {f1:.4f} vs {ref:.4f} in fp32 (> {F1_TOLERANCE} lower)"
-        return True, ""
+        if ref is None or f1 is None or f1 >= ref - F1_TOLERANCE:
+            return ""
+        return f"validation F1 {f1:.4f} against {ref:.4f} in fp32 (more than {F1_TOLERANCE} lower)"
 
 
-def engine_paths(bundle_path: Path) -> dict[str, Path]:
-    """Where the engines of a bundle live: beside it if that folder is writable, else in the user's cache.
+def export_paths(onnx_path: Path) -> dict[str, Path]:
+    """The files of one export named ``onnx_path``: the QGIS model, its style, the engines and their record."""
+    stem = onnx_path.name[:-len(".onnx")] if onnx_path.name.lower().endswith(".onnx") else onnx_path.name
+    folder = onnx_path.parent
+    return {"qgis": onnx_path, "style": folder / f"{stem}.qml", "onnx": folder / f"{stem}.engine.onnx",
+            "onnx-int8": folder / f"{stem}.engine-int8.onnx", "record": folder / f"{stem}.engines.json"}
 
-    In the cache they are keyed by the bundle's checksum.
-    """
-    from slidemap.formats.files import sha256
-    from slidemap.nn.device import cache_dir
 
-    folder = bundle_path.parent
-    stem = bundle_path.name.removesuffix(".pt")
-    if not os.access(folder, os.W_OK):
-        folder = cache_dir() / "engines" / sha256(bundle_path)[:16]
-        stem = "bundle"
-    return {"onnx": folder / f"{stem}.onnx", "onnx-int8": folder / f"{stem}.int8.onnx",
-            "record": folder / f"{stem}.engines.json"}
+def engine_versions() -> dict[str, str]:
+    """The versions an export was made with (recorded, for the reader; any later ONNX Runtime reads it)."""
+    from slidemap import __version__
+
+    out = {"torch": torch.__version__, "slidemap": __version__}
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    return out
 
 
 def pooled_f1(prob: np.ndarray, truth: np.ndarray, threshold: float) -> float:

@@ -5,8 +5,8 @@ channels-last, under autocast where the precision asks for it (``slidemap.nn.dev
 returns probabilities. Whole scenes, patch sets and in-memory arrays all go through it.
 
 **The strip engine** (:func:`iter_probability_strips`) cuts a region into strips of tiles on the networks'
-16-px grid (``slidemap.raster.tiling``), reads and standardises the next strip in a thread while the network
-runs on this one, accumulates ``prob * w`` and ``w`` per pixel with the blending weights, and yields the rows
+16-px grid (``slidemap.raster.tiling``), reads and standardises the next strip in a reader thread while the
+network runs on this one, accumulates ``prob * w`` and ``w`` per pixel with the blending weights, and yields the rows
 no later tile touches. Memory depends on the region's width and the tile size, never on its height.
 
 **When is tiled == one pass?** A pixel's probability can depend on inputs up to the receptive-field
@@ -19,14 +19,15 @@ one-pass prediction of the same reflection-padded region everywhere, up to float
 ``tile=384, overlap=256, margin=112`` and finds differences of ~1e-6. In practice the influence of far
 pixels fades long before R: the defaults (overlap 64, margin 16) gave differences below 2e-5 for random
 networks, against 3e-3 with margin 0; raise ``--overlap`` (e.g. 256) where exact agreement matters more
-than speed (overlap 256 costs 3x the compute of 64 at tile 512).
+than speed (overlap 256 computes 3x the pixels of overlap 64 at tile 512).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import torch
@@ -34,11 +35,7 @@ import torch
 from slidemap.errors import UserError
 from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device, resolve_precision
 from slidemap.nn.normalise import Normaliser
-from slidemap.raster.threads import helper
 from slidemap.raster.tiling import AxisTiling, check_tiling, reflect_index, wide_tile
-
-if TYPE_CHECKING:
-    from slidemap.nn.device import Probe, Setting
 
 ReadRows = Callable[[int, int], np.ndarray]
 
@@ -47,9 +44,7 @@ class TileRunner:
     """Runs the network on batches of standardised tiles and returns probabilities (sigmoid of logits).
 
     Inference mode and the channels-last layout the convolution kernels prefer, everywhere; autocast in
-    the resolved precision (``precision`` after construction: ``32``, ``bf16`` or ``16``). bf16 on a CPU
-    with avx512_bf16 gave 1.6x the end-to-end throughput of fp32 with probabilities within ~1e-3
-    (docs/performance.md).
+    the resolved precision (``precision`` after construction: ``32``, ``bf16`` or ``16``).
     """
 
     def __init__(self, net: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "32") -> None:
@@ -114,13 +109,14 @@ def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_row
         # layout the network runs in (one copy instead of two on the network's thread).
         return np.ascontiguousarray(x.transpose(1, 2, 0)), valid
 
-    # The next strip is read while the network runs on this one, so reading costs no wall time.
-    with helper("read") as read_ahead:
-        pending = read_ahead(load_strip, rows.offsets[0])
+    # The next strip is read while the network runs on this one (GDAL and numpy release the GIL); leaving
+    # the block waits for a read under way, so no read outlives the file it reads.
+    with ThreadPoolExecutor(1, thread_name_prefix="slidemap-read") as reader:
+        pending = reader.submit(load_strip, rows.offsets[0])
         for i, r in enumerate(rows.offsets):
             x, valid = pending.result()
             if i + 1 < len(rows.offsets):
-                pending = read_ahead(load_strip, rows.offsets[i + 1])
+                pending = reader.submit(load_strip, rows.offsets[i + 1])
             yield from _blend_strip(runner, x, valid, i, r, rows, cols, wx, num, den, overlap, margin,
                                     height, width)
 
@@ -171,30 +167,3 @@ def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], a
                                                    overlap, margin, batch_size, normalise):
         out[r0:r0 + len(prob)] = np.where(valid, prob, np.nan)
     return out
-
-
-# --- what ``--engine auto`` / ``--precision auto`` measure for prediction ---------------------------------
-
-def inference_probe(net_key: dict[str, Any], bands: int, tile: int,
-                    runners: Mapping[Setting, Callable[..., Callable[[np.ndarray], np.ndarray]]]) -> Probe:
-    """The pass ``auto`` times for prediction: one ``tile`` x ``tile`` tile of random standardised values.
-
-    It goes through each candidate runner (``runners``: setting -> a callable building the runner), the reference
-    (torch fp32) first. Rates are Mpx/s of network output.
-    """
-    from slidemap.nn.device import Probe
-
-    def step(setting: Setting) -> Callable[[], float]:
-        runner = runners[setting]()
-        x = np.random.default_rng(0).standard_normal((1, bands, tile, tile), dtype=np.float32)
-        if setting.engine == "torch":  # what the strip engine hands the torch runner: a channels-last view
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-
-        def run() -> float:
-            runner(x)
-            return float(tile * tile)
-
-        return run
-
-    key = {**net_key, "bands": bands, "tile": tile}
-    return Probe("predict", key, list(runners), step, "Mpx/s", 1e-6)

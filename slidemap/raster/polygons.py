@@ -12,10 +12,8 @@ areas also in a geographic CRS, and equal the polygon's planar area in a project
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,24 +47,6 @@ def label_strip(labeler: ComponentLabeler, row: int, binary: np.ndarray, prob: n
 def mean_probability(components: Components) -> np.ndarray:
     """Mean predicted probability of each landslide."""
     return components.sums[PROB] / np.maximum(components.pixels, 1)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a scene is streamed.
-
-    Tracing polygons creates millions of short-lived lists and dicts (GeoJSON rings), each batch of which
-    set off a collection that walks every live container: with 100,000 landslides on a 4,096² scene
-    that was half the polygon pass (3.0 s -> 1.6 s without it). Nothing built here forms reference
-    cycles, so reference counting alone frees it all; the collector is restored afterwards.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def polygon_pieces(ids: np.ndarray, row_offset: int = 0) -> list[tuple[int, object]]:

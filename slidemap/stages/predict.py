@@ -21,6 +21,10 @@ networks' 16-px grid, blended with tapered weights; see ``slidemap.raster.tiling
 GDAL's reads, writes and polygonising and numpy's array work release the GIL, so the threads overlap the
 network; every output is written in the same order and is byte-identical to a single-threaded run.
 
+**The network** runs as ``--engine`` says (``slidemap.stages.runners``): torch (default) in the precision
+``slidemap.nn.device.resolve_precision`` gives, or an ONNX Runtime engine of an export made with ``slidemap
+export``. ``--out`` is checked first; nothing is written outside it.
+
 **Outputs** (built in a temporary sibling of ``out`` and renamed when complete): ``probability.tif``
 (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under ``--float``), ``mask.tif`` (uint8
 1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
@@ -40,6 +44,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -53,7 +58,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from slidemap.errors import UserError
-from slidemap.formats.files import atomic_dir
+from slidemap.formats.files import atomic_dir, check_out
 from slidemap.formats.gdal import (
     GDAL_CACHE_MB,
     RowWriter,
@@ -67,30 +72,22 @@ from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Thresh
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import Bundle, load_bundle
 from slidemap.nn.device import check_engine, check_precision
-from slidemap.nn.inference import TileRunner, iter_probability_strips
+from slidemap.nn.inference import iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
 from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
 from slidemap.raster.components import PIXELS, ComponentLabeler, Components
 from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
-from slidemap.raster.polygons import (
-    AREA,
-    LandslideWriter,
-    gc_paused,
-    label_strip,
-    landslide_labeler,
-    polygon_pieces,
-)
+from slidemap.raster.polygons import AREA, LandslideWriter, label_strip, landslide_labeler, polygon_pieces
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
-from slidemap.raster.threads import helper
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import predict_patches
-from slidemap.stages.runners import PredictWarning, choose_runner
+from slidemap.stages.runners import PredictWarning, Runner, build_runner
 
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
@@ -123,7 +120,12 @@ class PredictOptions(StageOptions):
     error_maps: Literal["png", "tif", "none"] = "png"
     """With ``evaluate``: each area's error map as GeoTIFF and PNG, GeoTIFF only, or none (``EvaluateOptions.maps``)."""
     precision: str = "auto"
-    engine: str = "auto"
+    """``auto``: the rule of ``slidemap.nn.device.resolve_precision``; or 32, bf16, 16 (torch only)."""
+    engine: str = "torch"
+    """``torch``, or ``onnx`` / ``onnx-int8``: ONNX Runtime running an export of ``slidemap export``."""
+    onnx_model: Path | None = None
+    """The export to run with an ONNX engine (the ``.onnx`` that ``slidemap export`` wrote); default: one
+    beside the bundle."""
     previews: int = Field(24, ge=0)
     outputs: Literal["all", "mask"] = "all"
     """``mask``: only mask.tif and prediction.json (no probabilities, polygons or styles; scenes only)."""
@@ -152,7 +154,10 @@ class PredictOptions(StageOptions):
             raise ValueError("--submission goes with --chips (a Landslide4Sense patch set)")
         check_tiling(self.tile, self.overlap)
         check_precision(self.precision)
-        check_engine(self.engine)
+        if check_engine(self.engine) == "auto":
+            raise ValueError("--engine auto: use torch, onnx or onnx-int8")
+        if self.onnx_model is not None and self.engine == "torch":
+            raise ValueError("--onnx-model goes with --engine onnx or onnx-int8")
         return self
 
 
@@ -214,25 +219,30 @@ class _Region:
         return int(self.window.height)
 
 
-def run(options: PredictOptions) -> PredictResult:
-    """Predict a scene (or an area of it), bare images or a patch set into the folder ``options.out``."""
+def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
+    """Predict a scene (or an area of it), bare images or a patch set into the folder ``options.out``.
+
+    ``runner``: a runner already built for this bundle and these options (``slidemap.stages.runners.
+    build_runner``), so that several predictions of one run share it; by default one is built here.
+    """
     o = options
     t_start = time.perf_counter()
     bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "MODEL")
+    inputs = [p for p in (bundle.path, o.scene, o.chips, o.dem, *(o.images or []), *(o.pre_images or []))
+              if p is not None]
+    check_out(o.out, "prediction.json", inputs, "prediction")  # before anything is built or written
     decision = _decision(bundle, o)
+    if runner is None:
+        runner, choice = build_runner(bundle, o.device, o.precision, o.engine, o.onnx_model)
+    else:
+        choice = {"engine": getattr(runner, "engine", "torch"), "precision": runner.precision, "how": "given"}
     if o.chips is not None:
-        from slidemap.formats.chips import ChipSet
-
-        size = ChipSet(o.chips, "--chips").size
-        choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, size)
         patch_meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
                                                o.precision, o.previews, o.submission, runner=runner,
-                                               choice=choice.record())
+                                               choice=choice)
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
         return PredictResult(path=Path(o.out), meta=patch_meta, evaluation=evaluation, previews=previews)
-    choice, runner = choose_runner(bundle, o.device, o.precision, o.engine, o.tile)
-    inputs = [p for p in (bundle.path, o.scene, o.dem, *(o.images or []), *(o.pre_images or []))
-              if p is not None]
+    inputs = [p for p in inputs if p != o.chips]
     with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
         if o.images is not None:
             sc = _prepare_images(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
@@ -244,7 +254,7 @@ def run(options: PredictOptions) -> PredictResult:
         window, area_geoms = _window_of(sc, o.area)
         region = _Region(sc, band_idx, window, area_geoms)
         seen = InputStats(bundle.bands)
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), gc_paused(), contextlib.ExitStack() as opened:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as opened:
             # the scene's mask.tif, opened once: where to predict (pass 1) and the truth the area is scored on
             # (where it marks unknown truth, pass 1 goes by the bands alone: only a scoring needs it)
             wanted = sc.mask_path.exists() and (not sc.mask_marks_unknown or bool(o.evaluate and o.area))
@@ -281,7 +291,7 @@ def run(options: PredictOptions) -> PredictResult:
             postprocess=decision.record(), input_stats=seen.as_dict(), shift_warnings=shift,
             tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
-            engine=choice.engine, engine_choice=choice.record(),
+            engine=choice["engine"], engine_choice=choice,
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=decision.min_area_m2,
             connectivity=4, outputs=o.outputs,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
@@ -381,7 +391,7 @@ def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:
 
 # --- pass 1: probabilities and provisional labels -------------------------------------------------------
 
-def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
+def _predict_region(runner: Runner, region: _Region, normalise: Normaliser, tmp: Path,
                     o: PredictOptions, decision: Decision, seen: InputStats,
                     scene_mask: rasterio.io.DatasetReaderBase | None = None,
                     scoring: AreaEvaluation | None = None) -> dict[str, Any]:
@@ -413,7 +423,7 @@ def _predict_region(runner: TileRunner, region: _Region, normalise: Normaliser, 
     }
 
 
-def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser, tmp: Path,
+def _probability_pass(runner: Runner, region: _Region, normalise: Normaliser, tmp: Path,
                       o: PredictOptions, decision: Decision, seen: InputStats, stored: _Labels,
                       scene_mask: rasterio.io.DatasetReaderBase | None) -> tuple[ComponentLabeler, float]:
     sc, width, height = region.scene, region.width, region.height
@@ -479,10 +489,10 @@ def _probability_pass(runner: TileRunner, region: _Region, normalise: Normaliser
         # order, while the network predicts the next strip; at most two finished strips wait.
         strips = stack.enter_context(contextlib.closing(iter_probability_strips(
             runner, read_rows, height, width, o.tile, o.overlap, None, o.batch_size, normalise)))
-        write = stack.enter_context(helper("write"))
+        writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="slidemap-write"))
         queued: deque = deque()
         for r0, prob, valid in strips:
-            queued.append(write(finish_strip, r0, prob, valid))
+            queued.append(writer.submit(finish_strip, r0, prob, valid))
             while len(queued) > 2:
                 valid_km2 += queued.popleft().result()
         while queued:
@@ -501,8 +511,8 @@ LABELS_IN_MEMORY = 64 << 20
 class _Labels:
     """The provisional labels between the passes: in memory, or in a temporary GeoTIFF for a large region.
 
-    In memory up to ``LABELS_IN_MEMORY`` bytes (an experiment's test area: two GDAL opens, a compressed write
-    and its read saved, ~3 ms); beyond, streamed to the output folder, so memory stays flat on a whole scene.
+    In memory up to ``LABELS_IN_MEMORY`` bytes (an experiment's test area); beyond, streamed to the output
+    folder, so memory stays flat on a whole scene.
     """
 
     def __init__(self, path: Path, width: int, height: int, transform: Affine) -> None:
@@ -545,8 +555,8 @@ class _Labels:
 def _labels_profile(width: int, height: int, transform: Affine) -> dict[str, Any]:
     """The profile of the provisional labels kept on disk between the passes.
 
-    An internal file: no CRS (writing one costs ~1 ms), and PackBits, which every GDAL has and which wrote and
-    read 4096² labels 2x faster than deflate.
+    An internal file: no CRS (nothing reads one), and PackBits, which every GDAL has and which is quicker to
+    write and read than deflate for labels.
     """
     return gtiff_profile(width, height, 1, "int32", None, transform, compress="packbits")
 
@@ -561,7 +571,7 @@ def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp:
     mask_profile = gtiff_profile(width, height, 1, "uint8", region.crs, region.transform, nodata=MASK_NODATA)
     with stored.reader() as read_labels, \
             rasterio.open(tmp / "mask.tif", "w", **mask_profile) as mask_ds, \
-            helper("polygonise") as trace:
+            ThreadPoolExecutor(1, thread_name_prefix="slidemap-polygonise") as tracer:
 
         def trace_block(win: Window) -> tuple[np.ndarray, list]:
             """Final ids -> mask block and polygon pieces; runs in the tracer thread, one block ahead."""
@@ -574,11 +584,11 @@ def _mask_and_polygons(region: _Region, comps: Components, stored: _Labels, tmp:
         # Tracing block k + 1 (GDAL reads and polygonizes without the GIL) overlaps dissolving and
         # writing the polygons and the mask of block k here.
         blocks = list(_row_blocks(width, height, 512))
-        pending = trace(trace_block, blocks[0])
+        pending = tracer.submit(trace_block, blocks[0])
         for k, win in enumerate(blocks):
             m, pieces = pending.result()
             if k + 1 < len(blocks):
-                pending = trace(trace_block, blocks[k + 1])
+                pending = tracer.submit(trace_block, blocks[k + 1])
             mask_ds.write(m, 1, window=win)
             if scoring is not None:
                 scoring.add(win, m, region.inside(win))

@@ -1,136 +1,105 @@
-"""The network runner a prediction uses: engine and precision resolved (``auto`` measured), built once per bundle.
+"""The network runner of one prediction: torch in the precision the rule gives, or an ONNX export when asked.
 
-``choose_runner`` turns ``--device/--precision/--engine`` into a runner for one bundle at one tile size: torch
-in fp32 or bf16, or ONNX Runtime in fp32 or int8 (the engines ``slidemap.stages.export`` builds beside the
-bundle). Runners are kept on the bundle, so the test areas of a grid run share one.
+``build_runner`` turns ``--device/--precision/--engine`` (and ``--onnx-model``) into a runner: ``torch`` runs
+the bundle's network (precision by ``slidemap.nn.device.resolve_precision``); ``onnx`` and ``onnx-int8`` run
+the engines ``slidemap export`` wrote, from the export the user names or one found beside the bundle (an
+``*.engines.json`` there that records this bundle's checksum). Nothing is built or written here.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slidemap.errors import UserError
+from slidemap.formats.files import sha256
 from slidemap.nn.bundle import Bundle
-from slidemap.nn.device import RunChoice, Setting, check_engine, check_precision, resolve_device, resolve_run
-from slidemap.nn.inference import TileRunner, inference_probe
+from slidemap.nn.device import check_engine, check_precision, resolve_device
+from slidemap.nn.engines import EngineRecord, OnnxRunner, export_paths, require_onnxruntime
+from slidemap.nn.inference import TileRunner
 
-if TYPE_CHECKING:
-    import torch
-
-    from slidemap.nn.engines import EngineRecord, OnnxRunner
+Runner = TileRunner | OnnxRunner
+"""What a prediction runs tiles through: (N, C, h, w) standardised float32 -> (N, h, w) probabilities."""
+ONNX_ENGINES = ("onnx", "onnx-int8")
 
 
 class PredictWarning(UserWarning):
     """Something the user should know about an input that prediction could still use."""
 
 
-def choose_runner(bundle: Bundle, device: str, precision: str, engine: str, tile: int,
-                  log: Callable[[str], None] | None = None) -> tuple[RunChoice, Any]:
-    """Resolve ``--device/--precision/--engine`` for this bundle at this tile size and build the runner.
+def build_runner(bundle: Bundle, device: str = "auto", precision: str = "auto", engine: str = "torch",
+                 onnx_model: Path | None = None) -> tuple[Runner, dict[str, Any]]:
+    """The runner of ``bundle`` for these options, and what prediction.json records of it (``engine_choice``).
 
-    ``auto`` on a CPU times torch fp32 (the reference), torch bf16 (where the CPU has native bf16), ONNX
-    Runtime fp32 and int8 (when onnxruntime is installed) on one tile (rates cached per machine, network
-    and tile size); settings that change the numbers (bf16, int8) are candidates only when their validation
-    F1, measured when the engines were built, is within 0.01 of torch fp32's.
+    The runner holds no state between calls: the areas of one run may share it.
     """
-    from slidemap.nn import engines
-
-    dev = resolve_device(device)
     engine = check_engine(engine)
     name = check_precision(precision)
-    if dev.type != "cpu" or (engine in ("auto", "torch") and name not in ("auto", "32")):
-        choice = resolve_run(precision, dev, "torch" if engine == "auto" else engine)
-        return choice, build_runner(bundle, choice.setting, dev, {})
-    if engine in ("onnx", "onnx-int8"):
-        engines.require_onnxruntime(f"--engine {engine}")
-        built = _engine_record(bundle, int8=engine == "onnx-int8", strict=True, log=log)
-        choice = resolve_run(precision, dev, engine)
-        ok, why = built.eligible(engine) if engine == "onnx-int8" else (True, "")
-        if not ok:
-            warnings.warn(f"--engine {engine}: {why}; auto would not pick it", PredictWarning, stacklevel=3)
-        return choice, build_runner(bundle, choice.setting, dev, engine_paths_of(bundle))
-    # auto on a CPU: build what can be built, keep what may be picked, measure.
-    from slidemap.nn.device import cpu_has_native_bf16
-
-    excluded: dict[str, str] = {}
-    record: EngineRecord | None = None
+    if engine == "auto":
+        raise UserError("--engine auto: use torch, onnx or onnx-int8 (ONNX Runtime only when asked)")
+    if onnx_model is not None and engine == "torch":
+        raise UserError(f"--onnx-model {onnx_model}: goes with --engine onnx or onnx-int8")
     if engine == "torch":
-        excluded["onnx"] = "onnx, onnx-int8: --engine torch"
-    elif engines.onnxruntime_available() and bundle.path is not None:
-        record = _engine_record(bundle, int8=True, strict=False, log=log)
-    elif not engines.onnxruntime_available():
-        excluded["onnx"] = f"onnx, onnx-int8: onnxruntime is not installed ({engines.INSTALL_HINT})"
-    candidates = [Setting("torch", "32", True)]
-    if record is None and cpu_has_native_bf16() and name == "auto" and bundle.path is not None:
-        from slidemap.stages.export import torch_record  # bf16's accuracy check without the ONNX engines
-        try:
-            record = torch_record(bundle, log)
-        except UserError as e:
-            excluded["torch-bf16"] = f"torch-bf16: {str(e).split(': ', 1)[-1]}"
-    if cpu_has_native_bf16() and name == "auto" and "torch-bf16" not in excluded:
-        ok, why = record.eligible("torch-bf16") if record is not None else (False, "torch-bf16: validation "
-                                                                             "F1 not measured")
-        if ok:
-            candidates.append(Setting("torch", "bf16", True))
-        else:
-            excluded["torch-bf16"] = why
-    if record is not None and engine != "torch" and "onnx" in record.files:
-        candidates.append(Setting("onnx", "32", False))
-        if "onnx-int8" in record.files:
-            ok, why = record.eligible("onnx-int8")
-            if ok:
-                candidates.append(Setting("onnx-int8", "int8", False))
-            else:
-                excluded["onnx-int8"] = why
-        elif record.calibration.get("error"):
-            excluded["onnx-int8"] = f"onnx-int8: {record.calibration['error']}"
-    paths = engine_paths_of(bundle)
-    runners = {s: (lambda s=s: build_runner(bundle, s, dev, paths)) for s in candidates}
-    net_key = {"network": bundle.meta.architecture, "model_args": dict(bundle.meta.model_args)}
-    probe = inference_probe(net_key, len(bundle.bands), tile, runners)
-    probe.excluded = excluded
-    choice = resolve_run(precision, dev, "auto", None, probe)
-    return choice, build_runner(bundle, choice.setting, dev, paths)
+        dev = resolve_device(device)
+        runner = TileRunner(bundle.build_model(), dev, name)
+        return runner, {"engine": "torch", "precision": runner.precision, "setting": _setting(runner.precision),
+                        "how": "rule" if name == "auto" else "given"}
+    if name not in ("auto", "32"):
+        raise UserError(f"--engine {engine} --precision {precision}: an ONNX engine runs in its own precision "
+                        f"(fp32 or int8); leave --precision at auto or 32")
+    if device == "cuda":
+        raise UserError(f"--engine {engine} --device cuda: the ONNX engines run on the CPU; use --device cpu "
+                        f"or --engine torch")
+    require_onnxruntime(f"--engine {engine}")
+    record_path, record = find_export(bundle, engine, onnx_model)
+    runner_ = OnnxRunner(record_path.parent / record.files[engine], engine)
+    concern = record.f1_drop(engine)
+    if concern:
+        warnings.warn(f"--engine {engine}: {concern} ({record_path})", PredictWarning, stacklevel=2)
+    choice: dict[str, Any] = {"engine": engine, "precision": runner_.precision, "setting": engine, "how": "given",
+                              "onnx_model": str(runner_.path.resolve())}
+    if record.f1:
+        choice["validation_f1"] = dict(record.f1)
+    return runner_, choice
 
 
-def engine_paths_of(bundle: Bundle) -> dict[str, Path]:
-    """Where the bundle's ONNX engines live (none for a bundle held only in memory)."""
-    from slidemap.nn.engines import engine_paths
-
-    return engine_paths(bundle.path) if bundle.path is not None else {}
+def _setting(precision: str) -> str:
+    return f"torch-{'fp32' if precision == '32' else precision}"
 
 
-def _engine_record(bundle: Bundle, int8: bool, strict: bool,
-                   log: Callable[[str], None] | None = None) -> EngineRecord:
-    """The bundle's engines (built once).
+def find_export(bundle: Bundle, engine: str, onnx_model: Path | None) -> tuple[Path, EngineRecord]:
+    """The record of the export to run ``engine`` from: the one ``onnx_model`` names, else one beside the bundle.
 
-    Without ``strict`` a bundle whose chips are gone gets the fp32 ONNX engine only, with the reason int8 is
-    missing recorded.
+    A UserError names the option and what to do when there is none, when it comes from another bundle or when
+    it holds no ``engine`` (int8 is written by ``export --int8``).
     """
-    from slidemap.stages.export import build_engines
-
-    try:
-        return build_engines(bundle, int8=int8, log=log)
-    except UserError as e:
-        if strict or not int8:
-            raise
-        record = build_engines(bundle, int8=False, log=log)
-        return record.model_copy(update={"calibration": {"error": str(e).split(": ", 1)[-1]}})
-
-
-def build_runner(bundle: Bundle, setting: Setting, device: torch.device,
-                 paths: dict[str, Path]) -> TileRunner | OnnxRunner:
-    """The runner of ``setting``, built once per bundle (stateless between calls, so areas share it)."""
-    path = paths.get(setting.engine)
-    key = (setting, str(device), str(path), path.stat().st_mtime_ns if path and path.is_file() else None)
-    if key not in bundle.runners:
-        if setting.engine == "torch":
-            bundle.runners[key] = TileRunner(bundle.build_model(), device, setting.precision)
-        else:
-            from slidemap.nn.engines import OnnxRunner
-
-            bundle.runners[key] = OnnxRunner(paths[setting.engine], setting.engine)
-    return bundle.runners[key]
+    digest = sha256(bundle.path) if bundle.path is not None else None
+    hint = f"slidemap export {bundle.path or 'RUN'} --onnx M.onnx" + (" --int8" if engine == "onnx-int8" else "")
+    if onnx_model is not None:
+        path = export_paths(onnx_model)["record"] if onnx_model.suffix.lower() == ".onnx" else onnx_model
+        if not path.is_file():
+            raise UserError(f"--onnx-model {onnx_model}: no {path.name} beside it; give the .onnx file that "
+                            f"slidemap export wrote, or export again: {hint}")
+        record = EngineRecord.load(path, "--onnx-model")
+        if digest is not None and record.bundle_sha256 != digest:
+            raise UserError(f"--onnx-model {onnx_model}: was exported from another bundle than MODEL "
+                            f"{bundle.name}; export this one: {hint}")
+        if engine not in record.files or not (path.parent / record.files[engine]).is_file():
+            raise UserError(f"--onnx-model {onnx_model}: holds no {engine} engine; export with: {hint}")
+        return path, record
+    found = []
+    if bundle.path is not None and digest is not None:
+        for path in sorted(bundle.path.parent.glob("*.engines.json")):
+            try:
+                record = EngineRecord.load(path)
+            except UserError:
+                continue
+            if record.bundle_sha256 == digest and engine in record.files and \
+                    (path.parent / record.files[engine]).is_file():
+                found.append((path.stat().st_mtime_ns, path, record))
+    if not found:
+        raise UserError(f"--engine {engine}: no ONNX export of MODEL {bundle.name} with that engine beside it; "
+                        f"run {hint} (or give --onnx-model)")
+    _, path, record = max(found, key=lambda f: f[0])  # the latest export, when there are several
+    return path, record
