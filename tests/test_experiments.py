@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ sampling:
   - {method: random, count: 40, require_landslide: true}
 sizes: [32]
 models: [{architecture: unet, filters: 8, batch_size: 8}]
-training: {epochs: 2, patience: 0, precision: "32"}
+training: {epochs: 2, patience: 0, precision: "32", min_chips: 8}
 scenarios:
   hills: {train: [hills]}
   both: {train: [hills, valley]}
@@ -94,6 +95,88 @@ def test_bad_spec_is_one_line_before_anything_runs(tmp_path, capsys, text, expec
     assert not (tmp_path / "out").exists()
 
 
+def test_training_is_train_options_less_what_the_grid_sets():
+    """``training:`` takes TrainOptions' defaults and checks; lr, loss, epochs and patience may be lists."""
+    from slidemap.experiments.spec import SET_BY_THE_GRID, Spec
+    from slidemap.stages.train import TrainOptions
+
+    spec = Spec.model_validate({"sites": {"a": {"synth": {}}}})
+    for name, field in TrainOptions.model_fields.items():
+        if name not in SET_BY_THE_GRID:
+            assert getattr(spec.training, name) == field.default, name
+    spec = Spec.model_validate({"sites": {"a": {"synth": {}}},
+                                "training": {"lr": [0.01, "1e-3"], "precision": "fp32", "loss": "focal"}})
+    assert spec.training.lr == [0.01, 0.001] and spec.training.precision == "32"
+    assert spec.axis_values("lr") == [0.01, 0.001] and spec.axis_values("loss") == ["focal"]
+
+
+BAD_TRAINING = [
+    ("training: {lr: [0.01, -1]}\n", "training.lr: -1: must be greater than 0"),
+    ("training: {lr: [0.01, 0.01]}\n", "training.lr: give one value or a list of distinct values"),
+    ("training: {loss: [bce, dice9]}\n", "training.loss: 'dice9': must be 'bce', 'bce+dice' or 'focal'"),
+    ("training: {max_time: soon}\n", "training.max_time: 'soon': give the time as DD:HH:MM:SS"),
+    ("training: {filters: 8}\n", "training.filters: unknown key"),
+    ("training: {min_chips: 0}\n", "training.min_chips: 0: must be greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_TRAINING, ids=[e for _, e in BAD_TRAINING])
+def test_bad_training_is_one_line_from_train_options(tmp_path, text, expected):
+    spec = write_spec(tmp_path, "sites: {a: {synth: {seed: 1}}}\n" + text)
+    with pytest.raises(UserError) as e:
+        load_spec(spec)
+    assert str(e.value) == f"{spec}: {expected}" or str(e.value).startswith(f"{spec}: {expected}"), str(e.value)
+
+
+def test_prepare_site_is_prepare_options(tmp_path):
+    """Every prepare option is a key of a site's ``prepare:``; paths are relative to the spec."""
+    from slidemap.stages.prepare import PrepareOptions
+
+    spec = write_spec(tmp_path / "deep", """\
+        sites:
+          a:
+            prepare: {images: [s2.tif], inventory: ../labels.tif, label_values: [1, 2], unlabelled_values: [9],
+                      resolution: 10, indices: [ndvi], split: "3:2", split_axis: y}
+        """)
+    p = load_spec(spec).sites["a"].prepare
+    options = p.options(tmp_path / "scene")
+    assert isinstance(options, PrepareOptions) and options.out == tmp_path / "scene"
+    assert options.images == [(tmp_path / "deep" / "s2.tif").resolve()]
+    assert options.inventory == (tmp_path / "labels.tif").resolve()
+    assert (options.label_values, options.unlabelled_values, options.resolution, options.indices,
+            options.split_axis) == ([1.0, 2.0], [9.0], 10.0, ["ndvi"], "y")
+    assert set(PrepareOptions.model_fields) == set(type(p).model_fields)
+
+
+@pytest.mark.parametrize("prepare,expected", [
+    ("{images: [a.tif], split: '3:2'}", "sites.a.prepare: give inventory"),
+    ("{images: [a.tif], inventory: i.tif}", "sites.a.prepare: give areas"),
+    ("{images: [a.tif], inventory: i.tif, split: '3:2', indices: [ndvi9]}", "sites.a.prepare.indices: unknown index"),
+    ("{images: [a.tif], inventory: i.tif, split: '3:2', out: x}", "sites.a.prepare.out: 'x': the experiment puts"),
+    ("{images: [a.tif], split: '3:2', label_values: [1]}", "sites.a.prepare.label_values: goes with a label raster"),
+])
+def test_bad_prepare_site_is_one_line(tmp_path, prepare, expected):
+    spec = write_spec(tmp_path, f"sites: {{a: {{prepare: {prepare}}}}}\n")
+    with pytest.raises(UserError, match="^" + re.escape(f"{spec}: {expected}")):
+        load_spec(spec)
+
+
+def test_a_missing_input_is_one_line_before_anything_runs(tmp_path, capsys):
+    """The run refuses with one line; the dry run lists every input, the missing ones marked, and goes on."""
+    spec = write_spec(tmp_path, "sites: {a: {prepare: {images: [nowhere.tif], inventory: i.gpkg, split: '3:2'}}}\n")
+    assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: sites.a.prepare.images.0 {tmp_path / 'nowhere.tif'}: no such file; check the path"]
+    assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["inputs (headers only): 2 input(s) missing or unreadable: a run would stop before its "
+                       "first step; fix the paths",
+                       f"  MISSING sites.a.prepare.images.0 {tmp_path / 'nowhere.tif'}: no such file; check the path",
+                       f"  MISSING sites.a.prepare.inventory {tmp_path / 'i.gpkg'}: no such file; check the path"]
+    assert out[-1] == "estimated wall time: unknown until the sites' inputs open (see the MISSING lines above)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_paths_are_relative_to_the_spec(tmp_path):
     spec = write_spec(tmp_path / "deep", "sites: {a: {scene: ../scenes/a}}\n")
     assert load_spec(spec).sites["a"].scene == (tmp_path / "scenes" / "a").resolve()
@@ -104,15 +187,44 @@ def test_dry_run_counts_the_studies_grids(tmp_path, capsys):
     spec = Path(__file__).resolve().parents[1] / "examples" / "soares2020.yaml"
     if not spec.is_file():
         pytest.skip("examples/soares2020.yaml not shipped yet")
-    # the listing alone: the CLI's --dry-run also times a step of each of the grid's 9 network shapes (~25 s)
-    assert dry_run(spec, tmp_path / "o", calibrate=False).startswith("288 runs")
+    # the listing alone: the CLI's --dry-run also times a step of each of the grid's network shapes
+    lines = dry_run(spec, tmp_path / "o", calibrate=False).splitlines()
+    assert ("288 runs, 6 distinct chip sets, 1 sites; training in precision 32 on cpu (training.precision 32), "
+            "the same for every run") in lines
+    spec = load_spec(spec)
+    assert [(s.label, s.require_landslide) for s in spec.sampling] == [("grid", True), ("random", True)]
+    assert (spec.training.epochs, spec.training.patience, spec.training.lr, spec.predict.threshold) == (
+        200, 0, 0.001, 0.5)
 
 
 def test_dry_run_estimates_from_a_step_of_each_network_shape(tmp_path, capsys):
     spec = write_spec(tmp_path)
     assert main(["experiment", "run", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("estimated wall time: about ") and "network shapes measured here" in last
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("estimated wall time: about ") and "network shapes measured here" in out[-1]
+    assert "  hills grid 32px: counted after preparing site hills" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_counts_the_chips_of_a_prepared_site(done, tmp_path):
+    """A site whose scene exists is sampled aside: the dry run prints the chip set's count and its split."""
+    from slidemap.formats.chips import ChipSet
+    from slidemap.raster.split import split_chips
+
+    scene = done / "out" / "sites" / "hills" / "scene"
+    spec = write_spec(tmp_path, f"""\
+        sites: {{hills: {{scene: {scene}}}}}
+        sampling: [{{method: grid, overlap: 0.2}}]
+        sizes: [32]
+        training: {{val_fraction: 0.3, min_chips: 500}}
+        """)
+    text = dry_run(spec, tmp_path / "o", calibrate=False).splitlines()
+    chips = ChipSet(next((done / "out" / "chips").glob("hills__grid__32-*")))
+    split = split_chips(chips.windows, 0.3, 0)
+    assert (f"  hills grid 32px: {len(chips)} chips, {split.train.size} train / {split.val.size} val / "
+            f"{split.buffer.size} buffer; fewer than 500: a run on it alone would stop") in text
+    assert f"  sites.hills.scene {scene}: 7 bands (blue, green, red, red_edge, nir, dem, slope), 3 areas" in text
+    assert not (tmp_path / "o").exists()
 
 
 # --- the grid --------------------------------------------------------------------------------------
@@ -129,6 +241,9 @@ def test_rows_cover_every_run_and_test_area(done):
                   "architecture", "filters", "batch_size", "lr", "seed", "f1", "tp", "threshold",
                   "epochs_run", "precision_mode", "device", "slidemap_version"):
             assert x[k] != "", (k, x)
+        assert (x["lr"], x["loss"], x["epochs"], x["patience"]) == ("0.001", "bce", "2", "0")
+        assert (x["precision_mode"], x["device"]) == ("32", "cpu")
+        assert int(x["train_chips"]) >= 8 and int(x["val_chips"]) >= 1
     pooled = [x for x in r if x["pooled"] == "scenario"]
     assert len(pooled) == 3 and all(x["test_site"] == "all" for x in pooled)
     both = [x for x in r if x["scenario"] == "both" and not x["pooled"]]
@@ -175,6 +290,54 @@ def test_rerun_redoes_nothing_and_a_changed_spec_is_refused(done, capsys):
     changed = write_spec(done, SPEC.replace("lr", "lr").replace("epochs: 2", "epochs: 3"), "changed.yaml")
     with pytest.raises(UserError, match="training.epochs: changed"):
         run_experiment(changed, out, log=lambda t: None)
+
+
+def test_a_run_below_min_chips_stops_with_one_line(done, tmp_path):
+    """Fewer training chips than training.min_chips: the run fails with how many and what admits more."""
+    spec = write_spec(tmp_path, SPEC.replace("min_chips: 8", "min_chips: 30").replace(
+        "only: [", "only: [{scenario: hills, dataset: rgb, sampling: random}]\nx: ["), "few.yaml")
+    spec.write_text(spec.read_text().replace("\nx: [", "\n# ["))
+    ok, failed, csv_path = run_experiment(spec, tmp_path / "out", log=lambda t: None)
+    assert (ok, failed) == (0, 1)
+    (row,) = rows(csv_path)
+    assert row["status"] == "failed" and (row["precision_mode"], row["device"]) == ("32", "cpu")
+    assert row["error"].startswith("training.min_chips 30: 18 training chips after the validation split (9 val, "
+                                   "0 buffer) of hills random 32px seed 0: 27 chips, 13 of 40 windows refused: 13 "
+                                   "without a landslide (require_landslide); admit more with a larger sampling "
+                                   "count"), row["error"]
+
+
+def test_training_lists_are_axes_named_only_where_they_vary(tmp_path):
+    """A learning-rate pilot: one run per lr, its folder named by it; single values stay out of the names."""
+    from slidemap.experiments.plan import make_plan
+
+    spec = write_spec(tmp_path, """\
+        sites: {a: {synth: {seed: 1}}}
+        training: {lr: [0.01, 0.001, 0.0001], epochs: [200], patience: 0, loss: bce}
+        """)
+    plan = make_plan(load_spec(spec), tmp_path / "out")
+    assert [r.name for r in plan.runs] == [f"a__all__grid__128__unet__f16__b16__lr{lr}__s0"
+                                           for lr in ("0.01", "0.001", "0.0001")]
+    assert [(r.coords["lr"], r.coords["epochs"], r.coords["patience"]) for r in plan.runs] == [
+        (0.01, 200, 0), (0.001, 200, 0), (0.0001, 200, 0)]
+    assert len(plan.chipsets) == 1
+    plain = make_plan(load_spec(write_spec(tmp_path, "sites: {a: {synth: {seed: 1}}}\n", "plain.yaml")),
+                      tmp_path / "out")
+    assert [r.name for r in plain.runs] == ["a__all__grid__128__unet__f16__b16__s0"]
+
+
+def test_precision_is_resolved_once_and_a_different_one_refused(done):
+    import json
+
+    record = json.loads((done / "out" / "experiment.json").read_text())
+    assert (record["precision"], record["device"]) == ("32", "cpu")
+    (done / "out" / "experiment.json").write_text(json.dumps({**record, "precision": "bf16"}))
+    try:
+        with pytest.raises(UserError, match=r"training.precision 32 resolves to 32 on this machine, but the runs "
+                                            r"in .* trained in bf16"):
+            run_experiment(done / "spec.yaml", done / "out", log=lambda t: None)
+    finally:
+        (done / "out" / "experiment.json").write_text(json.dumps(record))
 
 
 def test_added_grid_points_continue_the_experiment(done):

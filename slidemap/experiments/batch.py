@@ -71,15 +71,16 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
 
 def predict_one(job: SceneJob) -> tuple[str, str | None]:
     """Predict one entry (skipped when done); returns (name, error line or None)."""
+    from slidemap.formats.prediction import read_prediction
     from slidemap.stages import predict
 
     out = Path(job.out) / job.name
-    try:
-        info = json.loads((out / "prediction.json").read_text())
-        if Path(info.get("model", "")).resolve() == Path(job.model).resolve():
-            return job.name, None
-    except (OSError, ValueError):
-        pass
+    if (out / "prediction.json").is_file():
+        try:
+            if Path(read_prediction(out).model).resolve() == Path(job.model).resolve():
+                return job.name, None
+        except UserError:  # an unreadable or older description: predict it again
+            pass
     try:
         predict.run(predict.PredictOptions(model=Path(job.model), out=out,
                                            scene=Path(job.scene) if job.scene else None,

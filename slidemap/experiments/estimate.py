@@ -6,21 +6,28 @@ by per-step overheads, not by their GFLOP, so scaling one reference step by GFLO
 examples/quick.yaml three times. Other batch sizes are scaled by chips (small batches of small networks are
 underestimated a little). The training loop adds augmentation, the masked loss and Lightning's bookkeeping
 (about 16 % over the bare step, docs/performance.md) and validation runs a forward pass (a third of a step)
-over the validation chips. Chips per epoch come from each site's train area (its scene if prepared, else
-the synthetic size) and the sampler. The estimate is an upper bound in epochs (early stopping usually ends
-runs sooner) and says so.
+over the validation chips. Chips per epoch are the chip sets' own counts where the dry run could sample
+them, else they come from each site's train area and the sampler: the prepared scene's train areas, else
+the input image's header (its size and pixel size, or ``resolution``) cut by the split ratio or measured
+over the areas file's train polygons, else the synthetic size. The estimate is an upper bound in epochs
+where early stopping may end runs sooner, and says so.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slidemap.experiments.plan import Plan, RunPlan
 
+if TYPE_CHECKING:
+    from slidemap.experiments.sites import ChipCount
+    from slidemap.experiments.spec import PrepareSite
+
 
 def _train_area_px(plan: Plan, site: str) -> float:
-    """Pixels of a site's train area(s), from its scene if prepared, else a guess from its inputs."""
+    """Pixels of a site's train area(s), from its scene if prepared, else from its inputs' headers."""
     spec_site = plan.spec.sites[site]
     scene = Path(spec_site.scene) if spec_site.scene else plan.sites[site].scene
     if (scene / "scene.json").is_file():
@@ -33,12 +40,40 @@ def _train_area_px(plan: Plan, site: str) -> float:
         return 0.6 * spec_site.synth.size ** 2  # synth's train area is 60 % of the scene
     if spec_site.l4s is not None:
         return 3799 * 128 * 128  # the benchmark's training split
-    return 4096 ** 2 * 0.6
+    assert spec_site.prepare is not None
+    return _inputs_train_px(spec_site.prepare)
 
 
-def _chips_per_epoch(plan: Plan, run: RunPlan) -> float:
+def _inputs_train_px(p: PrepareSite) -> float:
+    """Pixels of the train area a site's inputs will give.
+
+    The first image's grid (or ``resolution``) over its train part (``split``) or the areas file's train polygons.
+    """
+    from slidemap.formats.gdal import open_raster, read_vector
+    from slidemap.raster.geo import pixel_size_m
+
+    with open_raster(p.images[0], "images") as ds:
+        dx, dy = pixel_size_m(ds.crs, ds.transform, ds.height)
+        scene_m2 = ds.width * ds.height * dx * dy
+        pixel_m2 = p.resolution ** 2 if p.resolution else dx * dy
+    if p.ratio is not None:
+        train, test = p.ratio
+        return scene_m2 * train / (train + test) / pixel_m2
+    assert p.areas is not None
+    areas = read_vector(p.areas, "areas")
+    roles = areas["role"].astype(str).str.strip().str.lower() if "role" in areas else None
+    mine = areas[roles == "train"] if roles is not None else areas
+    return float(mine.to_crs(mine.estimate_utm_crs()).area.sum()) / pixel_m2 if len(mine) else 0.0
+
+
+def _chips_per_epoch(plan: Plan, run: RunPlan, counts: dict[str, ChipCount | None],
+                     area_px: dict[str, float]) -> float:
     total = 0.0
     for chip in run.chips:
+        counted = counts.get(chip.key)
+        if counted is not None:
+            total += counted.chips
+            continue
         if plan.spec.sites[chip.site].l4s is not None:
             total += 3799
             continue
@@ -47,23 +82,25 @@ def _chips_per_epoch(plan: Plan, run: RunPlan) -> float:
             total += s.count * (0.5 if s.require_landslide else 1.0)
         else:
             stride = max(1, round(chip.size * (1 - s.overlap)))
-            total += _train_area_px(plan, chip.site) / stride**2 * (0.3 if s.require_landslide else 1.0)
+            if chip.site not in area_px:
+                area_px[chip.site] = _train_area_px(plan, chip.site)
+            total += area_px[chip.site] / stride**2 * (0.3 if s.require_landslide else 1.0)
     return total * (1 - plan.spec.training.val_fraction)
 
 
-def _seconds_per_chip(arch: str, filters: int, bands: int, size: int, precision: str) -> float:
-    """Measured: seconds per chip of a training step of this network shape here.
+def _seconds_per_chip(arch: str, filters: int, bands: int, size: int, precision: str, device_name: str) -> float:
+    """Measured: seconds per chip of a training step of this network shape here, in the resolved ``precision``.
 
     Batch 16 up to 64 px, where per-step overheads matter; batch 4 above, where the step is bound by its
     arithmetic and a larger batch would only make the calibration longer.
     """
     import torch
 
-    from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device, resolve_precision
+    from slidemap.nn.device import AUTOCAST_DTYPE, resolve_device
     from slidemap.nn.models import build_model
 
-    device = resolve_device("auto")
-    dtype = AUTOCAST_DTYPE[resolve_precision(precision, device)]
+    device = resolve_device(device_name)
+    dtype = AUTOCAST_DTYPE[precision]
     torch.manual_seed(0)
     net = build_model(arch, bands, filters).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -84,34 +121,46 @@ def _seconds_per_chip(arch: str, filters: int, bands: int, size: int, precision:
     return min(times[1:]) / batch
 
 
-def estimate_seconds(plan: Plan) -> str:
-    """A printable estimate of the grid's wall time, with how it was measured."""
+def estimate_seconds(plan: Plan, precision: str, device: str, counts: dict[str, ChipCount | None]) -> str:
+    """A printable estimate of the grid's wall time, with how it was measured.
+
+    ``precision`` and ``device`` are the experiment's, resolved once; ``counts`` the chip sets counted so far.
+    Runs on a site whose inputs do not open yet are left out, and the line says how many.
+    """
     import torch
 
+    from slidemap.errors import UserError
     from slidemap.experiments.spec import site_bands
 
-    precision = plan.spec.training.precision
-    epochs = plan.spec.training.epochs
     rates: dict[tuple, float] = {}
-    total = 0.0
+    area_px: dict[str, float] = {}
+    total, unknown = 0.0, 0
     t0 = time.perf_counter()
     for run in plan.runs:
         c = run.coords
+        try:
+            train_chips = _chips_per_epoch(plan, run, counts, area_px)
+        except UserError:  # an input that does not open: the dry run lists it
+            unknown += 1
+            continue
         bands = len(run.bands) if run.bands else len(site_bands(plan.spec, run.train_sites[0]) or [0] * 7)
         key = (c["architecture"], c["filters"], c["size"])  # the band count only changes the first layer
         if key not in rates:
-            rates[key] = _seconds_per_chip(c["architecture"], c["filters"], bands, c["size"], precision)
-        train_chips = _chips_per_epoch(plan, run)
+            rates[key] = _seconds_per_chip(c["architecture"], c["filters"], bands, c["size"], precision, device)
         val_chips = train_chips * plan.spec.training.val_fraction / (1 - plan.spec.training.val_fraction)
-        total += epochs * (train_chips * 1.16 + val_chips / 3) * rates[key]
+        total += c["epochs"] * (train_chips * 1.16 + val_chips / 3) * rates[key]
+    if unknown == len(plan.runs):
+        return "estimated wall time: unknown until the sites' inputs open (see the MISSING lines above)"
     calibration = time.perf_counter() - t0
-    cpu = _cpu_name()
-    when = f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min"
-    return (f"estimated wall time: about {when} for {epochs} epochs per run on this machine ({cpu}, "
-            f"{torch.get_num_threads()} threads; early stopping ends most runs sooner): a training step of each "
-            f"of the grid's {len(rates)} network shapes measured here ({calibration:.0f} s); the test-area "
-            f"predictions and each run's fixed costs (about 0.25 s a run with quick.yaml's four small test areas on "
-            f"a 2-core CPU; more for large areas) not included")
+    when = (f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min" if total >= 60
+            else f"{total:.0f} s")
+    left_out = f" ({unknown} runs left out: their sites' inputs do not open)" if unknown else ""
+    epochs = "/".join(str(e) for e in plan.spec.axis_values("epochs"))
+    stopping = "; early stopping may end runs sooner" if any(plan.spec.axis_values("patience")) else ""
+    return (f"estimated wall time: about {when}{left_out} for {epochs} epochs per run on this machine "
+            f"({_cpu_name()}, {torch.get_num_threads()} threads, precision {precision} on {device}{stopping}): a "
+            f"training step of each of the grid's {len(rates)} network shapes measured here ({calibration:.0f} s); "
+            f"the test-area predictions and each run's fixed costs not included")
 
 
 def _cpu_name() -> str:

@@ -1,7 +1,9 @@
 """From a spec to the grid of runs and the chip sets they need.
 
 Each run is one point of the cross product scenario x dataset x sampling x size x architecture x filters x
-batch size x seed (trimmed by ``only``/``exclude``). Chip sets are planned once per site x sampler x size
+batch size x lr x loss x epochs x patience x seed (trimmed by ``only``/``exclude``); a run's name holds
+each training setting only where the spec gives it several values, so a spec that gains no axis keeps its
+run folders. Chip sets are planned once per site x sampler x size
 (x seed for random sampling: the grid needs none), under a content key (the site's identity and the
 sampler's arguments), so every run that needs one shares it and a second experiment with the same
 ``cache`` reuses it.
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from slidemap.errors import UserError
-from slidemap.experiments.spec import AXES, Sampling, Spec
+from slidemap.experiments.spec import AXES, TRAINING_AXES, Sampling, Spec
 
 L4S_SIZE = 128
 
@@ -99,6 +101,15 @@ class Plan:
     runs: list[RunPlan]
 
 
+NAME_PREFIX = {"filters": "f", "batch_size": "b", "seed": "s", "lr": "lr", "epochs": "e", "patience": "p"}
+"""How a run's name spells a numeric coordinate (``f16``, ``b8``, ``lr0.001``, ``e200``, ``p20``, ``s0``)."""
+
+
+def run_name(coords: dict[str, Any], axes: list[str]) -> str:
+    """A run's folder name: its coordinates on ``axes``, in order."""
+    return "__".join(f"{NAME_PREFIX.get(a, '')}{_slug(str(coords[a]))}" for a in axes)
+
+
 def _matches(coords: dict[str, Any], rule: dict[str, Any]) -> bool:
     for axis, wanted in rule.items():
         values = wanted if isinstance(wanted, list) else [wanted]
@@ -145,10 +156,15 @@ def make_plan(spec: Spec, out: Path) -> Plan:
     runs = []
     scenarios = spec.all_scenarios()
     variants = [(m, f, b) for m in spec.models for f in m.filters for b in m.batch_size]
-    for (sname, sc), (dname, ds), sampling, size, (model, filters, batch), seed in product(
-            scenarios.items(), spec.datasets.items(), spec.sampling, spec.sizes, variants, spec.seed_list()):
+    training = [dict(zip(TRAINING_AXES, values, strict=True))
+                for values in product(*(spec.axis_values(a) for a in TRAINING_AXES))]
+    named = [a for a in AXES if a not in TRAINING_AXES or len(spec.axis_values(a)) > 1]
+    for (sname, sc), (dname, ds), sampling, size, (model, filters, batch), settings, seed in product(
+            scenarios.items(), spec.datasets.items(), spec.sampling, spec.sizes, variants, training,
+            spec.seed_list()):
         coords = {"scenario": sname, "dataset": dname, "sampling": sampling.label, "size": size,
-                  "architecture": model.architecture, "filters": filters, "batch_size": batch, "seed": seed}
+                  "architecture": model.architecture, "filters": filters, "batch_size": batch, **settings,
+                  "seed": seed}
         if spec.only and not any(_matches(coords, r) for r in spec.only):
             continue
         if any(_matches(coords, r) for r in spec.exclude):
@@ -158,8 +174,7 @@ def make_plan(spec: Spec, out: Path) -> Plan:
             raise UserError(f"sizes: scenario {sname} trains on Landslide4Sense site {l4s_train[0]}, whose "
                             f"patches are {L4S_SIZE} px; use sizes [{L4S_SIZE}] or exclude that scenario's "
                             f"other sizes")
-        name = "__".join(_slug(str(coords[a])) if a not in ("filters", "batch_size", "seed") else
-                         f"{a[0]}{coords[a]}" for a in AXES)
+        name = run_name(coords, named)
         test = tuple(sc.test or list(spec.sites))
         runs.append(RunPlan(
             coords=coords, name=name, folder=out / "runs" / name, train_sites=tuple(sc.train),

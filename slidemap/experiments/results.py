@@ -19,14 +19,18 @@ from slidemap.formats.files import atomic_file
 from slidemap.raster.metrics import Counts, scores
 
 COORDS = ("scenario", "train_sites", "test_site", "test_area", "pooled", "dataset", "bands", "augment",
-          "sampling", "method", "size", "architecture", "filters", "batch_size", "lr", "seed")
+          "sampling", "method", "size", "architecture", "filters", "batch_size", "lr", "loss", "epochs", "patience",
+          "seed")
 METRICS = ("precision", "recall", "f1", "iou", "miou", "tp", "fp", "fn", "tn", "tp_km2", "fp_km2", "fn_km2",
            "tn_km2", "landslides_found", "landslides_total", "false_alarms", "predicted_objects")
-RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_seconds", "run_seconds", "chips_per_s",
-       "precision_mode",
-       "device", "slidemap_version", "status", "error", "run_folder", "prediction_folder")
+RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_chips", "val_chips", "train_seconds",
+       "run_seconds", "chips_per_s", "precision_mode", "device", "slidemap_version", "status", "error", "run_folder",
+       "prediction_folder")
 COLUMNS = COORDS + METRICS + RUN
-"""Every column of results.csv, in order (``pooled``: '' for an area, 'site' or 'scenario' for pooled)."""
+"""Every column of results.csv, in order (``pooled``: '' for an area, 'site' or 'scenario' for pooled).
+
+``precision_mode`` is the training precision the experiment resolved once for all its runs (``precision``
+is the metric), ``device`` the device type they trained on; both are on every row, failed runs' too."""
 
 ROWS_FILE = "rows.json"
 
@@ -107,9 +111,3 @@ def _fmt(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return "+".join(str(v) for v in value)
     return value
-
-
-def read_results(path: Path) -> list[dict[str, str]]:
-    """The rows of a results.csv as strings (the report converts what it needs)."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))

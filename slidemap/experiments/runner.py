@@ -2,10 +2,13 @@
 
 Runs go in this process, in a pool of worker processes, or as Ray tasks on a cluster.
 
-A run is self-contained: it reads shared chip sets and scenes, writes only its own folder, and ends by
-writing its rows (``rows.json``). Everything is resumable: a finished run is never redone, an interrupted
-training resumes from its last checkpoint, a finished prediction is not predicted again, and results.csv
-is rebuilt from the runs' records after each run (``slidemap.experiments.results``).
+The experiment resolves its training precision once, before its first run (``auto`` by the machine's rule,
+``slidemap.nn.device.resolve_precision``), records it in experiment.json and gives it to every run, so
+precision never differs between the runs a grid compares; a later invocation that would resolve it
+differently is refused. A run is self-contained: it reads shared chip sets and scenes, writes only its own
+folder, and ends by writing its rows (``rows.json``). Everything is resumable: a finished run is never
+redone, an interrupted training resumes from its last checkpoint, a finished prediction is not predicted
+again, and results.csv is rebuilt from the runs' records after each run (``slidemap.experiments.results``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from slidemap.experiments.results import (
     write_results,
     write_rows,
 )
-from slidemap.experiments.sites import materialise_chips, materialise_site, scene_of
-from slidemap.experiments.spec import Spec, load_spec
+from slidemap.experiments.sites import check_inputs, materialise_chips, materialise_site, scene_of
+from slidemap.experiments.spec import AXES, TRAINING_AXES, Spec, load_spec
 from slidemap.formats.files import atomic_file, check_out, output_lock
 from slidemap.version import __version__
 
@@ -57,16 +60,22 @@ class RunJob:
     scenes: dict[str, str | None]
     l4s_tests: dict[str, str | None]
     threads: int
+    precision: str
+    """The experiment's training precision, resolved once (``32``, ``bf16`` or ``16``)."""
+    device: str
+    """The device type the experiment trains on (``cpu`` or ``cuda``)."""
 
 
 @dataclass
 class Outcome:
-    """What one run came to: its rows, the error line if it failed, and its wall time."""
+    """What one run came to: its rows, the error line if it failed, its wall time and its chips."""
 
     name: str
     rows: list[dict[str, Any]]
     failed: str | None
     seconds: float
+    train_chips: int | None = None
+    val_chips: int | None = None
 
 
 # --- one run ---------------------------------------------------------------------------------------
@@ -83,11 +92,13 @@ def execute_run(job: RunJob) -> Outcome:
     run = job.run
     torch.set_num_threads(job.threads)
     base = _base_row(job)
+    chips: tuple[int | None, int | None] = (None, None)
     try:
         summary, bundle = _train(job)
+        chips = (summary.train_chips, summary.val_chips)
         base.update(threshold="", epochs_run=summary.epochs_run, best_epoch=summary.best_epoch,
                     val_f1=summary.val_f1_at_best, train_seconds=summary.seconds, chips_per_s=summary.chips_per_s,
-                    precision_mode=summary.precision, device=summary.device, status="ok", error="")
+                    train_chips=summary.train_chips, val_chips=summary.val_chips, status="ok", error="")
         if bundle is None:  # trained before (a rerun): read once, every test area shares it and its runner
             from slidemap.nn.bundle import load_bundle
 
@@ -111,17 +122,18 @@ def execute_run(job: RunJob) -> Outcome:
         row["run_seconds"] = round(seconds, 2)
     run.folder.mkdir(parents=True, exist_ok=True)
     write_rows(run.folder, rows)
-    return Outcome(run.name, rows, failed, seconds)
+    return Outcome(run.name, rows, failed, seconds, *chips)
 
 
 def _base_row(job: RunJob) -> dict[str, Any]:
-    c, t = job.run.coords, job.spec.training
+    c = job.run.coords
     sampling = next(s for s in job.spec.sampling if s.label == c["sampling"])
     return {"scenario": c["scenario"], "train_sites": "+".join(job.run.train_sites), "dataset": c["dataset"],
             "bands": "+".join(job.run.bands) if job.run.bands else "all", "augment": job.run.augment,
             "sampling": c["sampling"], "method": sampling.method, "size": c["size"],
             "architecture": c["architecture"], "filters": c["filters"], "batch_size": c["batch_size"],
-            "lr": t.lr, "seed": c["seed"], "slidemap_version": __version__, "run_folder": str(job.run.folder)}
+            **{a: c[a] for a in TRAINING_AXES}, "seed": c["seed"], "precision_mode": job.precision,
+            "device": job.device, "slidemap_version": __version__, "run_folder": str(job.run.folder)}
 
 
 def _train(job: RunJob) -> tuple[TrainSummary, Bundle | None]:
@@ -132,20 +144,83 @@ def _train(job: RunJob) -> tuple[TrainSummary, Bundle | None]:
     from slidemap.stages import train
     from slidemap.stages.train import TrainSummary
 
-    run, t = job.run, job.spec.training
+    run = job.run
     done = (run.folder / "bundle.pt").is_file() and (run.folder / "summary.json").is_file()
     if done:
         return TrainSummary.model_validate(json.loads((run.folder / "summary.json").read_text())), None
+    settings = training_settings(job.spec, run.coords)
+    check_enough_chips(run, settings["val_fraction"], run.coords["seed"], job.spec.training.min_chips)
     started = (run.folder / "config.yaml").is_file()
     result = train.run(train.TrainOptions(
         chips=[c.folder for c in run.chips], out=run.folder, model=run.coords["architecture"],
-        filters=run.coords["filters"], batch_size=run.coords["batch_size"], epochs=t.epochs, lr=t.lr,
-        val_fraction=t.val_fraction, augment=run.augment, patience=t.patience,
-        bands=list(run.bands) if run.bands else None, loss=t.loss, pos_weight=t.pos_weight,
-        seed=run.coords["seed"], device=t.device, precision=t.precision, resume=started, progress=False,
+        filters=run.coords["filters"], batch_size=run.coords["batch_size"], augment=run.augment,
+        bands=list(run.bands) if run.bands else None, seed=run.coords["seed"], resume=started, progress=False,
         threads=job.threads, model_args=run.model_args,
+        **{**settings, "precision": job.precision, "device": job.device},
         learn_postprocess=job.spec.predict.postprocess != "none", learning_curve=False, keep_checkpoints=False))
     return result.summary, result.model
+
+
+def training_settings(spec: Spec, coords: dict[str, Any]) -> dict[str, Any]:
+    """The TrainOptions a run takes from ``training:``: the spec's values, each axis at the run's point."""
+    from slidemap.stages.train import TrainOptions
+
+    given = spec.training.model_dump()
+    return {k: coords.get(k, v) for k, v in given.items() if k in TrainOptions.model_fields}
+
+
+def check_enough_chips(run: RunPlan, val_fraction: float, seed: int, min_chips: int) -> tuple[int, int]:
+    """A run's (training, validation) chips after its split; fewer than ``min_chips`` to train on is a UserError.
+
+    The split is the one training draws (``slidemap.raster.split.split_chips`` per chip set, seeded the same);
+    the error says how many windows the sampler refused and why, and which option admits them.
+    """
+    from slidemap.formats.chips import ChipSet
+    from slidemap.raster.split import split_chips
+
+    train = val = buffer = 0
+    sets = []
+    for chip in run.chips:
+        chipset = ChipSet(chip.folder)
+        split = split_chips(chipset.windows or [{} for _ in range(len(chipset))], val_fraction, seed)
+        train, val, buffer = train + split.train.size, val + split.val.size, buffer + split.buffer.size
+        sets.append((chip, chipset))
+    if train >= min_chips:
+        return train, val
+    told = "; ".join(f"{chip.label()}: {len(cs)} chips{refused_windows(cs.meta.sampler, cs.meta.summary)}"
+                     for chip, cs in sets)
+    sampler = sets[0][1].meta.sampler
+    raise UserError(f"training.min_chips {min_chips}: {train} training chips after the validation split ({val} "
+                    f"val, {buffer} buffer) of {told}; admit more with {admitting_options(sampler)}, or lower "
+                    f"training.min_chips")
+
+
+def refused_windows(sampler: dict[str, Any], summary: dict[str, Any]) -> str:
+    """``, N of M windows refused: why`` for a chip set, from its chips.json ('' where none was refused)."""
+    drawn, fitting, kept = (summary.get(k) for k in ("drawn", "fitting_windows", "kept"))
+    if not all(isinstance(x, int) for x in (drawn, fitting, kept)):
+        return ""
+    assert isinstance(drawn, int) and isinstance(fitting, int) and isinstance(kept, int)
+    grid = sampler.get("method") == "grid"
+    why = []
+    if grid and drawn > fitting:
+        why.append(f"{drawn - fitting} outside the train area or over max_nodata {sampler.get('max_nodata', 0)}")
+    no_landslide = (fitting if grid else drawn) - kept
+    if no_landslide > 0:
+        why.append(f"{no_landslide} without a landslide (require_landslide)")
+    return f", {drawn - kept} of {drawn} windows refused: {', '.join(why)}" if why else ""
+
+
+def admitting_options(sampler: dict[str, Any]) -> str:
+    """The options that admit more windows, for the sampler recorded in a chip set."""
+    hints = ["a larger sampling overlap" if sampler.get("method") == "grid" else "a larger sampling count"]
+    hints.append("a higher sampling max_nodata")
+    if "max_unknown" in sampler:
+        hints.append("a higher sampling max_unknown")
+    if sampler.get("require_landslide"):
+        hints.append("require_landslide: false")
+    hints.append("a smaller size")
+    return ", ".join(hints[:-1]) + " or " + hints[-1]
 
 
 def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> list[dict[str, Any]]:
@@ -195,14 +270,13 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
 
 def _predicted(folder: Path, bundle: Path) -> PatchMetrics | SceneMetrics | None:
     """The metrics of an earlier, complete prediction of this very bundle in ``folder`` (else None)."""
-    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
+    from slidemap.formats.prediction import PatchMetrics, SceneMetrics, read_prediction
 
     metrics_file = folder / "metrics.json"
     if not metrics_file.is_file():
         return None
     try:
-        info = json.loads((folder / "prediction.json").read_text())
-        if Path(info.get("model", "")).resolve() != bundle.resolve():
+        if Path(read_prediction(folder).model).resolve() != bundle.resolve():
             return None
         data = json.loads(metrics_file.read_text())
         cls = PatchMetrics if data.get("format") == "slidemap.patch_metrics" else SceneMetrics
@@ -213,25 +287,46 @@ def _predicted(folder: Path, bundle: Path) -> PatchMetrics | SceneMetrics | None
 
 # --- the grid --------------------------------------------------------------------------------------
 
-def check_spec_unchanged(spec: Spec, out: Path, spec_path: Path) -> None:
-    """Refuse a spec whose run-shaping settings changed since the first run in ``out``."""
+def check_spec_unchanged(spec: Spec, out: Path, spec_path: Path, precision: str, device: str) -> None:
+    """Refuse a spec whose run-shaping settings changed since the first run in ``out``; record the spec.
+
+    The training precision is compared as resolved: ``auto`` that resolves on this machine to another precision
+    than the experiment's runs used is refused too (its runs would not be comparable).
+    """
     recorded = out / SPEC_FILE
     now = json.loads(spec.model_dump_json())
+    old_record: dict[str, Any] = {}
     if recorded.is_file():
         try:
-            old = json.loads(recorded.read_text()).get("spec", {})
+            loaded = json.loads(recorded.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        if isinstance(old, dict):
-            for key in sorted(set(old) | set(now)):
-                if key in MAY_CHANGE:
-                    continue
-                diff = _first_difference(_without(old.get(key), key), _without(now.get(key), key), key)
-                if diff:
-                    raise UserError(f"{spec_path}: {diff} since the first run in {out}; restore it, or run the "
-                                    f"changed spec with a new --out")
+            loaded = None
+        old_record = loaded if isinstance(loaded, dict) else {}
+    old = old_record.get("spec")
+    if isinstance(old, dict):
+        for key in sorted(set(old) | set(now)):
+            if key in MAY_CHANGE:
+                continue
+            diff = _first_difference(_without(old.get(key), key), _without(now.get(key), key), key)
+            if diff:
+                raise UserError(f"{spec_path}: {diff} since the first run in {out}; restore it, or run the "
+                                f"changed spec with a new --out")
+    before = old_record.get("precision")
+    if before is not None and before != precision:
+        raise UserError(f"{spec_path}: training.precision {spec.training.precision} resolves to {precision} on this "
+                        f"machine, but the runs in {out} trained in {before}; give precision: {before} in a spec "
+                        f"for a new --out, or continue this experiment on a machine that resolves it to {before}")
     with atomic_file(recorded) as tmp:
-        tmp.write_text(json.dumps({"slidemap_version": __version__, "spec": now}, indent=1) + "\n")
+        tmp.write_text(json.dumps({"slidemap_version": __version__, "precision": precision, "device": device,
+                                   "spec": now}, indent=1) + "\n")
+
+
+def resolve_training(spec: Spec) -> tuple[str, str]:
+    """The experiment's (precision, device type), resolved once on this machine for every run."""
+    from slidemap.nn.device import resolve_device, resolve_precision
+
+    device = resolve_device(spec.training.device)
+    return resolve_precision(spec.training.precision, device), device.type
 
 
 def _without(value: Any, key: str) -> Any:
@@ -281,9 +376,11 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
     log = log or (lambda text: print(text, file=sys.stderr))
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
+    check_inputs(spec)
+    precision, device = resolve_training(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(out_dir):
-        check_spec_unchanged(spec, out_dir, spec_path)
+        check_spec_unchanged(spec, out_dir, spec_path, precision, device)
         plan = make_plan(spec, out_dir)
         chip_failures = prepare_shared(plan, log)
         scenes = {n: (str(s) if (s := scene_of(plan, n)) else None) for n in spec.sites}
@@ -295,16 +392,17 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
             rows = read_rows(run.folder)
             if rows and all(r.get("status") == "ok" for r in rows):
                 continue
+            job = RunJob(run, spec, scenes, l4s_tests, threads, precision, device)
             bad = [chip_failures[c.key] for c in run.chips if c.key in chip_failures]
             if bad:
-                job = RunJob(run, spec, scenes, l4s_tests, threads)
                 write_rows(run.folder, [{**_base_row(job), "status": "failed", "error": bad[0][:400]}])
                 continue
-            todo.append(RunJob(run, spec, scenes, l4s_tests, threads))
+            todo.append(job)
         known: dict[Path, list[dict[str, Any]] | None] = {}
         collect(plan, results_csv, known)
         log(f"{len(plan.runs)} runs, {len(plan.runs) - len(todo)} already recorded, {len(todo)} to run "
-            f"({'ray ' + ray if ray else f'{workers} worker(s)'}, {threads} thread(s) each)")
+            f"({'ray ' + ray if ray else f'{workers} worker(s)'}, {threads} thread(s) each; training in "
+            f"precision {precision} on {device}, resolved once for every run)")
         folders = {job.run.name: job.run.folder for job in todo}
         with _progress(plan, todo, workers) as tick:
             for outcome in _dispatch(todo, workers, ray, spec):
@@ -437,7 +535,8 @@ def _progress(plan: Plan, todo: list[RunJob], workers: int) -> Iterator[Callable
     def tick(outcome: Outcome) -> None:
         state["failed" if outcome.failed else "done"] += 1
         state["seconds"].append(outcome.seconds)
-        status = f"FAILED: {outcome.failed}" if outcome.failed else f"{outcome.seconds:.0f} s"
+        chips = "" if outcome.train_chips is None else f"{outcome.train_chips} train / {outcome.val_chips} val chips, "
+        status = f"FAILED: {outcome.failed}" if outcome.failed else f"{chips}{outcome.seconds:.0f} s"
         print(f"run {outcome.name}: {status}", file=sys.stderr)
 
     try:
@@ -456,23 +555,40 @@ def _epochs(folder: Path) -> int:
 
 
 def dry_run(spec_path: str | Path, out: str | Path, calibrate: bool = True) -> str:
-    """The grid without running it: counts, a table of runs, and an estimated wall time."""
+    """The grid without running it: the inputs opened, the runs, every chip set counted, an estimated wall time.
+
+    Every input is listed, a missing or unreadable one too (``MISSING ...``: the run itself refuses to start).
+    Nothing is written to ``out``. Chip sets are counted where their site's scene exists (given, or prepared by
+    an earlier run in ``out``); the others are counted after preparing.
+    """
     from slidemap.experiments.estimate import estimate_seconds
+    from slidemap.experiments.sites import check_inputs, count_chips
 
     spec = load_spec(spec_path)
+    inputs = check_inputs(spec, strict=False)
+    missing = sum(line.startswith("MISSING") for line in inputs)
     plan = make_plan(spec, Path(out).resolve())
-    lines = [f"{len(plan.runs)} runs, {len(plan.chipsets)} distinct chip sets, {len(spec.sites)} sites",
-             "  ".join(f"{a:>12s}" for a in ("scenario", "dataset", "sampling", "size", "architecture",
-                                              "filters", "batch_size", "seed"))]
-    for run in plan.runs:
-        lines.append("  ".join(f"{str(run.coords[a]):>12s}" for a in ("scenario", "dataset", "sampling", "size",
-                                                                       "architecture", "filters", "batch_size",
-                                                                       "seed")))
+    precision, device = resolve_training(spec)
+    axes = [a for a in AXES if a not in TRAINING_AXES or len(spec.axis_values(a)) > 1]
+    verdict = (f"{missing} input(s) missing or unreadable: a run would stop before its first step; fix the paths"
+               if missing else "every input opens")
+    lines = [f"inputs (headers only): {verdict}", *(f"  {line}" for line in inputs),
+             f"{len(plan.runs)} runs, {len(plan.chipsets)} distinct chip sets, {len(spec.sites)} sites; training in "
+             f"precision {precision} on {device} (training.precision {spec.training.precision}), the same for "
+             f"every run", "  ".join(f"{a:>12s}" for a in axes)]
+    lines += ["  ".join(f"{str(run.coords[a]):>12s}" for a in axes) for run in plan.runs]
+    seed = spec.seed_list()[0]
+    counts = {key: count_chips(plan, chip, seed) for key, chip in plan.chipsets.items()}
+    min_chips = spec.training.min_chips
+    lines.append(f"chip sets (training / validation chips after the split at seed {seed}, val_fraction "
+                 f"{spec.training.val_fraction}; a run needs training.min_chips {min_chips}):")
+    for key, chip in plan.chipsets.items():
+        n = counts[key]
+        if n is None:
+            lines.append(f"  {chip.label()}: counted after preparing site {chip.site}")
+            continue
+        short = f"; fewer than {min_chips}: a run on it alone would stop" if n.train < min_chips else ""
+        lines.append(f"  {chip.label()}: {n.chips} chips, {n.train} train / {n.val} val / {n.buffer} buffer{short}")
     if calibrate:
-        lines.append(estimate_seconds(plan))
+        lines.append(estimate_seconds(plan, precision, device, counts))
     return "\n".join(lines)
-
-
-def run_plan_for(spec_path: str | Path, out: str | Path) -> Plan:
-    """The plan of a spec in an experiment folder (the report reads it to name missing runs)."""
-    return make_plan(load_spec(spec_path), Path(out).resolve())

@@ -6,14 +6,20 @@ Read with a safe YAML loader (no Python tags) and validated with pydantic; an un
 an impossible value (a patch size the networks cannot take, a band a site lacks, a scenario naming an
 unknown site) is one line ``SPEC.yaml: <key path>: <what is wrong and what is allowed>``. Paths are
 relative to the spec file. The grid is the cross product of the axes (scenario x dataset x sampling x
-size x architecture x filters x batch size x seed), trimmed by ``only:`` and ``exclude:``.
+size x architecture x filters x batch size x the training settings given as lists x seed), trimmed by
+``only:`` and ``exclude:``.
+
+Two parts are the stages' own options models, so that a stage's option is a spec key the day it exists:
+a site's ``prepare:`` is ``slidemap.stages.prepare.PrepareOptions`` (less ``out``, which the experiment
+sets), and ``training:`` holds every field of ``slidemap.stages.train.TrainOptions`` that the grid and the
+runner do not set themselves, with its default, checked by TrainOptions' own validators.
 """
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -22,17 +28,28 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
-from slidemap.errors import UserError
+from slidemap.errors import UserError, validation_line
 from slidemap.nn.precision import precision_field
 from slidemap.raster.bands import TERRAIN_LAYERS
 from slidemap.raster.tiling import check_patch_size
+from slidemap.stages.prepare import PrepareOptions
+from slidemap.stages.train import TrainOptions
 
-AXES = ("scenario", "dataset", "sampling", "size", "architecture", "filters", "batch_size", "seed")
+TRAINING_AXES = ("lr", "loss", "epochs", "patience")
+"""Training settings a spec may give as a list, each list an axis of the grid (e.g. a learning-rate pilot)."""
+AXES = ("scenario", "dataset", "sampling", "size", "architecture", "filters", "batch_size", *TRAINING_AXES,
+        "seed")
 """The grid's coordinates, in the order runs are listed and folders named."""
+SET_BY_THE_GRID = ("chips", "out", "model", "filters", "batch_size", "bands", "augment", "seed", "resume",
+                   "progress", "threads", "model_args", "learn_postprocess", "learning_curve",
+                   "keep_checkpoints")
+"""TrainOptions fields each run gets from its grid point or from the runner, so not keys of ``training:``."""
 
 
 def _checked_precision(value: str) -> str:
@@ -76,23 +93,34 @@ class SynthSite(SpecModel):
         return {**self.model_dump(exclude=set(self.model_extra or {})), **(self.model_extra or {})}
 
 
-class PrepareSite(SpecModel):
-    """The inputs of ``slidemap prepare`` for one site (areas or a split)."""
+class PrepareSite(PrepareOptions):
+    """The options of ``slidemap prepare`` for one site: every key of PrepareOptions but ``out``.
 
-    images: list[Path] = Field(min_length=1)
-    dem: Path | None = None
-    inventory: Path
-    areas: Path | None = None
-    split: str | None = None
-    split_axis: Literal["x", "y"] = "x"
-    terrain: list[str] = ["dem", "slope"]
-    band_names: list[str] | None = None
+    An experiment trains and scores against truth, so ``inventory`` and one of ``areas``/``split`` are required.
+    """
+
+    out: None = None  # type: ignore[assignment]  # the experiment puts the scene in its own folder
+    __init__ = BaseModel.__init__  # errors as spec keys (sites.x.prepare.key), not as prepare's --options
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _no_out(cls, out: Any) -> None:
+        if out is not None:
+            raise ValueError("the experiment puts each site's scene in its --out; remove this key")
+        return None
 
     @model_validator(mode="after")
-    def _areas_or_split(self) -> PrepareSite:
+    def _for_an_experiment(self) -> PrepareSite:
+        if self.inventory is None:
+            raise ValueError("give inventory (landslide polygons or a label raster); an experiment trains and "
+                             "scores against it")
         if (self.areas is None) == (self.split is None):
             raise ValueError("give areas (a file of named train/test polygons) or split (e.g. 3:2)")
         return self
+
+    def options(self, out: Path) -> PrepareOptions:
+        """The stage's options for preparing this site into ``out``."""
+        return PrepareOptions(**{**self.model_dump(exclude={"out"}), "out": out})
 
 
 class L4SSite(SpecModel):
@@ -175,18 +203,47 @@ class Model(SpecModel):
         return v
 
 
-class Training(SpecModel):
-    """What every run shares: the optimiser, the stopping rule, the loss, the validation split."""
+def _train_value(name: str, value: Any) -> Any:
+    """``value`` of TrainOptions' field ``name`` as TrainOptions validates it (types, bounds, validators)."""
+    try:
+        return getattr(TrainOptions(chips=["."], out=".", **{name: value}), name)
+    except UserError as e:  # "--lr -1: must be ...": the spec's own line names the key and the value
+        raise ValueError(str(e).split(": ", 1)[-1]) from None
 
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(100, ge=1)
-    patience: int = Field(20, ge=0)
-    loss: Literal["bce", "bce+dice", "focal"] = "bce"
-    pos_weight: float | None = Field(None, gt=0)
-    val_fraction: float = Field(0.3, gt=0, lt=1)
-    precision: Precision = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
+def _check_training(cls: type, value: Any, info: ValidationInfo) -> Any:
+    name = str(info.field_name)
+    if name in TRAINING_AXES and isinstance(value, list):
+        if not value or len(set(map(str, value))) != len(value):
+            raise ValueError("give one value or a list of distinct values, e.g. [0.01, 0.001, 0.0001]")
+        checked = []
+        for v in value:
+            try:
+                checked.append(_train_value(name, v))
+            except ValueError as e:
+                raise ValueError(f"{v!r}: {e}") from None
+        return checked
+    return _train_value(name, value)
+
+
+def _training_model() -> type[SpecModel]:
+    """``training:``: TrainOptions' fields less those the grid sets, with TrainOptions' defaults and checks."""
+    names = [n for n in TrainOptions.model_fields if n not in SET_BY_THE_GRID]
+    fields: dict[str, Any] = {n: (Any, TrainOptions.model_fields[n].get_default(call_default_factory=True))
+                              for n in names}
+    if "min_chips" not in TrainOptions.model_fields:  # until TrainOptions has it: the one definition
+        fields["min_chips"] = (int, Field(32, ge=1))
+    check = field_validator(*names)(_check_training)
+    model = create_model("Training", __base__=SpecModel, __validators__={"_train_options": check}, **fields)
+    model.__doc__ = ("What every run shares (each of lr, loss, epochs, patience may be a list: an axis of the "
+                     "grid): the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
+    return model
+
+
+if TYPE_CHECKING:  # built from TrainOptions at import time; its fields are TrainOptions' (see the docstring)
+    Training = Any
+else:
+    Training = _training_model()
 
 class Scenario(SpecModel):
     """Which sites train one model (one, several, all) and whose test areas it is evaluated on.
@@ -298,6 +355,11 @@ class Spec(SpecModel):
             return self.scenarios
         return {name: Scenario(train=[name], test=[name]) for name in self.sites}
 
+    def axis_values(self, name: str) -> list[Any]:
+        """The values of a training axis (``lr``, ``loss``, ``epochs``, ``patience``): a list of one or more."""
+        value = getattr(self.training, name)
+        return list(value) if isinstance(value, list) else [value]
+
     def seed_list(self) -> list[int]:
         """The seeds to run: ``seeds`` as given, else 0 .. ``repeats`` - 1."""
         return list(self.seeds) if self.seeds else list(range(self.repeats))
@@ -316,6 +378,9 @@ class Spec(SpecModel):
             return obj
 
         return Spec.model_validate(fix(data))
+
+
+UNKNOWN_KEY = "unknown key; check its spelling (docs/experiments.md lists every key)"
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -338,29 +403,10 @@ def load_spec(path: str | Path) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        raise UserError(f"{p}: {spec_error(e)}") from None
+        raise UserError(f"{p}: {validation_line(e, unknown=UNKNOWN_KEY)}") from None
     spec = spec.resolved(p.parent.resolve())
     check_bands(spec, p)
     return spec
-
-
-def spec_error(error: ValidationError) -> str:
-    """The first problem as ``key.path: what is wrong (and what is allowed)``."""
-    first = error.errors()[0]
-    loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith(("function-", "literal")))
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    kind = first.get("type")
-    if kind == "extra_forbidden":
-        msg = "unknown key; check its spelling (see examples/quick.yaml for every key)"
-    elif kind == "missing":
-        msg = "required"
-    elif kind == "literal_error":
-        msg = msg.replace("Input should be", "must be")
-    else:
-        value = first.get("input")
-        if not isinstance(value, dict | list):
-            msg = f"{value!r}: {msg}"
-    return f"{loc}: {msg}" if loc else msg
 
 
 def site_bands(spec: Spec, name: str) -> list[str] | None:
@@ -383,6 +429,8 @@ def site_bands(spec: Spec, name: str) -> list[str] | None:
         return None
     p = site.prepare
     assert p is not None
+    if p.indices or p.pre_images:  # derived layers: their order is prepare's to tell
+        return None
     terrain = [t for t in p.terrain if t in TERRAIN_LAYERS] if p.dem is not None else []
     if p.band_names:
         return [*p.band_names, *terrain]
