@@ -510,8 +510,10 @@ def experiment_run(
                                 "between them)."),
     ray: str | None = typer.Option(None, help="Run on Ray: 'auto' (a local Ray instance, or the cluster "
                                    "this machine belongs to) or a cluster ADDRESS."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and estimate the wall time from a "
-                                 "calibration step on this machine; run nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Open every input (headers only), list the runs, "
+                                 "count every chip set whose scene exists (the others after preparing) and "
+                                 "estimate the wall time from a training step timed on this machine; write "
+                                 "nothing."),
 ) -> None:
     """Run (or continue) the grid of an experiment spec; one row per run and test area in results.csv."""
     from slidemap.experiments import runner
