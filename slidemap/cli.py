@@ -226,20 +226,21 @@ def sample(
         scene=scene, out=out, method=method.value, size=size, overlap=overlap, count=count,
         require_landslide=require_landslide, area=area, max_nodata=max_nodata, max_unknown=max_unknown,
         seed=seed))
-    s = result.meta.summary
+    summary = result.meta.summary
     if method == Method.random:
         how = f"random, seed {seed}"
-        windows = f"{s['drawn']} drawn of {s['fitting_windows']} that fit the train area, {s['kept']} kept"
+        windows = (f"{summary['drawn']} drawn of {summary['fitting_windows']} that fit the train area, "
+                   f"{summary['kept']} kept")
     else:
         how = f"grid, overlap {overlap:.0%}"
-        windows = f"{s['drawn']} on the grid, {s['kept']} kept (fit the train area"
+        windows = f"{summary['drawn']} on the grid, {summary['kept']} kept (fit the train area"
         windows += ", with a landslide)" if require_landslide else ")"
     typer.echo(f"chip set {result.path}: {result.meta.count} chips of {result.meta.size} px ({how})")
     typer.echo(f"  windows: {windows}")
-    typer.echo(f"  landslide pixels: {s['landslide_fraction_chips']:.2%} in the chips vs "
-               f"{s['landslide_fraction_train_area']:.2%} in the train area")
-    typer.echo(f"  known truth: {s['known_truth_km2']:.4g} km² in the chips of "
-               f"{s['known_truth_km2_train_area']:.4g} km² in the train area")
+    typer.echo(f"  landslide pixels: {summary['landslide_fraction_chips']:.2%} in the chips vs "
+               f"{summary['landslide_fraction_train_area']:.2%} in the train area")
+    typer.echo(f"  known truth: {summary['known_truth_km2']:.4g} km² in the chips of "
+               f"{summary['known_truth_km2_train_area']:.4g} km² in the train area")
 
 
 @app.command()

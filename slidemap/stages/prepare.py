@@ -193,32 +193,31 @@ def _warn(message: str) -> None:
 
 def run(options: PrepareOptions) -> PrepareResult:
     """Write a scene folder (replaced atomically if it is an earlier scene) and describe it."""
-    o = options
-    image_paths, dem, inventory, areas = o.images, o.dem, o.inventory, o.areas
-    split_axis = o.split_axis
-    terrain = o.terrain if dem is not None else []
-    ratio = o.ratio
+    image_paths, dem, inventory, areas = options.images, options.dem, options.inventory, options.areas
+    split_axis = options.split_axis
+    terrain = options.terrain if dem is not None else []
+    ratio = options.ratio
     first = image_paths[0]
 
     with contextlib.ExitStack() as stack:
         image_ds = [stack.enter_context(open_raster(p, "--image")) for p in image_paths]
         native = grid_of(image_ds[0], first)
-        grid = target_grid(native, o.resolution)
+        grid = target_grid(native, options.resolution)
         readers = [stack.enter_context(aligned(ds, grid, "--image", p, first))
                    for ds, p in zip(image_ds, image_paths, strict=True)]
-        image_bands = _band_names(image_ds, image_paths, o.band_names, reserved=terrain)
+        image_bands = _band_names(image_ds, image_paths, options.band_names, reserved=terrain)
         where = f"--image ({'+'.join(p.name for p in image_paths)})"
-        indices = {n: index_inputs(image_bands, n, "--indices", where) for n in o.indices}
+        indices = {n: index_inputs(image_bands, n, "--indices", where) for n in options.indices}
         pre_readers, pre_bands, change = [], [], {}
-        if o.pre_images:
-            pre_ds = [stack.enter_context(open_raster(p, "--pre-image")) for p in o.pre_images]
+        if options.pre_images:
+            pre_ds = [stack.enter_context(open_raster(p, "--pre-image")) for p in options.pre_images]
             pre_readers = [stack.enter_context(aligned(ds, grid, "--pre-image", p, first,
                                                        what="the pre-event image"))
-                           for ds, p in zip(pre_ds, o.pre_images, strict=True)]
-            pre_bands = _pre_band_names(pre_ds, o.pre_images, o.pre_band_names, image_bands)
-            where = f"--pre-image ({'+'.join(p.name for p in o.pre_images)})"
+                           for ds, p in zip(pre_ds, options.pre_images, strict=True)]
+            pre_bands = _pre_band_names(pre_ds, options.pre_images, options.pre_band_names, image_bands)
+            where = f"--pre-image ({'+'.join(p.name for p in options.pre_images)})"
             change = {n: index_inputs(pre_bands, n, "--indices", where)
-                      for n in (o.indices if o.change is None else o.change)}
+                      for n in (options.indices if options.change is None else options.change)}
             if not change:
                 _warn("--pre-image: no change layer is made (only the pre_* bands); add e.g. --indices "
                       "ndvi for dndvi")
@@ -226,7 +225,7 @@ def run(options: PrepareOptions) -> PrepareResult:
         if dem is not None:
             dem_ds = stack.enter_context(open_raster(dem, "--dem"))
             dem_reader = stack.enter_context(aligned(dem_ds, grid, "--dem", Path(dem), first, what="the DEM"))
-        inv = _open_inventory(stack, o, grid, first)
+        inv = _open_inventory(stack, options, grid, first)
         area_gdf = load_areas(Path(areas), grid) if areas is not None else None
         sources = StackSources(grid, readers, image_bands, indices, pre_readers, pre_bands, change,
                                dem_reader, list(terrain), inv)
@@ -239,8 +238,8 @@ def run(options: PrepareOptions) -> PrepareResult:
             train_geoms = list(area_gdf.loc[area_gdf["role"] == "train"].geometry)
         lines = grid.width if split_axis == "x" else grid.height
         stats = RunningStats(len(bands), lines if ratio is not None else 1)
-        inputs = [*image_paths, *o.pre_images, *(p for p in (dem, inventory, areas) if p is not None)]
-        with atomic_dir(o.out, "scene.json", inputs, "scene") as tmp, \
+        inputs = [*image_paths, *options.pre_images, *(p for p in (dem, inventory, areas) if p is not None)]
+        with atomic_dir(options.out, "scene.json", inputs, "scene") as tmp, \
                 rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             valid_profile, overview, truth_km2 = _write_layers(tmp, sources, stats,
                                                                split_axis if ratio else None, train_geoms)
@@ -267,13 +266,13 @@ def run(options: PrepareOptions) -> PrepareResult:
                 "areas": area_rows,
                 "inventory": _inventory_info(inv, scene_row, truth_km2),
                 "split": None if ratio is None else {"ratio": list(ratio), "axis": split_axis},
-                "sources": _sources(o, readers, pre_readers, dem_reader, inv),
+                "sources": _sources(options, readers, pre_readers, dem_reader, inv),
                 "quicklook": "quicklook.png",
                 "recipe": Recipe(image_bands=image_bands, terrain=list(terrain), indices=list(indices),
-                                 pre_bands=pre_bands, change=list(change), resolution_m=o.resolution),
+                                 pre_bands=pre_bands, change=list(change), resolution_m=options.resolution),
                 "native_pixel_size_m": list(pixel_size_m(native.crs, native.transform, native.height)),
             }).save(tmp / "scene.json")
-    scene = Scene(o.out)
+    scene = Scene(options.out)
     return PrepareResult(path=scene.path, meta=scene.meta)
 
 
@@ -347,21 +346,21 @@ def _pre_band_names(datasets: Sequence[rasterio.DatasetReader], paths: Sequence[
     return [d or f"band{k}" for k, d in enumerate(described, start=1)]
 
 
-def _open_inventory(stack: contextlib.ExitStack, o: PrepareOptions, grid: Grid, first: Path,
+def _open_inventory(stack: contextlib.ExitStack, options: PrepareOptions, grid: Grid, first: Path,
                     ) -> Inventory | None:
     """The inventory: a label raster if GDAL reads it as a raster, else polygons (any OGR vector)."""
-    if o.inventory is None:
+    if options.inventory is None:
         return None
-    path = Path(o.inventory)
+    path = Path(options.inventory)
     if is_raster(path, "--inventory"):
-        if o.all_touched:
+        if options.all_touched:
             raise UserError(f"--all-touched: applies to polygon inventories; {path} is a label raster")
-        return stack.enter_context(open_label_raster(path, grid, first, o.label_values or [1.0],
-                                                     o.unlabelled_values))
-    if o.label_values is not None or o.unlabelled_values:
+        return stack.enter_context(open_label_raster(path, grid, first, options.label_values or [1.0],
+                                                     options.unlabelled_values))
+    if options.label_values is not None or options.unlabelled_values:
         raise UserError(f"--label-values / --unlabelled-values: {path} is a vector of polygons, not a label "
                         f"raster; drop them (every polygon is a landslide)")
-    return load_polygons(path, grid, o.all_touched, _warn)
+    return load_polygons(path, grid, options.all_touched, _warn)
 
 
 # --- pass 1: stack and mask -----------------------------------------------------------------------
@@ -532,20 +531,20 @@ def _quicklook(folder: Path, grid: Grid, overview: tuple[np.ndarray, Affine, lis
                      title=title)
 
 
-def _sources(o: PrepareOptions, readers: Sequence[OnGrid], pre_readers: Sequence[OnGrid],
+def _sources(options: PrepareOptions, readers: Sequence[OnGrid], pre_readers: Sequence[OnGrid],
              dem_reader: OnGrid | None, inv: Inventory | None) -> list[dict]:
     """Every input with its checksum and how it was brought onto the grid ("none": it lay on it)."""
     items: list[tuple[str, Path, str | None]] = [("image", p, r.resampling)
-                                                 for p, r in zip(o.images, readers, strict=True)]
-    items += [("pre_image", p, r.resampling) for p, r in zip(o.pre_images, pre_readers, strict=True)]
-    if o.dem is not None:
+                                                 for p, r in zip(options.images, readers, strict=True)]
+    items += [("pre_image", p, r.resampling) for p, r in zip(options.pre_images, pre_readers, strict=True)]
+    if options.dem is not None:
         assert dem_reader is not None  # opened whenever --dem is given
-        items.append(("dem", Path(o.dem), dem_reader.resampling))
-    if o.inventory is not None:
+        items.append(("dem", Path(options.dem), dem_reader.resampling))
+    if options.inventory is not None:
         how = inv.reader.resampling if isinstance(inv, LabelRaster) else "rasterised"
-        items.append(("inventory", Path(o.inventory), how))
-    if o.areas is not None:
-        items.append(("areas", Path(o.areas), None))
+        items.append(("inventory", Path(options.inventory), how))
+    if options.areas is not None:
+        items.append(("areas", Path(options.areas), None))
     return [{"role": role, "path": str(p.resolve()), "sha256": sha256(p), "resampling": how}
             for role, p, how in items]
 

@@ -103,43 +103,44 @@ class _AreaBox:
 
 def run(options: SampleOptions) -> SampleResult:
     """Sample chips from the train area(s) of a scene into a chip set folder (replaced atomically)."""
-    o = options
-    sc = Scene(o.scene)
-    for p, what in ((sc.stack_path, "stack.tif"), (sc.mask_path, "mask.tif"), (sc.areas_path, "areas.gpkg")):
-        require_file(p, f"SCENE {sc.path}: {what}")
-    train_names = _train_areas(sc, o.area)
-    found = [_area_box(sc, name, o.size, o.max_nodata, o.max_unknown_pixels) for name in train_names]
+    scene = Scene(options.scene)
+    for p, what in ((scene.stack_path, "stack.tif"), (scene.mask_path, "mask.tif"), (scene.areas_path, "areas.gpkg")):
+        require_file(p, f"SCENE {scene.path}: {what}")
+    train_names = _train_areas(scene, options.area)
+    found = [_area_box(scene, name, options.size, options.max_nodata, options.max_unknown_pixels)
+             for name in train_names]
     boxes = [b for b in found if b is not None]
     if not boxes:
-        raise UserError(f"SCENE {sc.path}: train area(s) {', '.join(train_names)} cover no pixel of the "
+        raise UserError(f"SCENE {scene.path}: train area(s) {', '.join(train_names)} cover no pixel of the "
                         f"scene; check areas.gpkg")
     ls_pixels = sum(int(((b.mask == 1) & b.usable).sum()) for b in boxes)
-    if not sc.has_inventory or ls_pixels == 0:
-        raise UserError(f"SCENE {sc.path}: no landslide pixel in train area(s) {', '.join(train_names)}; "
+    if not scene.has_inventory or ls_pixels == 0:
+        raise UserError(f"SCENE {scene.path}: no landslide pixel in train area(s) {', '.join(train_names)}; "
                         f"prepare the scene with an --inventory that covers the train area")
     fraction_area = ls_pixels / max(1, sum(int(b.usable.sum()) for b in boxes))
 
-    which, rows, cols, drawn = propose_windows([b.inside for b in boxes], [b.fits for b in boxes], o.method,
-                                               o.size, o.overlap, o.count, np.random.default_rng(o.seed))
-    fitting = int(sum(int(b.fits.sum()) for b in boxes)) if o.method == "random" else int(rows.size)
-    if o.require_landslide and rows.size:
-        keep = np.array([_has_landslide(boxes[i], r, c, o.size)
+    rng = np.random.default_rng(options.seed)
+    which, rows, cols, drawn = propose_windows([b.inside for b in boxes], [b.fits for b in boxes], options.method,
+                                               options.size, options.overlap, options.count, rng)
+    fitting = int(sum(int(b.fits.sum()) for b in boxes)) if options.method == "random" else int(rows.size)
+    if options.require_landslide and rows.size:
+        keep = np.array([_has_landslide(boxes[i], r, c, options.size)
                          for i, r, c in zip(which, rows, cols, strict=True)], dtype=bool)
         which, rows, cols = which[keep], rows[keep], cols[keep]
     if rows.size == 0:
-        raise UserError(_no_window_message(sc, o, train_names))
+        raise UserError(_no_window_message(scene, options, train_names))
 
-    windows = [{"id": i, "row": boxes[w].row_off + int(r), "col": boxes[w].col_off + int(c), "size": o.size,
+    windows = [{"id": i, "row": boxes[w].row_off + int(r), "col": boxes[w].col_off + int(c), "size": options.size,
                 "area": boxes[w].name, "source": ""}
                for i, (w, r, c) in enumerate(zip(which, rows, cols, strict=True))]
-    sampler = {"method": o.method, "overlap": o.overlap if o.method == "grid" else None,
-               "count": o.count if o.method == "random" else None,
-               "require_landslide": o.require_landslide, "area": o.area, "max_nodata": o.max_nodata,
-               "max_unknown": o.max_unknown, "seed": o.seed}
-    with atomic_dir(o.out, "chips.json", [sc.path], "chip set") as tmp:
-        images, masks = open_arrays(tmp, len(windows), len(sc.bands), o.size)
+    sampler = {"method": options.method, "overlap": options.overlap if options.method == "grid" else None,
+               "count": options.count if options.method == "random" else None,
+               "require_landslide": options.require_landslide, "area": options.area, "max_nodata": options.max_nodata,
+               "max_unknown": options.max_unknown, "seed": options.seed}
+    with atomic_dir(options.out, "chips.json", [scene.path], "chip set") as tmp:
+        images, masks = open_arrays(tmp, len(windows), len(scene.bands), options.size)
         assert masks is not None  # open_arrays makes masks unless told not to
-        _fill_chips(sc, boxes, which, rows, cols, o.size, images, masks)
+        _fill_chips(scene, boxes, which, rows, cols, options.size, images, masks)
         ls = int(np.count_nonzero(masks == 1))
         valid = int(masks.size - np.count_nonzero(masks == NODATA_MASK))
         images.flush()
@@ -147,39 +148,39 @@ def run(options: SampleOptions) -> SampleResult:
         summary = {"chips": len(windows), "drawn": drawn, "kept": len(windows), "fitting_windows": fitting,
                    "landslide_fraction_chips": ls / max(1, valid),
                    "landslide_fraction_train_area": fraction_area,
-                   "known_truth_km2": _known_km2_in_chips(boxes, which, rows, cols, o.size),
+                   "known_truth_km2": _known_km2_in_chips(boxes, which, rows, cols, options.size),
                    "known_truth_km2_train_area": sum(masked_area_km2(b.usable, b.row_m2) for b in boxes)}
-        meta = {"bands": sc.bands, "stats": sc.stats, "size": o.size, "sampler": sampler,
-                "scene": str(sc.path.resolve()), "scene_crs": sc.meta.crs,
-                "scene_transform": list(sc.transform)[:6], "summary": summary, "recipe": sc.meta.recipe}
+        meta = {"bands": scene.bands, "stats": scene.stats, "size": options.size, "sampler": sampler,
+                "scene": str(scene.path.resolve()), "scene_crs": scene.meta.crs,
+                "scene_transform": list(scene.transform)[:6], "summary": summary, "recipe": scene.meta.recipe}
         write_chipset(tmp, images, masks, windows, meta)
         del images, masks
-    chips = ChipSet(o.out)
+    chips = ChipSet(options.out)
     return SampleResult(path=chips.path, meta=chips.meta)
 
 
-def _train_areas(sc: Scene, area: str | None) -> list[str]:
+def _train_areas(scene: Scene, area: str | None) -> list[str]:
     """Names of the areas to sample; a named test area is refused (its pixels would leak into training)."""
     if area is not None:
-        a = sc.area(area)
+        a = scene.area(area)
         if a.role != "train":
-            train = ", ".join(t.name for t in sc.areas_with_role("train")) or "none"
+            train = ", ".join(t.name for t in scene.areas_with_role("train")) or "none"
             raise UserError(f"--area {area}: is a {a.role} area; sampling it leaks it into training, "
                             f"name a train area ({train})")
         return [a.name]
-    names = [a.name for a in sc.areas_with_role("train")]
+    names = [a.name for a in scene.areas_with_role("train")]
     if not names:
-        raise UserError(f"SCENE {sc.path}: has no train area; prepare it with --areas (role=train) or "
+        raise UserError(f"SCENE {scene.path}: has no train area; prepare it with --areas (role=train) or "
                         f"--split")
     return names
 
 
-def _area_box(sc: Scene, name: str, size: int, max_nodata: int, max_unknown: int) -> _AreaBox | None:
+def _area_box(scene: Scene, name: str, size: int, max_nodata: int, max_unknown: int) -> _AreaBox | None:
     """Rasterise one train area over its bounding box, with the test-area guard and the nodata and unknown maps."""
-    win = area_window(sc.area_geometry(name), Grid(sc.crs, sc.transform, sc.width, sc.height))
+    win = area_window(scene.area_geometry(name), Grid(scene.crs, scene.transform, scene.width, scene.height))
     if win is None:
         return None
-    inside = sc.area_mask(name, window=win)
+    inside = scene.area_mask(name, window=win)
     box = bounding_box(inside)
     if box is None:
         return None
@@ -187,18 +188,18 @@ def _area_box(sc: Scene, name: str, size: int, max_nodata: int, max_unknown: int
     win = Window(int(win.col_off) + c0, int(win.row_off) + r0, c1 - c0, r1 - r0)
     inside = inside[r0:r1, c0:c1]
     test = np.zeros_like(inside)
-    for t in sc.areas_with_role("test"):
-        test |= sc.area_mask(t.name, window=win)
-    mask = sc.read_mask(window=win)
+    for t in scene.areas_with_role("test"):
+        test |= scene.area_mask(t.name, window=win)
+    mask = scene.read_mask(window=win)
     no_truth = mask == NODATA_MASK
-    if sc.mask_marks_unknown:  # 255 in mask.tif is also imagery whose truth is unknown: the stack tells
-        nodata = np.isnan(sc.read(window=win, bands=sc.bands[:1])[0])
+    if scene.mask_marks_unknown:  # 255 in mask.tif is also imagery whose truth is unknown: the stack tells
+        nodata = np.isnan(scene.read(window=win, bands=scene.bands[:1])[0])
         unknown = no_truth & ~nodata
     else:
         nodata, unknown = no_truth, None
     fits = fitting_windows(inside, size, nodata, max_nodata, forbidden_mask=test, unknown_mask=unknown,
                            max_unknown=max_unknown)
-    row_m2 = row_pixel_areas_m2(sc.crs, sc.transform, int(win.row_off), int(win.height))
+    row_m2 = row_pixel_areas_m2(scene.crs, scene.transform, int(win.row_off), int(win.height))
     return _AreaBox(name, win, inside, mask, fits, inside & ~test & ~no_truth, row_m2)
 
 
@@ -218,14 +219,14 @@ def _has_landslide(box: _AreaBox, row: int, col: int, size: int) -> bool:
     return bool((box.mask[row:row + size, col:col + size] == 1).any())
 
 
-def _fill_chips(sc: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+def _fill_chips(scene: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                 size: int, images: np.ndarray, masks: np.ndarray) -> None:
     """Copy every window's stack and mask pixels into the (memory-mapped) chip arrays."""
-    n_bands = len(sc.bands)
-    where = f"SCENE {sc.path}: stack.tif"
-    with open_raster(sc.stack_path, where, need_crs=False) as ds:
+    n_bands = len(scene.bands)
+    where = f"SCENE {scene.path}: stack.tif"
+    with open_raster(scene.stack_path, where, need_crs=False) as ds:
         if ds.count != n_bands:
-            raise UserError(f"SCENE {sc.path}: stack.tif has {ds.count} bands but scene.json names "
+            raise UserError(f"SCENE {scene.path}: stack.tif has {ds.count} bands but scene.json names "
                             f"{n_bands}; prepare the scene again")
         for i, box in enumerate(boxes):
             idx = np.flatnonzero(which == i)
@@ -245,19 +246,20 @@ def _fill_chips(sc: Scene, boxes: list[_AreaBox], which: np.ndarray, rows: np.nd
                 masks[j] = box.mask[r:r + size, c:c + size]
 
 
-def _no_window_message(sc: Scene, o: SampleOptions, names: list[str]) -> str:
-    why = "holds a landslide pixel" if o.require_landslide else "fits"
-    limits, known, wider = f"at most {o.max_nodata} px without imagery", "", []
-    inv = sc.meta.inventory
-    if sc.mask_marks_unknown and inv is not None:  # a label raster's unlabelled pixels
-        limits += f", at most {o.max_unknown:.0%} of unknown truth"
+def _no_window_message(scene: Scene, options: SampleOptions, names: list[str]) -> str:
+    why = "holds a landslide pixel" if options.require_landslide else "fits"
+    limits, known, wider = f"at most {options.max_nodata} px without imagery", "", []
+    inv = scene.meta.inventory
+    if scene.mask_marks_unknown and inv is not None:  # a label raster's unlabelled pixels
+        limits += f", at most {options.max_unknown:.0%} of unknown truth"
         labelled, unknown = inv.labelled_km2 or 0.0, inv.unknown_km2 or 0.0
         known = f"; the truth is known on {labelled:g} of {labelled + unknown:g} km²"
         wider.append("a larger --max-unknown")
-    if o.max_nodata == 0:
+    if options.max_nodata == 0:
         wider.append("a larger --max-nodata")
-    if o.method == "random" and o.require_landslide:
+    if options.method == "random" and options.require_landslide:
         wider.append("more --count")
-    return (f"SCENE {sc.path}: no {o.size} px {o.method} window {why} in train area(s) {', '.join(names)} "
+    return (f"SCENE {scene.path}: no {options.size} px {options.method} window {why} in train area(s) "
+            f"{', '.join(names)} "
             f"(wholly inside, clear of test areas, {limits}{known}); try a smaller --size"
             f"{''.join(' or ' + w for w in wider)}")
