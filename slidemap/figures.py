@@ -179,17 +179,14 @@ def footprint_window(tif: Path, pad: int = 8) -> Window | None:
         return Window(c0, r0, c1 - c0, r1 - r0)
 
 
-def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
-    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour.
+def _error_map_layers(tif: Path, stack_path: Path, bands: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The image (RGB) and the TP/FP/FN overlay (RGBA) of an error map, cropped to the area's footprint.
 
-    Cropped to the area's valid footprint and decimated to at most PNG_MAX_SIDE px.
-
-    Inside the area the image is drawn as it is under TP/FP/FN; outside it (within the crop) it is faded
-    to a light wash, so that a thin or diagonal area keeps its landscape around it instead of a grey
-    canvas; where the image itself has no data it is grey.
+    Decimated to at most PNG_MAX_SIDE px. Inside the area the image is drawn as it is under TP/FP/FN; outside it
+    (within the crop) it is faded to a light wash, so that a thin or diagonal area keeps its landscape around it
+    instead of a grey canvas; where the image itself has no data it is grey.
     """
     import rasterio
-    from matplotlib.patches import Patch
     from rasterio.windows import Window
 
     with rasterio.open(tif) as ds:
@@ -208,7 +205,29 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     overlay = np.zeros((*shape, 4))
     for k in (TP, FP, FN):
         overlay[cls == k] = (*(c / 255 for c in CLASS_COLOURS[k]), 0.85)
-    h, w = shape
+    return image, overlay
+
+
+def _error_map_legend(fig: Figure, top: float) -> None:
+    """The legend of the error-map classes, centred at the top of ``fig`` (``top``: its upper edge, 0-1)."""
+    from matplotlib.patches import Patch
+
+    # an RGB array is a colour to matplotlib, though its stubs only name tuples
+    handles = [Patch(color=cast(Any, np.array(CLASS_COLOURS[k]) / 255), label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
+    handles.append(Patch(facecolor=(0.85, 0.85, 0.85), edgecolor=(0.1, 0.1, 0.1),
+                         label="outside the area or no truth"))
+    handles.append(Patch(color=(0.55, 0.55, 0.55), label="no image data"))
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, top), handlelength=1.5, columnspacing=1.2)
+
+
+def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], title: str) -> Path:
+    """Draw an error-map GeoTIFF (0 TN, 1 TP, 2 FP, 3 FN, 255 outside) over the stack's true colour.
+
+    Cropped to the area's valid footprint and decimated to at most PNG_MAX_SIDE px (see _error_map_layers).
+    """
+    image, overlay = _error_map_layers(tif, stack_path, bands)
+    h, w = image.shape[:2]
     scale = min(max(1.0, 760 / w), max(1.0, 1600 / h))  # small areas drawn larger, never past 1600 px
     disp_w, disp_h, header, fig_w = w * scale, h * scale, 84, max(w * scale, 760)
     fig = agg_figure(fig_w / 100, (disp_h + header) / 100)
@@ -216,14 +235,44 @@ def error_map_png(tif: Path, png: Path, stack_path: Path, bands: Sequence[str], 
     ax.imshow(image, interpolation="nearest")
     ax.imshow(overlay, interpolation="nearest")
     ax.set_axis_off()
-    # an RGB array is a colour to matplotlib, though its stubs only name tuples
-    handles = [Patch(color=cast(Any, np.array(CLASS_COLOURS[k]) / 255), label=CLASS_LABELS[k]) for k in (TP, FP, FN)]
-    handles.append(Patch(facecolor=(0.85, 0.85, 0.85), edgecolor=(0.1, 0.1, 0.1),
-                         label="outside the area or no truth"))
-    handles.append(Patch(color=(0.55, 0.55, 0.55), label="no image data"))
-    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, 1.0), handlelength=1.5, columnspacing=1.2)
+    _error_map_legend(fig, 1.0)
     fig.text(0.5, 1 - 60 / (disp_h + header), title, ha="center", va="top", fontsize=9)
+    return save_png(fig, png)
+
+
+ErrorPanel = tuple[Path, Path, Sequence[str], str]
+"""One panel of an error-map grid: the error-map GeoTIFF, the scene's stack, its band names, the panel title."""
+
+
+def error_map_grid(panels: Sequence[Sequence[ErrorPanel | None]], png: Path, title: str,
+                   row_labels: Sequence[str] = (), panel_in: float = 3.2) -> Path:
+    """Error maps side by side: one row per entry of ``panels``, one column per panel (None: an empty cell).
+
+    Each panel is drawn as error_map_png draws one map, under one legend and one title.
+    """
+    rows, cols = len(panels), max((len(r) for r in panels), default=1)
+    header_in, label_in = 1.35, 0.4 if row_labels else 0.1  # the legend, the title, the first panel titles
+    width = max(7.6, cols * panel_in + label_in)  # the legend's three columns need about 7.6 in
+    fig = agg_figure(width, rows * (panel_in + 0.35) + header_in)
+    top = 1 - header_in / fig.get_figheight()
+    grid = fig.add_gridspec(rows, cols, left=label_in / width, right=0.99, bottom=0.01, top=top, hspace=0.3,
+                            wspace=0.05)
+    for i, row in enumerate(panels):
+        for j in range(cols):
+            ax = fig.add_subplot(grid[i, j])
+            ax.set_axis_off()
+            panel = row[j] if j < len(row) else None
+            if panel is None:
+                continue
+            image, overlay = _error_map_layers(panel[0], panel[1], panel[2])
+            ax.imshow(image, interpolation="nearest")
+            ax.imshow(overlay, interpolation="nearest")
+            ax.set_title(panel[3], fontsize=8)
+        if i < len(row_labels):
+            fig.text(0.1 / width, top - (i + 0.5) * (top - 0.01) / rows, row_labels[i], rotation=90, ha="left",
+                     va="center", fontsize=9)
+    _error_map_legend(fig, 1.0)
+    fig.text(0.5, 1 - 0.6 / fig.get_figheight(), title, ha="center", va="top", fontsize=10)
     return save_png(fig, png)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from slidemap.experiments.analysis import METRIC_LABELS
+from slidemap.experiments.analysis import METRIC_LABELS, RUNS_ON
 from slidemap.figures import agg_figure, save_png
 
 COLOURS = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb")
@@ -71,49 +71,72 @@ def factor_chart(runs: pd.DataFrame, factors: list[str], path: Path) -> Path:
     return save_png(fig, path)
 
 
+def _kept_apart(frame: pd.DataFrame, shown: set[str]) -> list[str]:
+    """The key columns of a mean_sd frame besides ``shown`` ones and the numbers: what a chart keeps apart."""
+    numbers = {"n", RUNS_ON, "run_folder"} | {c for c in frame.columns if c.endswith("_sd")} | set(METRIC_LABELS)
+    return [c for c in frame.columns if c not in numbers and c not in shown]
+
+
+def _label(values: object) -> str:
+    items = values if isinstance(values, tuple) else (values,)
+    return " ".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in items)
+
+
 def transfer_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
     """Figure 10 of study 002: mean F1 per training scenario (rows) and test site (columns).
 
-    One panel per architecture, each cell with its spread over seeds.
+    One panel per architecture (and per level of any other factor that varies), each cell with its spread over
+    seeds.
     """
-    archs = list(dict.fromkeys(matrix["architecture"]))
+    apart = _kept_apart(matrix, {"scenario", "test_site"})
+    groups = list(matrix.groupby(apart, sort=False)) if apart else [("", matrix)]
     scenarios = list(dict.fromkeys(matrix["scenario"]))
     sites = list(dict.fromkeys(matrix["test_site"]))
-    fig = agg_figure(1.0 + (1.3 * len(sites) + 1.0) * len(archs), 1.2 + 0.6 * len(scenarios))
+    cols = min(4, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = agg_figure(1.0 + (1.3 * len(sites) + 1.6) * cols, (1.2 + 0.6 * len(scenarios)) * rows)
     fig.set_layout_engine("constrained")
-    axes = fig.subplots(1, len(archs), squeeze=False)[0]
-    for ax, arch in zip(axes, archs, strict=True):
-        m = matrix[matrix["architecture"] == arch]
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    vmax = max(0.01, float(np.nanmax(matrix["f1"])))
+    im = None
+    for ax, (key, m) in zip(axes, groups, strict=False):
         grid = np.full((len(scenarios), len(sites)), np.nan)
         sd = np.zeros_like(grid)
         for r in m.itertuples():
             grid[scenarios.index(r.scenario), sites.index(r.test_site)] = r.f1
             sd[scenarios.index(r.scenario), sites.index(r.test_site)] = r.f1_sd
-        im = ax.imshow(grid, vmin=0, vmax=max(0.01, float(np.nanmax(matrix["f1"]))), cmap="viridis")
+        im = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis")
         for i in range(len(scenarios)):
             for j in range(len(sites)):
                 if np.isfinite(grid[i, j]):
                     text = f"{grid[i, j]:.2f}" + (f"\n±{sd[i, j]:.2f}" if sd[i, j] else "")
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                            color="white" if grid[i, j] < 0.6 * np.nanmax(grid) else "black")
+                            color="white" if grid[i, j] < 0.6 * vmax else "black")
         ax.set_xticks(range(len(sites)), sites, fontsize=8)
         ax.set_yticks(range(len(scenarios)), [f"trained: {s}" for s in scenarios], fontsize=8)
         ax.set_xlabel("test site")
-        ax.set_title(arch, fontsize=9)
+        ax.set_title(_label(key), fontsize=9)
+    for ax in axes[len(groups):]:
+        ax.set_axis_off()
+    assert im is not None  # a matrix has at least one group
     fig.colorbar(im, ax=list(axes), label="mean F1", shrink=0.8)
     return save_png(fig, path)
 
 
 def size_chart(frame: pd.DataFrame, path: Path) -> Path:
-    """Figure 11 of study 002: mean F1 over all test sites by patch size, per scenario and architecture."""
+    """Figure 11 of study 002: mean F1 over all test sites by patch size, per scenario and architecture.
+
+    One line per architecture (and per level of any other factor that varies).
+    """
     scenarios = list(dict.fromkeys(frame["scenario"]))
-    fig = agg_figure(3.0 * len(scenarios) + 0.5, 3.0)
+    apart = _kept_apart(frame, {"scenario", "size"})
+    fig = agg_figure(3.0 * len(scenarios) + 0.5, 3.4)
     axes = fig.subplots(1, len(scenarios), squeeze=False, sharey=True)[0]
     for ax, sc in zip(axes, scenarios, strict=True):
-        for k, (arch, g) in enumerate(frame[frame["scenario"] == sc].groupby("architecture", sort=False)):
+        for k, (key, g) in enumerate(frame[frame["scenario"] == sc].groupby(apart, sort=False)):
             g = g.sort_values("size")
             ax.errorbar(g["size"], g["f1"], yerr=g["f1_sd"] if g["n"].max() > 1 else None, marker="o",
-                        capsize=3, color=COLOURS[k], label=arch)
+                        capsize=3, color=COLOURS[k % len(COLOURS)], label=_label(key))
         ax.set_xscale("log", base=2)
         sizes = sorted(frame["size"].unique())
         ax.set_xticks(sizes, [str(int(s)) for s in sizes])
@@ -122,6 +145,6 @@ def size_chart(frame: pd.DataFrame, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("F1, all test sites")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, path)
