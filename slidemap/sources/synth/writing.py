@@ -30,7 +30,7 @@ from slidemap.sources.synth.params import SynthParams
 from slidemap.sources.synth.study import StudyArea, generate_from
 from slidemap.version import __version__
 
-GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # fixed last_change, so the GeoPackages are byte-identical
+SYNTH_GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # not formats.gdal's: synth's files are pinned by hash
 WHAT = "synthetic study area"
 
 
@@ -179,6 +179,6 @@ def _write_vectors(inventory_path: Path, areas_path: Path, study: StudyArea) -> 
                              geometry=gpd.GeoSeries(outlines, crs=IMAGE_CRS).to_crs(AREAS_CRS), crs=AREAS_CRS)
     from slidemap.formats.gdal import pinned_gpkg_timestamp
 
-    with pinned_gpkg_timestamp(GPKG_TIMESTAMP):
+    with pinned_gpkg_timestamp(SYNTH_GPKG_TIMESTAMP):
         pyogrio.write_dataframe(inventory, inventory_path, layer="inventory", driver="GPKG")
         pyogrio.write_dataframe(areas, areas_path, layer="areas", driver="GPKG")
