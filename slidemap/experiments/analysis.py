@@ -37,10 +37,11 @@ from typing import Literal, cast
 import numpy as np
 import pandas as pd
 
+from slidemap.experiments.spec import TRAINING_AXES
 from slidemap.raster.bands import TERRAIN_LAYERS
 
-TRAINING = ("lr", "loss", "epochs", "patience")
-"""Training settings results.csv may record per run; one that varies across runs is a factor like any axis."""
+TRAINING = TRAINING_AXES
+"""Training settings results.csv records per run; one that varies across runs is a factor like any axis."""
 RUN_PRECISION, RUN_DEVICE = "precision_mode", "device"
 """The columns naming the precision a run trained in and the device it ran on."""
 NOT_RECORDED = "not recorded"
@@ -397,12 +398,14 @@ class Claim:
 
     def sentence(self) -> str:
         """The claim, its verdict and the numbers behind it, as the report prints them."""
-        head = f"Study {self.study} ({STUDIES[self.study]}, {self.where}): \"{self.quote}\" — {self.verdict.upper()}"
+        word, _, why = self.verdict.partition(": ")
+        head = f"Study {self.study} ({STUDIES[self.study]}, {self.where}): \"{self.quote}\" — {word.upper()}" + \
+            (f": {why}" if why else "")
         if self.why_not:
             return head + "."
         side = {"better": "one-sided, in the claimed direction", "not better": "one-sided, against the claim",
                 "no difference": "two-sided"}[self.kind]
-        out = f"{head}. Tested on {self.test} ({side}). " + "; ".join(c.sentence() for c in self.comparisons)
+        out = f"{head}. Test: {self.test} ({side}). " + "; ".join(c.sentence() for c in self.comparisons)
         if self.p is not None and len(self.comparisons) > 1:
             rule = "the largest p, as every comparison must hold" if self.combine == "all" else \
                 f"the smallest p times {len(self.comparisons)} (Bonferroni)"
