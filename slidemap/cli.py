@@ -534,7 +534,10 @@ def experiment_report(
     folder: Path = typer.Argument(..., help="Experiment folder (the --out of `experiment run`)."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default: FOLDER/report)."),
 ) -> None:
-    """Write the studies' tables and figures of an experiment: report.md, report.html and PNGs."""
+    """Write an experiment's report: the studies' tables and maps, and each of their conclusions tested on its runs.
+
+    report.md, report.html (figures inlined) and PNGs; the title is the spec's name.
+    """
     from slidemap.experiments.report import write_report
 
     typer.echo(f"report {write_report(folder, out)}")
