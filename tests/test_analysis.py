@@ -35,6 +35,15 @@ def test_too_few_below_six_a_verdict_from_six():
     assert an.compare("x", [-0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "two-sided").p == pytest.approx(4 / 64)
 
 
+def test_tiny_p_values_are_not_lost():
+    # 60 positive pairs: the exact one-sided p is 2^-60 (scipy's upper tail returns 0 for it)
+    assert an.compare("x", np.arange(1, 61) / 100).p == pytest.approx(2.0 ** -60)
+    d = np.arange(1, 73) / 100
+    d[0] = -d[0]  # rank 1 negative: 2 sign patterns of 2^72 reach T+ >= 2627
+    assert an.compare("x", d).p == pytest.approx(2 * 2.0 ** -72)
+    assert an.compare("x", d, "two-sided").p == pytest.approx(4 * 2.0 ** -72)
+
+
 def test_tied_differences_use_every_sign_change():
     # |d| 0.1 twice: midranks 1.5, 1.5, 3..6; T+ = 19.5 when one 0.1 is negative; T- <= 1.5 in 3 of 64 patterns
     c = an.compare("x", [-0.1, 0.1, 0.2, 0.3, 0.4, 0.5])

@@ -502,13 +502,29 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
           f"(precision / device).")
     summary = pd.DataFrame([{
         "study": c.study, "conclusion": _clip(c.quote), "verdict": c.verdict,
-        "pairs differing / pairs": ", ".join(f"{x.used}/{x.n}" for x in c.comparisons) or "",
+        "pairs differing / pairs": _pairs(c), "mean difference (95 % interval)": _interval(c),
         "p": "" if c.p is None else f"{c.p:.3g}", "Holm p": "" if c.p_holm is None else f"{c.p_holm:.3g}"}
         for c in items])
     doc.table(summary)
     for study, name in an.STUDIES.items():
         doc.h(3, f"Study {study} ({name})")
         doc.bullets([c.sentence() for c in items if c.study == study])
+
+
+def _pairs(claim: an.Claim) -> str:
+    """How many pairs differ of how many, per comparison (a range when there are many)."""
+    c = claim.comparisons
+    if len(c) <= 3:
+        return ", ".join(f"{x.used}/{x.n}" for x in c)
+    return f"{len(c)} comparisons, {min(x.used for x in c)}-{max(x.used for x in c)} pairs differing in each"
+
+
+def _interval(claim: an.Claim) -> str:
+    """The mean paired difference and its bootstrap interval, for a claim of one comparison."""
+    if len(claim.comparisons) != 1 or claim.comparisons[0].mean is None:
+        return ""
+    x = claim.comparisons[0]
+    return f"{x.mean:+.3f} [{x.low:+.3f}, {x.high:+.3f}]"
 
 
 def _clip(text: str, n: int = 90) -> str:
