@@ -137,6 +137,15 @@ def test_no_minimum_size_writes_small_segments_off(tmp_path):
     assert meta["seg_small_segment"] == 0 and meta["seg_thresh"] == 0.43
 
 
+@pytest.mark.parametrize(("given", "written"), [("0.4321", 0.43), ("0.175", 0.17), ("0.004", 0.01), ("0.999", 1.0)])
+def test_the_threshold_is_written_as_the_panel_holds_it(tmp_path, given, written):
+    """Two decimals (0.175 is 0.17499... in binary); never 0, which would untick the panel's threshold."""
+    bundle = make_bundle(tmp_path / "bundle.pt")
+    assert main(["export", str(bundle), "--onnx", str(tmp_path / "m.onnx"), "--threshold", given]) == 0
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["seg_thresh"] == written and meta["slidemap_threshold"] == float(given)
+
+
 @pytest.mark.parametrize(("min_pixels", "n"), [(0, 0), (1, 0), (4.9, 0), (5, 3), (12.9, 3), (13, 5), (24, 5),
                                                (25, 7), (100, 13)])
 def test_small_segment_is_the_largest_median_that_keeps_a_landslide_of_the_minimum(min_pixels, n):
@@ -169,7 +178,7 @@ def test_the_style_colours_the_landslide_layer(tmp_path):
     assert root.find("renderer-v2").get("type") == "singleSymbol"
     layer = root.find("renderer-v2/symbols/symbol/layer")
     options = {o.get("name"): o.get("value") for o in layer.findall("Option/Option")}
-    assert layer.get("class") == "SimpleFill" and options["color"] == "230,60,30,110"
+    assert layer.get("class") == "SimpleFill" and options["color"] == "230,25,75,110"
     assert root.find("layerGeometryType").text == "2"
     record = json.loads((tmp_path / "m.engines.json").read_text())
     assert record["files"] == {"onnx": "m.engine.onnx"} and record["f1"] == {}

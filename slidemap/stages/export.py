@@ -11,13 +11,14 @@
   {"0": "landslide"} (one sigmoid channel: Deepness adds the background class), ``resolution`` in cm per
   pixel, ``tile_size`` (the key its code reads; its docs call it ``tiles_size``, also written),
   ``tiles_overlap`` in percent, ``seg_thresh`` (the bundle's threshold rounded to the 2 decimals the panel
-  shows and uses), ``seg_small_segment`` (always; 0 = off, see
+  shows and uses, at least 0.01), ``seg_small_segment`` (always; 0 = off, see
   :func:`slidemap.nn.engines.deepness_small_segment`), and ``standardization_mean`` = 0,
   ``standardization_std`` = 1/255 per band, because Deepness divides every value by 255 before
   standardising (``ModelBase.preprocessing``): with these the network sees the raw values again, whatever
   the layer's data type. slidemap's own keys: ``slidemap_bands`` (names, in order), ``slidemap_threshold``
   (unrounded), ``slidemap_version``, ``slidemap_input``.
-- ``M.qml``: a QGIS style for the ``landslide`` polygon layer Deepness adds (and for ``landslides.gpkg``).
+- ``M.qml``: a QGIS style for the ``landslide`` polygon layer Deepness adds (and for ``landslides.gpkg``), in
+  the red of ``predict``'s ``mask.tif``.
 - ``M.engine.onnx`` (and ``M.engine-int8.onnx`` with ``--int8``): the engines of ``predict --engine onnx``
   and ``onnx-int8``: standardised input, any height and width (the strip engine feeds wide tiles). int8 is
   static, calibrated on chips of the bundle's training split.
@@ -52,12 +53,15 @@ from slidemap.nn.engines import (
     run_chips,
 )
 from slidemap.raster.tiling import check_tiling
+from slidemap.stages.maps import LANDSLIDE_RGB
 from slidemap.stages.options import StageOptions, StageResult
 
 THRESHOLD_DECIMALS = 2
 """Decimals of Deepness's probability-threshold box: it rounds the file's ``seg_thresh`` to these."""
-LANDSLIDE_FILL = ((230, 60, 30), 110, (160, 20, 10))
-"""Fill colour, fill alpha (0-255) and outline colour of landslide polygons in QGIS."""
+LANDSLIDE_FILL_ALPHA = 110
+"""Opacity (0-255) of the landslide polygons' fill in QGIS: the map beneath stays visible."""
+LANDSLIDE_OUTLINE = (128, 0, 38)
+"""Outline colour of landslide polygons: the darkest red of the probability ramp."""
 
 
 class ExportOptions(StageOptions):
@@ -98,8 +102,7 @@ def run(options: ExportOptions) -> ExportResult:
     paths["record"].unlink(missing_ok=True)
     norm = bundle.normaliser()
     export_onnx(bundle.build_model(), len(bundle.bands), paths["qgis"], norm.mean, norm.std, metadata, tile=o.tile)
-    fill, alpha, outline = LANDSLIDE_FILL
-    write_fill_style(paths["style"], fill, alpha, outline)
+    write_fill_style(paths["style"], LANDSLIDE_RGB, LANDSLIDE_FILL_ALPHA, LANDSLIDE_OUTLINE)
     export_onnx(bundle.build_model(), len(bundle.bands), paths["onnx"])
     files = {"onnx": paths["onnx"].name}
     calibration: dict[str, Any] = {}
@@ -172,7 +175,7 @@ def deepness_metadata(bundle: Bundle, resolution_cm: float, tile: int, overlap: 
         "tile_size": int(tile),
         "tiles_size": int(tile),
         "tiles_overlap": int(round(100 * overlap / tile)),
-        "seg_thresh": round(float(threshold), THRESHOLD_DECIMALS),
+        "seg_thresh": deepness_threshold(threshold),
         "seg_small_segment": deepness_small_segment(min_px),
         "standardization_mean": [0.0] * n,
         "standardization_std": [1.0 / 255.0] * n,
@@ -183,6 +186,12 @@ def deepness_metadata(bundle: Bundle, resolution_cm: float, tile: int, overlap: 
                           f"standardisation is inside the model; output: landslide probability (N, 1, {tile}, "
                           f"{tile})",
     }
+
+
+def deepness_threshold(threshold: float) -> float:
+    """``threshold`` as Deepness's 2-decimal box holds it, at least 0.01: at 0 the panel unticks the threshold."""
+    step = 10.0 ** -THRESHOLD_DECIMALS
+    return max(round(float(threshold), THRESHOLD_DECIMALS), step)
 
 
 def _resolution_cm(bundle: Bundle, given: float | None) -> float:
