@@ -173,7 +173,7 @@ def test_a_missing_input_is_one_line_before_anything_runs(tmp_path, capsys):
                        "first step; fix the paths",
                        f"  MISSING sites.a.prepare.images.0 {tmp_path / 'nowhere.tif'}: no such file; check the path",
                        f"  MISSING sites.a.prepare.inventory {tmp_path / 'i.gpkg'}: no such file; check the path"]
-    assert out[-1] == "estimated wall time: unknown until the sites' inputs open (see the MISSING lines above)"
+    assert out[-1] == "estimated wall time: once every input opens (see the MISSING lines above)"
     assert not (tmp_path / "out").exists()
 
 

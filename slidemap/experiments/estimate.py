@@ -38,8 +38,6 @@ def _train_area_px(plan: Plan, site: str) -> float:
         return sum(a.valid_km2 for a in meta.areas if a.role == "train") * 1e6 / px
     if spec_site.synth is not None:
         return 0.6 * spec_site.synth.size ** 2  # synth's train area is 60 % of the scene
-    if spec_site.l4s is not None:
-        return 3799 * 128 * 128  # the benchmark's training split
     assert spec_site.prepare is not None
     return _inputs_train_px(spec_site.prepare)
 
@@ -74,8 +72,11 @@ def _chips_per_epoch(plan: Plan, run: RunPlan, counts: dict[str, ChipCount | Non
         if counted is not None:
             total += counted.chips
             continue
-        if plan.spec.sites[chip.site].l4s is not None:
-            total += 3799
+        l4s = plan.spec.sites[chip.site].l4s
+        if l4s is not None:
+            from slidemap.sources.l4s import find_patches
+
+            total += len(find_patches(l4s.folder, l4s.train))
             continue
         s = chip.sampling
         if s.method == "random":
@@ -125,7 +126,7 @@ def estimate_seconds(plan: Plan, precision: str, device: str, counts: dict[str, 
     """A printable estimate of the grid's wall time, with how it was measured.
 
     ``precision`` and ``device`` are the experiment's, resolved once; ``counts`` the chip sets counted so far.
-    Runs on a site whose inputs do not open yet are left out, and the line says how many.
+    Runs on a site whose inputs do not open are left out, and the line says how many.
     """
     import torch
 
@@ -150,7 +151,7 @@ def estimate_seconds(plan: Plan, precision: str, device: str, counts: dict[str, 
         val_chips = train_chips * plan.spec.training.val_fraction / (1 - plan.spec.training.val_fraction)
         total += c["epochs"] * (train_chips * 1.16 + val_chips / 3) * rates[key]
     if unknown == len(plan.runs):
-        return "estimated wall time: unknown until the sites' inputs open (see the MISSING lines above)"
+        return "estimated wall time: once the sites' inputs open"
     calibration = time.perf_counter() - t0
     when = (f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min" if total >= 60
             else f"{total:.0f} s")

@@ -589,6 +589,8 @@ def dry_run(spec_path: str | Path, out: str | Path, calibrate: bool = True) -> s
             continue
         short = f"; fewer than {min_chips}: a run on it alone would stop" if n.train < min_chips else ""
         lines.append(f"  {chip.label()}: {n.chips} chips, {n.train} train / {n.val} val / {n.buffer} buffer{short}")
-    if calibrate:
+    if calibrate and missing:
+        lines.append("estimated wall time: once every input opens (see the MISSING lines above)")
+    elif calibrate:
         lines.append(estimate_seconds(plan, precision, device, counts))
     return "\n".join(lines)

@@ -197,7 +197,8 @@ class ChipCount:
 def count_chips(plan: Plan, chip: ChipPlan, seed: int) -> ChipCount | None:
     """The chips of a chip set and their split at ``seed``: read if sampled, sampled aside if its scene exists.
 
-    None while the site is not prepared yet (the count comes after preparing). Sampling aside writes into a
+    Landslide4Sense patches are counted in their folder. None while the site is not prepared yet (the count
+    comes after preparing). Sampling aside writes into a
     temporary folder that is removed, never into the experiment.
     """
     import tempfile
@@ -212,6 +213,13 @@ def count_chips(plan: Plan, chip: ChipPlan, seed: int) -> ChipCount | None:
 
     if (chip.folder / "chips.json").is_file():
         return counted(chip.folder)
+    l4s = plan.spec.sites[chip.site].l4s
+    if l4s is not None:  # independent patches: split patch by patch
+        from slidemap.sources.l4s import find_patches
+
+        n = len(find_patches(l4s.folder, l4s.train))
+        s = split_chips([{} for _ in range(n)], plan.spec.training.val_fraction, seed)
+        return ChipCount(n, int(s.train.size), int(s.val.size), int(s.buffer.size))
     scene = scene_of(plan, chip.site)
     if scene is None or not (scene / "scene.json").is_file():
         return None
