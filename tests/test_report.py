@@ -110,3 +110,68 @@ def test_claims_pair_runs_not_test_areas(results):
     assert pair.unpaired == 3 and "1 of 1 pairs differ" in local.sentence()
     assert next(c for c in claims if "64x64" in c.quote).verdict == \
         "cannot be tested here: the grid lacks the patch size(s) 64, 128 px"
+
+
+# --- the report of a small real grid ---------------------------------------------------------------
+
+GRID = """\
+name: two architectures
+resources: {cpus: 1}
+sites:
+  a: {synth: {seed: 3, size: 256, landslides: 30}}
+  b: {synth: {seed: 5, size: 256, landslides: 30, relief: 1.4}}
+datasets: {rgb: {bands: [blue, green, red, nir]}}
+sampling: [{method: grid, overlap: 0.5}]
+sizes: [32]
+models: [{architecture: unet, filters: 4, batch_size: 8}, {architecture: resunet, filters: 4, batch_size: 8}]
+training: {epochs: 1, patience: 0, precision: "32", min_chips: 4}
+scenarios: {a: {train: [a]}, both: {train: [a, b]}}
+predict: {outputs: metrics}
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    from slidemap.experiments.runner import run_experiment
+
+    root = tmp_path_factory.mktemp("grid")
+    (root / "spec.yaml").write_text(GRID)
+    assert run_experiment(root / "spec.yaml", root / "out", log=lambda t: None)[:2] == (4, 0)
+    return root / "out"
+
+
+def test_report_tables_maps_and_verdicts(grid, tmp_path):
+    import json
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    from slidemap.experiments.report import write_report
+
+    before = sorted(p.relative_to(grid) for p in (grid / "runs").rglob("*"))
+    md = write_report(grid, tmp_path / "report")
+    text = md.read_text()
+    assert text.startswith("# two architectures\n")  # the spec's name
+    assert "<title>two architectures</title>" in (tmp_path / "report" / "report.html").read_text()
+    # table 1: four models on the one dataset, trained in fp32 on the CPU
+    assert "| rgb | blue+green+red+nir | False | 4 | 32 / cpu |" in text
+    # table 2: the chips each scenario trained on, as the chip sets' chips.json count them
+    counts = {p.parent.name.split("__")[0]: json.loads(p.read_text())["count"] for p in grid.glob("chips/*/chips.json")}
+    assert f"| a | a | rgb | grid | 32 | {counts['a']} |" in text
+    assert f"| both | a+b | rgb | grid | 32 | {counts['a'] + counts['b']} |" in text
+    # figure 6 per scenario; study 002's maps per scenario x test site, U-Net and ResU-Net side by side
+    pngs = [tmp_path / "report" / "best_per_area" / f"{s}.png" for s in ("a", "both")]
+    pngs += [tmp_path / "report" / "architectures" / f"{s}__{t}.png" for s in ("a", "both") for t in ("a", "b")]
+    for png in pngs:
+        image = imread(png)
+        assert image.shape[1] >= 700 and np.std(image[..., :3]) > 0.05, png
+    assert "architectures side by side, trained: both, tested: b" in text
+    # the maps were made from the runs' masks without writing into the runs, and the scratch is gone
+    assert sorted(p.relative_to(grid) for p in (grid / "runs").rglob("*")) == before
+    assert not list((tmp_path / "report").glob(".maps-*"))
+    # every conclusion is listed with its verdict; this grid cannot test most of them, and says why
+    assert text.count("- Study 000 (Soares et al. 2020, ") == 8
+    assert text.count("- Study 002 (Ghorbanzadeh et al. 2021, ") == 9
+    assert "the grid has one patch size" in text and "fewer than two scenarios train on a single site" in text
+    # one or two U-Net/ResU-Net pairs per claim: too few for a verdict
+    assert "\"the U-Net has more transferability capabilities\" — TOO FEW PAIRS" in text

@@ -281,9 +281,11 @@ class Comparison:
         if self.n == 0:
             return f"{self.label}: no pairs"
         parts = [self.detail or f"{self.used} of {self.n} pairs differ"]
-        if self.mean is not None:
+        if self.mean is not None and self.low is not None:
             parts.append(f"mean difference {self.mean:+.3f} (95 % bootstrap interval {self.low:+.3f} to "
                          f"{self.high:+.3f})")
+        elif self.mean is not None:
+            parts.append(f"mean difference {self.mean:+.3f} (no interval from fewer than {MIN_PAIRS} pairs)")
         if self.p is not None:
             side = "one-sided" if self.alternative == "greater" else "two-sided"
             parts.append(f"{self.method}, {side} p = {self.p:.3g}")
@@ -345,7 +347,8 @@ def compare(label: str, diffs: Sequence[float], alternative: Alternative = "grea
     if d.size == 0:
         return Comparison(label, 0, 0, None, "", unpaired=unpaired, refused=refused, alternative=alternative)
     p, method = signed_rank(nonzero, alternative) if nonzero.size >= MIN_PAIRS else (None, "")
-    low, high = bootstrap_interval(d, zlib.crc32(f"{seed_text}|{label}".encode()))
+    low, high = bootstrap_interval(d, zlib.crc32(f"{seed_text}|{label}".encode())) if d.size >= MIN_PAIRS \
+        else (None, None)  # a resampling of a handful of pairs says nothing
     return Comparison(label, int(d.size), int(nonzero.size), p, method, float(d.mean()), low, high, unpaired,
                       refused, alternative)
 

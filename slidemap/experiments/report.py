@@ -497,9 +497,10 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
           f"one test site where the claim is about sites); two runs pair only when they differ in the tested factor "
           f"alone — every other axis, the seed, the training settings, the precision and the device equal. Tied "
           f"pairs are dropped before the test and counted; a verdict needs at least {an.MIN_PAIRS} pairs that "
-          f"differ. Holm's correction runs over the {len(tested)} claims with a test; 'supported' means a Holm-"
-          f"adjusted p below {an.ALPHA} in the claimed direction. Runs: {an.runs_on(an.areas(df))} "
-          f"(precision / device).")
+          f"differ. " + (f"Holm's correction runs over the {len(tested)} claim(s) with a test; " if tested else
+                         "No claim has enough pairs for a test here. ") +
+          f"'supported' means a Holm-adjusted p below {an.ALPHA} in the claimed direction. Runs: "
+          f"{an.runs_on(an.areas(df))} (precision / device).")
     summary = pd.DataFrame([{
         "study": c.study, "conclusion": _clip(c.quote), "verdict": c.verdict,
         "pairs differing / pairs": _pairs(c), "mean difference (95 % interval)": _interval(c),
@@ -524,7 +525,7 @@ def _interval(claim: an.Claim) -> str:
     if len(claim.comparisons) != 1 or claim.comparisons[0].mean is None:
         return ""
     x = claim.comparisons[0]
-    return f"{x.mean:+.3f} [{x.low:+.3f}, {x.high:+.3f}]"
+    return f"{x.mean:+.3f}" + (f" [{x.low:+.3f}, {x.high:+.3f}]" if x.low is not None else "")
 
 
 def _clip(text: str, n: int = 90) -> str:
