@@ -426,8 +426,7 @@ def export(
 ) -> None:
     """Export the model as ONNX for QGIS (Deepness) with its style, and the ONNX Runtime engines of predict.
 
-    Writes M.onnx (for QGIS: raw bands in, probability out, a fixed tile size), M.qml (the style of the
-    `landslide` layer Deepness adds), M.engine.onnx [M.engine-int8.onnx] and M.engines.json, all beside M.onnx.
+    Writes beside M.onnx: M.onnx for QGIS, M.qml (its landslide layer's style), M.engine[-int8].onnx, M.engines.json.
     """
     from slidemap.stages import export as stage
 
