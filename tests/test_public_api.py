@@ -117,66 +117,104 @@ def third_party_classes(value: Any) -> list[type]:
 
 
 @functools.cache
-def private_names(cls: type) -> frozenset[str]:
-    """Underscore names a third-party class defines: in its body, or as ``self._x`` in its methods."""
-    names = {n for n in vars(cls) if is_private(n)}
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # a compiled class: its dict is all there is
-        return frozenset(names)
-    for node in ast.walk(ast.parse(inspect.cleandoc("\n" + source) if source[0].isspace() else source)):
-        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and is_private(node.attr) \
-                and isinstance(node.value, ast.Name) and node.value.id == "self":
-            names.add(node.attr)
-        elif isinstance(node, ast.Call) and node.args and (
-                isinstance(node.func, ast.Attribute) and node.func.attr == "__setattr__"
-                or isinstance(node.func, ast.Name) and node.func.id == "setattr"):
-            for arg in node.args[:2]:
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and is_private(arg.value):
-                    names.add(arg.value)
+def defined_names(cls: type) -> frozenset[str]:
+    """Names a third-party class defines: in its body (inherited ones included), or as ``self.x`` in its
+    methods (instance attributes, ``setattr`` and ``__setattr__`` with a constant name included)."""
+    names = set(dir(cls))
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # a compiled class: its dict is all there is
+            continue
+        for node in ast.walk(ast.parse(inspect.cleandoc("\n" + source) if source[0].isspace() else source)):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and isinstance(node.value, ast.Name) and node.value.id == "self":
+                names.add(node.attr)
+            elif isinstance(node, ast.Call) and node.args and (
+                    isinstance(node.func, ast.Attribute) and node.func.attr == "__setattr__"
+                    or isinstance(node.func, ast.Name) and node.func.id == "setattr"):
+                names |= {arg.value for arg in node.args[:2]
+                          if isinstance(arg, ast.Constant) and isinstance(arg.value, str)}
     return frozenset(names)
 
 
 def owner(classes: list[type], name: str) -> type | None:
-    return next((c for c in classes if name in private_names(c)), None)
+    """The first of ``classes`` that defines ``name``."""
+    return next((c for c in classes if name in defined_names(c)), None)
+
+
+def hook_types(bases: list[type], method: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, list[type]]:
+    """The third-party classes of a method's parameters, from the annotations of the base method it overrides
+    (Lightning's hooks annotate ``trainer: pl.Trainer`` where an override often does not)."""
+    base = owner(bases, method.name)
+    if base is None or not callable(hooked := getattr(base, method.name, None)):
+        return {}
+    try:
+        hints = typing.get_type_hints(hooked)
+        names = [n for n in inspect.signature(hooked).parameters if n != "self"]
+    except Exception:  # noqa: BLE001 - annotations the base's own module cannot resolve
+        return {}
+    ours = [a.arg for a in [*method.args.posonlyargs, *method.args.args] if a.arg != "self"]
+    return {mine: classes for mine, theirs in zip(ours, names, strict=False)
+            if (classes := third_party_classes(hints.get(theirs)))}
+
+
+def first_private(attrs: list[str]) -> int | None:
+    return next((i for i, a in enumerate(attrs) if is_private(a)), None)
 
 
 def object_private_access(path: Path, tree: ast.AST, ns: dict[str, Any]) -> list[str]:
     """Private names of third-party bases used in subclasses, and of annotated or constructed objects."""
     found = []
     rel = path.relative_to(PACKAGE.parent)
+    hooks: dict[ast.AST, dict[str, list[type]]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            bases = [c for b in node.bases for c in third_party_classes(evaluate(b, ns))]
-            if not bases:
-                continue
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and (c := owner(bases, item.name)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        bases = [c for b in node.bases for c in third_party_classes(evaluate(b, ns))]
+        if not bases:
+            continue
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+                hooks[item] = hook_types(bases, item)
+                if is_private(item.name) and (c := owner(bases, item.name)):
                     found.append(f"{rel}:{item.lineno}: {node.name}.{item.name} overrides "
                                  f"{c.__module__}.{c.__qualname__}.{item.name}")
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self" \
-                        and is_private(sub.attr) and (c := owner(bases, sub.attr)):
-                    how = "writes" if isinstance(sub.ctx, ast.Store | ast.Del) else "reads"
-                    found.append(f"{rel}:{sub.lineno}: {node.name} {how} self.{sub.attr}, an attribute of "
-                                 f"{c.__module__}.{c.__qualname__}")
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            typed: dict[str, list[type]] = {}
-            args = node.args
-            for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-                if a is not None and a.annotation is not None and a.arg != "self":
-                    if classes := third_party_classes(evaluate(a.annotation, ns)):
-                        typed[a.arg] = classes
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call):
-                    made = evaluate(sub.value.func, ns)
-                    if isinstance(made, type) and (classes := third_party_classes(made)):
-                        typed.update({t.id: classes for t in sub.targets if isinstance(t, ast.Name)})
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
-                        and sub.value.id in typed and is_private(sub.attr):
-                    c = typed[sub.value.id][0]
-                    found.append(f"{rel}:{sub.lineno}: {sub.value.id}.{sub.attr} of a {c.__module__}."
+        for sub in ast.walk(node):
+            if not isinstance(sub, ast.Attribute) or not is_private(sub.attr):
+                continue
+            root, attrs = chain(sub)
+            if root != "self" or first_private(attrs) != len(attrs) - 1:
+                continue  # not through self, or an earlier name in the chain is the private one
+            if len(attrs) == 1 and (c := owner(bases, sub.attr)):
+                how = "writes" if isinstance(sub.ctx, ast.Store | ast.Del) else "reads"
+                found.append(f"{rel}:{sub.lineno}: {node.name} {how} self.{sub.attr}, an attribute of "
+                             f"{c.__module__}.{c.__qualname__}")
+            elif len(attrs) > 1 and (c := owner(bases, attrs[0])):
+                found.append(f"{rel}:{sub.lineno}: {node.name} reads self.{'.'.join(attrs)} through "
+                             f"{c.__module__}.{c.__qualname__}.{attrs[0]}")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        typed = dict(hooks.get(node, {}))
+        args = node.args
+        for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if a is not None and a.annotation is not None and a.arg != "self":
+                if classes := third_party_classes(evaluate(a.annotation, ns)):
+                    typed[a.arg] = classes
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call):
+                made = evaluate(sub.value.func, ns)
+                if isinstance(made, type) and (classes := third_party_classes(made)):
+                    typed.update({t.id: classes for t in sub.targets if isinstance(t, ast.Name)})
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and is_private(sub.attr):
+                root, attrs = chain(sub)
+                if root in typed and first_private(attrs) == len(attrs) - 1:
+                    c = typed[root][0]
+                    found.append(f"{rel}:{sub.lineno}: {'.'.join([root, *attrs])} of a {c.__module__}."
                                  f"{c.__qualname__}")
     return found
 
@@ -221,7 +259,14 @@ class Saver(ModelCheckpoint):
         self._mine = 1
 
     def _helper(self):
-        return self.__class__
+        return self.__class__, self._mine, self.dirpath
+
+    def on_train_epoch_end(self, t, module):
+        return t.fit_loop._results, module.trainer
+
+class Task(pl.LightningModule):
+    def training_step(self, batch, i):
+        return self.trainer._checkpoint_connector
 
 def fit(trainer: pl.Trainer | None, n: int):
     net = torch.nn.Linear(2, 2)
@@ -243,10 +288,12 @@ def test_the_walk_finds_each_kind_of_private_use():
                      "Saver._save_checkpoint overrides lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
                      "Saver writes self._last_global_step_saved, an attribute of lightning.pytorch.callbacks."
                      "model_checkpoint.ModelCheckpoint",
+                     "t.fit_loop._results of a lightning.pytorch.trainer.trainer.Trainer",
+                     "Task reads self.trainer._checkpoint_connector through lightning.pytorch.core.module."
+                     "LightningModule.trainer",
                      "trainer._accelerator_connector of a lightning.pytorch.trainer.trainer.Trainer",
                      "net._parameters of a torch.nn.modules.linear.Linear"]:
         assert expected in text, (expected, text)
     # our own private names, dunders and the standard library are not flagged
     assert "_mine" not in text and "_helper" not in text and "__version__" not in text and "__class__" not in text
-    assert len(found) == 8, text
-
+    assert len(found) == 10, text
