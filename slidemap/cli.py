@@ -325,7 +325,7 @@ def predict(
                                   "bf16 where this device runs it fast (the rule `slidemap info` shows), else "
                                   "fp32."),
     engine: str = typer.Option("torch", help="torch, onnx or onnx-int8: ONNX Runtime running the engines of "
-                               "`slidemap export RUN --onnx M.onnx [--int8]` (needs slidemap[onnx]), from "
+                               "`slidemap export RUN --onnx M.onnx` (needs onnxruntime), from "
                                "--onnx-model or an export beside the bundle."),
     onnx_model: Path | None = typer.Option(None, "--onnx-model", help="With --engine onnx / onnx-int8: the "
                                            ".onnx file `slidemap export` wrote (default: an export of this "
