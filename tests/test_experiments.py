@@ -110,6 +110,21 @@ def test_training_is_train_options_less_what_the_grid_sets():
     assert spec.axis_values("lr") == [0.01, 0.001] and spec.axis_values("loss") == ["focal"]
 
 
+def test_a_sampler_is_sample_options_less_what_the_chip_set_sets():
+    from slidemap.experiments.spec import SET_BY_THE_SAMPLER, Spec
+    from slidemap.stages.sample import SampleOptions
+
+    spec = Spec.model_validate({"sites": {"a": {"synth": {}}}, "sizes": [32],
+                                "sampling": [{"method": "random", "max_unknown": 0.25, "name": "r"}, {}]})
+    assert spec.sampling[0].options() == {**{n: f.default for n, f in SampleOptions.model_fields.items()
+                                             if n not in SET_BY_THE_SAMPLER}, "method": "random",
+                                          "max_unknown": 0.25}
+    assert [s.label for s in spec.sampling] == ["r", "grid"]
+    with pytest.raises(ValueError, match="sampling.0 at size 32: max_nodata 2000 must be "
+                                         "below 1024 for 32 px windows"):
+        Spec.model_validate({"sites": {"a": {"synth": {}}}, "sizes": [32], "sampling": [{"max_nodata": 2000}]})
+
+
 BAD_TRAINING = [
     ("training: {lr: [0.01, -1]}\n", "training.lr: -1: must be greater than 0"),
     ("training: {lr: [0.01, 0.01]}\n", "training.lr: give one value or a list of distinct values"),

@@ -77,11 +77,9 @@ def materialise_chips(chip: ChipPlan, scene: Path | None) -> str:
 
     if (chip.folder / "chips.json").is_file() or scene is None:
         return "ready"
-    s = chip.sampling
     chip.folder.parent.mkdir(parents=True, exist_ok=True)
-    sample.run(sample.SampleOptions(scene=scene, out=chip.folder, method=s.method, size=chip.size,
-                                    overlap=s.overlap, count=s.count, require_landslide=s.require_landslide,
-                                    max_nodata=s.max_nodata, seed=chip.seed or 0))
+    sample.run(sample.SampleOptions(scene=scene, out=chip.folder, size=chip.size, seed=chip.seed or 0,
+                                    **chip.sampling.options()))
     return "sampled"
 
 

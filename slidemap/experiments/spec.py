@@ -18,6 +18,7 @@ runner do not set themselves, with its default, checked by TrainOptions' own val
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,7 +39,9 @@ from slidemap.errors import UserError, validation_line
 from slidemap.nn.precision import precision_field
 from slidemap.raster.bands import TERRAIN_LAYERS
 from slidemap.raster.tiling import check_patch_size
+from slidemap.stages.options import StageOptions
 from slidemap.stages.prepare import PrepareOptions
+from slidemap.stages.sample import SampleOptions
 from slidemap.stages.train import TrainOptions
 
 TRAINING_AXES = ("lr", "loss", "epochs", "patience")
@@ -50,6 +53,8 @@ SET_BY_THE_GRID = ("chips", "out", "model", "filters", "batch_size", "bands", "a
                    "progress", "threads", "model_args", "learn_postprocess", "learning_curve",
                    "keep_checkpoints")
 """TrainOptions fields each run gets from its grid point or from the runner, so not keys of ``training:``."""
+SET_BY_THE_SAMPLER = ("scene", "out", "size", "seed", "area")
+"""SampleOptions fields each chip set gets from the grid (size), the site and the run's seed, so not sampler keys."""
 
 
 def _checked_precision(value: str) -> str:
@@ -166,22 +171,6 @@ class Dataset(SpecModel):
     augment: bool = False
 
 
-class Sampling(SpecModel):
-    """A sampler and its arguments (``slidemap sample``)."""
-
-    name: str | None = None
-    method: Literal["grid", "random"]
-    overlap: float = Field(0.0, ge=0, lt=1)
-    count: int = Field(5000, ge=1)
-    require_landslide: bool = False
-    max_nodata: int = Field(0, ge=0)
-
-    @property
-    def label(self) -> str:
-        """How tables and folders name the sampler: its ``name``, else its method."""
-        return self.name or self.method
-
-
 class Model(SpecModel):
     """An architecture with one or several filter counts and batch sizes (each a grid axis)."""
 
@@ -203,47 +192,81 @@ class Model(SpecModel):
         return v
 
 
-def _train_value(name: str, value: Any) -> Any:
-    """``value`` of TrainOptions' field ``name`` as TrainOptions validates it (types, bounds, validators)."""
+def _stage_value(options: type[StageOptions], required: dict[str, Any], name: str, value: Any) -> Any:
+    """``value`` of the stage option ``name`` as the stage's options model validates it (types, bounds, checks)."""
     try:
-        return getattr(TrainOptions(chips=["."], out=".", **{name: value}), name)
+        return getattr(options(**required, **{name: value}), name)
     except UserError as e:  # "--lr -1: must be ...": the spec's own line names the key and the value
         raise ValueError(str(e).split(": ", 1)[-1]) from None
 
 
-def _check_training(cls: type, value: Any, info: ValidationInfo) -> Any:
-    name = str(info.field_name)
-    if name in TRAINING_AXES and isinstance(value, list):
+def _derived_model(name: str, options: type[StageOptions], required: dict[str, Any], left_out: Sequence[str],
+                   base: type[SpecModel], axes: Sequence[str] = (), doc: str = "") -> type[SpecModel]:
+    """A spec section holding a stage's options but ``left_out``, with the stage's defaults and checks.
+
+    Each field is checked by building the stage's options with it (``required`` fills the options the spec
+    section does not hold); a field in ``axes`` may also be a list of distinct values.
+    """
+    names = [n for n in options.model_fields if n not in left_out]
+    fields: dict[str, Any] = {n: (Any, options.model_fields[n].get_default(call_default_factory=True))
+                              for n in names}
+
+    def check(cls: type, value: Any, info: ValidationInfo) -> Any:
+        key = str(info.field_name)
+        if key not in axes or not isinstance(value, list):
+            return _stage_value(options, required, key, value)
         if not value or len(set(map(str, value))) != len(value):
             raise ValueError("give one value or a list of distinct values, e.g. [0.01, 0.001, 0.0001]")
         checked = []
         for v in value:
             try:
-                checked.append(_train_value(name, v))
+                checked.append(_stage_value(options, required, key, v))
             except ValueError as e:
                 raise ValueError(f"{v!r}: {e}") from None
         return checked
-    return _train_value(name, value)
 
-
-def _training_model() -> type[SpecModel]:
-    """``training:``: TrainOptions' fields less those the grid sets, with TrainOptions' defaults and checks."""
-    names = [n for n in TrainOptions.model_fields if n not in SET_BY_THE_GRID]
-    fields: dict[str, Any] = {n: (Any, TrainOptions.model_fields[n].get_default(call_default_factory=True))
-                              for n in names}
-    if "min_chips" not in TrainOptions.model_fields:  # until TrainOptions has it: the one definition
-        fields["min_chips"] = (int, Field(32, ge=1))
-    check = field_validator(*names)(_check_training)
-    model = create_model("Training", __base__=SpecModel, __validators__={"_train_options": check}, **fields)
-    model.__doc__ = ("What every run shares (each of lr, loss, epochs, patience may be a list: an axis of the "
-                     "grid): the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
+    model = create_model(name, __base__=base, __validators__={"_stage_checks": field_validator(*names)(check)},
+                         **fields)
+    model.__doc__ = doc
     return model
 
 
-if TYPE_CHECKING:  # built from TrainOptions at import time; its fields are TrainOptions' (see the docstring)
+class _SamplerName(SpecModel):
+    """What a sampler of the spec adds to the sample stage's options: a name for tables and folders."""
+
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How tables and folders name the sampler: its ``name``, else its method."""
+        return self.name or str(getattr(self, "method"))  # noqa: B009 - the field comes from SampleOptions
+
+    def options(self) -> dict[str, Any]:
+        """The sample stage's options this sampler sets."""
+        return self.model_dump(exclude={"name"})
+
+
+class _TrainingBase(SpecModel):
+    """What ``training:`` adds to TrainOptions' fields: what only an experiment decides."""
+
+    if "min_chips" not in TrainOptions.model_fields:  # until TrainOptions has it: its one definition
+        min_chips: int = Field(32, ge=1)
+        """The fewest training chips a run trains on, after its validation split; fewer stops the run."""
+
+
+if TYPE_CHECKING:  # built from the stages' options at import time; their fields are the stages' (docstrings)
+    Sampling = Any
     Training = Any
 else:
-    Training = _training_model()
+    Sampling = _derived_model(
+        "Sampling", SampleOptions, {"scene": ".", "out": "."}, SET_BY_THE_SAMPLER, _SamplerName,
+        doc="A sampler: the options of slidemap.stages.sample.SampleOptions but those each chip set sets "
+            "(scene, out, size, seed, area), and a name.")
+    Training = _derived_model(
+        "Training", TrainOptions, {"chips": ["."], "out": "."}, SET_BY_THE_GRID, _TrainingBase, TRAINING_AXES,
+        doc="What every run shares (each of lr, loss, epochs, patience may be a list: an axis of the grid): "
+            "the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
+
 
 class Scenario(SpecModel):
     """Which sites train one model (one, several, all) and whose test areas it is evaluated on.
@@ -341,6 +364,12 @@ class Spec(SpecModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
+        for i, sampler in enumerate(self.sampling):  # what depends on the patch size (max_nodata's bound)
+            for size in self.sizes:
+                try:
+                    SampleOptions(scene=".", out=".", size=size, **sampler.options())
+                except UserError as e:
+                    raise ValueError(f"sampling.{i} at size {size}: {e}") from None
         for name, sc in self.all_scenarios().items():
             for role, sites in (("train", sc.train), ("test", sc.test or [])):
                 unknown = [s for s in sites if s not in self.sites]
