@@ -193,7 +193,8 @@ def _area_box(scene: Scene, name: str, size: int, max_nodata: int, max_unknown: 
     mask = scene.read_mask(window=win)
     no_truth = mask == NODATA_MASK
     if scene.mask_marks_unknown:  # 255 in mask.tif is also imagery whose truth is unknown: the stack tells
-        nodata = np.isnan(scene.read(window=win, bands=scene.bands[:1])[0])
+        with open_raster(scene.stack_path, f"SCENE {scene.path}: stack.tif", need_crs=False) as ds:
+            nodata = ds.read_masks(1, window=win) == 0  # stack.tif's nodata is NaN in every band at once
         unknown = no_truth & ~nodata
     else:
         nodata, unknown = no_truth, None
