@@ -9,10 +9,11 @@ relative to the spec file. The grid is the cross product of the axes (scenario x
 size x architecture x filters x batch size x the training settings given as lists x seed), trimmed by
 ``only:`` and ``exclude:``.
 
-Two parts are the stages' own options models, so that a stage's option is a spec key the day it exists:
-a site's ``prepare:`` is ``slidemap.stages.prepare.PrepareOptions`` (less ``out``, which the experiment
-sets), and ``training:`` holds every field of ``slidemap.stages.train.TrainOptions`` that the grid and the
-runner do not set themselves, with its default, checked by TrainOptions' own validators.
+Three parts are the stages' own options, so that a stage's option is a spec key the day it exists: a
+site's ``prepare:`` is ``slidemap.stages.prepare.PrepareOptions`` (less ``out``, which the experiment sets);
+a sampler holds the fields of ``slidemap.stages.sample.SampleOptions`` that no chip set sets itself, and
+``training:`` those of ``slidemap.stages.train.TrainOptions`` that no axis or the runner sets, each with the
+stage's default and checked by the stage's own validators.
 """
 
 from __future__ import annotations
