@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from slidemap import __version__
 from slidemap.errors import UserError
 from slidemap.formats.files import sha256
 from slidemap.formats.qgis import write_fill_style
@@ -55,6 +54,7 @@ from slidemap.nn.engines import (
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.maps import LANDSLIDE_RGB
 from slidemap.stages.options import StageOptions, StageResult
+from slidemap.version import __version__
 
 THRESHOLD_DECIMALS = 2
 """Decimals of Deepness's probability-threshold box: it rounds the file's ``seg_thresh`` to these."""
