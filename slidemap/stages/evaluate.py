@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import rasterio
 from pydantic import Field
-from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -240,7 +239,7 @@ def truth_reader(truth_ds: rasterio.io.DatasetReaderBase, grid: Grid,
         try:
             reproject(rasterio.band(truth_ds, 1), out, dst_transform=window_transform(w, grid.transform),
                       dst_crs=grid.crs, src_nodata=NODATA, dst_nodata=NODATA, resampling=Resampling.nearest)
-        except (rasterio.errors.RasterioError, CPLE_BaseError) as e:
+        except Exception as e:  # noqa: BLE001 - GDAL's read errors come as classes rasterio does not make public
             raise UserError(f"--truth {path}: cannot be read ({str(e).splitlines()[0][:160]}); the file is "
                             f"truncated or corrupt, write it again") from None
         return out
