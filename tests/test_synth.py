@@ -35,7 +35,12 @@ FILES = ("image", "dem", "inventory", "areas")
 
 # sha256 of the files synth wrote at three settings before it became a package (commit 8bbb54b, GDAL and
 # PROJ of the project venv). They change only when synth's output is *meant* to change: a refactoring,
-# or a new parameter left at its default, must keep every byte.
+# or a new parameter left at its default, must keep every byte. image.tif's digital numbers round float
+# arithmetic whose last bits follow the SIMD kernels numpy dispatches on the CPU, so it has one hash per
+# kernel family: AVX-512 (Zen 4, Xeon) and AVX2 only (Zen 3), both checked with the same code (be903a3).
+IMAGE_AVX2 = {"seed0": "71bdcb4c58e3290d2e0b6befaae7ac47eab889ad8895a912452a90f3ad84f3f9",
+              "seed3-768": "7c6be5b8633303b6c944d12e4ecd70d866fb6fdb5a99134c10bc4c99334a5b6a",
+              "seed1-10m-nostripe": "e3a237668d25289b6bcce156e9efa5d8a6307acf56f3526fc03891eebb3112ca"}
 REFERENCE = [
     ({"seed": 0, "size": 512},
      {"image": "51b10e4ccf0be7aa5d52ea711a1b350b6f68d2c9352471b98313097e931432f7",
@@ -88,10 +93,13 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, stud
         assert sha256(other[role]) != sha256(study[role]), role
 
 
-@pytest.mark.parametrize("kwargs, hashes", REFERENCE, ids=["seed0", "seed3-768", "seed1-10m-nostripe"])
-def test_reference_outputs_are_byte_identical(tmp_path, kwargs, hashes):
+@pytest.mark.parametrize("case", range(len(REFERENCE)), ids=list(IMAGE_AVX2))
+def test_reference_outputs_are_byte_identical(tmp_path, case):
+    kwargs, hashes = REFERENCE[case]
     paths = synthesize(tmp_path / "ref", **kwargs)
-    assert {role: sha256(paths[role]) for role in hashes} == hashes
+    found = {role: sha256(paths[role]) for role in hashes}
+    assert found["image"] in (hashes["image"], IMAGE_AVX2[list(IMAGE_AVX2)[case]])
+    assert {k: v for k, v in found.items() if k != "image"} == {k: v for k, v in hashes.items() if k != "image"}
 
 
 def test_image_format(study):
