@@ -73,6 +73,7 @@ BAD_SPECS = [
     ("sites: {a: {synth: {seed: 1}}}\nscenarios: {x: {train: [b]}}\n", "unknown site b"),
     ("sites: {a: {synth: {seed: 1}}}\ndatasets: {d: {bands: [red, swir9]}}\n", "site a has no band swir9"),
     ("sites: {a: {synth: {seed: 1, wobble: 2}}}\n", "unknown synth parameter wobble"),
+    ("sites: {a: {synth: {size: 192}}}\n", "sites.a.synth: --size 192: too small for a train and two test areas"),
     ("sites: {a: {synth: {seed: 1}, scene: x}}\n", "exactly one of scene, prepare, synth, l4s"),
     ("sites: {a: {synth: {seed: 1}}}\nmodels: [{architecture: vgg}]\n", "models.0.architecture"),
     ("sites: {a: {synth: {seed: 1}}}\ntraining: {epochs: 0}\n", "training.epochs"),
@@ -339,6 +340,29 @@ def test_training_lists_are_axes_named_only_where_they_vary(tmp_path):
     plain = make_plan(load_spec(write_spec(tmp_path, "sites: {a: {synth: {seed: 1}}}\n", "plain.yaml")),
                       tmp_path / "out")
     assert [r.name for r in plain.runs] == ["a__all__grid__128__unet__f16__b16__s0"]
+
+
+def test_a_learning_rate_axis_runs_once_per_value_and_a_rerun_redoes_nothing(tmp_path):
+    spec = write_spec(tmp_path, """\
+        resources: {cpus: 1}
+        sites: {hills: {synth: {seed: 1, size: 256, landslides: 30}}}
+        sampling: [{method: grid, overlap: 0.5}]
+        sizes: [32]
+        models: [{architecture: unet, filters: 4, batch_size: 8}]
+        training: {lr: [0.01, 0.001], epochs: 1, patience: 0, precision: "32", min_chips: 8}
+        """)
+    lines: list[str] = []
+    assert run_experiment(spec, tmp_path / "out", log=lines.append)[:2] == (2, 0)
+    r = [x for x in rows(tmp_path / "out" / "results.csv") if not x["pooled"]]
+    assert sorted({(x["lr"], x["epochs"], x["patience"], x["loss"]) for x in r}) == [
+        ("0.001", "1", "0", "bce"), ("0.01", "1", "0", "bce")]
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == [
+        "hills__all__grid__32__unet__f4__b8__lr0.001__s0", "hills__all__grid__32__unet__f4__b8__lr0.01__s0"]
+    bundles = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("bundle.pt")}
+    lines.clear()
+    assert run_experiment(spec, tmp_path / "out", log=lines.append)[:2] == (2, 0)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "runs").rglob("bundle.pt")} == bundles
+    assert any(line.startswith("2 runs, 2 already recorded, 0 to run") for line in lines), lines
 
 
 def test_precision_is_resolved_once_and_a_different_one_refused(done):
