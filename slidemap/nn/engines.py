@@ -285,7 +285,7 @@ def export_paths(onnx_path: Path) -> dict[str, Path]:
 
 def engine_versions() -> dict[str, str]:
     """The versions an export was made with (recorded, for the reader; any later ONNX Runtime reads it)."""
-    from slidemap import __version__
+    from slidemap.version import __version__
 
     out = {"torch": torch.__version__, "slidemap": __version__}
     with contextlib.suppress(ImportError):

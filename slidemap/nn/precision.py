@@ -34,9 +34,12 @@ def precision_field(precision: str) -> str:
 
 
 def check_engine(engine: str | None) -> str:
-    """``torch``, ``onnx``, ``onnx-int8`` or ``auto``; anything else is a UserError."""
-    if engine is None or engine == "auto":
-        return "auto"
+    """``torch`` (also for None), ``onnx`` or ``onnx-int8``; anything else, ``auto`` included, is a UserError.
+
+    ONNX Runtime runs only when asked: there is no automatic choice of engine.
+    """
+    if engine is None:
+        return "torch"
     if engine not in ENGINES:
-        raise UserError(f"--engine {engine}: use auto, torch, onnx or onnx-int8")
+        raise UserError(f"--engine {engine}: use torch, onnx or onnx-int8 (ONNX Runtime only when asked)")
     return engine

@@ -71,7 +71,7 @@ from slidemap.formats.gdal import (
 from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Threshold
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import Bundle, load_bundle
-from slidemap.nn.device import check_precision
+from slidemap.nn.device import check_engine, check_precision
 from slidemap.nn.inference import iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
@@ -87,7 +87,7 @@ from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import StageOptions, StageResult
 from slidemap.stages.patches import predict_patches
-from slidemap.stages.runners import PredictWarning, Runner, build_runner, check_predict_engine
+from slidemap.stages.runners import PredictWarning, Runner, build_runner
 
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
@@ -154,7 +154,7 @@ class PredictOptions(StageOptions):
             raise ValueError("--submission goes with --chips (a Landslide4Sense patch set)")
         check_tiling(self.tile, self.overlap)
         check_precision(self.precision)
-        check_predict_engine(self.engine)
+        check_engine(self.engine)
         if self.onnx_model is not None and self.engine == "torch":
             raise ValueError("--onnx-model goes with --engine onnx or onnx-int8")
         return self

@@ -28,21 +28,13 @@ class PredictWarning(UserWarning):
     """Something the user should know about an input that prediction could still use."""
 
 
-def check_predict_engine(engine: str | None) -> str:
-    """``torch``, ``onnx`` or ``onnx-int8`` (no ``auto``: ONNX Runtime runs only when asked); else a UserError."""
-    name = check_engine(engine)
-    if name == "auto":
-        raise UserError(f"--engine {engine}: use torch, onnx or onnx-int8 (ONNX Runtime only when asked)")
-    return name
-
-
 def build_runner(bundle: Bundle, device: str = "auto", precision: str = "auto", engine: str = "torch",
                  onnx_model: Path | None = None) -> tuple[Runner, dict[str, Any]]:
     """The runner of ``bundle`` for these options, and what prediction.json records of it (``engine_choice``).
 
     The runner holds no state between calls: the areas of one run may share it.
     """
-    engine = check_predict_engine(engine)
+    engine = check_engine(engine)
     name = check_precision(precision)
     if onnx_model is not None and engine == "torch":
         raise UserError(f"--onnx-model {onnx_model}: goes with --engine onnx or onnx-int8")

@@ -519,10 +519,10 @@ def bundle_chips(bundle: Any, calibration: int = 64, max_val: int = 512) -> dict
     for i, p in enumerate(paths):
         if not (Path(p) / "chips.json").is_file():
             raise UserError(f"MODEL {bundle.name}: its training chip set {p} is gone; int8 calibration and "
-                            f"the engines' accuracy check need it (use --engine torch or onnx)")
+                            f"the engines' accuracy check need it (export without --int8)")
         if i < len(hashes) and sha256(Path(p) / "chips.json") != hashes[i]:
             raise UserError(f"MODEL {bundle.name}: its training chip set {p} changed since training; "
-                            f"use --engine torch or onnx")
+                            f"export without --int8")
         chipsets.append(ChipSet(p))
     split = _split(chipsets, float(options.get("val_fraction", 0.3)), int(options.get("seed", 0)))
     normalise = bundle.normaliser()
@@ -551,7 +551,7 @@ def _read_chips(chipsets: list[ChipSet], bands: list[str], normalise: Normaliser
             images.append(normalise(raw))
             if c.masks is None:  # deleted since training (chips.json, which is checked, is unchanged)
                 raise UserError(f"CHIPS {c.path}: masks.npy is gone; the engines' accuracy check needs it "
-                                f"(use --engine torch or onnx)")
+                                f"(export without --int8)")
             m = np.array(c.masks[local], dtype=np.uint8)
             m[nodata] = 255
             masks.append(m)
