@@ -178,11 +178,14 @@ class Dataset(SpecModel):
 
 
 class Model(SpecModel):
-    """An architecture with one or several filter counts and batch sizes (each a grid axis)."""
+    """An architecture with one or several filter counts and batch sizes (each a grid axis).
 
-    architecture: Literal["unet", "resunet"] = "unet"
-    filters: list[int] = [16]
-    batch_size: list[int] = [16]
+    Names, defaults and bounds are TrainOptions' (``model``, ``filters``, ``batch_size``).
+    """
+
+    architecture: str = TrainOptions.model_fields["model"].default
+    filters: list[int] = [TrainOptions.model_fields["filters"].default]
+    batch_size: list[int] = [TrainOptions.model_fields["batch_size"].default]
     model_args: dict[str, Any] = {}
 
     @field_validator("filters", "batch_size", mode="before")
@@ -190,12 +193,26 @@ class Model(SpecModel):
     def _listed(cls, v: Any) -> Any:
         return [v] if isinstance(v, int) else v
 
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, v: str) -> str:
+        return _train_value("model", v)
+
     @field_validator("filters", "batch_size")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if not v or any(x < 1 for x in v):
-            raise ValueError("give positive whole numbers, e.g. [16, 32, 64]")
+    def _each(cls, v: list[int], info: ValidationInfo) -> list[int]:
+        if not v:
+            raise ValueError("give one or more whole numbers, e.g. [16, 32, 64]")
+        for x in v:
+            try:
+                _train_value(str(info.field_name), x)
+            except ValueError as e:
+                raise ValueError(f"{x}: {e}") from None
         return v
+
+
+def _train_value(name: str, value: Any) -> Any:
+    return _stage_value(TrainOptions, {"chips": ["."], "out": "."}, name, value)
 
 
 def _stage_value(options: type[StageOptions], required: dict[str, Any], name: str, value: Any) -> Any:
