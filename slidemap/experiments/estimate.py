@@ -156,12 +156,16 @@ def estimate_seconds(plan: Plan, precision: str, device: str, counts: dict[str, 
     when = (f"{total / 3600:.1f} h" if total >= 5400 else f"{total / 60:.0f} min" if total >= 60
             else f"{total:.0f} s")
     left_out = f" ({unknown} runs left out: their sites' inputs do not open)" if unknown else ""
+    counted = sum(n is not None for n in counts.values())
+    guessed = (f"; chips counted for {counted} of {len(plan.chipsets)} chip sets, the others guessed from the "
+               f"train area's size and the sampler until their site is prepared" if counted < len(plan.chipsets)
+               else "")
     epochs = "/".join(str(e) for e in plan.spec.axis_values("epochs"))
     stopping = "; early stopping may end runs sooner" if any(plan.spec.axis_values("patience")) else ""
     return (f"estimated wall time: about {when}{left_out} for {epochs} epochs per run on this machine "
             f"({_cpu_name()}, {torch.get_num_threads()} threads, precision {precision} on {device}{stopping}): a "
             f"training step of each of the grid's {len(rates)} network shapes measured here ({calibration:.0f} s); "
-            f"the test-area predictions and each run's fixed costs not included")
+            f"the test-area predictions and each run's fixed costs not included{guessed}")
 
 
 def _cpu_name() -> str:
