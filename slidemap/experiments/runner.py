@@ -166,7 +166,7 @@ def training_settings(spec: Spec, coords: dict[str, Any]) -> dict[str, Any]:
     from slidemap.stages.train import TrainOptions
 
     given = spec.training.model_dump()
-    return {k: coords.get(k, v) for k, v in given.items() if k in TrainOptions.model_fields}
+    return {k: coords[k] if k in TRAINING_AXES else v for k, v in given.items() if k in TrainOptions.model_fields}
 
 
 def check_enough_chips(run: RunPlan, val_fraction: float, seed: int, min_chips: int) -> tuple[int, int]:
