@@ -109,7 +109,7 @@ def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
     stats = {b: BandStats(mean=1000.0, std=300.0) for b in BANDS}
     return save_bundle(path, net, BundleMeta(architecture="unet", model_args=net.config, bands=BANDS, stats=stats,
                                              patch_size=128, thresholds={"0.5": 0.5, "best": 0.5},
-                                             training={"bench": True}))
+                                             training={"bench": True})).path
 
 
 CHILD = """

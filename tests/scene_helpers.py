@@ -50,4 +50,4 @@ def untrained_bundle(path: Path, bands, recipe: Recipe | None = None, seed: int 
     meta = BundleMeta(architecture="unet", model_args=net.config, bands=list(bands), patch_size=32,
                       stats={b: {"mean": 0.0, "std": 1000.0} for b in bands},
                       thresholds={"0.5": 0.5, "best": 0.5}, recipe=recipe)
-    return save_bundle(path, net, meta)
+    return save_bundle(path, net, meta).path

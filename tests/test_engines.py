@@ -170,7 +170,7 @@ def test_an_export_of_another_bundle_is_refused(tiny_run, exported, tmp_path, ca
     net = bundle.build_model()
     with torch.no_grad():
         net.head.bias.add_(0.1)
-    other = save_bundle(tmp_path / "other.pt", net, bundle.meta)
+    other = save_bundle(tmp_path / "other.pt", net, bundle.meta).path
     assert main(["predict", str(other), "--scene", str(tiny_run["scene"]), "--out", str(tmp_path / "p"),
                  "--engine", "onnx", "--onnx-model", str(exported)]) == 2
     err = capsys.readouterr().err
@@ -265,7 +265,7 @@ def _lively_bundle(scene_path: Path, path: Path, postprocess=None) -> Path:
     meta = BundleMeta(architecture="unet", model_args=net.config, bands=scene.bands, stats=scene.stats,
                       patch_size=64, thresholds={"0.5": 0.5, "best": 0.4321}, postprocess=postprocess,
                       training={"pixel_size_m": list(scene.pixel_size_m)})
-    return save_bundle(path, net.eval(), meta)
+    return save_bundle(path, net.eval(), meta).path
 
 
 def _deepness(python: str, model: Path, raster: Path, classes: Path) -> dict:

@@ -40,7 +40,7 @@ def make_bundle(path, arch="unet", postprocess=None, pixel_size=(10.0, 10.0), se
                       stats={b: BandStats(mean=m, std=s) for b, m, s in zip(BANDS, MEANS, STDS, strict=True)},
                       patch_size=64, thresholds={"0.5": 0.5, "best": 0.4321}, postprocess=postprocess,
                       training={"pixel_size_m": list(pixel_size)} if pixel_size else {})
-    return save_bundle(path, net, meta)
+    return save_bundle(path, net, meta).path
 
 
 def raw_scene(n=2, h=96, w=80, seed=1):

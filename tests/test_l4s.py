@@ -386,7 +386,7 @@ def tiny_bundle(path: Path, bands: list[str], stats: dict, centre_on: np.ndarray
             model.head.bias.sub_(float(middle[k] + middle[k + 1]) / 2)
     meta = BundleMeta(architecture="unet", model_args=model.config, bands=bands, stats=stats, patch_size=128,
                       thresholds={"0.5": 0.5, "best": 0.5}, training={})
-    return save_bundle(path, model, meta)
+    return save_bundle(path, model, meta).path
 
 
 def predict_patches(bundle: Path, chips: Path, out: Path, **options) -> predict.PredictResult:
@@ -459,7 +459,7 @@ def _lively_patch_bundle(tmp_path: Path, chips: ChipSet, **meta) -> Path:
                       / np.array([s["std"] for s in stats.values()], np.float32)[:, None, None])
     path = tiny_bundle(tmp_path / "base.pt", list(L4S_BANDS), stats, centre_on=x.astype(np.float32))
     b = load_bundle(path)
-    return save_bundle(tmp_path / "bundle.pt", b.build_model(), b.meta.model_copy(update=meta))
+    return save_bundle(tmp_path / "bundle.pt", b.build_model(), b.meta.model_copy(update=meta)).path
 
 
 def test_submission_folder_holds_only_the_masks_and_the_zip_has_no_folder(tmp_path, capsys):

@@ -31,7 +31,7 @@ def parse_qml(path: Path) -> ET.Element:
 def predicted(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
     scene, net, _ = lively_scene(root, 96)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats))
+    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats)).path
     out = root / "pred"
     predict(bundle, out, scene=scene.path, tile=64, overlap=32, evaluate=True)
     return {"root": root, "scene": scene, "bundle": bundle, "out": out}

@@ -188,7 +188,7 @@ def study(tmp_path_factory):
     pp = PostProcess(threshold=0.45, opening=1, closing=1, fill_holes=16, min_pixels=6)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
                                                               thresholds={"0.5": 0.5, "best": 0.6},
-                                                              postprocess=pp))
+                                                              postprocess=pp)).path
     return {"root": root, "scene": scene, "bundle": bundle, "pp": pp}
 
 

@@ -233,7 +233,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     scene, net, r = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
     bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
-                                                              thresholds={"0.5": 0.5, "best": 0.6}))
+                                                              thresholds={"0.5": 0.5, "best": 0.6})).path
     return {"root": root, "rasters": r, "scene": scene, "bundle": bundle}
 
 
@@ -379,7 +379,7 @@ def test_a_predict_that_fails_in_its_reader_leaves_no_output(study, monkeypatch)
 
 def test_band_mismatch_names_missing_and_extra_bands(study, tmp_path):
     net = build_model("unet", in_channels=3, filters=4)
-    bundle = save_bundle(tmp_path / "b.pt", net, bundle_meta(["red", "nir", "swir"], net))
+    bundle = save_bundle(tmp_path / "b.pt", net, bundle_meta(["red", "nir", "swir"], net)).path
     with pytest.raises(UserError) as e:
         predict(bundle, tmp_path / "pred", scene=study["scene"].path)
     msg = str(e.value)
@@ -634,21 +634,20 @@ def test_a_runner_built_once_serves_several_predictions_as_its_own_would(study, 
         assert (tmp_path / "shared_test_b" / name).read_bytes() == (tmp_path / "own" / name).read_bytes(), name
 
 
-def test_a_saved_bundle_hands_over_its_network_and_predicts_as_its_file(study, tmp_path):
-    """What train gives the experiment runner: the bundle as written, whose first network is the one it was
-    saved from (no second build); its predictions are the file's, byte for byte."""
+def test_a_saved_bundle_predicts_as_its_file(study, tmp_path):
+    """What train gives the experiment runner: the bundle as written, weights in memory; it pickles to a
+    worker, and its predictions are the file's, byte for byte."""
     import pickle
 
-    from slidemap.nn.bundle import load_bundle, saved_bundle
+    from slidemap.nn.bundle import load_bundle, save_bundle
 
     loaded = load_bundle(study["bundle"])
-    net = loaded.build_model()
-    saved = saved_bundle(tmp_path / "bundle.pt", net, loaded.meta)
-    assert pickle.loads(pickle.dumps(saved)).network is None  # a worker gets weights, not the network
-    assert saved.build_model() is net and saved.build_model() is not net  # handed over once
-    fresh = saved_bundle(tmp_path / "bundle.pt", load_bundle(study["bundle"]).build_model(), loaded.meta)
+    saved = save_bundle(tmp_path / "bundle.pt", loaded.build_model(), loaded.meta)
+    assert saved.path == tmp_path / "bundle.pt"
+    travelled = pickle.loads(pickle.dumps(saved))
+    assert all(torch.equal(travelled.state_dict[k], v) for k, v in loaded.state_dict.items())
     a, b = tmp_path / "in_memory", tmp_path / "from_file"
-    predict(fresh, a, scene=study["scene"].path, tile=96, overlap=32)
+    predict(saved, a, scene=study["scene"].path, tile=96, overlap=32)
     predict(load_bundle(tmp_path / "bundle.pt"), b, scene=study["scene"].path, tile=96, overlap=32)
     for name in ("mask.tif", "probability.tif", "landslides.gpkg"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name

@@ -78,7 +78,7 @@ def test_rows_read_twice_count_once_and_nan_never():
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("shift")
     scene, net, r = lively_scene(root, 96)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats))
+    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats)).path
     # the same scene with its image bands stored 10000x larger (reflectance 0-1 vs 0-10000, say)
     scaled = root / "scaled"
     shutil.copytree(scene.path, scaled)

@@ -6,9 +6,9 @@ here a bundle becomes the very network it was saved from, with its normaliser an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,17 +27,6 @@ class Bundle:
     meta: BundleMeta
     state_dict: dict[str, torch.Tensor]
     path: Path | None = None
-    runners: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
-    """Inference runners built from this bundle, by setting: one run of a grid predicts several areas."""
-    network: torch.nn.Module | None = field(default=None, repr=False, compare=False)
-    """The network the weights were saved from (``saved_bundle``), handed over by the first ``build_model``."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (to a worker process or a Ray task) without its runners and the network it was saved from.
-
-        An ONNX session does not travel; the network's weights travel in ``state_dict``.
-        """
-        return {**self.__dict__, "runners": {}, "network": None}
 
     @property
     def name(self) -> str:
@@ -77,17 +66,11 @@ class Bundle:
     def build_model(self) -> SegmentationNet:
         """The network with the bundle's weights, in eval mode.
 
-        Weights that do not fit the description are a one-line UserError. A bundle just saved from a network
-        hands that very network over the first time (building another takes 5-10 ms for a small U-Net, of a
-        grid run's ~0.2 s of fixed cost); it shares its weights' storage with ``state_dict``.
+        Weights that do not fit the description are a one-line UserError.
         """
         from slidemap.nn.models import build_model
 
-        if self.network is not None:
-            network, self.network = self.network, None
-            return cast("SegmentationNet", network.eval())
-
-        with torch.device("meta"):  # no random initialisation of weights about to be replaced (17 ms a U-Net)
+        with torch.device("meta"):  # no random initialisation of weights about to be replaced
             model = build_model(self.meta.architecture, in_channels=len(self.bands), **self.meta.model_args)
         try:
             weights = {k: v.clone(memory_format=torch.contiguous_format) for k, v in self.state_dict.items()}
@@ -108,15 +91,7 @@ def load_bundle(path: str | Path, option: str = "MODEL") -> Bundle:
     return Bundle(meta, state, p)
 
 
-def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Path:
-    """Write ``model``'s weights with ``meta`` atomically."""
-    return cast(Path, saved_bundle(path, model, meta).path)
-
-
-def saved_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Bundle:
-    """Write ``model``'s weights with ``meta`` atomically; returns the bundle ``load_bundle`` would read back.
-
-    A caller that goes on to predict (the experiment runner) keeps it rather than reading the file again.
-    """
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return Bundle(meta, state, write_bundle_file(path, meta, state), network=model)
+def save_bundle(path: str | Path, model: torch.nn.Module, meta: BundleMeta) -> Bundle:
+    """Write ``model``'s weights with ``meta`` atomically; returns the bundle as ``load_bundle`` would read it."""
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    return Bundle(meta, state, write_bundle_file(path, meta, state))

@@ -40,7 +40,7 @@ from slidemap.formats.bundle import BundleMeta, PostProcess
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
-from slidemap.nn.bundle import Bundle, saved_bundle
+from slidemap.nn.bundle import Bundle, save_bundle
 from slidemap.nn.device import PrecisionChoice, choose_precision, precision_field, resolve_device
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
@@ -286,7 +286,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Pr
                   **({"pixel_size_m": list(pixel_sizes[0])} if pixel_sizes[0] else {})},
         recipe=_recipe(chipsets))
     write_json(out / "summary.json", summary)
-    bundle = saved_bundle(out / "bundle.pt", net.cpu(), meta)
+    bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
     if not o.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return TrainResult(run=out, bundle=cast(Path, bundle.path), summary=summary, model=bundle)
