@@ -108,7 +108,7 @@ def check_inputs(spec: Spec, strict: bool = True) -> list[str]:
 def _site_checks(name: str, site: Site) -> list[Callable[[], str]]:
     """One check per input of a site, each returning its description line."""
     from slidemap.formats.files import require_dir, require_file
-    from slidemap.formats.gdal import is_raster
+    from slidemap.formats.gdal import is_raster, open_raster
 
     where = f"sites.{name}"
     if site.scene is not None:
@@ -118,6 +118,9 @@ def _site_checks(name: str, site: Site) -> list[Callable[[], str]]:
             from slidemap.formats.scene import Scene
 
             sc = Scene(scene, f"{where}.scene")
+            for path, what in ((sc.stack_path, "stack.tif"), (sc.mask_path, "mask.tif")):
+                with open_raster(path, f"{where}.scene {what}"):
+                    pass
             return f"{where}.scene {sc.path}: {len(sc.bands)} bands ({', '.join(sc.bands)}), {len(sc.meta.areas)} areas"
 
         return [described_scene]
