@@ -379,6 +379,24 @@ def test_precision_is_resolved_once_and_a_different_one_refused(done):
         (done / "out" / "experiment.json").write_text(json.dumps(record))
 
 
+def test_an_experiment_whose_samplers_gained_an_option_continues(done, tmp_path):
+    """A sampler recorded before the sample stage had an option (here max_unknown) is the same sampler."""
+    import json
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(done / "out", out)
+    record = json.loads((out / "experiment.json").read_text())
+    for sampler in record["spec"]["sampling"]:
+        del sampler["max_unknown"]
+    (out / "experiment.json").write_text(json.dumps(record))
+    assert run_experiment(done / "spec.yaml", out, log=lambda t: None)[:2] == (3, 0)
+    record["spec"]["sampling"][0]["overlap"] = 0.5
+    (out / "experiment.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="sampling: an entry changed since the first run"):
+        run_experiment(done / "spec.yaml", out, log=lambda t: None)
+
+
 def test_added_grid_points_continue_the_experiment(done):
     grown = write_spec(done, SPEC.replace("only: [", "only: [{scenario: both, dataset: rgb, sampling: random}, "),
                        "grown.yaml")

@@ -347,7 +347,9 @@ def _first_difference(old: Any, new: Any, path: str) -> str | None:
                 return d
         return None
     if isinstance(old, list) and isinstance(new, list) and path.split(".")[0] in ("sampling", "models"):
-        return None if all(o in new for o in old) else f"{path}: an entry changed"
+        # an entry may gain keys (an option added to the stage since), never change or lose one
+        kept = all(any(_first_difference(o, n, path) is None for n in new) for o in old)
+        return None if kept else f"{path}: an entry changed"
     if old != new:
         return f"{path}: changed (was {json.dumps(old)}, now {json.dumps(new)})"
     return None
