@@ -1,27 +1,19 @@
-"""slidemap beside study 000's framework (Keras / TensorFlow), in one run: training chips/s per precision and
-layout, prediction Mpx/s per engine (end to end and network only), each engine's validation F1, and what
-``auto`` picks on this machine (marked ``*``).
+"""slidemap beside study 000's framework (Keras / TensorFlow), in one sitting: the two speed ratios.
 
     python bench/bench_engines.py --keras-python /work/keras-venv/bin/python
-    python bench/bench_engines.py --section predict --keep         # reuse the scene, chips and run
-    python bench/bench_engines.py --section predict --run slidemap-demo/run --scene slidemap-demo/scene
-    python bench/bench_engines.py --section train --epochs 2
+    python bench/bench_engines.py --keras-python ... --keep /tmp/engines   # reuse the scene and the run
 
-Setup (once, kept with ``--keep``): a synthetic study area (``slidemap.sources.synth``, 7 bands at 5 m,
-``--scene-size`` px), prepared into a scene, cut into 128 px grid chips, and a U-Net-16 trained on them for
-a few epochs, so the int8 engine can be calibrated on the run's own training chips and every engine's
-validation F1 compared on its validation chips.
+- **training**: chips/s of U-Net-16 training steps (128 px, batch 16, the scene's 7 bands, Adam + BCE) in the
+  precision ``--precision auto`` takes on this machine (and fp32 beside it), timed round-robin with Keras's
+  ``train_on_batch`` of the same network, batch, patch and bands, so load hits both alike;
+- **prediction**: ``slidemap predict`` end to end (GeoTIFF in -> probability.tif, mask.tif, landslides.gpkg,
+  overviews) of a synthetic scene with a trained U-Net-16, Mpx/s, beside Keras's network alone on one
+  1,024² pass (study 000 fed its test areas in one pass) taken just before and after.
 
-- **train**: ``slidemap.stages.train.run`` for one ``--epochs`` run per setting (fp32 and bf16 autocast,
-  channels-last and NCHW), chips/s over the training part of the epochs (``summary.json``), then what
-  ``--precision auto`` picks (its measured rates are in the cache, ``slidemap info``); Keras: the same
-  U-Net, batch, patch and bands (``bench/keras_unet.py`` in its own virtual environment).
-- **predict**: ``slidemap.stages.predict.run`` over the whole scene (GeoTIFF in -> probability.tif,
-  mask.tif, landslides.gpkg, overviews) per engine, Mpx/s end to end; the network alone on 4 x 512² tiles
-  per engine; Keras: the network alone, one 1,024² pass and 4 x 512² tiles.
-
-Load on a shared machine moves every figure: the load average is printed before each section, and ratios
-are only meaningful between rows of the same run. Nothing here is a test.
+The CPU class decides the targets: a CPU with fast bf16 (``auto`` takes bf16: AMX) should train >= 3x and
+predict end to end >= 1.5x Keras; one without >= 1.4x and >= 1.2x. Keras runs in its own virtual
+environment (TensorFlow and torch do not share one here): ``python3 -m venv /work/keras-venv &&
+/work/keras-venv/bin/pip install tensorflow-cpu keras``. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -32,62 +24,19 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, load_average  # noqa: E402
 
-
-def machine_lines() -> list[str]:
-    from slidemap.nn.device import machine
-
-    m = machine()
-    return [f"CPU: {m['cpu']} ({m['vendor']} family {m['family']} model {m['model']}), flags "
-            f"{', '.join(m['flags'])}, {os.cpu_count()} cores, {m['threads']} torch threads",
-            "versions: " + ", ".join(f"{k} {m[k]}" for k in ("torch", "onnxruntime", "slidemap") if k in m)]
-
-
-def setup(work: Path, scene_size: int, epochs: int, keep: bool) -> dict:
-    from slidemap.sources.synth import synthesize
-    from slidemap.stages import prepare, sample, train
-
-    if (work / "run" / "bundle.pt").is_file() and keep:
-        return {"scene": work / "scene", "chips": work / "chips", "run": work / "run"}
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    t0 = time.perf_counter()
-    data = synthesize(work / "data", seed=0, size=scene_size, landslides=max(40, scene_size // 12))
-    scene = prepare.run(prepare.PrepareOptions(images=[data["image"]], out=work / "scene", dem=data["dem"],
-                                               inventory=data["inventory"], areas=data["areas"]))
-    chips = sample.run(sample.SampleOptions(scene=scene.path, out=work / "chips", size=128, overlap=0.25))
-    run = train.run(train.TrainOptions(chips=[chips.path], out=work / "run", filters=16, epochs=epochs,
-                                       patience=0, progress=False, precision="32", channels_last=True,
-                                       loss="bce+dice"))
-    print(f"setup: {scene_size}² scene, {chips.meta.count} chips of 128 px, U-Net-16 trained {epochs} epochs "
-          f"(val F1 {run.summary.val_f1_at_best}) in {time.perf_counter() - t0:.0f} s")
-    return {"scene": scene.path, "chips": chips.path, "run": run.run}
-
-
-def keras(python: str | None, bands: int, skip_train: bool) -> dict:
-    if not python:
-        return {}
-    script = Path(__file__).resolve().parent / "keras_unet.py"
-    cmd = [python, str(script), "--bands", str(bands)] + (["--skip-train"] if skip_train else [])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        print(f"keras failed: {proc.stderr.strip().splitlines()[-1:]}")
-        return {}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+TARGETS = {True: (3.0, 1.5), False: (1.4, 1.2)}
+"""(training, prediction) ratio to Keras by CPU class: fast bf16 or not."""
 
 
 class KerasServer:
-    """bench/keras_unet.py --serve in its own venv: one timed Keras call per request, so Keras's figures are
-    taken in the same minutes as slidemap's, alternating with them (round-robin)."""
+    """bench/keras_unet.py --serve in its own venv: one timed Keras call per request, interleaved with ours."""
 
     def __init__(self, python: str, bands: int) -> None:
         script = Path(__file__).resolve().parent / "keras_unet.py"
@@ -96,209 +45,146 @@ class KerasServer:
         self.proc = subprocess.Popen([python, str(script), "--bands", str(bands), "--serve"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, bufsize=1)
-        self.framework = json.loads(self.proc.stdout.readline())["framework"]
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.framework = json.loads(self.stdout.readline())["framework"]
 
     def seconds(self, cmd: str) -> float:
-        self.proc.stdin.write(cmd + "\n")
-        return float(self.proc.stdout.readline())
+        self.stdin.write(cmd + "\n")
+        return float(self.stdout.readline())
 
     def close(self) -> None:
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
+        self.stdin.write("quit\n")
+        self.stdin.close()
         self.proc.wait(timeout=60)
 
 
-def _with_threads(n: int, fn):
+def setup(work: Path, scene_size: int, epochs: int) -> dict[str, Path]:
+    """A synthetic scene, 128 px chips and a U-Net-16 trained on them (kept in ``work``)."""
+    from slidemap.sources.synth import synthesize
+    from slidemap.stages import prepare, sample, train
+
+    if (work / "run" / "bundle.pt").is_file():
+        return {"scene": work / "scene", "run": work / "run"}
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data = synthesize(work / "data", seed=0, size=scene_size, landslides=max(40, scene_size // 12))
+    scene = prepare.run(prepare.PrepareOptions(images=[data["image"]], out=work / "scene", dem=data["dem"],
+                                               inventory=data["inventory"], areas=data["areas"]))
+    chips = sample.run(sample.SampleOptions(scene=scene.path, out=work / "chips", size=128, overlap=0.25))
+    run = train.run(train.TrainOptions(chips=[chips.path], out=work / "run", filters=16, epochs=epochs,
+                                       patience=0, progress=False, loss="bce+dice", min_chips=1))
+    print(f"setup: {scene_size}² scene, {chips.meta.count} chips of 128 px, U-Net-16 trained {epochs} epochs "
+          f"(val F1 {run.summary.val_f1_at_best})")
+    return {"scene": scene.path, "run": run.run}
+
+
+def training_rates(bands: int, precisions: list[str], server: KerasServer | None,
+                   seconds: float) -> dict[str, float]:
+    """Chips/s of slidemap's training step per precision and of Keras's, round-robin for ``seconds``."""
     import torch
 
-    def run():
-        old = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(old)
-    return run
+    from slidemap.nn.device import AUTOCAST_DTYPE
+    from slidemap.nn.losses import masked_bce
+    from slidemap.nn.models import build_model
 
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, bands, 128, 128, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(16, 1, 128, 128, generator=gen) > 0.9).to(torch.uint8)[:, 0]
 
-def section_steps(bands: int, keras_python: str | None, seconds: float, one_thread: bool = False) -> None:
-    """Training steps, round-robin: every torch setting and Keras in the same rounds (fair under load)."""
-    import torch
+    def step_of(precision: str):  # the step SegmentationTask takes: forward, masked BCE, backward, fused Adam
+        net = build_model("unet", in_channels=bands, filters=16).to(memory_format=torch.channels_last).train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+        dtype = AUTOCAST_DTYPE[precision]
 
-    from slidemap.nn.device import measure
-    from slidemap.nn.task import training_probe
+        def step() -> float:
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                loss = masked_bce(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return 16.0
 
-    print(f"\n## training steps, round-robin with Keras (U-Net-16, 128 px, batch 16, {bands} bands, "
-          f"Adam + BCE), load {load_average()}")
-    probe = training_probe("unet", bands, 16, {}, 128, 16, torch.device("cpu"), max_batch=16)
-    steps = {s.name: probe.step(s) for s in probe.candidates}
-    if one_thread:  # what a machine other jobs keep busy does with one thread (docs/performance.md)
-        steps.update({f"{s.name}, 1 thread": _with_threads(1, probe.step(s)) for s in probe.candidates
-                      if s.channels_last})
-    server = KerasServer(keras_python, bands) if keras_python else None
+        return step
+
+    steps = {f"slidemap {p}": step_of(p) for p in precisions}
     if server:
         steps["keras"] = lambda: (server.seconds("train") > -1) * 16.0
-    rates = measure(steps, seconds=seconds, min_rounds=3)
-    keras_rate = rates.get("keras")
-    rows = [{"setting": n if n != "keras" else f"Keras ({server.framework}), fp32", "chips/s": round(r, 1),
-             "x Keras": round(r / keras_rate, 2) if keras_rate else ""} for n, r in rates.items()]
-    print(format_table(rows))
-    if server:
-        server.close()
-    print(f"load after: {load_average()}")
+    for fn in steps.values():  # warm-up: kernels chosen, memory touched
+        fn()
+    chips, spent = dict.fromkeys(steps, 0.0), dict.fromkeys(steps, 0.0)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or min(chips.values()) < 48:
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            chips[k] += fn()
+            spent[k] += time.perf_counter() - t0
+    return {k: chips[k] / spent[k] for k in steps}
 
 
-def section_train(paths: dict, epochs: int, keras_python: str | None) -> None:
-    import torch
-
-    from slidemap.formats.chips import ChipSet
-    from slidemap.nn.device import cpu_has_native_bf16, resolve_run
-    from slidemap.nn.task import training_probe
-    from slidemap.stages import train
-
-    print(f"\n## training (U-Net-16, 128 px, batch 16, {epochs} epoch(s) each; chips/s of the last epoch), "
-          f"load {load_average()}")
-    bands = len(ChipSet(paths["chips"]).bands)
-    settings = [("32", True), ("32", False)] + ([("bf16", True), ("bf16", False)] if cpu_has_native_bf16()
-                                                else [])
-    probe = training_probe("unet", bands, 16, {}, 128, 16, torch.device("cpu"))
-    auto = resolve_run("auto", "cpu", "torch", None, probe)
-    rows = []
-    for precision, cl in settings:
-        out = paths["run"].parent / f"train-{precision}-{cl}"
-        shutil.rmtree(out, ignore_errors=True)
-        r = train.run(train.TrainOptions(chips=[paths["chips"]], out=out, filters=16, epochs=epochs,
-                                         patience=0, progress=False, precision=precision, channels_last=cl))
-        name = f"torch-{'fp32' if precision == '32' else precision}" + ("" if cl else "-nchw")
-        timing = (out / "timing.csv").read_text().splitlines()
-        last = float(timing[-1].split(",")[3])  # the last epoch: past oneDNN's first-call set-up, as Keras's
-        rows.append({"setting": name + (" *" if name == auto.setting.name else ""),
-                     "chips/s": round(last, 1), "all epochs chips/s": r.summary.chips_per_s,
-                     "auto's probe chips/s": auto.rates.get(name, float("nan")),
-                     "val F1 (best th.)": r.summary.val_f1_at_best})
-        shutil.rmtree(out, ignore_errors=True)
-    k = keras(keras_python, bands, skip_train=False)
-    if k:
-        rows.append({"setting": f"Keras ({k['framework']}), fp32",
-                     "chips/s": round(k["train_chips_per_s"], 1), "all epochs chips/s": "",
-                     "auto's probe chips/s": "", "val F1 (best th.)": ""})
-        for r in rows[:-1]:
-            r["x Keras"] = round(r["chips/s"] / k["train_chips_per_s"], 2)
-    print(format_table(rows))
-    print(f"auto ({auto.how}): {auto.setting.name}; * marks it. load after: {load_average()}")
-
-
-def section_predict(paths: dict, keras_python: str | None, seconds: float) -> None:
-    from slidemap.nn.bundle import load_bundle
-    from slidemap.nn.device import cpu_has_native_bf16
-    from slidemap.stages import predict
-    from slidemap.stages.export import build_engines
-
-    bundle = load_bundle(paths["run"])
-    t0 = time.perf_counter()
-    record = build_engines(bundle, int8=True)
-    print(f"\n## prediction (U-Net-16, {len(bundle.bands)} bands), engines built in "
-          f"{time.perf_counter() - t0:.1f} s ({record.seconds} s when first built), load {load_average()}")
-    engines = [("torch", "32")] + ([("torch", "bf16")] if cpu_has_native_bf16() else []) + \
-        [("onnx", "auto"), ("onnx-int8", "auto")]
-    auto = predict.run(predict.PredictOptions(model=bundle, out=paths["run"].parent / "pred-auto",
-                                              scene=paths["scene"], engine="auto"))
-    picked = auto.meta.engine_choice["setting"]
-    again = predict.run(predict.PredictOptions(model=bundle, out=paths["run"].parent / "pred-auto-2",
-                                               scene=paths["scene"], engine="auto"))
-    rows = []
-    server = KerasServer(keras_python, len(bundle.bands)) if keras_python else None
-    net_only = _network_only(bundle, engines, server, seconds)
-    keras_one_pass = []
-    for engine, precision in engines:
-        out = paths["run"].parent / f"pred-{engine}-{precision}"
-        before = 1.048576 / server.seconds("infer1024") if server else None
-        r = predict.run(predict.PredictOptions(model=bundle, out=out, scene=paths["scene"], engine=engine,
-                                               precision=precision))
-        after = 1.048576 / server.seconds("infer1024") if server else None
-        name = r.meta.engine_choice["setting"]
+def prediction_rates(paths: dict[str, Path], out: Path, server: KerasServer | None,
+                     repeats: int) -> tuple[float, float | None]:
+    """Best end-to-end Mpx/s of ``slidemap predict`` (its own CLI, as a user runs it), and Keras's one-pass Mpx/s
+    taken around each repeat."""
+    exe = str(Path(sys.executable).with_name("slidemap"))
+    best, keras_rates = 0.0, []
+    for r in range(repeats):
         if server:
-            keras_one_pass += [before, after]
-        rows.append({"engine": name + (" *" if name == picked else ""), "e2e s": r.meta.seconds,
-                     "e2e Mpx/s": r.meta.mpx_per_s, "network 4x512² Mpx/s": round(net_only[name], 3),
-                     "Keras one pass, same minutes": round((before + after) / 2, 3) if server else "",
-                     "e2e x Keras": round(r.meta.mpx_per_s / ((before + after) / 2), 2) if server else "",
-                     "val F1": record.f1.get(name, float("nan")),
-                     "auto may pick": "yes" if record.eligible(name)[0] or name == "torch-fp32"
-                     or (name == "onnx") else "no"})
-    for a in (auto, again):
-        rows.append({"engine": f"auto -> {picked} ({a.meta.engine_choice['how']})",
-                     "e2e s": a.meta.seconds, "e2e Mpx/s": a.meta.mpx_per_s, "network 4x512² Mpx/s": "",
-                     "val F1": "", "auto may pick": ""})
-    if server:
-        rows.append({"engine": f"Keras ({server.framework}), network only", "e2e s": "",
-                     "e2e Mpx/s": f"{np.median(keras_one_pass):.3f} (one 1,024² pass, median)",
-                     "network 4x512² Mpx/s": round(net_only["keras"], 3), "val F1": "", "auto may pick": ""})
-        server.close()
-    print(format_table(rows))
-    rates = auto.meta.engine_choice.get("rates", {})
-    print(f"auto's probe (one {auto.meta.tile}² tile): "
-          + ", ".join(f"{n} {v:.3f}" for n, v in rates.items())
-          + f" Mpx/s; excluded: {auto.meta.engine_choice.get('excluded', {}) or 'none'}")
-    print(f"scene {auto.meta.width}x{auto.meta.height} px; val F1 on {record.validation.get('count')} "
-          f"validation chips at threshold {record.threshold:.3f}; int8 calibrated on "
-          f"{record.calibration.get('count')} training chips. load after: {load_average()}")
-
-
-def _network_only(bundle, engines, server, seconds) -> dict[str, float]:
-    from slidemap.nn.device import Setting, measure
-    from slidemap.stages.runners import build_runner, engine_paths_of
-
-    x = np.random.default_rng(0).standard_normal((4, len(bundle.bands), 512, 512), dtype=np.float32)
-    xcl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    steps = {}
-    for engine, precision in engines:
-        s = Setting(engine, "32" if precision == "auto" else precision, engine == "torch")
-        s = Setting(engine, "int8", False) if engine == "onnx-int8" else s
-        runner = build_runner(bundle, s, "cpu", engine_paths_of(bundle))
-        steps[s.name] = (lambda r=runner, e=engine: r(xcl if e == "torch" else x) is not None
-                         and 4 * 512 * 512)
-    if server:
-        steps["keras"] = lambda: (server.seconds("infer4x512") > -1) * 4 * 512 * 512
-    return {k: v / 1e6 for k, v in measure(steps, seconds=seconds, min_rounds=3).items()}
+            keras_rates.append(1.048576 / server.seconds("infer1024"))
+        folder = out / f"pred{r}"
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run([exe, "predict", str(paths["run"]), "--scene", str(paths["scene"]), "--out", str(folder)],
+                       check=True, stdout=subprocess.DEVNULL)
+        best = max(best, json.loads((folder / "prediction.json").read_text())["mpx_per_s"])
+        if server:
+            keras_rates.append(1.048576 / server.seconds("infer1024"))
+    return best, (sorted(keras_rates)[len(keras_rates) // 2] if keras_rates else None)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", choices=["all", "steps", "train", "predict"], default="all")
-    ap.add_argument("--one-thread", action="store_true", help="steps: also each setting on 1 thread")
-    ap.add_argument("--seconds", type=float, default=30.0, help="round-robin budget of an interleaved table")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/slidemap-bench-engines"))
-    ap.add_argument("--keep", action="store_true", help="reuse the scene, chips and run in --workdir")
-    ap.add_argument("--scene-size", type=int, default=2048)
-    ap.add_argument("--setup-epochs", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per training setting (chips/s: the last)")
-    ap.add_argument("--run", type=Path, help="a trained run folder to use instead of the setup's "
-                    "(e.g. the demo's: slidemap-demo/run); give --scene with it")
-    ap.add_argument("--scene", type=Path, help="the scene folder to predict with --run")
-    ap.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON"),
-                    help="Python of a venv with tensorflow-cpu + keras (default $KERAS_PYTHON)")
-    args = ap.parse_args(argv)
-    for line in machine_lines():
-        print(line)
-    print(f"load before: {load_average()}")
-    if args.run and args.scene:
-        from slidemap.nn.bundle import load_bundle
+    ap.add_argument("--keras-python", help="Python of a venv with tensorflow-cpu and keras")
+    ap.add_argument("--keep", type=Path, help="folder to keep the scene and run in between runs")
+    ap.add_argument("--scene-size", type=int, default=3072)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=20.0, help="round-robin time of the training steps")
+    ap.add_argument("--repeats", type=int, default=2, help="end-to-end predictions (the fastest is kept)")
+    a = ap.parse_args(argv)
+    import torch
 
-        chips = load_bundle(args.run).meta.training["options"]["chips"]
-        first = chips[0] if isinstance(chips, list) else chips
-        paths = {"run": args.run, "scene": args.scene, "chips": Path(first)}
-        print(f"reusing run {args.run} and scene {args.scene}")
-    else:
-        paths = setup(args.workdir, args.scene_size, args.setup_epochs, args.keep)
-    if args.section in ("all", "steps"):
-        from slidemap.formats.chips import ChipSet
+    from slidemap.nn.device import choose_precision, cpu_name, versions
 
-        section_steps(len(ChipSet(paths["chips"]).bands), args.keras_python, args.seconds, args.one_thread)
-    if args.section in ("all", "train"):
-        section_train(paths, args.epochs, args.keras_python)
-    if args.section in ("all", "predict"):
-        section_predict(paths, args.keras_python, args.seconds)
+    auto = choose_precision("auto", "cpu")
+    fast_bf16 = auto.precision == "bf16"
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+          + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    print(f"--precision auto: {auto.precision} ({auto.why}); class: {'fast bf16' if fast_bf16 else 'no fast bf16'}")
+    root = a.keep or Path(tempfile.mkdtemp(prefix="slidemap-engines-"))
+    paths = setup(root / "data", a.scene_size, a.epochs)
+    bands = len(json.loads((paths["scene"] / "scene.json").read_text())["bands"])
+    server = KerasServer(a.keras_python, bands) if a.keras_python else None
+    print(f"load before: {load_average()}" + (f"; beside {server.framework}" if server else ""))
+    precisions = ["32"] + (["bf16"] if fast_bf16 else [])
+    train = training_rates(bands, precisions, server, a.seconds)
+    e2e, keras_pass = prediction_rates(paths, root, server, a.repeats)
+    if server:
+        server.close()
+    print(f"load after: {load_average()}")
+    target_train, target_predict = TARGETS[fast_bf16]
+    ours = train[f"slidemap {auto.precision}"]
+    rows = [{"what": f"training chips/s, slidemap {p}", "value": round(r, 1)} for p, r in
+            ((k.split()[-1], v) for k, v in train.items() if k != "keras")]
+    rows.append({"what": "prediction end to end Mpx/s, slidemap (auto)", "value": round(e2e, 3)})
+    if server:
+        keras_train = train["keras"]
+        rows.append({"what": "training chips/s, Keras fp32", "value": round(keras_train, 1)})
+        rows.append({"what": "network alone Mpx/s, Keras one 1,024² pass", "value": round(keras_pass or 0, 3)})
+        rows.append({"what": f"training ratio (target >= {target_train})", "value": round(ours / keras_train, 2)})
+        rows.append({"what": f"prediction ratio (target >= {target_predict})",
+                     "value": round(e2e / keras_pass, 2) if keras_pass else ""})
+    print(format_table(rows))
+    if not a.keep:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from slidemap.stages import train as train_stage
 from slidemap.stages.train import TrainOptions, TrainResult
 
 BANDS = ("red", "nir", "dem")
-FAST = dict(model="unet", filters=8, batch_size=8, epochs=3, progress=False, seed=3)
+FAST = dict(model="unet", filters=8, batch_size=8, epochs=3, progress=False, seed=3, min_chips=1)
 
 
 def train(chips, out: Path, callbacks=(), **options) -> TrainResult:
@@ -528,3 +528,14 @@ def test_early_stopping_waits_for_min_epochs_and_watches_the_smoothed_loss(chips
     waited = train(chips, tmp_path / "b", patience=1, min_epochs=6, stop_smoothing=0.5,
                    **{**FAST, "epochs": 6, "lr": 0.5}).summary
     assert quick.epochs_run < 6 and waited.epochs_run == 6
+
+
+def test_a_run_with_too_few_training_chips_stops_with_one_line_before_writing(chips, tmp_path):
+    """36 chips, 30 % held out in spatial blocks: fewer than the default 32 left to train on."""
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as e:
+        train(chips, out, **{**FAST, "min_chips": 32})
+    message = str(e.value)
+    assert message.startswith("--min-chips 32: ") and "training chips after the validation split" in message
+    assert f"{chips} holds 36 chips" in message and "or lower --min-chips" in message
+    assert "\n" not in message and not out.exists()

@@ -50,7 +50,7 @@ from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Paths, StageOptions, StageResult
 from slidemap.version import __version__
 
-RESUMABLE = ("epochs", "patience", "min_epochs", "stop_smoothing", "max_time", "device", "precision", "progress",
+RESUMABLE = ("epochs", "patience", "min_epochs", "min_chips", "stop_smoothing", "max_time", "device", "precision", "progress",
              "threads", "slidemap_version", "split")
 """Options a resumed run may change; every other option must be the run's own."""
 
@@ -66,6 +66,8 @@ class TrainOptions(StageOptions):
     epochs: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
     val_fraction: float = Field(0.3, gt=0, lt=1)
+    min_chips: int = Field(32, ge=1)
+    """Fewest training chips (after the validation split) a run starts with: fewer is an error, not a model."""
     augment: bool = True
     """The 8 symmetries of the square, drawn per chip and epoch."""
     photometric: bool = False
@@ -179,6 +181,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     resume_from = _check_run_folder(out, o.resume)
     precision = choice.precision
     split = _split(chipsets, o.val_fraction, o.seed)
+    _check_enough_chips(chipsets, split, o.min_chips)
     batch_size = o.batch_size
     if batch_size > len(split.train):
         warnings.warn(f"--batch-size {batch_size} is larger than the {len(split.train)} training chips; "
@@ -440,12 +443,29 @@ def _config(o: TrainOptions, chipsets: list[ChipSet], bands: list[str], device: 
         "chips": paths if many else paths[0], "chips_sha256": hashes if many else hashes[0],
         "model": o.model, "filters": o.filters, "model_args": dict(o.model_args), "batch_size": o.batch_size,
         "epochs": o.epochs, "lr": o.lr, "lr_schedule": o.lr_schedule, "warmup_epochs": o.warmup_epochs,
-        "val_fraction": o.val_fraction, "augment": o.augment, "photometric": o.photometric,
+        "val_fraction": o.val_fraction, "min_chips": o.min_chips, "augment": o.augment, "photometric": o.photometric,
         "min_epochs": o.min_epochs, "stop_smoothing": o.stop_smoothing,
         "patience": o.patience, "bands": bands, "loss": o.loss, "pos_weight": o.pos_weight, "seed": o.seed,
         "device": device, "precision": precision, "max_time": o.max_time, "split": split.as_dict(),
         "slidemap_version": __version__,
     }
+
+
+def _check_enough_chips(chipsets: list[ChipSet], split: Split, min_chips: int) -> None:
+    """Refuse a run that would train on fewer than ``min_chips`` chips, saying what the sampler refused."""
+    if len(split.train) >= min_chips:
+        return
+    told = []
+    for c in chipsets:
+        summary = c.meta.summary or {}
+        drawn, kept = summary.get("drawn"), summary.get("kept")
+        refused = (f", {drawn - kept} of {drawn} windows refused by the sampler"
+                   if isinstance(drawn, int) and isinstance(kept, int) and drawn > kept else "")
+        told.append(f"{c.path} holds {len(c)} chips{refused}")
+    raise UserError(f"--min-chips {min_chips}: {len(split.train)} training chips after the validation split "
+                    f"({len(split.val)} validation, {split.buffer.size} buffer); {'; '.join(told)}. Sample more "
+                    f"(more grid overlap or random windows, a higher --max-unknown or --max-nodata, a smaller "
+                    f"size), lower --val-fraction, or lower --min-chips")
 
 
 def _check_run_folder(out: Path, resume: bool) -> Path | None:
