@@ -202,3 +202,11 @@ def test_collective_training_against_the_site_alone(tmp_path):
     own = next(c for c in claims if c.quote.startswith("regarding the second and third"))
     # each site's own run against the run trained on the other site, on that site: identical counts, all tied
     assert (own.comparisons[0].n, own.comparisons[0].used) == (14, 0) and own.verdict == "too few pairs"
+
+
+def test_a_claim_whose_difference_goes_the_other_way_says_so():
+    claim = an.with_holm([an.Claim("002", "the U-Net has more transferability capabilities", "conclusions", "pairs",
+                                   comparisons=(an.Comparison("unet vs resunet", 16, 16, 0.9996, "exact",
+                                                              mean=-0.277, low=-0.4, high=-0.15),))])[0]
+    assert claim.verdict == "not supported" and claim.against
+    assert claim.sentence().endswith("Holm-adjusted p = 0.9996; the mean difference goes the other way.")

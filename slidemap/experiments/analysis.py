@@ -424,10 +424,18 @@ class Claim:
             out += f". Claim p = {self.p:.3g} ({rule})"
         if self.p_holm is not None:
             out += f"; Holm-adjusted p = {self.p_holm:.3g}"
-        if self.p is not None and self.kind == "better" and self.verdict == "not supported" and \
-                all(c.mean is not None and c.mean < 0 for c in self.comparisons):
+        if self.against:
             out += "; the mean difference goes the other way"
         return out + "."
+
+    @property
+    def against(self) -> bool:
+        """A directional claim, not supported, whose every mean difference goes the other way.
+
+        A description, not a test: the test was one-sided in the claimed direction.
+        """
+        return self.kind == "better" and self.verdict == "not supported" and \
+            all(c.mean is not None and c.mean < 0 for c in self.comparisons)
 
 
 def with_holm(claims: Sequence[Claim]) -> list[Claim]:
