@@ -88,10 +88,16 @@ class EvaluateOptions(StageOptions):
     """
 
     pred: Path
+    """Prediction folder from `slidemap predict`."""
     truth: Path | None = None
+    """Scene folder (or chip set) holding the reference inventory (default: the scene named in
+    PRED/prediction.json)."""
     areas: list[str] | None = None
+    """Area(s) to evaluate, comma-separated (default: the area PRED was predicted for, else all test areas)."""
     object_overlap: float = Field(0.5, gt=0.0, le=1.0)
+    """Fraction of a landslide's area that must be predicted for it to count as found."""
     block: int = Field(1024, ge=16)
+    """Side of the blocks the rasters are streamed in."""
     maps: Literal["png", "tif", "none"] = "png"
     """Each area's error map: as a GeoTIFF (with its QGIS style) and a PNG over the image, the GeoTIFF only, or
     none (an experiment grid's runs keep their masks; the report draws the maps it shows from them)."""

@@ -53,7 +53,7 @@ from slidemap.nn.engines import (
 )
 from slidemap.raster.tiling import check_tiling
 from slidemap.stages.maps import LANDSLIDE_RGB
-from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.options import StageOptions, StageResult, Tile, TileOverlap
 from slidemap.version import __version__
 
 THRESHOLD_DECIMALS = 2
@@ -68,12 +68,18 @@ class ExportOptions(StageOptions):
     """What ``slidemap export`` takes (see ``slidemap export --help``)."""
 
     model: Path | Bundle
+    """Run folder or model bundle (bundle.pt)."""
     onnx: Path
+    """ONNX file to write (e.g. model.onnx)."""
     resolution_cm: float | None = Field(None, gt=0)
-    tile: int = 512
-    """Tile size in px: the ONNX input's fixed height and width and Deepness's ``tile_size``."""
-    overlap: int = 64
+    """Pixel size in cm that QGIS resamples the layer to (default: the pixel size of the scene the model was
+    trained on)."""
+    tile: Tile = 512
+    """Tile size in px: the ONNX input's fixed height and width and Deepness's tile_size (a multiple of 16)."""
+    overlap: TileOverlap = 64
+    """Tile overlap in pixels (written as Deepness's percent)."""
     threshold: str | float = "best"
+    """Threshold written as seg_thresh: 'best', '0.5' or a number."""
     int8: bool = False
     """Also write the int8 engine, calibrated on the training chips, and measure the engines' validation F1."""
 

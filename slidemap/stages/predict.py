@@ -85,7 +85,7 @@ from slidemap.raster.tiling import check_tiling
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
-from slidemap.stages.options import StageOptions, StageResult
+from slidemap.stages.options import Device, Precision, StageOptions, StageResult, Tile, TileOverlap
 from slidemap.stages.patches import predict_patches
 from slidemap.stages.runners import PredictWarning, Runner, build_runner
 
@@ -100,33 +100,53 @@ class PredictOptions(StageOptions):
     """
 
     model: Path | Bundle
+    """Model bundle (bundle.pt) or run folder."""
     out: Path
+    """Prediction folder to write."""
     scene: Path | None = None
+    """Prepared scene folder to predict."""
     area: str | None = None
+    """Only this named area of the scene."""
     images: list[Path] | None = None
+    """Bare image(s), prepared on the fly as the model's scenes were."""
     dem: Path | None = None
+    """DEM for bare images."""
     pre_images: list[Path] | None = None
+    """Pre-event image(s) for bare images, when the model uses pre_* or change (d*) layers."""
     chips: Path | None = None
-    tile: int = 512
-    overlap: int = 64
-    threshold: str | float | None = None  # None: the bundle's post-processing threshold, else "best" (0.5 for --chips)
-    min_area: float | None = Field(None, ge=0)  # None: the bundle's post-processing minimum size
+    """Patch dataset (chip set) to predict patch by patch."""
+    tile: Tile = 512
+    overlap: TileOverlap = 64
+    threshold: str | float | None = None
+    """'best' (validation pixel-F1 optimum), '0.5' or a number; default: the bundle's post-processing
+    threshold, else 'best' (patch sets: 0.5, as Landslide4Sense's arg-max)."""
+    min_area: float | None = Field(None, ge=0)
+    """Drop predicted landslides smaller than this (m²) from the polygons and mask.tif; default: the bundle's
+    minimum size."""
     postprocess: Literal["auto", "bundle", "none"] = "auto"
+    """auto: the clean-up learned on the validation chips (threshold, opening/closing, hole filling, minimum
+    size) on scenes, not on patch sets; bundle: on both; none: off."""
     submission: bool = False
+    """With --chips: also write OUT/submission/ holding only the mask_N.h5 files, and OUT/submission.zip, as
+    Landslide4Sense submissions are made."""
     batch_size: int = Field(4, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Tiles per forward pass (scenes: run side by side as one wide tile, so their overlaps are computed once)."""
+    device: Device = "auto"
     as_float: bool = False
+    """Write probability.tif as float32 (default uint8)."""
     evaluate: bool = False
+    """Also evaluate against the scene's inventory (or the chip set's masks)."""
     error_maps: Literal["png", "tif", "none"] = "png"
-    """With ``evaluate``: each area's error map as GeoTIFF and PNG, GeoTIFF only, or none (``EvaluateOptions.maps``)."""
-    precision: str = "auto"
-    """``auto``: the rule of ``slidemap.nn.device.resolve_precision``; or 32, bf16, 16 (torch only)."""
+    """With --evaluate: each area's error map as GeoTIFF and PNG, GeoTIFF only, or none."""
+    precision: Precision = "auto"
     engine: str = "torch"
-    """``torch``, or ``onnx`` / ``onnx-int8``: ONNX Runtime running an export of ``slidemap export``."""
+    """torch, onnx or onnx-int8: ONNX Runtime running the engines of `slidemap export RUN --onnx M.onnx`
+    (needs onnxruntime), from --onnx-model or an export beside the bundle."""
     onnx_model: Path | None = None
-    """The export to run with an ONNX engine (the ``.onnx`` that ``slidemap export`` wrote); default: one
-    beside the bundle."""
+    """With --engine onnx / onnx-int8: the .onnx file `slidemap export` wrote (default: an export of this model
+    found beside it)."""
     previews: int = Field(24, ge=0)
+    """Patch sets: PNG previews of the first patches."""
     outputs: Literal["all", "mask"] = "all"
     """``mask``: only mask.tif and prediction.json (no probabilities, polygons or styles; scenes only)."""
 

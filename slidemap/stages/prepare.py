@@ -82,22 +82,47 @@ class PrepareOptions(StageOptions):
     """
 
     images: Paths
+    """Image GeoTIFF(s), stacked in the given order; the first one defines the grid."""
     out: Path
+    """Scene folder to write."""
     dem: Path | None = None
+    """DEM raster, any CRS and resolution (averaged where the grid is coarser, else bilinear)."""
     inventory: Path | None = None
+    """Landslide polygons (any OGR format and CRS), or a label raster (any grid and CRS; see --label-values)."""
     areas: Path | None = None
+    """Named areas (columns name, role=train|test); give neither this nor --split for a scene only to predict."""
     split: str | None = None
+    """Cut the scene into train:test (by valid area) along --split-axis, e.g. 3:2."""
     split_axis: Literal["x", "y"] = "x"
+    """Axis of --split: x (left train, right test) or y (top/bottom)."""
     terrain: list[str] = ["dem", "slope"]
+    """Terrain layers from the DEM: any of dem, slope, aspect, hillshade, comma-separated."""
     band_names: list[str] | None = None
+    """Names of the image bands in order, comma-separated (default: the files' band descriptions, else band1,
+    band2, ...)."""
     all_touched: bool = False
+    """Mask every pixel a polygon touches, not only centres inside."""
     label_values: list[float] | None = None
+    """Label raster: comma-separated values that mean landslide (default 1); its nodata and
+    --unlabelled-values are unknown (255 in mask.tif, counted nowhere), other values background."""
     unlabelled_values: list[float] = []
+    """Label raster: comma-separated values that mean 'not labelled' (besides its nodata)."""
     resolution: float | None = Field(None, ge=MIN_RESOLUTION_M, le=MAX_RESOLUTION_M)
+    """Pixel size of the scene in metres (also for geographic CRSs); default: the first image's. Inputs are
+    averaged where this coarsens them, else bilinear; terrain is derived and the inventory rasterised on the
+    new grid."""
     indices: list[str] = []
+    """Spectral indices to add, comma-separated: any of ndvi, ndwi, brightness, nbr (bands found by name:
+    red/green/nir/... or B4/B3/B8/...)."""
     pre_images: list[Path] = []
+    """Pre-event image(s), any grid; adds their bands as pre_<band> and, for each of --indices, the change
+    layer d<index> (after minus before)."""
     pre_band_names: list[str] | None = None
+    """Names of the pre-event bands, comma-separated (default: their descriptions, else the image band
+    names)."""
     change: list[str] | None = None
+    """Indices that get a change layer d<index> with --pre-image, comma-separated (default: every one of
+    --indices)."""
 
     @field_validator("pre_images", mode="before")
     @classmethod

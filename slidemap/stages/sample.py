@@ -40,16 +40,28 @@ class SampleOptions(StageOptions):
     """Everything ``slidemap sample`` takes (see ``slidemap sample --help``)."""
 
     scene: Path
+    """Scene folder from `slidemap prepare`."""
     out: Path
+    """Chip set folder to write."""
     method: Literal["grid", "random"] = "grid"
+    """grid: regular windows; random: random windows."""
     size: int = 128
+    """Patch size in pixels (a multiple of 16, at least 32)."""
     overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    """Grid overlap fraction in [0, 1) (study 000: 0.2; study 002: 0)."""
     count: int = Field(5000, ge=1)
+    """Random windows to draw (distinct offsets; study 000: 5000)."""
     require_landslide: bool = False
+    """Keep only windows holding a landslide pixel."""
     area: str | None = None
+    """Train area to sample (default: all train areas)."""
     max_nodata: int = Field(0, ge=0)
+    """Most pixels without imagery a window may hold."""
     max_unknown: float = Field(MAX_UNKNOWN, ge=0.0, lt=1.0)
+    """Largest share of a window whose truth may be unknown (a label raster's unlabelled pixels; training
+    ignores them), in [0, 1)."""
     seed: int = Field(0, ge=0)
+    """Random seed (same seed: identical chips)."""
 
     @field_validator("size")
     @classmethod

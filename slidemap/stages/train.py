@@ -41,38 +41,53 @@ from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
 from slidemap.nn.bundle import Bundle, save_bundle
-from slidemap.nn.device import PrecisionChoice, choose_precision, precision_field, resolve_device
+from slidemap.nn.device import PrecisionChoice, choose_precision, resolve_device
+from slidemap.nn.losses import LOSSES
+from slidemap.nn.models import MODELS
 from slidemap.nn.normalise import Normaliser
 from slidemap.raster.metrics import best_threshold, confusion, scores
 from slidemap.raster.postprocess import choose_postprocess, min_size_cap
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
-from slidemap.stages.options import Paths, StageOptions, StageResult
+from slidemap.stages.options import Device, Paths, Precision, StageOptions, StageResult, one_of
 from slidemap.version import __version__
 
-RESUMABLE = ("epochs", "patience", "min_epochs", "min_chips", "stop_smoothing", "max_time", "device", "precision", "progress",
-             "threads", "slidemap_version", "split")
+RESUMABLE = ("epochs", "patience", "min_epochs", "min_chips", "stop_smoothing", "max_time", "device", "precision",
+             "progress", "threads", "slidemap_version", "split")
 """Options a resumed run may change; every other option must be the run's own."""
 
 
 class TrainOptions(StageOptions):
-    """Everything ``slidemap train`` takes (see ``slidemap train --help``)."""
+    """Everything ``slidemap train`` takes: ``slidemap train --help`` and a spec's ``training:`` derive from it."""
 
     chips: Paths
+    """Chip set folder(s) (from `sample` or `l4s import`); several chip sets (sites) train one model on all."""
     out: Path
-    model: Literal["unet", "resunet"] = "unet"
+    """Run folder to write."""
+    model: one_of(MODELS) = "unet"  # type: ignore[valid-type]
+    """Network architecture: unet (study 000) or resunet (study 002)."""
     filters: int = Field(16, ge=1, le=256)
+    """Filters of the first block, doubling with each down-sampling (study 000: 16, 32, 64)."""
     batch_size: int = Field(16, ge=1)
+    """Chips per training batch."""
     epochs: int = Field(200, ge=1)
+    """Most epochs to train."""
     lr: float = Field(1e-3, gt=0)
+    """Adam's learning rate."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant, or cosine: the learning rate falls along a half cosine towards 0 at the last epoch."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs over which the learning rate first rises linearly to --lr."""
     val_fraction: float = Field(0.3, gt=0, lt=1)
+    """Share of the chips held out for validation, in whole spatial blocks (overlapping chips never straddle
+    the split)."""
     min_chips: int = Field(32, ge=1)
     """Fewest training chips (after the validation split) a run starts with: fewer is an error, not a model."""
     augment: bool = True
-    """The 8 symmetries of the square, drawn per chip and epoch."""
+    """The 8 symmetries of the square (90° rotations and flips), drawn per chip and epoch."""
     photometric: bool = False
-    """Per-band gain and offset, illumination and a tone curve on the image bands, drawn per chip and epoch
-    (``slidemap.nn.augment``): for a model to be used on another sensor or another day."""
+    """Per-band gain and offset, illumination and a tone curve on the image bands, drawn per chip and epoch:
+    for a model used on another sensor or another day."""
     patience: int = Field(20, ge=0)
     """Epochs without a lower (smoothed) validation loss before training stops; 0: never stops early."""
     min_epochs: int = Field(0, ge=0)
@@ -80,21 +95,26 @@ class TrainOptions(StageOptions):
     stop_smoothing: float = Field(0.0, ge=0, lt=1)
     """Early stopping watches an exponential moving average of the validation loss with this factor (0: the
     loss itself), so one noisy epoch of a small validation set neither resets nor ends the count."""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """``cosine``: the learning rate falls along a half cosine to 0 at the last epoch."""
-    warmup_epochs: int = Field(0, ge=0)
-    """Epochs over which the learning rate rises linearly to ``lr`` first."""
     bands: list[str] | None = None
-    loss: Literal["bce", "bce+dice", "focal"] = "bce"
+    """Bands to train on, comma-separated names (default: every band of the chip set)."""
+    loss: one_of(LOSSES) = "bce"  # type: ignore[valid-type]
+    """Loss: bce (binary cross-entropy), bce+dice or focal."""
     pos_weight: float | None = Field(None, gt=0)
+    """Weight of landslide pixels in the loss (default 1)."""
     seed: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: str = "auto"
+    """Random seed: the same seed on a CPU gives the same run."""
+    device: Device = "auto"
+    precision: Precision = "auto"
     resume: bool = False
+    """Continue the run in --out from its last checkpoint (or train a finished run on to more --epochs)."""
     max_time: str | None = None
+    """Stop training after this wall time, DD:HH:MM:SS."""
     progress: bool = True
+    """Show a progress bar."""
     threads: int | None = Field(None, ge=1)
+    """CPU threads (default: torch's, one per core)."""
     model_args: dict[str, Any] = {}
+    """Further arguments of the architecture (e.g. batch_norm, dropout for unet)."""
     channels_last: bool = True
     """Channels-last memory layout (faster convolutions on CPUs and GPUs alike, docs/performance.md)."""
     learn_postprocess: bool = True
@@ -104,11 +124,6 @@ class TrainOptions(StageOptions):
     keep_checkpoints: bool = True
     """False removes ``checkpoints/`` once the bundle is written: a finished grid run needs only its bundle
     (study 000's U-Net-64 checkpoints are ~0.4 GB a run)."""
-
-    @field_validator("precision")
-    @classmethod
-    def _precision(cls, v: str) -> str:
-        return precision_field(v)
 
     @field_validator("max_time")
     @classmethod

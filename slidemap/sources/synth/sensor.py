@@ -32,10 +32,13 @@ def _illumination(terrain: dict[str, np.ndarray], azimuth_deg: float = SUN_AZIMU
 
 
 def to_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarray,
-                       terrain: dict[str, np.ndarray], nodata_stripe: bool) -> np.ndarray:
-    """Shade the terrain (in place), then :func:`_acquire` on the image grid."""
-    refl *= _illumination(terrain)[None]
-    return _acquire(rng, refl, grid.pixel, nodata_stripe)
+                       terrain: dict[str, np.ndarray], nodata_stripe: bool, gain: float = 1.0,
+                       sun_elevation_deg: float = SUN_ELEVATION_DEG) -> np.ndarray:
+    """Shade the terrain under the sun at ``sun_elevation_deg`` (in place), then :func:`_acquire` on the image grid
+    with the sensor's ``gain`` on the digital numbers.
+    """
+    refl *= _illumination(terrain, SUN_AZIMUTH_DEG, sun_elevation_deg)[None]
+    return _acquire(rng, refl, grid.pixel, nodata_stripe, gain)
 
 
 def pre_event_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarray,
@@ -53,11 +56,12 @@ def pre_event_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: n
     return _acquire(rng, np.ascontiguousarray(coarse), grid.pixel * PRE_EVENT_ZOOM, nodata_stripe=False)
 
 
-def _acquire(rng: np.random.Generator, refl: np.ndarray, pixel: float, nodata_stripe: bool) -> np.ndarray:
+def _acquire(rng: np.random.Generator, refl: np.ndarray, pixel: float, nodata_stripe: bool,
+             gain: float = 1.0) -> np.ndarray:
     """Turn shaded reflectance (5, n, n) into digital numbers.
 
     Adds thin cloud and path radiance, blurs (sensor PSF), adds noise, quantises to uint16 DN (reflectance x
-    10,000, at least 1) and blanks the nodata stripe to 0.
+    10,000 x ``gain``, at least 1) and blanks the nodata stripe to 0.
     """
     n, p = refl.shape[1], pixel
     haze = np.clip(0.35 * (smooth_noise(rng, (n, n), 1200.0 / p) - 0.8), 0.0, 0.28)  # thin: ground shows
@@ -67,7 +71,7 @@ def _acquire(rng: np.random.Generator, refl: np.ndarray, pixel: float, nodata_st
         band = (1.0 - haze) * refl[b] + haze * SPECTRA["haze"][b] + PATH_RADIANCE[b]
         band = ndimage.gaussian_filter(band, 0.5, truncate=3.0)
         band += rng.standard_normal((n, n), dtype=np.float32) * (0.0015 + 0.01 * band)
-        dn[b] = np.clip(np.rint(band * 10_000.0), 1, 65_535).astype(np.uint16)
+        dn[b] = np.clip(np.rint(band * (10_000.0 * gain)), 1, 65_535).astype(np.uint16)
     if nodata_stripe:
         rows, cols = np.mgrid[0:n, 0:n]
         offset = rows - 0.72 * n - 0.12 * (cols - n / 2)

@@ -91,7 +91,8 @@ def generate_from(params: SynthParams) -> StudyArea:
                                         params.roads)
     before = reflectance.copy() if params.pre_event else None
     paint_landslides(rng["landslides"], grid, slides, reflectance, cover)
-    image = to_digital_numbers(rng["sensor"], grid, reflectance, terrain, params.nodata_stripe)
+    image = to_digital_numbers(rng["sensor"], grid, reflectance, terrain, params.nodata_stripe,
+                               params.sensor_gain, params.sun_elevation)
     study = StudyArea(grid, params, image, elevation, terrain["slope"], cover, slides, areas, rivers)
     if before is not None:
         study.pre_image = pre_event_digital_numbers(rng["pre_sensor"], grid, before, terrain)

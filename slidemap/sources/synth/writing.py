@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -34,30 +35,14 @@ SYNTH_GPKG_TIMESTAMP = "2011-01-12T00:00:00Z"  # not formats.gdal's: synth's fil
 WHAT = "synthetic study area"
 
 
-def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: float = 5.0,
-               landslides: int = 120, nodata_stripe: bool = True, relief: float = 1.0,
-               bare_fields: float = 1.0, settlements: float = 1.0, roads: float = 1.0,
-               landslide_size: float = 1.0, pre_event: bool = False) -> dict[str, Path]:
+def synthesize(out: str | Path, **params: Any) -> dict[str, Path]:
     """Write a synthetic study area into ``out`` (atomically) and return its files by role.
 
-    Every factor defaults to 1.0, the study area synth has always made; sites that differ in seed and
-    factors differ in how hard they are (steeper slopes, more look-alikes, larger slides).
-
-    Args:
-        out: folder to write; an earlier synthetic study area there (one holding ``synth.json``) is
-            replaced, any other non-empty folder is refused.
-        seed: every random choice derives from it; the same parameters give byte-identical files.
-        size: image width and height in pixels.
-        pixel_size: image pixel size in metres.
-        landslides: number of landslides; about 60 % go to the train area, 20 % to each test area.
-        nodata_stripe: blank a slanted stripe of the image to 0, the declared nodata value.
-        relief: factor on the height of the hills above the valley floors (0.2-3): steeper slopes.
-        bare_fields: factor on the number of bare-field parcels (0-10), the commonest look-alike.
-        settlements: factor on the settled area (0-10).
-        roads: factor on the number of hill roads (0-10); 0 removes every road.
-        landslide_size: factor on landslide areas (0.25-4); lengths and widths grow by its root.
-        pre_event: also write ``pre_image.tif``: the same ground before the landslides, acquired under
-            another sun with other cloud and noise, on a 2x coarser grid offset by half an image pixel.
+    ``params`` are :class:`SynthParams`' fields (seed, size, pixel_size, landslides, nodata_stripe, relief,
+    bare_fields, settlements, roads, landslide_size, pre_event), each described and defaulted there; the
+    same parameters give byte-identical files. About 60 % of the landslides go to the train area, 20 % to
+    each test area. An earlier synthetic study area in ``out`` (one holding ``synth.json``) is replaced, any
+    other non-empty folder is refused.
 
     Returns:
         ``{"image", "dem", "inventory", "areas", "marker"}`` paths inside ``out`` (and ``"pre_image"``).
@@ -67,14 +52,11 @@ def synthesize(out: str | Path, seed: int = 0, size: int = 2048, pixel_size: flo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"OUT {out}: exists and is not a folder; choose another path")
-    params = SynthParams.checked(seed=seed, size=size, pixel_size=pixel_size, landslides=landslides,
-                                 nodata_stripe=nodata_stripe, relief=relief, bare_fields=bare_fields,
-                                 settlements=settlements, roads=roads, landslide_size=landslide_size,
-                                 pre_event=pre_event)
+    checked = SynthParams.checked(**params)
     check_out(out, MARKER, what=WHAT, option="OUT")  # refuse a user's folder before the work, not after
-    study = generate_from(params)
+    study = generate_from(checked)
     files = _files(study)
-    marker = SynthMarker(slidemap_version=__version__, files=files, **params.model_dump())
+    marker = SynthMarker(slidemap_version=__version__, files=files, **checked.model_dump())
     with atomic_dir(out, MARKER, what=WHAT) as tmp:
         _write_image(tmp / "image.tif", study.image, study.grid.transform, study.seed)
         if study.pre_image is not None:
