@@ -34,8 +34,9 @@ def _illumination(terrain: dict[str, np.ndarray], azimuth_deg: float = SUN_AZIMU
 def to_digital_numbers(rng: np.random.Generator, grid: SynthGrid, refl: np.ndarray,
                        terrain: dict[str, np.ndarray], nodata_stripe: bool, gain: float = 1.0,
                        sun_elevation_deg: float = SUN_ELEVATION_DEG) -> np.ndarray:
-    """Shade the terrain under the sun at ``sun_elevation_deg`` (in place), then :func:`_acquire` on the image grid
-    with the sensor's ``gain`` on the digital numbers.
+    """Shade the terrain (in place) under the sun at ``sun_elevation_deg``, then :func:`_acquire` on the image grid.
+
+    The sensor's ``gain`` multiplies the digital numbers.
     """
     refl *= _illumination(terrain, SUN_AZIMUTH_DEG, sun_elevation_deg)[None]
     return _acquire(rng, refl, grid.pixel, nodata_stripe, gain)
