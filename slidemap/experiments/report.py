@@ -22,7 +22,7 @@ import pandas as pd
 from slidemap.errors import UserError
 from slidemap.experiments import analysis as an
 from slidemap.experiments import report_figures as rf
-from slidemap.experiments.plan import Plan, make_plan
+from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import read_rows
 from slidemap.experiments.runner import SPEC_FILE
 from slidemap.experiments.spec import Spec
@@ -260,12 +260,14 @@ def _soares2020(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, plan: Plan
     doc.h(3, "Models per dataset (study 000's table 1)")
     doc.table(an.models_per_dataset(df))
     doc.h(3, "Samples per dataset, sampling and patch size (study 000's table 2)")
-    doc.p(f"Chips each run trained on (its training sites' chip sets, from their chips.json, before the "
-          f"{plan.spec.training.val_fraction:.0%} validation split); with several seeds, random sampling draws "
-          f"its windows anew for each seed and the counts are listed in seed order. Augmentation here transforms "
-          f"the same chips anew in each epoch, so an augmented dataset trains on as many chips as the one "
-          f"without (study 000 stored rotated and flipped copies, hence its larger counts).")
-    doc.table(_samples(plan))
+    doc.p(f"The chips of the chip sets each run trained on (its training sites', counted by their chips.json), "
+          f"and how many of them its spatial split put into training and validation (results.csv; "
+          f"validation fraction {plan.spec.training.val_fraction:g}; the chips that overlap both sides are left "
+          f"out). With several seeds, random sampling draws its windows anew for each seed and the counts are "
+          f"listed in seed order. Augmentation here transforms the same chips anew in each epoch, so an augmented "
+          f"dataset trains on as many chips as the one without (study 000 stored rotated and flipped copies, "
+          f"hence its larger counts).")
+    doc.table(_samples(plan, df))
 
     doc.h(3, "Best model per test area, dataset, sampling and patch size (study 000's figure 5)")
     best = an.best_models(df, "f1")
@@ -302,27 +304,57 @@ def _soares2020(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, plan: Plan
         doc.image(chart, "F1 against each factor")
 
 
-def _samples(plan: Plan) -> pd.DataFrame:
+def _samples(plan: Plan, df: pd.DataFrame) -> pd.DataFrame:
     """Study 000's table 2: chips per (scenario x) dataset x sampling x size, read from the chip sets' chips.json."""
     from slidemap.formats.chips import ChipsMeta
 
     counts: dict[Path, int | None] = {}
     rows = []
     for run in plan.runs:
-        for chips in run.chips:
-            if chips.folder not in counts:
-                meta = chips.folder / "chips.json"
-                counts[chips.folder] = ChipsMeta.load(meta).count if meta.is_file() else None
-        got = [counts[chips.folder] for chips in run.chips]
+        folders = _trained_on(run)
+        for folder in folders:
+            if folder not in counts:
+                meta = folder / "chips.json"
+                counts[folder] = ChipsMeta.load(meta).count if meta.is_file() else None
+        got = [counts[folder] for folder in folders]
         n = None if None in got else sum(cast(list[int], got))
         rows.append({**{k: run.coords[k] for k in ("scenario", "dataset", "sampling", "size", "seed")},
                      "train sites": "+".join(run.train_sites), "chips": n})
     frame = pd.DataFrame(rows).drop_duplicates(["scenario", "dataset", "sampling", "size", "seed"])
+    used = df[df["status"] == "ok"].drop_duplicates(["scenario", "dataset", "sampling", "size", "seed"])
+    split = {(r["scenario"], r["dataset"], r["sampling"], int(r["size"]), int(r["seed"])):
+             f"{r['train_chips']} + {r['val_chips']}" for _, r in used.iterrows()
+             if str(r.get("train_chips", "")) not in ("", "nan")}
+    frame["split"] = [split.get((sc, d, smp, int(size), int(seed)), "") for sc, d, smp, size, seed in
+                      zip(frame["scenario"], frame["dataset"], frame["sampling"], frame["size"], frame["seed"],
+                          strict=True)]
     keys = [k for k in ("scenario", "train sites") if frame["scenario"].nunique() > 1] + \
         ["dataset", "sampling", "size"]
-    return frame.groupby(keys, sort=False)["chips"].agg(
-        lambda v: " / ".join(dict.fromkeys("not sampled yet" if pd.isna(x) else str(int(x)) for x in v))
-    ).reset_index()
+    g = frame.groupby(keys, sort=False)
+    out = g["chips"].agg(lambda v: " / ".join(dict.fromkeys("not sampled yet" if pd.isna(x) else str(int(x))
+                                                             for x in v))).reset_index()
+    if frame["split"].any():
+        out["training + validation chips"] = g["split"].agg(lambda v: " / ".join(x or "-" for x in v)).to_numpy()
+    return out
+
+
+def _trained_on(run: RunPlan) -> list[Path]:
+    """The chip sets a run trained on: as its config.yaml records them, else as the plan names them.
+
+    The record wins: a chip set's folder name holds a content key that may change between slidemap versions
+    (a sampler option added since), while the run keeps the path it read.
+    """
+    import yaml
+
+    try:
+        recorded = yaml.safe_load((run.folder / "config.yaml").read_text()).get("chips")
+    except (OSError, yaml.YAMLError, AttributeError):
+        recorded = None
+    if isinstance(recorded, str):
+        return [Path(recorded)]
+    if isinstance(recorded, list) and recorded:
+        return [Path(str(c)) for c in recorded]
+    return [c.folder for c in run.chips]
 
 
 def _best_average_maps(doc: Doc, df: pd.DataFrame, best: pd.DataFrame, root: Path, folder: Path,

@@ -132,11 +132,18 @@ def size_chart(frame: pd.DataFrame, path: Path) -> Path:
     apart = _kept_apart(frame, {"scenario", "size"})
     fig = agg_figure(3.0 * len(scenarios) + 0.5, 3.4)
     axes = fig.subplots(1, len(scenarios), squeeze=False, sharey=True)[0]
+    # colour: the other factors' level; line style: the architecture
+    others = [c for c in apart if c != "architecture"]
+    colours = {k: COLOURS[i % len(COLOURS)] for i, k in enumerate(dict.fromkeys(
+        frame[others].itertuples(index=False, name=None) if others else [()]))}
+    styles = {a: ("-", "--", ":", "-.")[i % 4] for i, a in enumerate(dict.fromkeys(frame["architecture"]))}
     for ax, sc in zip(axes, scenarios, strict=True):
-        for k, (key, g) in enumerate(frame[frame["scenario"] == sc].groupby(apart, sort=False)):
+        for key, g in frame[frame["scenario"] == sc].groupby(apart, sort=False):
             g = g.sort_values("size")
+            first = g.iloc[0]
             ax.errorbar(g["size"], g["f1"], yerr=g["f1_sd"] if g["n"].max() > 1 else None, marker="o",
-                        capsize=3, color=COLOURS[k % len(COLOURS)], label=_label(key))
+                        capsize=3, color=colours[tuple(first[c] for c in others)],
+                        linestyle=styles[first["architecture"]], label=_label(key))
         ax.set_xscale("log", base=2)
         sizes = sorted(frame["size"].unique())
         ax.set_xticks(sizes, [str(int(s)) for s in sizes])
