@@ -135,7 +135,7 @@ def test_dem_claim_pairs_runs_drops_ties_and_is_supported(tmp_path):
     # 9 seeds: 7 better with the DEM, 1 worse by the smallest margin, 1 tied
     df = an.load(_write(tmp_path / "results.csv", dem_grid([10, 20, 30, 40, 50, 60, 70, -5, 0])))
     claims = an.claims(df)
-    dem = next(c for c in claims if c.quote.endswith("(the DEM)"))
+    dem = next(c for c in claims if c.part == "the DEM")
     c = dem.comparisons[0]
     # one pair per run (its two areas pooled), not per test area: 9 pairs, the tie dropped
     assert (c.n, c.used, c.unpaired) == (9, 8, 0)
@@ -149,14 +149,14 @@ def test_dem_claim_pairs_runs_drops_ties_and_is_supported(tmp_path):
     assert dem.verdict == "supported"
     text = dem.sentence()
     assert "8 of 9 pairs differ" in text and "one-sided p = 0.00781" in text and "Holm-adjusted p = 0.00781" in text
-    aug = next(x for x in claims if x.quote.endswith("(augmentation)"))
+    aug = next(x for x in claims if x.part == "augmentation")
     assert aug.verdict == "cannot be tested here: no two datasets differ only by augmentation"
 
 
 def test_runs_that_differ_in_precision_do_not_pair(tmp_path):
     rows = dem_grid([10, 20, 30, 40, 50, 60, 70, -5, 0], precision={3: "bf16-mixed"})
     df = an.load(_write(tmp_path / "results.csv", rows))
-    c = next(c for c in an.claims(df) if c.quote.endswith("(the DEM)")).comparisons[0]
+    c = next(c for c in an.claims(df) if c.part == "the DEM").comparisons[0]
     assert (c.n, c.used, c.unpaired, c.refused) == (8, 7, 2, 2)
     assert "2 unit(s) without a partner differing only in this, 2 of them because their partner ran at another " \
            "precision or on another device" in c.sentence()
@@ -168,7 +168,7 @@ def test_an_older_results_csv_says_not_recorded(tmp_path):
         r["precision_mode"] = r["device"] = ""
     df = an.load(_write(tmp_path / "results.csv", rows))
     assert an.runs_on(an.areas(df)) == "not recorded / not recorded"
-    assert next(c for c in an.claims(df) if c.quote.endswith("(the DEM)")).comparisons[0].n == 6
+    assert next(c for c in an.claims(df) if c.part == "the DEM").comparisons[0].n == 6
 
 
 def test_a_varying_training_setting_is_a_factor(tmp_path):
@@ -179,7 +179,7 @@ def test_a_varying_training_setting_is_a_factor(tmp_path):
         r.setdefault("lr", 0.001)
     df = an.load(_write(tmp_path / "results.csv", rows))
     assert set(df["model"]) == {"unet-16/b4 lr 0.001", "unet-16/b4 lr 0.01"}
-    c = next(c for c in an.claims(df) if c.quote.endswith("(the DEM)")).comparisons[0]
+    c = next(c for c in an.claims(df) if c.part == "the DEM").comparisons[0]
     # runs pair within a learning rate: 6 pairs at 0.001 (all differ), 6 tied at 0.01
     assert (c.n, c.used, c.unpaired) == (12, 6, 0)
 

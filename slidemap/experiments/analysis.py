@@ -383,6 +383,7 @@ class Claim:
     where: str
     test: str
     kind: Kind = "better"
+    part: str = ""  # which part of a quoted conclusion this claim tests, in this report's words
     comparisons: tuple[Comparison, ...] = ()
     combine: Literal["all", "any"] = "all"
     why_not: str = ""
@@ -411,8 +412,9 @@ class Claim:
     def sentence(self) -> str:
         """The claim, its verdict and the numbers behind it, as the report prints them."""
         word, _, why = self.verdict.partition(": ")
-        head = f"Study {self.study} ({STUDIES[self.study]}, {self.where}): \"{self.quote}\" — {word.upper()}" + \
-            (f": {why}" if why else "")
+        part = f" ({self.part})" if self.part else ""
+        head = f"Study {self.study} ({STUDIES[self.study]}, {self.where}): \"{self.quote}\"{part} — " + \
+            word.upper() + (f": {why}" if why else "")
         if self.why_not:
             return head + "."
         side = {"better": "one-sided, in the claimed direction", "not better": "one-sided, against the claim",
@@ -562,20 +564,20 @@ def _soares2020(df: pd.DataFrame) -> list[Claim]:
     test = "runs whose datasets differ only by terrain layers (F1 over the run's test areas pooled)"
     if dem:
         u = _relabelled(runs, dem, "with", "without")
-        out.append(Claim("000", quote + " (the DEM)", "conclusions", test, comparisons=(
+        out.append(Claim("000", quote, "conclusions", test, part="the DEM", comparisons=(
             paired(u, "dataset", "with", "without", "f1", "with vs without terrain layers", seed_text="dem"),)))
     else:
-        out.append(Claim("000", quote + " (the DEM)", "conclusions", test,
+        out.append(Claim("000", quote, "conclusions", test, part="the DEM",
                          why_not="no two datasets differ only by terrain layers"))
     aug = [(x, y) for x, (bx, ax) in datasets.items() for y, (by, ay) in datasets.items()
            if set(bx) == set(by) and ax and not ay]
     test = "runs whose datasets differ only by augmentation (F1 over the run's test areas pooled)"
     if aug:
         u = _relabelled(runs, aug, "with", "without")
-        out.append(Claim("000", quote + " (augmentation)", "conclusions", test, comparisons=(
+        out.append(Claim("000", quote, "conclusions", test, part="augmentation", comparisons=(
             paired(u, "dataset", "with", "without", "f1", "with vs without augmentation", seed_text="aug"),)))
     else:
-        out.append(Claim("000", quote + " (augmentation)", "conclusions", test,
+        out.append(Claim("000", quote, "conclusions", test, part="augmentation",
                          why_not="no two datasets differ only by augmentation"))
     out.append(_sampling_best(runs))
     out.append(_dataset_over_sampling(df))
@@ -650,22 +652,26 @@ def _dataset_over_sampling(df: pd.DataFrame) -> Claim:
 
 
 def _size_trends(runs: pd.DataFrame) -> list[Claim]:
-    """Smaller patches: higher recall; larger patches: higher precision (study 000's abstract and conclusions)."""
+    """Smaller patches: higher recall; larger patches: higher precision.
+
+    In the words of study 000's discussion of all its models; its abstract and conclusions say it of 32 and 128 px.
+    """
     sizes = sorted(runs["size"].dropna().unique())
-    recall = ("Models trained with 32x32 patches classified more landslides areas correctly, thus, achieving "
-              "higher true positive areas and lower false negatives")
-    precision = "models trained with 128x128 tiles make less false positive errors"
+    recall = ("the models trained with smaller window sizes tend to understand the local context better. Thus, they "
+              "classify more landslides correctly, achieving higher true positives and lower false negative values")
+    precision = ("models trained with the larger window sizes, in general, understand the global context better, "
+                 "reducing the false positive errors")
     test = "runs that differ only in patch size, the smallest against the largest of the grid ({}) ({} over " \
            "the run's test areas pooled)"
     if len(sizes) < 2:
-        return [Claim("000", q, "conclusions", test.format("-", m), why_not="the grid has one patch size")
+        return [Claim("000", q, "results and discussion", test.format("-", m), why_not="the grid has one patch size")
                 for q, m in ((recall, "recall"), (precision, "precision"))]
     small, big = int(sizes[0]), int(sizes[-1])
     where = f"{small} vs {big} px"
     return [
-        Claim("000", recall, "conclusions", test.format(where, "recall"), comparisons=(
+        Claim("000", recall, "results and discussion", test.format(where, "recall"), comparisons=(
             paired(runs, "size", small, big, "recall", f"recall, {small} vs {big} px", seed_text="recall"),)),
-        Claim("000", precision, "conclusions", test.format(where, "precision"), comparisons=(
+        Claim("000", precision, "results and discussion", test.format(where, "precision"), comparisons=(
             paired(runs, "size", big, small, "precision", f"precision, {big} vs {small} px",
                    seed_text="precision"),)),
     ]
@@ -779,6 +785,9 @@ def _collective_vs_local(sites: pd.DataFrame) -> Claim:
         paired(u, "scenario", "all", "local", "f1", "all sites vs the site alone", seed_text="collective"),))
 
 
+OWN_SITE = "read as: each site's own model scores best on it"
+
+
 def _own_site_best(sites: pd.DataFrame) -> Claim:
     quote = ("regarding the second and third scenarios (training with the Taiwan and China datasets, "
              "respectively), the highest mean f1-score was obtained for the local testing areas")
@@ -788,8 +797,8 @@ def _own_site_best(sites: pd.DataFrame) -> Claim:
             "site")
     single = _single_site_scenarios(sites)
     if len(single) < 2:
-        return Claim("002", quote + " (each site's own model scores best on it)", "transferability assessment",
-                     test, why_not="fewer than two scenarios train on a single site")
+        return Claim("002", quote, "transferability assessment", test, part=OWN_SITE,
+                     why_not="fewer than two scenarios train on a single site")
     keys = _keys(sites, ["scenario"])
     diffs, unpaired = [], 0
     for scenario, site in sorted(single.items()):
@@ -800,7 +809,7 @@ def _own_site_best(sites: pd.DataFrame) -> Claim:
         common = sorted(set(own.index) & set(other.index))
         unpaired += len(own) - len(common)
         diffs += [float(own[k] - other[k]) for k in common]
-    return Claim("002", quote + " (each site's own model scores best on it)", "transferability assessment", test,
+    return Claim("002", quote, "transferability assessment", test, part=OWN_SITE,
                  comparisons=(compare("own site vs other single sites", diffs, "greater", "own", unpaired),))
 
 

@@ -534,7 +534,7 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
           f"'supported' means a Holm-adjusted p below {an.ALPHA} in the claimed direction. Runs: "
           f"{an.runs_on(an.areas(df))} (precision / device).")
     summary = pd.DataFrame([{
-        "study": c.study, "conclusion": _clip(c.quote),
+        "study": c.study, "conclusion": _clip(c.quote) + (f" ({c.part})" if c.part else ""),
         "verdict": c.verdict + (" (the mean difference goes the other way)" if c.against else ""),
         "pairs differing / pairs": _pairs(c), "mean difference (95 % interval)": _interval(c),
         "p": "" if c.p is None else f"{c.p:.3g}", "Holm p": "" if c.p_holm is None else f"{c.p_holm:.3g}"}
