@@ -210,3 +210,25 @@ def test_a_claim_whose_difference_goes_the_other_way_says_so():
                                                               mean=-0.277, low=-0.4, high=-0.15),))])[0]
     assert claim.verdict == "not supported" and claim.against
     assert claim.sentence().endswith("Holm-adjusted p = 1; the mean difference goes the other way.")  # 0.9996, 3 digits
+
+
+def test_sizes_in_between_and_the_best_size(tmp_path):
+    # per seed, three runs at 32, 64 and 128 px: recall falls and precision rises with size, F1 stays equal
+    rows = []
+    for seed in range(6):
+        for size, fn, fp in ((32, 10, 30), (64, 20, 20), (128, 30, 10)):
+            rows.append({"dataset": "d", "bands": "red", "seed": seed, "size": size, "test_area": "t",
+                         "counts": (50 + seed, fp, fn), "run_folder": f"runs/{size}-s{seed}"})
+    claims = an.claims(an.load(_write(tmp_path / "results.csv", rows)))
+    middle = next(c for c in claims if c.quote.startswith("64x64 tile models"))
+    # 64 px lies between the others in all 6 triples, in recall and in precision: (1/3)^6 each
+    assert [(c.used, c.p) for c in middle.comparisons] == [(6, pytest.approx(3.0 ** -6))] * 2
+    assert middle.p == pytest.approx(3.0 ** -6)
+    recall = next(c for c in claims if c.quote.startswith("the models trained with smaller window sizes"))
+    assert recall.comparisons[0].label == "recall, 32 vs 128 px" and recall.comparisons[0].used == 6
+    # F1 = 2 tp / (2 tp + 40) at every size: every pair tied, no verdict
+    unet = next(c for c in claims if c.quote.startswith("The resulting mean f1-score values of the U-Net"))
+    assert [(c.n, c.used) for c in unet.comparisons] == [(6, 0), (6, 0)] and unet.verdict == "too few pairs"
+    # three tested claims (middle, recall, precision): Holm multiplies the smallest p by 3
+    tested = sorted(c.p for c in claims if c.p is not None)
+    assert len(tested) == 3 and min(c.p_holm for c in claims if c.p_holm is not None) == pytest.approx(3 * tested[0])
