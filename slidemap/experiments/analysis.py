@@ -551,10 +551,10 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     """Every conclusion of both studies, tested on this grid's runs, with Holm's correction across them."""
     if areas(df).empty:
         return []
-    return with_holm([*_soares2020(df), *_ghorbanzadeh2021(df)])
+    return with_holm([*_soares2020_claims(df), *_ghorbanzadeh2021_claims(df)])
 
 
-def _soares2020(df: pd.DataFrame) -> list[Claim]:
+def _soares2020_claims(df: pd.DataFrame) -> list[Claim]:
     runs = run_level(df)
     datasets = datasets_of(areas(df))
     out = []
@@ -722,7 +722,7 @@ def _best_configuration(runs: pd.DataFrame, datasets: dict[str, tuple[tuple[str,
         paired(u, "_config", target, o, "f1", f"against {o}", seed_text="best", free=tested) for o in others))
 
 
-def _ghorbanzadeh2021(df: pd.DataFrame) -> list[Claim]:
+def _ghorbanzadeh2021_claims(df: pd.DataFrame) -> list[Claim]:
     runs = run_level(df)
     sites = site_level(df)
     out = [_collective_vs_local(sites), _own_site_best(sites)]

@@ -146,8 +146,8 @@ def write_report(experiment: str | Path, out: str | Path | None = None) -> Path:
         # error maps missing from the runs' folders are made here, from the masks, and dropped afterwards
         with tempfile.TemporaryDirectory(dir=folder, prefix=".maps-") as scratch:
             maps = Maps(Path(scratch))
-            _soares2020(doc, df, root, folder, plan, maps)
-            _ghorbanzadeh2021(doc, df, root, folder, maps)
+            _sampling_size_layers(doc, df, root, folder, plan, maps)
+            _transferability(doc, df, root, folder, maps)
         _conclusions(doc, df)
     md = folder / "report.md"
     with atomic_file(md) as tmp:
@@ -255,7 +255,7 @@ class Maps:
 
 # --- study 000 -------------------------------------------------------------------------------------
 
-def _soares2020(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, plan: Plan, maps: Maps) -> None:
+def _sampling_size_layers(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, plan: Plan, maps: Maps) -> None:
     doc.h(2, "Sampling, patch size and input layers (study 000, Soares et al. 2020)")
     doc.h(3, "Models per dataset (study 000's table 1)")
     doc.table(an.models_per_dataset(df))
@@ -448,7 +448,7 @@ def _learning_curve(run: Path, target: Path) -> Path | None:
 
 # --- study 002 -------------------------------------------------------------------------------------
 
-def _ghorbanzadeh2021(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, maps: Maps) -> None:
+def _transferability(doc: Doc, df: pd.DataFrame, root: Path, folder: Path, maps: Maps) -> None:
     a = an.areas(df)
     if a["scenario"].nunique() < 2 and a["test_site"].nunique() < 2:
         return
