@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from slidemap.experiments import analysis as an
+from slidemap.experiments import conclusions
 from slidemap.experiments.results import COLUMNS
 
 # (scenario, train_sites, test_site, test_area, dataset, sampling, method, size, architecture, filters, seed,
@@ -94,7 +95,7 @@ def test_transfer_matrix_cells(results):
 
 
 def test_claims_pair_runs_not_test_areas(results):
-    claims = an.claims(an.load(results))
+    claims = conclusions.claims(an.load(results))
     sampling = next(c for c in claims if "random sampling outperformed" in c.quote)
     # the best run of each sampling per seed, over the configurations both trained: seed 0 only (unet-16);
     # each run's IoU averaged over its test areas (study 000's "average mIoU")

@@ -21,7 +21,9 @@ import pandas as pd
 
 from slidemap.errors import UserError
 from slidemap.experiments import analysis as an
+from slidemap.experiments import conclusions
 from slidemap.experiments import report_figures as rf
+from slidemap.experiments import verdicts as vd
 from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import read_rows
 from slidemap.experiments.runner import SPEC_FILE
@@ -519,7 +521,7 @@ def _architecture_maps(doc: Doc, df: pd.DataFrame, folder: Path, maps: Maps) -> 
 # --- the conclusions -------------------------------------------------------------------------------
 
 def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
-    items = an.claims(df)
+    items = conclusions.claims(df)
     if not items:
         return
     tested = [c for c in items if c.p is not None]
@@ -528,10 +530,10 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
           f"docs/experiments.md, 'How the conclusions are tested'). The unit is a run (its test areas pooled, or "
           f"one test site where the claim is about sites); two runs pair only when they differ in the tested factor "
           f"alone — every other axis, the seed, the training settings, the precision and the device equal. Tied "
-          f"pairs are dropped before the test and counted; a verdict needs at least {an.MIN_PAIRS} pairs that "
+          f"pairs are dropped before the test and counted; a verdict needs at least {vd.MIN_PAIRS} pairs that "
           f"differ. " + (f"Holm's correction runs over the {len(tested)} claim(s) with a test; " if tested else
                          "No claim has enough pairs for a test here. ") +
-          f"'supported' means a Holm-adjusted p below {an.ALPHA} in the claimed direction. Runs: "
+          f"'supported' means a Holm-adjusted p below {vd.ALPHA} in the claimed direction. Runs: "
           f"{an.runs_on(an.areas(df))} (precision / device).")
     summary = pd.DataFrame([{
         "study": c.study, "conclusion": _clip(c.quote) + (f" ({c.part})" if c.part else ""),
@@ -540,12 +542,12 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
         "p": "" if c.p is None else f"{c.p:.3g}", "Holm p": "" if c.p_holm is None else f"{c.p_holm:.3g}"}
         for c in items])
     doc.table(summary)
-    for study, name in an.STUDIES.items():
+    for study, name in vd.STUDIES.items():
         doc.h(3, f"Study {study} ({name})")
         doc.bullets([c.sentence() for c in items if c.study == study])
 
 
-def _pairs(claim: an.Claim) -> str:
+def _pairs(claim: vd.Claim) -> str:
     """How many pairs differ of how many, per comparison (a range when there are many)."""
     c = claim.comparisons
     if len(c) <= 3:
@@ -553,7 +555,7 @@ def _pairs(claim: an.Claim) -> str:
     return f"{len(c)} comparisons, {min(x.used for x in c)}-{max(x.used for x in c)} pairs differing in each"
 
 
-def _interval(claim: an.Claim) -> str:
+def _interval(claim: vd.Claim) -> str:
     """The mean paired difference and its bootstrap interval, for a claim of one comparison."""
     if len(claim.comparisons) != 1 or claim.comparisons[0].mean is None:
         return ""
