@@ -204,6 +204,7 @@ def count_chips(plan: Plan, chip: ChipPlan, seed: int) -> ChipCount | None:
     """
     import tempfile
 
+    from slidemap.errors import UserError
     from slidemap.formats.chips import ChipSet
     from slidemap.raster.split import split_chips
 
@@ -218,7 +219,10 @@ def count_chips(plan: Plan, chip: ChipPlan, seed: int) -> ChipCount | None:
     if l4s is not None:  # independent patches: split patch by patch
         from slidemap.sources.l4s import find_patches
 
-        n = len(find_patches(l4s.folder, l4s.train))
+        try:
+            n = len(find_patches(l4s.folder, l4s.train))
+        except UserError:  # the folder is missing: the dry run lists it
+            return None
         s = split_chips([{} for _ in range(n)], plan.spec.training.val_fraction, seed)
         return ChipCount(n, int(s.train.size), int(s.val.size), int(s.buffer.size))
     scene = scene_of(plan, chip.site)
