@@ -234,3 +234,23 @@ def test_sizes_in_between_and_the_best_size(tmp_path):
     # three tested claims (middle, recall, precision): Holm multiplies the smallest p by 3
     tested = sorted(c.p for c in claims if c.p is not None)
     assert len(tested) == 3 and min(c.p_holm for c in claims if c.p_holm is not None) == pytest.approx(3 * tested[0])
+
+
+def test_the_best_combination_must_beat_every_other(tmp_path):
+    # 2 datasets x 2 samplings x 2 sizes, 6 seeds; 128 px random on the DEM + augmentation dataset finds the most
+    rows = []
+    for seed in range(6):
+        for dataset, bands, aug in (("re", "red+nir", "False"), ("re+dem+aug", "red+nir+dem", "True")):
+            for sampling in ("grid", "random"):
+                for size in (32, 128):
+                    best = (dataset, sampling, size) == ("re+dem+aug", "random", 128)
+                    rows.append({"dataset": dataset, "bands": bands, "augment": aug, "sampling": sampling,
+                                 "method": sampling, "size": size, "seed": seed, "test_area": "t",
+                                 "counts": (60 + seed if best else 50, 50, 50),
+                                 "run_folder": f"runs/{dataset}-{sampling}-{size}-s{seed}"})
+    claims = conclusions.claims(an.load(_write(tmp_path / "results.csv", rows)))
+    best = next(c for c in claims if c.quote.startswith("The 128x128 random model"))
+    assert len(best.comparisons) == 7 and all((c.n, c.used) == (6, 6) for c in best.comparisons)
+    # every comparison: 6 positive pairs of distinct sizes, exact one-sided p = 1/64; the claim takes the largest
+    assert best.p == pytest.approx(1 / 64)
+    assert best.comparisons[0].label == "against grid 32 px, re"
