@@ -269,14 +269,6 @@ class _SamplerName(SpecModel):
         return self.model_dump(exclude={"name"})
 
 
-class _TrainingBase(SpecModel):
-    """What ``training:`` adds to TrainOptions' fields: what only an experiment decides."""
-
-    if "min_chips" not in TrainOptions.model_fields:  # until TrainOptions has it: its one definition
-        min_chips: int = Field(32, ge=1)
-        """The fewest training chips a run trains on, after its validation split; fewer stops the run."""
-
-
 if TYPE_CHECKING:  # built from the stages' options at import time; their fields are the stages' (docstrings)
     Sampling = Any
     Training = Any
@@ -286,7 +278,7 @@ else:
         doc="A sampler: the options of slidemap.stages.sample.SampleOptions but those each chip set sets "
             "(scene, out, size, seed, area), and a name.")
     Training = _derived_model(
-        "Training", TrainOptions, {"chips": ["."], "out": "."}, SET_BY_THE_GRID, _TrainingBase, TRAINING_AXES,
+        "Training", TrainOptions, {"chips": ["."], "out": "."}, SET_BY_THE_GRID, SpecModel, TRAINING_AXES,
         doc="What every run shares (each of lr, loss, epochs, patience may be a list: an axis of the grid): "
             "the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
 
