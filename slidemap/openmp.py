@@ -10,7 +10,8 @@ running them one after the other) and 12.2 s with 1,000 spins (0.93x); beside a 
 
 :func:`share_cores` sets the spin count where slidemap's processes start (the CLI, before torch loads;
 worker processes and Ray tasks inherit :func:`environment`), unless the user has chosen a wait policy or a
-spin count: ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` in the environment always win.
+spin count: ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` in the environment always win. Ray tasks get
+:func:`settings` through their runtime environment.
 """
 
 from __future__ import annotations
@@ -40,3 +41,9 @@ def share_cores(environ: MutableMapping[str, str] | None = None) -> dict[str, st
     values = environment(environ)
     environ.update(values)
     return values
+
+
+def settings(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """The OpenMP wait settings in force in ``environ`` (default ``os.environ``), to hand to other machines' tasks."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in USER_SETTINGS if k in environ}

@@ -59,7 +59,7 @@ def _cases(tmp_path: Path, inputs, scene: Path, chips: Path, l4s: Path) -> dict[
     mine = _user_folder(tmp_path)
     out = tmp_path / "out"
     prepare = ["prepare", "--image", inputs.image, "--dem", inputs.dem, "--inventory", inputs.inventory]
-    train = ["train", chips, "--epochs", "1", "--no-progress"]
+    train = ["train", chips, "--epochs", "1", "--no-progress", "--min-chips", "1"]
     return {
         "synth --size 40": (["synth", out, "--size", "40"], ["--size 40", "at least 256"]),
         "synth OUT a user's folder": (["synth", mine, "--size", "256"], [f"OUT {mine}", "notes.txt"]),

@@ -70,7 +70,7 @@ def tiny_run(tmp_path_factory):
                                                    areas=data["areas"]))
         chips = sample.run(sample.SampleOptions(scene=scene.path, out=root / "chips", size=32, overlap=0.5))
         run = train.run(train.TrainOptions(chips=[chips.path], out=root / "run", filters=4, epochs=3,
-                                           progress=False, seed=0, precision="32"))
+                                           progress=False, min_chips=1, seed=0, precision="32"))
     finally:
         if old is None:
             os.environ.pop("XDG_CACHE_HOME", None)

@@ -297,6 +297,7 @@ def test_a_row_equals_the_stages_run_by_hand(done, tmp_path):
                                             overlap=0.2))
     run = train.run(train.TrainOptions(chips=[chips.path], out=tmp_path / "run", filters=8, batch_size=8,
                                        epochs=2, patience=0, precision="32", augment=True, threads=1,
+                                       min_chips=1,
                                        bands=["blue", "green", "red", "nir", "dem", "slope"], progress=False))
     predict.run(predict.PredictOptions(model=run.bundle, out=tmp_path / "pred", scene=scene, area="test_a",
                                        precision="32"))

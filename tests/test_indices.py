@@ -202,7 +202,7 @@ def test_recipe_travels_through_chips_into_the_bundle(tmp_path):
     assert ChipSet(chips).meta.recipe == Recipe(image_bands=list(r.bands), terrain=["dem", "slope"],
                                                 indices=["ndvi"])
     result = train.run(train.TrainOptions(chips=[chips], out=tmp_path / "run", filters=2, epochs=1,
-                                          batch_size=4, progress=False,
+                                          batch_size=4, progress=False, min_chips=1,
                                           bands=["red", "nir", "ndvi", "slope"]))
     bundle = load_bundle(result.bundle)
     assert bundle.meta.recipe == ChipSet(chips).meta.recipe

@@ -683,3 +683,39 @@ def test_an_area_scored_while_predicting_equals_evaluating_after(study, tmp_path
         assert a == b, name
     assert result.evaluation.table == separate.table
     assert result.evaluation.metrics.areas[0].pixels["tp"] > 0
+
+
+# --- test-time augmentation -------------------------------------------------------------------------------
+
+def test_symmetry_average_is_invariant_under_the_square_group_and_exact_for_an_equivariant_network():
+    from slidemap.nn.inference import SymmetryAverage
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 16, 16), dtype=np.float32)
+    pointwise = SymmetryAverage(lambda b: b[:, 0] * 2.0, 8)  # commutes with every symmetry
+    assert np.allclose(pointwise(x), x[:, 0] * 2.0, atol=1e-6)
+    ramp = np.arange(16, dtype=np.float32)[None, None, :] / 16  # a network that sees only the column
+    lopsided = SymmetryAverage(lambda b: np.broadcast_to(ramp, (len(b), 16, 16)).copy(), 8)
+    p = lopsided(x)
+    for q in (np.flip(p, -1), np.flip(p, -2), np.rot90(p, 1, axes=(-2, -1)), np.swapaxes(p, -1, -2)):
+        assert np.allclose(q, p, atol=1e-6)  # the mean over the group is invariant under it
+    mirrored = SymmetryAverage(lambda b: np.broadcast_to(ramp, (len(b), 16, 16)).copy(), 2)(x)
+    assert np.allclose(mirrored[0, 0], np.full(16, 15 / 32), atol=1e-6)  # ramp and its mirror average out
+    with pytest.raises(ValueError, match="use 1, 2, 4 or 8"):
+        SymmetryAverage(lambda b: b[:, 0], 3)
+
+
+def test_predict_tta_averages_eight_views_and_records_them(study, tmp_path):
+    plain = predict(study["bundle"], tmp_path / "plain", scene=study["scene"].path, tile=96, overlap=32,
+                    precision="32")
+    tta = predict(study["bundle"], tmp_path / "tta", scene=study["scene"].path, tile=96, overlap=32,
+                  precision="32", tta=8)
+    meta = json.loads((tmp_path / "tta" / "prediction.json").read_text())
+    assert meta["engine_choice"]["tta"] == 8 and "tta" not in plain.meta.engine_choice
+    with rasterio.open(tmp_path / "plain" / "probability.tif") as a, \
+            rasterio.open(tmp_path / "tta" / "probability.tif") as b:
+        pa, pb = a.read(1).astype(int), b.read(1).astype(int)
+    assert pa.shape == pb.shape and (pa != pb).any()
+    assert tta.meta.valid_km2 == plain.meta.valid_km2
+    with pytest.raises(UserError, match="--tta 3: use 1, 2, 4 or 8"):
+        predict(study["bundle"], tmp_path / "bad", scene=study["scene"].path, tta=3)

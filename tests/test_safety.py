@@ -51,7 +51,7 @@ SLIDEMAP = [sys.executable, "-m", "slidemap"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIDEMAP_CHECKPOINT_EVERY_S": "0"}  # checkpoints every epoch
 SYNTH = ["--size", "256", "--landslides", "30", "--seed", "0"]
 SAMPLE = ["--size", "32", "--overlap", "0.25"]
-TRAIN = ["--filters", "8", "--batch-size", "16", "--seed", "0", "--no-progress"]
+TRAIN = ["--filters", "8", "--batch-size", "16", "--seed", "0", "--no-progress", "--min-chips", "1"]
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def predict_scenes(model: Path, scenes: Path, out: Path, dem: Path | None = None
                    ray: str | None = None, log: Callable[[str], None] = print,
                    **options: Any) -> tuple[int, int, Path]:
     """Predict every entry of ``scenes`` into ``out``; returns (done, failed, merged GeoPackage)."""
-    from slidemap.experiments.runner import dispatch
+    from slidemap.experiments.dispatch import dispatch
 
     entries = read_list(scenes)
     model = model / "bundle.pt" if model.is_dir() else model

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from slidemap.errors import UserError
+from slidemap.experiments.dispatch import cores, dispatch
 from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import (
     area_row,
@@ -388,7 +388,7 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
         scenes = {n: (str(s) if (s := scene_of(plan, n)) else None) for n in spec.sites}
         l4s_tests = {n: str(plan.sites[n].test_chips) if spec.sites[n].l4s is not None
                      and (plan.sites[n].test_chips / "chips.json").is_file() else None for n in spec.sites}
-        threads = spec.resources.cpus or max(1, _cores() // (workers if ray is None else 1))
+        threads = spec.resources.cpus or max(1, cores() // (workers if ray is None else 1))
         todo, results_csv = [], out_dir / "results.csv"
         for run in plan.runs:
             rows = read_rows(run.folder)
@@ -448,60 +448,9 @@ def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | Non
     return write_results(path, rows)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _dispatch(jobs: list[RunJob], workers: int, ray: str | None, spec: Spec) -> Iterator[Outcome]:
     """Outcomes as runs finish: in this process, in a pool of processes, or as Ray tasks."""
     yield from dispatch(execute_run, jobs, workers, ray, spec.resources.cpus or 1, spec.resources.gpu)
-
-
-def dispatch(func: Callable, jobs: list, workers: int = 1, ray: str | None = None, cpus: int = 1,
-             gpu: float = 0.0) -> Iterator[Any]:
-    """``func(job)`` for every job, yielded as they finish.
-
-    In this process (one worker), in a pool of worker processes, or as Ray tasks asking for ``cpus`` CPUs and a
-    ``gpu`` fraction each.
-    """
-    if not jobs:
-        return
-    if ray is not None:
-        yield from _dispatch_ray(func, jobs, ray, cpus, gpu)
-        return
-    if workers == 1:
-        for job in jobs:
-            yield func(job)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(func, job) for job in jobs]
-        for f in as_completed(futures):
-            yield f.result()
-
-
-def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: float) -> Iterator[Any]:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray: Ray is not installed; pip install \"slidemap[ray]\"") from None
-    if not ray.is_initialized():
-        with contextlib.suppress(ConnectionError):
-            if address == "auto":
-                ray.init(address="auto", log_to_driver=False)
-        if not ray.is_initialized():
-            ray.init(address=None if address == "auto" else address, include_dashboard=False,
-                     log_to_driver=False)
-    task = ray.remote(num_cpus=cpus, num_gpus=gpu)(func)
-    pending = [task.remote(job) for job in jobs]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
 
 
 @contextlib.contextmanager

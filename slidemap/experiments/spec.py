@@ -309,8 +309,8 @@ class Predict(SpecModel):
     postprocess: Literal["auto", "bundle", "none"] = "none"
     batch_size: int = Field(4, ge=1)
     # torch in fp32 by default: every run of a grid is scored the same way by its own network (not by a
-    # quantised or bf16 copy), and choosing an engine would cost each small run more than its prediction pass
-    engine: Literal["torch", "onnx", "onnx-int8", "auto"] = "torch"
+    # quantised or bf16 copy); ONNX Runtime runs only when asked
+    engine: Literal["torch", "onnx", "onnx-int8"] = "torch"
     precision: Precision = "32"
     # "metrics": each test area keeps mask.tif, prediction.json and its metrics (no probabilities, polygons,
     # styles or error maps, which grow with the area: 0.15 MB of quick.yaml's 154 x 192-px areas); the report

@@ -71,6 +71,37 @@ class TileRunner:
             return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
 
 
+class SymmetryAverage:
+    """A runner whose probabilities are the mean over symmetries of the square (test-time augmentation).
+
+    Each batch is seen ``symmetries`` times: as it is (1), also mirrored (2), in its four rotations (4) or in
+    all eight symmetries (8), the same group training augments with (``slidemap.nn.augment``); each
+    probability map is turned back before averaging. It costs that many network passes.
+    """
+
+    CHOICES = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+
+    def __init__(self, runner: Callable[[np.ndarray], np.ndarray], symmetries: int) -> None:
+        if symmetries not in self.CHOICES:
+            raise ValueError(f"symmetries {symmetries}: use 1, 2, 4 or 8")
+        self.runner, self.symmetries = runner, self.CHOICES[symmetries]
+        self.device = getattr(runner, "device", "cpu")
+        self.precision = getattr(runner, "precision", "32")
+        self.engine = getattr(runner, "engine", "torch")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) standardised -> (N, h, w) probabilities averaged over the symmetries."""
+        total: np.ndarray | None = None
+        for s in self.symmetries:
+            x = np.flip(batch, axis=-1) if s >= 4 else batch
+            x = np.rot90(x, s % 4, axes=(-2, -1))
+            prob = np.rot90(self.runner(np.ascontiguousarray(x)), -(s % 4), axes=(-2, -1))
+            prob = np.flip(prob, axis=-1) if s >= 4 else prob
+            total = prob.astype(np.float32) if total is None else total + prob
+        assert total is not None
+        return total / np.float32(len(self.symmetries))
+
+
 # --- the strip engine --------------------------------------------------------------------------------
 
 def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_rows: ReadRows, height: int,

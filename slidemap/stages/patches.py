@@ -33,14 +33,14 @@ from slidemap.sources.l4s import mask_name, read_mask, write_mask
 from slidemap.stages.maps import warn_shift
 
 if TYPE_CHECKING:
-    from slidemap.nn.engines import OnnxRunner
+    from slidemap.stages.runners import Runner
 
 SUBMISSION = "submission"
 
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
                     device: str, precision: str, previews: int = 24, submission: bool = False,
-                    runner: TileRunner | OnnxRunner | None = None,
+                    runner: Runner | None = None,
                     choice: dict | None = None) -> tuple[PatchPrediction, int]:
     """Predict every patch of a chip set into ``out`` (replaced atomically).
 

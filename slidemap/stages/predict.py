@@ -41,7 +41,6 @@ import contextlib
 import functools
 import shutil
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -72,22 +71,22 @@ from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Thresh
 from slidemap.formats.scene import Scene
 from slidemap.nn.bundle import Bundle, load_bundle
 from slidemap.nn.device import check_engine, check_precision
-from slidemap.nn.inference import iter_probability_strips
+from slidemap.nn.inference import SymmetryAverage, iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
-from slidemap.raster.bands import CHANGE_PREFIX, layer_kinds
 from slidemap.raster.components import PIXELS, ComponentLabeler, Components
 from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
 from slidemap.raster.polygons import AREA, LandslideWriter, label_strip, landslide_labeler, polygon_pieces
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
 from slidemap.raster.tiling import check_tiling
+from slidemap.stages.bare_images import prepare_like_training
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import Device, Precision, StageOptions, StageResult, Tile, TileOverlap
 from slidemap.stages.patches import predict_patches
-from slidemap.stages.runners import PredictWarning, Runner, build_runner
+from slidemap.stages.runners import Runner, build_runner
 
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
@@ -139,6 +138,9 @@ class PredictOptions(StageOptions):
     error_maps: Literal["png", "tif", "none"] = "png"
     """With --evaluate: each area's error map as GeoTIFF and PNG, GeoTIFF only, or none."""
     precision: Precision = "auto"
+    tta: int = 1
+    """Test-time augmentation: average the probabilities over 1 (off), 2 (mirrored), 4 (rotations) or 8
+    (every symmetry of the square) views of each tile; costs that many network passes."""
     engine: str = "torch"
     """torch, onnx or onnx-int8: ONNX Runtime running the engines of `slidemap export RUN --onnx M.onnx`
     (needs onnxruntime), from --onnx-model or an export beside the bundle."""
@@ -173,6 +175,8 @@ class PredictOptions(StageOptions):
         if self.submission and self.chips is None:
             raise ValueError("--submission goes with --chips (a Landslide4Sense patch set)")
         check_tiling(self.tile, self.overlap)
+        if self.tta not in SymmetryAverage.CHOICES:
+            raise ValueError(f"--tta {self.tta}: use 1, 2, 4 or 8 symmetries")
         check_precision(self.precision)
         check_engine(self.engine)
         if self.onnx_model is not None and self.engine == "torch":
@@ -255,6 +259,9 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
         runner, choice = build_runner(bundle, o.device, o.precision, o.engine, o.onnx_model)
     else:
         choice = {"engine": getattr(runner, "engine", "torch"), "precision": runner.precision, "how": "given"}
+    if o.tta > 1:
+        runner = SymmetryAverage(runner, o.tta)
+        choice = {**choice, "tta": o.tta}
     if o.chips is not None:
         patch_meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
                                                o.precision, o.previews, o.submission, runner=runner,
@@ -264,7 +271,7 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
     inputs = [p for p in inputs if p != o.chips]
     with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
         if o.images is not None:
-            sc = _prepare_images(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
+            sc = prepare_like_training(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
             where = "--image " + ", ".join(str(p) for p in o.images)
         else:
             sc = Scene(cast(Path, o.scene), "--scene")  # the one input left (validated)
@@ -335,61 +342,6 @@ def _decision(bundle: Bundle, o: PredictOptions) -> Decision:
         given = (bundle.threshold(o.threshold), which)
     return decide(bundle.meta.postprocess, o.postprocess, bundle.threshold("best"), given, o.min_area,
                   o.chips is not None, bundle.name)
-
-
-def _prepare_images(bundle: Bundle, images: list[Path], dem: Path | None, pre_images: list[Path],
-                    folder: Path) -> Scene:
-    """Prepare bare images (+ DEM, + pre-event images) into a scene in ``folder`` exactly as at training time.
-
-    By the bundle's recipe (band names, resolution, pre-event band names), else by what its band names say (image
-    bands, indices, pre_* and d* layers, terrain); a missing input is a one-line UserError.
-    """
-    from slidemap.stages.prepare import PrepareOptions
-    from slidemap.stages.prepare import run as prepare_run
-
-    kinds, recipe = layer_kinds(bundle.bands), bundle.meta.recipe
-    wanted_images = list(recipe.image_bands) if recipe is not None and recipe.image_bands else kinds.image
-    terrain = kinds.terrain
-    n = _band_count(images, "--image")
-    if n != len(wanted_images):
-        raise UserError(f"--image: the images hold {n} band(s) but model {bundle.name} expects "
-                        f"{len(wanted_images)} image band(s) ({', '.join(wanted_images)}), in that order")
-    if terrain and dem is None:
-        raise UserError(f"--dem: model {bundle.name} uses terrain layer(s) {', '.join(terrain)}; give the "
-                        f"DEM")
-    if dem is not None and not terrain:
-        warnings.warn(f"--dem {dem}: model {bundle.name} uses no terrain layer; the DEM is not used",
-                      PredictWarning, stacklevel=3)
-    needs_pre = kinds.needs_pre_image
-    if needs_pre and not pre_images:
-        raise UserError(f"--pre-image: model {bundle.name} uses pre-event layer(s) {', '.join(needs_pre)}; "
-                        f"give the pre-event image(s) it was trained with")
-    if pre_images and not needs_pre:
-        warnings.warn(f"--pre-image: model {bundle.name} uses no pre-event layer; the pre-event image(s) are "
-                      f"not used", PredictWarning, stacklevel=3)
-        pre_images = []
-    pre_names = list(recipe.pre_bands) if recipe is not None and recipe.pre_bands and pre_images else None
-    if pre_names is not None and _band_count(pre_images, "--pre-image") != len(pre_names):
-        raise UserError(f"--pre-image: the pre-event images hold {_band_count(pre_images, '--pre-image')} "
-                        f"band(s) but model {bundle.name} was trained with {len(pre_names)} "
-                        f"({', '.join(pre_names)}), in that order")
-    try:
-        prepare_run(PrepareOptions(
-            images=list(images), out=folder, dem=dem if terrain else None, terrain=terrain,
-            band_names=wanted_images, indices=kinds.indices_to_compute, pre_images=pre_images,
-            pre_band_names=pre_names, change=[c[len(CHANGE_PREFIX):] for c in kinds.change],
-            resolution=recipe.resolution_m if recipe is not None else None))
-    except UserError as e:
-        raise UserError(f"model {bundle.name} (bands {', '.join(bundle.bands)}): {e}") from None
-    return Scene(folder)
-
-
-def _band_count(paths: list[Path], option: str) -> int:
-    n = 0
-    for p in paths:
-        with open_raster(p, option) as ds:
-            n += ds.count
-    return n
 
 
 def _window_of(scene: Scene, area: str | None) -> tuple[Window, list | None]:

@@ -17,9 +17,9 @@ from slidemap.formats.files import sha256
 from slidemap.nn.bundle import Bundle
 from slidemap.nn.device import check_engine, check_precision, resolve_device
 from slidemap.nn.engines import EngineRecord, OnnxRunner, export_paths, require_onnxruntime
-from slidemap.nn.inference import TileRunner
+from slidemap.nn.inference import SymmetryAverage, TileRunner
 
-Runner = TileRunner | OnnxRunner
+Runner = TileRunner | OnnxRunner | SymmetryAverage
 """What a prediction runs tiles through: (N, C, h, w) standardised float32 -> (N, h, w) probabilities."""
 ONNX_ENGINES = ("onnx", "onnx-int8")
 
