@@ -417,11 +417,11 @@ def test_bad_inputs_are_one_line_user_errors(chips, tmp_path):
         (dict(chips=make_chipset(tmp_path / "empty", landslides=False)), "no landslide pixel in the"),
         (dict(chips=_scene_chipset_without_windows(tmp_path / "nowin")),
          "nowin: windows.csv is missing, so overlapping chips cannot be kept apart"),
-        (dict(loss="dice"), "--loss dice: must be 'bce', 'bce\\+dice' or 'focal'"),
+        (dict(loss="dice"), "--loss dice: use one of bce, bce\\+dice, focal"),
         (dict(pos_weight=-1.0), "--pos-weight -1.0: must be greater than 0"),
         (dict(val_fraction=1.0), "--val-fraction 1.0: must be less than 1"),
         (dict(epochs=0), "--epochs 0: must be greater than or equal to 1"),
-        (dict(model="vgg"), "--model vgg: must be 'unet' or 'resunet'"),
+        (dict(model="vgg"), "--model vgg: use one of unet, resunet"),
         (dict(precision="8"), "--precision 8"),
         (dict(resume=True), "holds no run to continue"),
     ]

@@ -242,7 +242,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
         if metrics is None:
             predict.run(predict.PredictOptions(model=model, out=folder, chips=Path(chips), threshold="0.5",
                                                engine=p.engine, device=job.spec.training.device,
-                                               precision=p.precision, previews=0))
+                                               precision=p.precision, tta=p.tta, previews=0))
             metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
         assert isinstance(metrics, PatchMetrics)
         rows.append(area_row({**base, "threshold": metrics.threshold}, site, "patches", metrics.counts, {}, {},
@@ -255,7 +255,7 @@ def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> l
             evaluation = predict.run(predict.PredictOptions(
                 model=model, out=folder, scene=Path(scene), area=area.name, tile=p.tile, overlap=p.overlap,
                 threshold=p.threshold, min_area=p.min_area, postprocess=p.postprocess, batch_size=p.batch_size,
-                engine=p.engine, device=job.spec.training.device, precision=p.precision,
+                engine=p.engine, device=job.spec.training.device, precision=p.precision, tta=p.tta,
                 outputs="all" if p.outputs == "all" else "mask", evaluate=True,
                 error_maps="tif" if p.outputs == "all" else "none")).evaluation
             metrics = cast("evaluate.EvaluateResult", evaluation).metrics

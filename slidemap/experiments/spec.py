@@ -312,6 +312,8 @@ class Predict(SpecModel):
     # quantised or bf16 copy); ONNX Runtime runs only when asked
     engine: Literal["torch", "onnx", "onnx-int8"] = "torch"
     precision: Precision = "32"
+    tta: Literal[1, 2, 4, 8] = 1
+    """Test-time augmentation: the probabilities averaged over 1, 2, 4 or 8 symmetries of each tile."""
     # "metrics": each test area keeps mask.tif, prediction.json and its metrics (no probabilities, polygons,
     # styles or error maps, which grow with the area: 0.15 MB of quick.yaml's 154 x 192-px areas); the report
     # draws the error maps it shows from the masks. "all": every output of predict and evaluate but the PNGs
