@@ -61,9 +61,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--slidemap", default=str(Path(sys.executable).with_name("slidemap")))
+    ap.add_argument("--hash-only", action="store_true", help="hash the outputs already in OUT_DIR")
     a = ap.parse_args()
     out, exe = a.out, a.slidemap
     out.mkdir(parents=True, exist_ok=True)
+    if not a.hash_only:
+        run_pipeline(out, exe)
+    for k, v in hashes(out).items():
+        print(f"{k} {v}")
+
+
+def run_pipeline(out: Path, exe: str) -> None:
+    """synth, both prepares, both samples, train and predict through the CLI of ``exe``."""
     run(exe, "synth", str(out / "data"), "--seed", "3", "--size", "384", "--landslides", "30")
     d = out / "data"
     run(exe, "prepare", "--image", str(d / "image.tif"), "--dem", str(d / "dem.tif"), "--inventory",
@@ -73,9 +82,16 @@ def main() -> None:
     run(exe, "sample", str(out / "scene"), "--size", "64", "--overlap", "0.25", "--out", str(out / "grid"))
     run(exe, "sample", str(out / "scene"), "--method", "random", "--size", "64", "--count", "200",
         "--require-landslide", "--out", str(out / "random"))
+    help_text = subprocess.run([exe, "train", "--help"], capture_output=True, text=True).stdout
+    few = ["--min-chips", "1"] if "--min-chips" in help_text else []  # this small grid has fewer than 32
     run(exe, "train", str(out / "grid"), "--out", str(out / "run"), "--filters", "8", "--epochs", "4",
-        "--precision", "32", "--seed", "0", "--no-progress")
+        "--precision", "32", "--seed", "0", "--no-progress", *few)
     run(exe, "predict", str(out / "run"), "--scene", str(out / "scene"), "--out", str(out / "pred"), "--evaluate")
+
+
+def hashes(out: Path) -> dict[str, str]:
+    """One hash per output: pixels, chip arrays, weights, metrics, polygons, scores (paths left out)."""
+    d = out / "data"
     rows: dict[str, str] = {}
     for name in ("image.tif", "dem.tif"):
         rows[f"synth/{name}"] = raster_hash(d / name)
@@ -97,10 +113,9 @@ def main() -> None:
     metrics = sorted((out / "pred").rglob("metrics.json"))
     for m in metrics:
         data = json.loads(m.read_text())
-        rows[f"pred/{m.relative_to(out / 'pred')}"] = digest(json.dumps(data.get("scores", data), sort_keys=True,
-                                                                         default=str).encode())
-    for k, v in rows.items():
-        print(f"{k} {v}")
+        text = json.dumps(data, sort_keys=True, default=str).replace(str(out), "OUT")
+        rows[f"pred/{m.relative_to(out / 'pred')}"] = digest(text.encode())
+    return rows
 
 
 if __name__ == "__main__":
