@@ -1,8 +1,8 @@
 """``slidemap demo``: the whole pipeline on the built-in synthetic study area.
 
 synth -> prepare -> sample -> train -> predict -> evaluate, each step printed with what it wrote, ending
-with the test-area metrics table and the paths of the maps. The default run is sized to finish in under
-90 s on an idle 2-core CPU; ``--fast`` is a smaller run for CI.
+with the test-area metrics table and the paths of the maps. The default run is sized for a minute or so
+on a 2-core CPU (README's performance table); ``--fast`` is a smaller run for CI.
 """
 
 from __future__ import annotations

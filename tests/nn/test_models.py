@@ -20,7 +20,7 @@ from slidemap.nn.models import (
     parameter_table,
 )
 
-L4S = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
+L4S = Path(__file__).resolve().parents[3] / "shared" / "data" / "landslide4sense-sample"
 
 
 def blob_batch(seed: int, n: int = 4, size: int = 32, bands: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from slidemap.stages.runners import PredictWarning
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-DEEPNESS_CHECK = Path(__file__).resolve().parents[2] / "shared" / "tools" / "deepness_check.py"
+DEEPNESS_CHECK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "deepness_check.py"
 QGIS_PYTHON = "SLIDEMAP_QGIS_PYTHON"
 """Names the Python that runs the Deepness check: one that imports qgis.core, cv2 and onnxruntime <= 1.17."""
 QGIS_HOWTO = ("apt install python3-qgis qgis-providers python3-opencv; /usr/bin/python3 -m venv "

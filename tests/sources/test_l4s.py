@@ -25,7 +25,7 @@ from slidemap.sources.l4s import (
 )
 from slidemap.stages import evaluate, predict
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "landslide4sense-sample"
+SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "landslide4sense-sample"
 SAMPLE_NUMBERS = [1, 2, 3, 16, 27, 28]
 
 

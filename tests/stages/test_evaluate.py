@@ -29,7 +29,7 @@ from slidemap.stages.evaluate import EvaluateOptions, EvaluateResult, run
 
 UTM = "EPSG:32633"
 UTM_10M = Affine(10, 0, 500000, 0, -10, 5000000)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def evaluate(pred, truth=None, **options) -> EvaluateResult:

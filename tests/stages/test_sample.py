@@ -30,7 +30,7 @@ from slidemap.raster.sampling import (
 from slidemap.stages import sample as sample_mod
 from slidemap.stages.sample import SampleOptions
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SETTINGS = settings(max_examples=30, deadline=None)
 
 

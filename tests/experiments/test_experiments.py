@@ -196,7 +196,7 @@ def test_a_missing_input_is_one_line_before_anything_runs(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["soares2020", "ghorbanzadeh2021", "landslide4sense", "quick"])
 def test_shipped_specs_pass_the_dry_run(tmp_path, name):
     """Placeholders (YOUR_DATA) are listed as missing; the listing goes on."""
-    spec = Path(__file__).resolve().parents[1] / "examples" / f"{name}.yaml"
+    spec = Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml"
     lines = dry_run(spec, tmp_path / "o", calibrate=False).splitlines()
     assert any(line.endswith("the same for every run") for line in lines)
     assert not (tmp_path / "o").exists()
@@ -209,7 +209,7 @@ def test_paths_are_relative_to_the_spec(tmp_path):
 
 def test_dry_run_counts_the_studies_grids(tmp_path, capsys):
     """Study 000's grid: 4 datasets x 2 samplings x 3 sizes x 3 filters x 4 batch sizes = 288 runs."""
-    spec = Path(__file__).resolve().parents[1] / "examples" / "soares2020.yaml"
+    spec = Path(__file__).resolve().parents[2] / "examples" / "soares2020.yaml"
     if not spec.is_file():
         pytest.skip("examples/soares2020.yaml not shipped yet")
     # the listing alone: the CLI's --dry-run also times a step of each of the grid's network shapes
