@@ -1,7 +1,11 @@
 """`slidemap demo --fast` runs the whole pipeline end to end through the real CLI."""
 
+import pytest
+
 from slidemap.cli import main
 from slidemap.formats.prediction import SceneMetrics
+
+pytestmark = pytest.mark.slow  # runs whole commands and grids: `pytest -m 'not slow'` leaves it out
 
 # Measured 0.787 pooled test F1 (0.840 test_a, 0.734 test_b) on 2 cores; the floor leaves slack for
 # thread-count and platform noise in the float arithmetic.

@@ -19,6 +19,8 @@ from slidemap.errors import UserError
 from slidemap.experiments.runner import dry_run, run_experiment
 from slidemap.experiments.spec import load_spec
 
+pytestmark = pytest.mark.slow  # runs whole commands and grids: `pytest -m 'not slow'` leaves it out
+
 TIMING = ("train_seconds", "run_seconds", "chips_per_s", "run_folder", "prediction_folder")
 
 SPEC = """\

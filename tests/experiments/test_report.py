@@ -141,6 +141,7 @@ def grid(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.mark.slow
 def test_report_tables_maps_and_verdicts(grid, tmp_path):
     import json
 

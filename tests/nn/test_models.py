@@ -180,12 +180,14 @@ def test_layer_and_parameter_counts():
 
 
 @pytest.mark.parametrize("name", list(OVERFIT))
+@pytest.mark.slow
 def test_overfits_one_batch(name, overfitted):
     _, losses = overfitted[name]
     assert losses[0] > 0.5
     assert losses[-1] < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OVERFIT))
 def test_channels_last_and_bf16_agree_with_fp32(name, overfitted):
     model, _ = overfitted[name]
@@ -260,6 +262,7 @@ def test_unet_inference_path_computes_the_same_function(kwargs):
         assert torch.isnan(net(x)[0]).any() and not torch.isnan(net(x)[1]).any()
 
 
+@pytest.mark.slow
 def test_resunet_trains_channels_last_at_any_batch_size():
     """torch 2.13's CPU backward of a stride-2 1x1 convolution on channels-last tensors corrupts the heap
     at some batch sizes (a ResU-Net quick grid died with "double free or corruption"); the ResU-Net's

@@ -236,7 +236,7 @@ def test_single_band_brightness_threshold_fails(study):
 
 @pytest.mark.parametrize("kwargs, option", [
     ({"size": 100}, "--size"), ({"pixel_size": 0.0}, "--pixel-size"), ({"landslides": -1}, "--landslides"),
-    ({"seed": -3}, "--seed"), ({"size": 256, "landslides": 400}, "--landslides"),
+    ({"seed": -3}, "--seed"), pytest.param({"size": 256, "landslides": 400}, "--landslides", marks=pytest.mark.slow),
     ({"relief": -1.0}, "--relief"), ({"relief": 0.0}, "--relief"), ({"relief": float("nan")}, "--relief"),
     ({"bare_fields": -0.5}, "--bare-fields"), ({"settlements": 11.0}, "--settlements"),
     ({"roads": -1.0}, "--roads"), ({"landslide_size": 0.0}, "--landslide-size"),

@@ -85,6 +85,7 @@ def test_target_grid_in_metres_for_projected_and_geographic_crs():
     assert t.width * t.transform.a >= geo.width * geo.transform.a
 
 
+@pytest.mark.slow
 def test_half_metre_scene_to_2_m_keeps_landslide_km2_within_1_percent(vhr, tmp_path):
     native = prepare(tmp_path / "native", images=[vhr["image"]], dem=vhr["dem"], inventory=vhr["inventory"])
     coarse = prepare(tmp_path / "coarse", images=[vhr["image"]], dem=vhr["dem"], inventory=vhr["inventory"],

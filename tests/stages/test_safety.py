@@ -47,6 +47,8 @@ from slidemap.formats.files import _HOST, output_lock, sha256
 from slidemap.nn.bundle import load_bundle
 from slidemap.nn.fitting import readable_checkpoint
 
+pytestmark = pytest.mark.slow  # runs whole commands and grids: `pytest -m 'not slow'` leaves it out
+
 SLIDEMAP = [sys.executable, "-m", "slidemap"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SLIDEMAP_CHECKPOINT_EVERY_S": "0"}  # checkpoints every epoch
 SYNTH = ["--size", "256", "--landslides", "30", "--seed", "0"]

@@ -445,6 +445,7 @@ def test_batch_larger_than_training_set_warns_and_cli_runs(chips, tmp_path, caps
 
 # --- a real learning check on the synthetic study area ----------------------------------------------------
 
+@pytest.mark.slow
 def test_unet16_beats_brightness_baseline_on_synthetic_scene(tmp_path):
     from slidemap.sources.synth import synthesize
     from slidemap.stages import prepare, sample
