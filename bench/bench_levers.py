@@ -34,6 +34,7 @@ LEVERS = {
     "photometric": {"photometric": True},
     "cosine + warm-up": {"lr_schedule": "cosine", "warmup_epochs": 2},
     "smoothed stopping": {"stop_smoothing": 0.6, "min_epochs": 8},
+    "per-scene standardisation": {"standardise": "scene"},
 }
 
 

@@ -20,7 +20,7 @@ from slidemap.raster.metrics import Counts, scores
 
 COORDS = ("scenario", "train_sites", "test_site", "test_area", "pooled", "dataset", "bands", "augment",
           "sampling", "method", "size", "architecture", "filters", "batch_size", "lr", "loss", "epochs", "patience",
-          "seed")
+          "standardise", "seed")
 METRICS = ("precision", "recall", "f1", "iou", "miou", "tp", "fp", "fn", "tn", "tp_km2", "fp_km2", "fn_km2",
            "tn_km2", "landslides_found", "landslides_total", "false_alarms", "predicted_objects")
 RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_chips", "val_chips", "train_seconds",

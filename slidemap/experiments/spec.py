@@ -44,7 +44,7 @@ from slidemap.stages.prepare import PrepareOptions
 from slidemap.stages.sample import SampleOptions
 from slidemap.stages.train import TrainOptions
 
-TRAINING_AXES = ("lr", "loss", "epochs", "patience")
+TRAINING_AXES = ("lr", "loss", "epochs", "patience", "standardise")
 """Training settings a spec may give as a list, each list an axis of the grid (e.g. a learning-rate pilot)."""
 AXES = ("scenario", "dataset", "sampling", "size", "architecture", "filters", "batch_size", *TRAINING_AXES,
         "seed")
@@ -279,8 +279,8 @@ else:
             "(scene, out, size, seed, area), and a name.")
     Training = _derived_model(
         "Training", TrainOptions, {"chips": ["."], "out": "."}, SET_BY_THE_GRID, SpecModel, TRAINING_AXES,
-        doc="What every run shares (each of lr, loss, epochs, patience may be a list: an axis of the grid): "
-            "the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
+        doc="What every run shares (each of lr, loss, epochs, patience, standardise may be a list: an axis of the "
+            "grid): the fields of slidemap.stages.train.TrainOptions that no axis or runner sets.")
 
 
 class Scenario(SpecModel):
@@ -402,7 +402,7 @@ class Spec(SpecModel):
         return {name: Scenario(train=[name], test=[name]) for name in self.sites}
 
     def axis_values(self, name: str) -> list[Any]:
-        """The values of a training axis (``lr``, ``loss``, ``epochs``, ``patience``): a list of one or more."""
+        """The values of a training axis (``TRAINING_AXES``: ``lr``, ``loss``, ...): a list of one or more."""
         value = getattr(self.training, name)
         return list(value) if isinstance(value, list) else [value]
 

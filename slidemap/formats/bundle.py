@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from slidemap.errors import UserError
 from slidemap.formats.base import Record, Sidecar
@@ -24,6 +24,8 @@ from slidemap.formats.scene import BandStats, Recipe
 MAX_FILTERS = 256
 """Largest first-block width a bundle may ask for (the studies used 16-64; 256 is already 900 M weights)."""
 MAX_BANDS = 64
+Standardise = Literal["training", "scene"]
+"""Whose statistics standardise a model's input: the training area's (in the bundle) or each scene's own."""
 
 
 class PostProcess(Record):
@@ -59,6 +61,7 @@ class BundleMeta(Sidecar):
     postprocess: PostProcess | None = None
     training: dict[str, Any] = {}
     recipe: Recipe | None = None  # how the training scene's layers were made: predict --image redoes it
+    standardise: Standardise = "training"  # "scene": predict standardises each input with its own statistics
 
     @field_validator("model_args")
     @classmethod
@@ -78,6 +81,14 @@ class BundleMeta(Sidecar):
         if bad:
             raise ValueError(f"threshold {next(iter(bad))} = {next(iter(bad.values()))} is outside [0, 1]")
         return th
+
+    @model_serializer(mode="wrap")
+    def _default_standardise_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a bundle of the default kind is written byte for byte as before the option existed
+        data = handler(self)
+        if self.standardise == "training":
+            data.pop("standardise", None)
+        return data
 
     @model_validator(mode="after")
     def _stats_for_every_band(self) -> BundleMeta:

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from slidemap.errors import UserError
 from slidemap.formats.base import Record, Sidecar
+from slidemap.formats.bundle import Standardise
 from slidemap.formats.files import read_json
 
 
@@ -24,6 +25,23 @@ class Threshold(Record):
 
     value: float = Field(ge=0, le=1)
     which: str = "given"
+
+
+StatsSource = Literal["bundle", "scene.json", "region", "chips.json"]
+"""Where the statistics that standardised an input came from (see :class:`Standardisation`)."""
+
+
+class Standardisation(Record):
+    """The statistics the input was standardised with (``slidemap.stages.standardise``).
+
+    ``standardise`` is the bundle's kind; ``source`` where the numbers came from: ``bundle`` (the training
+    area's), ``scene.json`` (prepare's, over the same pixels as the region predicted), ``region`` (measured over
+    the region predicted) or ``chips.json`` (the patch set's own).
+    """
+
+    standardise: Standardise = "training"
+    source: StatsSource = "bundle"
+    stats: dict[str, dict[str, float]] = {}
 
 
 class ScenePrediction(Sidecar):
@@ -47,6 +65,7 @@ class ScenePrediction(Sidecar):
     postprocess: dict[str, Any] = {}  # what turned probabilities into the mask (slidemap.raster.postprocess)
     input_stats: dict[str, dict[str, Any]] = {}  # per band, over the pixels read (the domain-shift guard)
     shift_warnings: list[str] = []
+    standardisation: Standardisation | None = None  # None: written before slidemap recorded it
     tile: int = Field(gt=0)
     overlap: int = Field(ge=0)
     blend_margin: int = Field(ge=0)
@@ -87,6 +106,7 @@ class PatchPrediction(Sidecar):
     postprocess: dict[str, Any] = {}
     input_stats: dict[str, dict[str, Any]] = {}
     shift_warnings: list[str] = []
+    standardisation: Standardisation | None = None
     submission: list[str] = []  # the folder (and zip) holding only the masks, relative to the prediction
     bands: list[str]
     count: int = Field(ge=0)

@@ -4,6 +4,9 @@ A network is trained on bands standardised with the train area's per-band mean a
 and those statistics travel in the bundle; prediction of a scene, of patches, or of an exported model
 standardises with exactly the same numbers, in the bundle's band order, and turns nodata (NaN) into 0,
 the standardised mean. A band whose std is 0, unknown or not finite is only centred (divided by 1).
+
+A bundle trained with ``standardise: scene`` is the exception: each chip set was standardised with its own
+statistics, and prediction standardises each input with its own (``slidemap.stages.standardise`` chooses).
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ class Normaliser:
             raise UserError(f"{where}: holds no normalisation statistics for band(s) {', '.join(missing)}; "
                             f"{redo}")
         return cls(tuple(bands), np.asarray(mean, np.float32), np.asarray(std, np.float32))
+
+    @classmethod
+    def pooled(cls, parts: Sequence[Normaliser], weights: np.ndarray, where: str, redo: str) -> Normaliser:
+        """The standardisation of several sets (sites) taken as one: ``weights`` (sets x bands) their pixel counts.
+
+        The weighted mean of the means; the variance within the sets plus that of their means about it.
+        """
+        bands = parts[0].bands
+        means = np.array([p.mean for p in parts], dtype=np.float64)
+        variances = np.array([p.std for p in parts], dtype=np.float64) ** 2
+        w = weights / weights.sum(axis=0, keepdims=True)
+        mean = (w * means).sum(axis=0)
+        var = (w * (variances + (means - mean) ** 2)).sum(axis=0)
+        stats = {b: {"mean": float(mean[i]), "std": float(np.sqrt(var[i]))} for i, b in enumerate(bands)}
+        return cls.from_stats(bands, stats, where, redo)
 
     def __call__(self, x: np.ndarray, channel_axis: int = -3) -> np.ndarray:
         """Standardise ``x`` (..., C, H, W) float32 IN PLACE and return it; NaN/inf -> 0."""

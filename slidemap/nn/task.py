@@ -230,8 +230,8 @@ def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: 
                       chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and masks of several chip sets, one after the other.
 
-    Images (N, C, S, S) float32 are standardised by ``normalise`` (NaN -> 0); masks (N, S, S) uint8 hold 255
-    wherever the mask or any selected band is nodata.
+    Images (N, C, S, S) float32 are standardised by ``normalise`` (NaN -> 0), or by ``normalise[i]`` for chip set
+    ``i`` when it is a sequence; masks (N, S, S) uint8 hold 255 wherever the mask or any selected band is nodata.
 
     Read in chunks from the memory-mapped stores, so peak memory is the result plus one chunk.
     """
@@ -239,13 +239,14 @@ def load_chip_tensors(chipsets: Sequence[Any], bands: Sequence[str], normalise: 
     images = torch.empty((n, len(bands), size, size), dtype=torch.float32)
     masks = torch.empty((n, size, size), dtype=torch.uint8)
     offset = 0
-    for chipset in chipsets:
+    per_chipset = normalise if isinstance(normalise, Sequence) else [normalise] * len(chipsets)
+    for chipset, standardise in zip(chipsets, per_chipset, strict=True):
         idx = chipset.band_indexes(bands)
         for start in range(0, len(chipset), chunk):
             stop = min(len(chipset), start + chunk)
             raw = np.asarray(chipset.images[start:stop][:, idx], dtype=np.float32)
             nodata = np.isnan(raw).any(axis=1)
-            images[offset + start:offset + stop] = torch.from_numpy(normalise(raw))
+            images[offset + start:offset + stop] = torch.from_numpy(standardise(raw))
             m = np.array(chipset.masks[start:stop], dtype=np.uint8)
             m[nodata] = 255
             masks[offset + start:offset + stop] = torch.from_numpy(m)

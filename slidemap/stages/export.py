@@ -24,6 +24,10 @@
   static, calibrated on chips of the bundle's training split.
 - ``M.engines.json``: the bundle these files come from (its checksum) and, with ``--int8``, each engine's
   validation F1 on the bundle's validation chips at its best threshold (torch fp32, ONNX fp32, ONNX int8).
+
+A bundle trained with ``standardise: scene`` is refused: it must standardise each scene with that scene's own
+statistics, and a file with one standardisation inside would apply the training area's to every layer QGIS
+gives it, a silently wrong map wherever the sensor or the light differ (the case such a model is for).
 """
 
 from __future__ import annotations
@@ -97,8 +101,13 @@ class ExportResult(StageResult):
 def run(options: ExportOptions) -> ExportResult:
     """Write ``options.onnx`` for QGIS, its style, the engines and their record (see the module doc)."""
     o = options
-    require_onnx("--onnx")
     bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "RUN")
+    if bundle.meta.standardise == "scene":
+        raise UserError(f"RUN {bundle.name}: was trained with standardise scene (each scene standardised with its "
+                        f"own statistics), which an ONNX file cannot do: it holds one standardisation and would "
+                        f"give every layer the training area's; predict with slidemap, or train with standardise "
+                        f"training to export")
+    require_onnx("--onnx")
     check_tiling(o.tile, o.overlap)
     paths = _check_paths(o.onnx, bundle)
     threshold = bundle.threshold(o.threshold)

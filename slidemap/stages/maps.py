@@ -60,8 +60,11 @@ def write_error_map_style(tif: Path) -> Path:
 def warn_shift(bundle: Bundle, seen: InputStats, where: str) -> list[str]:
     """Warn once per band whose input statistics are far from the bundle's training statistics.
 
-    Returns the messages (for prediction.json).
+    Returns the messages (for prediction.json). None for a bundle that standardises each input with its own
+    statistics: another level or scale is then what it is made to absorb.
     """
+    if bundle.meta.standardise == "scene":
+        return []
     found = shift_warnings(bundle.meta.stats, seen.as_dict())
     for message in found.values():
         warnings.warn(f"{where}: {message}", ShiftWarning, stacklevel=3)

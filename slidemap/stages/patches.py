@@ -2,8 +2,9 @@
 
 Prediction writes one ``mask_N.h5`` per patch exactly as the benchmark's own ``Predict.py`` does (dataset
 ``mask``, (128, 128) uint8, 0/1, named after the image numbers), so the folder can be zipped and submitted.
-Inputs are standardised with the *bundle's* statistics (those the network was trained with), never the chip
-set's; nodata (NaN) becomes 0 after standardisation, i.e. the training mean. Evaluation pools pixel counts
+Inputs are standardised with the *bundle's* statistics (those the network was trained with), not the chip
+set's, unless the bundle was trained with ``standardise: scene`` (``slidemap.stages.standardise``); nodata (NaN)
+becomes 0 after standardisation, i.e. the mean. Evaluation pools pixel counts
 over all patches, as the benchmark scores: one confusion matrix over every pixel, then the scores, so the
 many all-background patches do not dominate as a per-patch mean would.
 """
@@ -31,6 +32,7 @@ from slidemap.raster.postprocess import Decision
 from slidemap.raster.shift import InputStats
 from slidemap.sources.l4s import mask_name, read_mask, write_mask
 from slidemap.stages.maps import warn_shift
+from slidemap.stages.standardise import patch_normaliser
 
 if TYPE_CHECKING:
     from slidemap.stages.runners import Runner
@@ -53,7 +55,7 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
     chipset = ChipSet(chips, "--chips")
     where = f"--chips {chipset.path}"
     idx = match_bands(bundle.bands, chipset.bands, where, bundle.name)
-    normalise = bundle.normaliser()
+    normalise, standardisation = patch_normaliser(bundle, chipset, where)
     if runner is None:
         runner = TileRunner(bundle.build_model(), device, precision)
     n = len(chipset)
@@ -87,7 +89,7 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
             chips=str(chipset.path.resolve()), chips_sha256=sha256(chipset.path / "chips.json"),
             model=bundle.name, threshold=decision.threshold, threshold_choice=decision.which,
             postprocess=decision.record(), input_stats=seen.as_dict(), shift_warnings=shift,
-            submission=packed, bands=bundle.bands, count=n,
+            standardisation=standardisation, submission=packed, bands=bundle.bands, count=n,
             masks=names, sources=[w.get("source", "") for w in chipset.windows],
             landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision,
             engine=getattr(runner, "engine", "torch"), engine_choice=choice or {})

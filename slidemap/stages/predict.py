@@ -87,6 +87,7 @@ from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import Device, Precision, StageOptions, StageResult, Tile, TileOverlap
 from slidemap.stages.patches import predict_patches
 from slidemap.stages.runners import Runner, build_runner
+from slidemap.stages.standardise import scene_normaliser
 
 PROB_NODATA_U8 = 255
 MASK_NODATA = 255
@@ -279,6 +280,7 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
         band_idx = [i + 1 for i in match_bands(bundle.bands, sc.bands, where, bundle.name)]
         window, area_geoms = _window_of(sc, o.area)
         region = _Region(sc, band_idx, window, area_geoms)
+        normalise, standardisation = scene_normaliser(bundle, sc, band_idx, window, region.inside, o.area, where)
         seen = InputStats(bundle.bands)
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as opened:
             # the scene's mask.tif, opened once: where to predict (pass 1) and the truth the area is scored on
@@ -293,8 +295,7 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
                 if o.evaluate and o.area else None
             if scoring is not None:
                 opened.callback(scoring.close)
-            summary = _predict_region(runner, region, bundle.normaliser(), tmp, o, decision, seen, scene_mask,
-                                      scoring)
+            summary = _predict_region(runner, region, normalise, tmp, o, decision, seen, scene_mask, scoring)
         shift = warn_shift(bundle, seen, where)
         if o.outputs == "all":
             write_styles(tmp, o.as_float)
@@ -315,6 +316,7 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
             crs=sc.crs.to_wkt(), transform=list(region.transform)[:6],
             threshold=Threshold(value=decision.threshold, which=decision.which),
             postprocess=decision.record(), input_stats=seen.as_dict(), shift_warnings=shift,
+            standardisation=standardisation,
             tile=o.tile, overlap=o.overlap, blend_margin=check_tiling(o.tile, o.overlap),
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
             engine=choice["engine"], engine_choice=choice,

@@ -12,7 +12,8 @@ How the pieces follow the studies, and where they depart from them (docs/trainin
   within each site;
 - augmentation draws one of the 8 symmetries of the square per sample and epoch (``slidemap.nn.augment``);
 - bands are standardised with the train area's statistics (pooled over the sites, weighted by their valid
-  pixel counts, when several chip sets are given); nodata becomes 0 after that and weighs nothing;
+  pixel counts, when several chip sets are given), or with ``standardise: scene`` each chip set with its own
+  (``slidemap.stages.standardise``); nodata becomes 0 after that and weighs nothing;
 - Lightning drives the loop (``slidemap.nn.task``, ``slidemap.nn.fitting``); a resumed run ends with the
   weights of an uninterrupted one.
 """
@@ -36,7 +37,7 @@ from pydantic import Field, SkipValidation, field_validator
 from slidemap.errors import UserError
 from slidemap.figures import plot_learning_curve
 from slidemap.formats.base import Record
-from slidemap.formats.bundle import BundleMeta, PostProcess
+from slidemap.formats.bundle import BundleMeta, PostProcess, Standardise
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_file, check_out, output_lock, sha256, write_json
 from slidemap.formats.scene import BandStats, Recipe
@@ -50,6 +51,7 @@ from slidemap.raster.postprocess import choose_postprocess, min_size_cap
 from slidemap.raster.split import Split, split_chips
 from slidemap.raster.tiling import check_patch_size
 from slidemap.stages.options import Device, Paths, Precision, StageOptions, StageResult, one_of
+from slidemap.stages.standardise import training_normalisers
 from slidemap.version import __version__
 
 RESUMABLE = ("epochs", "patience", "min_epochs", "min_chips", "stop_smoothing", "max_time", "device", "precision",
@@ -88,6 +90,10 @@ class TrainOptions(StageOptions):
     photometric: bool = False
     """Per-band gain and offset, illumination and a tone curve on the image bands, drawn per chip and epoch:
     for a model used on another sensor or another day."""
+    standardise: Standardise = "training"
+    """training: bands standardised with the training area's mean and std, also at prediction; scene: each chip
+    set with its own scene's, and each input predicted with its own (over the region predicted): for another
+    sensor or illumination. `export` refuses scene models."""
     patience: int = Field(20, ge=0)
     """Epochs without a lower (smoothed) validation loss before training stops; 0: never stops early."""
     min_epochs: int = Field(0, ge=0)
@@ -191,7 +197,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
     for c in chipsets:
         if c.masks is None:
             raise UserError(f"CHIPS {c.path}: has no masks.npy; training needs a chip set with masks")
-    normalise = _pooled_normaliser(chipsets, bands)
+    normalise, per_chipset = training_normalisers(chipsets, bands, o.standardise)
     out = check_out(o.out, "config.yaml", o.chips, "run")
     resume_from = _check_run_folder(out, o.resume)
     precision = choice.precision
@@ -208,7 +214,7 @@ def run(options: TrainOptions, callbacks: Sequence[Any] = ()) -> TrainResult:
 
     from slidemap.nn.task import load_chip_tensors
 
-    images, masks = load_chip_tensors(chipsets, bands, normalise)
+    images, masks = load_chip_tensors(chipsets, bands, per_chipset)
     if not bool((masks[torch.as_tensor(split.train)] == 1).any()):
         raise UserError(f"CHIPS {', '.join(str(c.path) for c in chipsets)}: no landslide pixel in the "
                         f"{len(split.train)} training chips; sample with --require-landslide or from an area "
@@ -302,7 +308,7 @@ def _fit_and_bundle(o: TrainOptions, out: Path, device: torch.device, choice: Pr
                   "split": split.as_dict(),
                   # what `slidemap export` writes as the resolution QGIS resamples to
                   **({"pixel_size_m": list(pixel_sizes[0])} if pixel_sizes[0] else {})},
-        recipe=_recipe(chipsets))
+        recipe=_recipe(chipsets), standardise=o.standardise)
     write_json(out / "summary.json", summary)
     bundle = save_bundle(out / "bundle.pt", net.cpu(), meta)
     if not o.keep_checkpoints:
@@ -395,33 +401,6 @@ def _bands(chipsets: list[ChipSet], wanted: list[str] | None) -> list[str]:
     return bands
 
 
-def _pooled_normaliser(chipsets: list[ChipSet], bands: list[str]) -> Normaliser:
-    """The chip set's statistics; for several chip sets (sites), their train-area statistics pooled.
-
-    Weights are each site's valid pixel count (its ``count``, else its chips' valid pixels).
-    """
-    where = f"CHIPS {chipsets[0].path}: chips.json"
-    if len(chipsets) == 1:
-        return Normaliser.from_stats(bands, chipsets[0].stats, where, "sample it again")
-    parts = [Normaliser.from_stats(bands, c.stats, f"CHIPS {c.path}: chips.json", "sample it again")
-             for c in chipsets]
-    weights = np.array([[_count(c, b) for b in bands] for c in chipsets], dtype=np.float64)
-    means = np.array([p.mean for p in parts], dtype=np.float64)
-    variances = np.array([p.std for p in parts], dtype=np.float64) ** 2
-    w = weights / weights.sum(axis=0, keepdims=True)
-    mean = (w * means).sum(axis=0)
-    var = (w * (variances + (means - mean) ** 2)).sum(axis=0)
-    stats = {b: {"mean": float(mean[i]), "std": float(np.sqrt(var[i]))} for i, b in enumerate(bands)}
-    return Normaliser.from_stats(bands, stats, where, "sample it again")
-
-
-def _count(chipset: ChipSet, band: str) -> float:
-    count = getattr(chipset.stats[band], "count", None)
-    if count:
-        return float(count)
-    return float(np.count_nonzero(np.asarray(chipset.masks) != 255)) or 1.0
-
-
 def _split(chipsets: list[ChipSet], val_fraction: float, seed: int) -> Split:
     """The spatial split of each chip set (site), concatenated.
 
@@ -463,6 +442,8 @@ def _config(o: TrainOptions, chipsets: list[ChipSet], bands: list[str], device: 
         "patience": o.patience, "bands": bands, "loss": o.loss, "pos_weight": o.pos_weight, "seed": o.seed,
         "device": device, "precision": precision, "max_time": o.max_time, "split": split.as_dict(),
         "slidemap_version": __version__,
+        # only when asked for: a run of the default resumes as before the option existed
+        **({"standardise": o.standardise} if o.standardise != "training" else {}),
     }
 
 
@@ -527,6 +508,8 @@ def _check_resumable(out: Path, config: dict[str, Any]) -> None:
                         f"start a new run") from None
     if not isinstance(old, dict):
         raise UserError(f"--resume: {out / 'config.yaml'} is not a run configuration; start a new run")
+    unwritten = {"standardise": "training"}  # options config.yaml holds only where they are not the default
+    old, config = {**unwritten, **old}, {**unwritten, **config}
     changed = [k for k in config if k not in RESUMABLE and old.get(k) != config[k]]
     if changed:
         what = "; ".join(f"{k} was {old.get(k)!r}, now {config[k]!r}" for k in changed)

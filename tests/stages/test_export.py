@@ -31,7 +31,7 @@ MEANS = [420.0, 610.0, 700.0, 2300.0, 850.0, 14.0]
 STDS = [60.0, 80.0, 95.0, 400.0, 120.0, 9.0]
 
 
-def make_bundle(path, arch="unet", postprocess=None, pixel_size=(10.0, 10.0), seed=0):
+def make_bundle(path, arch="unet", postprocess=None, pixel_size=(10.0, 10.0), seed=0, standardise="training"):
     torch.manual_seed(seed)
     net = build_model(arch, in_channels=len(BANDS), filters=4)
     with torch.no_grad():  # a head bias that puts probabilities in the middle, where errors show
@@ -39,7 +39,7 @@ def make_bundle(path, arch="unet", postprocess=None, pixel_size=(10.0, 10.0), se
     meta = BundleMeta(architecture=arch, model_args=dict(net.config), bands=BANDS,
                       stats={b: BandStats(mean=m, std=s) for b, m, s in zip(BANDS, MEANS, STDS, strict=True)},
                       patch_size=64, thresholds={"0.5": 0.5, "best": 0.4321}, postprocess=postprocess,
-                      training={"pixel_size_m": list(pixel_size)} if pixel_size else {})
+                      training={"pixel_size_m": list(pixel_size)} if pixel_size else {}, standardise=standardise)
     return save_bundle(path, net, meta).path
 
 
@@ -210,3 +210,12 @@ def test_export_without_onnx_installed_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(UserError, match=r"slidemap\[onnx\]"):
         export.run(export.ExportOptions(model=bundle, onnx=tmp_path / "m.onnx"))
+
+
+def test_a_model_that_standardises_each_scene_with_its_own_statistics_is_refused(tmp_path, capsys):
+    # the file would hold the training area's statistics and apply them to every layer: a silently wrong map
+    bundle = make_bundle(tmp_path / "bundle.pt", standardise="scene")
+    assert main(["export", str(bundle), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: RUN ") and err.count("\n") == 1 and "standardise scene" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle.pt"]  # nothing written
