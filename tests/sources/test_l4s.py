@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from l4s_helpers import lively_patch_bundle, make_l4s, tiny_bundle
 
 from slidemap.cli import main
 from slidemap.errors import UserError
@@ -27,21 +28,6 @@ from slidemap.stages import evaluate, predict
 
 SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "landslide4sense-sample"
 SAMPLE_NUMBERS = [1, 2, 3, 16, 27, 28]
-
-
-def make_l4s(folder: Path, numbers: list[int], masks: bool = True, seed: int = 0) -> Path:
-    """Write a tiny Landslide4Sense-format folder: random float64 images, sparse 0/1 masks."""
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    if masks:
-        (folder / "mask").mkdir(exist_ok=True)
-    for n in numbers:
-        with h5py.File(folder / "img" / f"image_{n}.h5", "w") as f:
-            f.create_dataset("img", data=rng.normal(n, 1.0, (128, 128, 14)))
-        if masks:
-            with h5py.File(folder / "mask" / f"mask_{n}.h5", "w") as f:
-                f.create_dataset("mask", data=(rng.random((128, 128)) < 0.05).astype(np.uint8))
-    return folder
 
 
 def one_line_error(excinfo, *names: str) -> str:
@@ -361,34 +347,6 @@ def test_cli_evaluate_corrupt_patch_prediction_is_one_line(tmp_path, capsys):
 
 # --- predict ------------------------------------------------------------------------------------------
 
-def tiny_bundle(path: Path, bands: list[str], stats: dict, centre_on: np.ndarray | None = None) -> Path:
-    """A 4-filter U-Net bundle; ``centre_on`` (a standardised (1, C, H, W) input) shifts its head so that
-    about half of that input's pixels are landslide, the logit 0 in the widest gap between two pixels'."""
-    import torch
-
-    from slidemap.formats.bundle import BundleMeta
-    from slidemap.nn.bundle import save_bundle
-    from slidemap.nn.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("unet", len(bands), filters=4)
-    if centre_on is not None:
-        with torch.no_grad():
-            def logits() -> np.ndarray:
-                return np.sort(model.eval()(torch.from_numpy(centre_on)).numpy().ravel())
-
-            lo, hi = np.percentile(logits(), [16, 84])  # the head is linear: scale the logits to a ±3 spread
-            model.head.weight.mul_(6.0 / max(hi - lo, 1e-6))
-            model.head.bias.mul_(6.0 / max(hi - lo, 1e-6))
-            middle = logits()[centre_on[0, 0].size // 4: 3 * centre_on[0, 0].size // 4]
-            k = int(np.argmax(np.diff(middle)))
-            assert middle[k + 1] - middle[k] > 1e-3  # far wider than float rounding between code paths
-            model.head.bias.sub_(float(middle[k] + middle[k + 1]) / 2)
-    meta = BundleMeta(architecture="unet", model_args=model.config, bands=bands, stats=stats, patch_size=128,
-                      thresholds={"0.5": 0.5, "best": 0.5}, training={})
-    return save_bundle(path, model, meta).path
-
-
 def predict_patches(bundle: Path, chips: Path, out: Path, **options) -> predict.PredictResult:
     """``slidemap predict MODEL --chips CHIPS --out OUT`` through its API."""
     return predict.run(predict.PredictOptions(model=bundle, out=out, chips=chips, **options))
@@ -448,25 +406,11 @@ def test_predict_refuses_missing_bands(tmp_path):
 
 # --- as participants use it ---------------------------------------------------------------------------
 
-def _lively_patch_bundle(tmp_path: Path, chips: ChipSet, **meta) -> Path:
-    """A bundle over all 14 bands whose mask of the first patch is about half landslide."""
-    from slidemap.nn.bundle import load_bundle, save_bundle
-
-    stats = {b: {"mean": float(s.mean), "std": float(s.std), "min": s.min, "max": s.max}
-             for b, s in chips.stats.items()}
-    x = np.asarray(chips.images[:1], np.float32).copy()
-    x = np.nan_to_num((x - np.array([s["mean"] for s in stats.values()], np.float32)[:, None, None])
-                      / np.array([s["std"] for s in stats.values()], np.float32)[:, None, None])
-    path = tiny_bundle(tmp_path / "base.pt", list(L4S_BANDS), stats, centre_on=x.astype(np.float32))
-    b = load_bundle(path)
-    return save_bundle(tmp_path / "bundle.pt", b.build_model(), b.meta.model_copy(update=meta)).path
-
-
 def test_submission_folder_holds_only_the_masks_and_the_zip_has_no_folder(tmp_path, capsys):
     import zipfile
 
     chips = import_l4s(make_l4s(tmp_path / "ValidData", [4, 9, 12]), tmp_path / "chips")
-    bundle = _lively_patch_bundle(tmp_path, chips)
+    bundle = lively_patch_bundle(tmp_path, chips)
     out = tmp_path / "pred"
     assert main(["predict", str(bundle), "--chips", str(chips.path), "--out", str(out), "--submission",
                  "--device", "cpu", "--precision", "32"]) == 0
@@ -494,7 +438,7 @@ def test_patch_sets_default_to_0_5_unless_the_validation_threshold_is_asked_for(
     from slidemap.formats.bundle import PostProcess
 
     chips = import_l4s(make_l4s(tmp_path / "d", [1, 2]), tmp_path / "chips")
-    bundle = _lively_patch_bundle(tmp_path, chips, thresholds={"0.5": 0.5, "best": 0.01},
+    bundle = lively_patch_bundle(tmp_path, chips, thresholds={"0.5": 0.5, "best": 0.01},
                                   postprocess=PostProcess(threshold=0.2, min_pixels=4))
     default = predict_patches(bundle, chips.path, tmp_path / "p0", device="cpu", precision="32").meta
     assert (default.threshold, default.threshold_choice) == (0.5, "0.5")
@@ -531,7 +475,7 @@ def test_validation_prediction_scored_against_the_training_split_is_refused(tmp_
     Importing the same folder again gives the same chip set (the same hash), which is accepted."""
     train = import_l4s(make_l4s(tmp_path / "TrainData", [1, 2, 3], seed=0), tmp_path / "train")
     valid = import_l4s(make_l4s(tmp_path / "ValidData", [1, 2, 3], seed=5), tmp_path / "valid")
-    bundle = _lively_patch_bundle(tmp_path, valid)
+    bundle = lively_patch_bundle(tmp_path, valid)
     pred = tmp_path / "pred"
     predict_patches(bundle, valid.path, pred, device="cpu", precision="32")
     assert main(["evaluate", str(pred), "--truth", str(train.path)]) == 2

@@ -120,13 +120,13 @@ def test_cli_prints_each_warning_as_one_line(study, capsys):
 
 
 def test_patch_sets_are_guarded_too(tmp_path):
-    from test_l4s import _lively_patch_bundle, make_l4s
+    from l4s_helpers import lively_patch_bundle, make_l4s
 
     from slidemap.sources.l4s import import_l4s
     from slidemap.stages import predict as stage
 
     chips = import_l4s(make_l4s(tmp_path / "d", [1, 2]), tmp_path / "chips")
-    bundle = _lively_patch_bundle(tmp_path, chips)
+    bundle = lively_patch_bundle(tmp_path, chips)
     import h5py
 
     scaled = make_l4s(tmp_path / "d10k", [1, 2])
