@@ -90,7 +90,9 @@ def _kind(field: FieldInfo) -> tuple[_Kind, Any, list[str] | None]:
         return _Kind.CHOICE, str, choices
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType) and Path in args:  # a model given as a file (Path | Bundle)
-        return _Kind.PLAIN, Path, None
+        # ... or as several files (an ensemble: Path | Bundle | list[Path | Bundle])
+        several = any(typing.get_origin(a) is list for a in args)
+        return (_Kind.FILES, list[Path], None) if several else (_Kind.PLAIN, Path, None)
     if origin is list:
         item = args[0] if args else str
         if item is Path:

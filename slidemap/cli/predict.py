@@ -54,7 +54,10 @@ def predict(values: dict[str, Any], scenes: Path | None, workers: int, ray: str 
         typer.echo(f"prediction {result.path}: {m.landslides} landslides, {m.landslide_km2:.4f} km² of "
                    f"{m.valid_km2:.3f} km² valid, threshold {m.threshold.value:.4f} ({m.threshold.which}), "
                    f"{m.mpx_per_s} Mpx/s, engine {m.engine_choice.get('setting', m.engine)}")
-        for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
+        if m.ensemble is not None:
+            alone = ", ".join(f"{t:.4f}" for t in m.ensemble.thresholds)
+            typer.echo(f"  ensemble of {len(m.ensemble.members)} models (their thresholds alone: {alone})")
+        for name in ("probability.tif", "mask.tif", "landslides.gpkg", *(["uncertainty.tif"] if m.uncertainty else [])):
             typer.echo(f"  {name:16s} {result.path / name}")
     if result.evaluation is not None:
         print_evaluation(result.evaluation)

@@ -31,17 +31,24 @@ NUMERIC = ("size", "filters", "batch_size", "seed", "lr", "epochs", "patience", 
            "iou", "miou", "tp", "fp", "fn", "tn", "tp_km2", "fp_km2", "fn_km2", "tn_km2", "landslides_found",
            "landslides_total", "false_alarms", "predicted_objects", "epochs_run", "train_seconds")
 METRIC_LABELS = {"precision": "precision", "recall": "recall", "f1": "F1", "iou": "IoU"}
+ENSEMBLE_MEMBERS = "members"
+"""The column that marks an ensemble's rows (its members' seeds; '' for a single run)."""
 RUNS_ON = "precision / device"
 """The column of every run table naming the precision and device of its runs."""
 
 
-def load(path: str | Path) -> pd.DataFrame:
+def load(path: str | Path, ensembles: bool = False) -> pd.DataFrame:
     """results.csv as a frame: numbers as numbers, a ``model`` label, ``local`` (tested on a training site).
 
     Columns an older results.csv lacks (training settings, precision, device) are added empty: they then match
-    between every two runs and tables say "not recorded".
+    between every two runs and tables say "not recorded". An ensemble's rows are left out unless ``ensembles``:
+    they are not runs, and every statistic here is over single runs.
     """
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if ENSEMBLE_MEMBERS not in df:
+        df[ENSEMBLE_MEMBERS] = ""
+    if not ensembles:
+        df = single_runs(df)
     for c in FACTORS:
         if c not in df:
             df[c] = ""
@@ -59,8 +66,16 @@ def load(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def single_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of single runs: an ensemble's rows (``members`` given) never count as a run of the grid."""
+    if ENSEMBLE_MEMBERS not in df:
+        return df
+    return df[df[ENSEMBLE_MEMBERS].fillna("").astype(str) == ""]
+
+
 def areas(df: pd.DataFrame) -> pd.DataFrame:
-    """The successful rows of single test areas (no pooled rows)."""
+    """The successful rows of single test areas of single runs (no pooled rows, no ensembles)."""
+    df = single_runs(df)
     return df[(df["status"] == "ok") & (df["pooled"] == "")]
 
 
@@ -217,3 +232,27 @@ def scores_by_scenario(df: pd.DataFrame) -> pd.DataFrame:
     r = run_level(df).assign(test_site="all")
     pooled = mean_sd(r, keys, ("precision", "recall", "f1"))
     return pd.concat([per_site, pooled], ignore_index=True).sort_values(keys, kind="stable")
+
+
+def ensembles_against_members(df: pd.DataFrame) -> pd.DataFrame:
+    """Each ensemble's F1 (its test areas pooled) beside its members' (each run's areas pooled): mean, sd, best.
+
+    ``df`` as ``load(path, ensembles=True)`` gives it; empty when it holds no ensemble.
+    """
+    a = df[(df["status"] == "ok") & (df["pooled"] == "")]
+    keys = [c for c in _present(df, FACTORS) if c != "seed"] + ["model"]
+    if ENSEMBLE_MEMBERS not in a or (a[ENSEMBLE_MEMBERS] == "").all():
+        return pd.DataFrame()
+    ens = _pooled(a[a[ENSEMBLE_MEMBERS] != ""], [*keys, ENSEMBLE_MEMBERS, "run_folder"])
+    runs = _pooled(a[a[ENSEMBLE_MEMBERS] == ""], [*keys, "seed", "run_folder"])
+    point = runs[keys].map(str).agg("|".join, axis=1)
+    rows = []
+    for _, e in ens.iterrows():
+        seeds = {float(x) for x in str(e[ENSEMBLE_MEMBERS]).split("+")}
+        mine = runs[(point == "|".join(str(e[k]) for k in keys)) & runs["seed"].isin(seeds)]["f1"]
+        rows.append({**{k: e[k] for k in ("scenario", "dataset", "sampling", "size", "model")},
+                     "members": e[ENSEMBLE_MEMBERS], "ensemble F1": e["f1"], "members' mean F1": mine.mean(),
+                     "members' sd": mine.std(ddof=1) if len(mine) > 1 else np.nan, "best member F1": mine.max(),
+                     "run_folder": e["run_folder"]})
+    return pd.DataFrame(rows)
+

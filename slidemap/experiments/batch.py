@@ -13,7 +13,7 @@ are relative to the list file.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ class SceneJob:
     scene: str | None
     images: tuple[str, ...]
     dem: str | None
-    model: str
+    models: tuple[str, ...]  # one model, or an ensemble's members
     out: str
     options: dict
 
@@ -71,18 +71,19 @@ def read_list(path: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
 
 def predict_one(job: SceneJob) -> tuple[str, str | None]:
     """Predict one entry (skipped when done); returns (name, error line or None)."""
-    from slidemap.formats.prediction import read_prediction
+    from slidemap.formats.prediction import models_of, read_prediction
     from slidemap.stages import predict
 
     out = Path(job.out) / job.name
     if (out / "prediction.json").is_file():
         try:
-            if Path(read_prediction(out).model).resolve() == Path(job.model).resolve():
+            if [Path(m).resolve() for m in models_of(read_prediction(out))] == \
+                    [Path(m).resolve() for m in job.models]:
                 return job.name, None
         except UserError:  # an unreadable or older description: predict it again
             pass
     try:
-        predict.run(predict.PredictOptions(model=Path(job.model), out=out,
+        predict.run(predict.PredictOptions(model=[Path(m) for m in job.models], out=out,
                                            scene=Path(job.scene) if job.scene else None,
                                            images=[Path(p) for p in job.images] or None,
                                            dem=Path(job.dem) if job.dem and job.images else None,
@@ -92,24 +93,30 @@ def predict_one(job: SceneJob) -> tuple[str, str | None]:
     return job.name, None
 
 
-def predict_scenes(model: Path, scenes: Path, out: Path, dem: Path | None = None, workers: int = 1,
+def predict_scenes(model: Path | Sequence[Path], scenes: Path, out: Path, dem: Path | None = None, workers: int = 1,
                    ray: str | None = None, log: Callable[[str], None] = print,
                    **options: Any) -> tuple[int, int, Path]:
-    """Predict every entry of ``scenes`` into ``out``; returns (done, failed, merged GeoPackage)."""
+    """Predict every entry of ``scenes`` into ``out``; returns (done, failed, merged GeoPackage).
+
+    ``model``: one bundle or run folder, or several (an ensemble, ``slidemap.stages.ensemble``).
+    """
     from slidemap.experiments.dispatch import dispatch
 
     entries = read_list(scenes)
-    model = model / "bundle.pt" if model.is_dir() else model
-    if not model.is_file():
-        raise UserError(f"MODEL {model}: no such model bundle; give a bundle.pt or a run folder")
-    folder = check_out(out, MARKER, [scenes, model], "batch prediction")
+    models = [m / "bundle.pt" if m.is_dir() else m for m in ([model] if isinstance(model, Path) else model)]
+    for m in models:
+        if not m.is_file():
+            raise UserError(f"MODEL {m}: no such model bundle; give a bundle.pt or a run folder")
+    folder = check_out(out, MARKER, [scenes, *models], "batch prediction")
     folder.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     with output_lock(folder):
         with atomic_file(folder / MARKER) as tmp:
-            tmp.write_text(json.dumps({"model": str(model.resolve()), "list": str(scenes.resolve()),
+            tmp.write_text(json.dumps({"model": str(models[0].resolve()), "members": [str(m.resolve()) for m in models],
+                                       "list": str(scenes.resolve()),
                                        "scenes": [e[0] for e in entries]}, indent=1) + "\n")
-        jobs = [SceneJob(name, scene, images, str(dem) if dem else None, str(model), str(folder), options)
+        jobs = [SceneJob(name, scene, images, str(dem) if dem else None, tuple(str(m) for m in models), str(folder),
+                         options)
                 for name, scene, images in entries]
         for name, error in dispatch(predict_one, jobs, workers, ray):
             log(f"scene {name}: {'FAILED: ' + error if error else 'done'}")

@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from slidemap.experiments.analysis import areas, run_level, run_level_where, site_level
+from slidemap.experiments.analysis import areas, run_level, run_level_where, single_runs, site_level
 from slidemap.experiments.verdicts import Claim, between, compare, key_of, match_keys, paired, with_holm
 from slidemap.raster.bands import TERRAIN_LAYERS
 
@@ -69,7 +69,11 @@ def _single_site_scenarios(units: pd.DataFrame) -> dict[str, str]:
 
 
 def claims(df: pd.DataFrame) -> list[Claim]:
-    """Every conclusion of both studies, tested on this grid's runs, with Holm's correction across them."""
+    """Every conclusion of both studies, tested on this grid's runs, with Holm's correction across them.
+
+    The unit is a single run: an ensemble's rows, if ``df`` holds any, are left out.
+    """
+    df = single_runs(df)
     if areas(df).empty:
         return []
     return with_holm([*_soares2020_claims(df), *_ghorbanzadeh2021_claims(df)])

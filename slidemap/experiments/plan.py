@@ -1,4 +1,4 @@
-"""From a spec to the grid of runs and the chip sets they need.
+"""From a spec to the grid of runs and the chip sets they need (and, with ``predict.ensemble``, the ensembles).
 
 Each run is one point of the cross product scenario x dataset x sampling x size x architecture x filters x
 batch size x lr x loss x epochs x patience x seed (trimmed by ``only``/``exclude``); a run's name holds
@@ -91,6 +91,20 @@ class RunPlan:
 
 
 @dataclass(frozen=True)
+class EnsemblePlan:
+    """The ensemble of one grid point's seeds (``predict.ensemble``): its members' models averaged."""
+
+    name: str
+    folder: Path
+    members: tuple[RunPlan, ...]
+
+    @property
+    def seeds(self) -> str:
+        """The members' seeds as results.csv's ``members`` column writes them (``0+1+2``)."""
+        return "+".join(str(m.coords["seed"]) for m in self.members)
+
+
+@dataclass(frozen=True)
 class Plan:
     """The expanded grid: every site, chip set and run the spec asks for, and where each goes."""
 
@@ -99,6 +113,7 @@ class Plan:
     sites: dict[str, SitePlan]
     chipsets: dict[str, ChipPlan]
     runs: list[RunPlan]
+    ensembles: list[EnsemblePlan] = field(default_factory=list)
 
 
 NAME_PREFIX = {"filters": "f", "batch_size": "b", "seed": "s", "lr": "lr", "epochs": "e", "patience": "p"}
@@ -182,4 +197,17 @@ def make_plan(spec: Spec, out: Path) -> Plan:
             bands=tuple(ds.bands) if ds.bands else None, augment=ds.augment, model_args=dict(model.model_args)))
     if not runs:
         raise UserError("only/exclude: no run is left in the grid; loosen the filters")
-    return Plan(spec, out, sites, chipsets, runs)
+    return Plan(spec, out, sites, chipsets, runs, ensembles_of(runs, named, out) if spec.predict.ensemble else [])
+
+
+def ensembles_of(runs: list[RunPlan], named: list[str], out: Path) -> list[EnsemblePlan]:
+    """One ensemble per grid point that has two or more seeds, named after the point and its members' seeds."""
+    points: dict[str, list[RunPlan]] = {}
+    for run in runs:  # the seed is the innermost axis: a point's runs are neighbours in the grid
+        points.setdefault(run_name(run.coords, [a for a in named if a != "seed"]), []).append(run)
+    found = []
+    for point, members in points.items():
+        if len(members) >= 2:
+            name = f"{point}__ensemble_s{'+'.join(_slug(str(m.coords['seed'])) for m in members)}"
+            found.append(EnsemblePlan(name, out / "ensembles" / name, tuple(members)))
+    return found

@@ -151,6 +151,7 @@ def write_report(experiment: str | Path, out: str | Path | None = None) -> Path:
             _sampling_size_layers(doc, df, root, folder, plan, maps)
             _transferability(doc, df, root, folder, maps)
         _conclusions(doc, df)
+        _ensembles(doc, an.ensembles_against_members(an.load(csv_path, ensembles=True)), root.resolve())
     md = folder / "report.md"
     with atomic_file(md) as tmp:
         tmp.write_text(doc.markdown())
@@ -545,6 +546,17 @@ def _conclusions(doc: Doc, df: pd.DataFrame) -> None:
     for study, name in vd.STUDIES.items():
         doc.h(3, f"Study {study} ({name})")
         doc.bullets([c.sentence() for c in items if c.study == study])
+
+
+def _ensembles(doc: Doc, table: pd.DataFrame, root: Path) -> None:
+    if table.empty:
+        return
+    table["run_folder"] = [_short(f, root) for f in table["run_folder"]]
+    doc.h(2, "Ensembles of seeds")
+    doc.p("Each grid point's models averaged (predict.ensemble; the mean of their probabilities, cut at the mean of "
+          "their thresholds), beside its members alone; F1 over the test areas pooled. Ensembles are not runs: "
+          "no table or test above counts them.")
+    doc.table(table)
 
 
 def _pairs(claim: vd.Claim) -> str:

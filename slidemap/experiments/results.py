@@ -1,4 +1,4 @@
-"""``results.csv``: one row per run x test area, plus the pooled rows per test site and per scenario.
+"""``results.csv``: one row per run (or ensemble) x test area, plus the pooled rows per test site and per scenario.
 
 Each run writes its rows into its own folder (``rows.json``, atomically, when the run is complete or has
 failed); ``results.csv`` is rebuilt from those files in grid order and replaced atomically after every run.
@@ -20,7 +20,7 @@ from slidemap.raster.metrics import Counts, scores
 
 COORDS = ("scenario", "train_sites", "test_site", "test_area", "pooled", "dataset", "bands", "augment",
           "sampling", "method", "size", "architecture", "filters", "batch_size", "lr", "loss", "epochs", "patience",
-          "standardise", "seed")
+          "standardise", "seed", "members")
 METRICS = ("precision", "recall", "f1", "iou", "miou", "tp", "fp", "fn", "tn", "tp_km2", "fp_km2", "fn_km2",
            "tn_km2", "landslides_found", "landslides_total", "false_alarms", "predicted_objects")
 RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_chips", "val_chips", "train_seconds",
@@ -29,10 +29,15 @@ RUN = ("threshold", "epochs_run", "best_epoch", "val_f1", "train_chips", "val_ch
 COLUMNS = COORDS + METRICS + RUN
 """Every column of results.csv, in order (``pooled``: '' for an area, 'site' or 'scenario' for pooled).
 
+An ensemble's rows (``predict.ensemble``) have ``seed`` "ensemble" and ``members`` its members' seeds (``0+1+2``);
+a single run's ``members`` is ''. The statistics leave ensembles out (``slidemap.experiments.analysis.load``).
+
 ``precision_mode`` is the training precision the experiment resolved once for all its runs (``precision``
 is the metric), ``device`` the device type they trained on; both are on every row, failed runs' too."""
 
 ROWS_FILE = "rows.json"
+ENSEMBLE = "ensemble"
+"""The ``seed`` of an ensemble's rows."""
 
 
 def area_row(base: dict[str, Any], site: str, area: str, pixels: dict[str, int], km2: dict[str, float],

@@ -18,35 +18,34 @@ import json
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from slidemap.errors import UserError
 from slidemap.experiments.dispatch import cores, dispatch
+from slidemap.experiments.ensembles import ensemble_jobs, execute_ensemble
 from slidemap.experiments.plan import Plan, RunPlan, make_plan
 from slidemap.experiments.results import (
-    area_row,
     read_rows,
     with_pooled,
     write_results,
     write_rows,
 )
+from slidemap.experiments.scoring import failure, score_site
 from slidemap.experiments.sites import check_inputs, materialise_chips, materialise_site, scene_of
 from slidemap.experiments.spec import AXES, TRAINING_AXES, Spec, load_spec
 from slidemap.formats.files import atomic_file, check_out, output_lock
 from slidemap.version import __version__
 
 if TYPE_CHECKING:
-    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
     from slidemap.nn.bundle import Bundle
     from slidemap.stages.train import TrainSummary
 
 SPEC_FILE = "experiment.json"
 MAY_CHANGE = ("name", "description", "resources", "only", "exclude", "repeats", "seeds", "sizes",
-              "predict.outputs")
+              "predict.outputs", "predict.ensemble")
 """Spec keys (dotted for nested ones) an experiment may change between reruns: they add or drop grid points,
 or only say how to run or what to keep; any other change would make old and new runs incomparable."""
 
@@ -105,16 +104,11 @@ def execute_run(job: RunJob) -> Outcome:
             bundle = load_bundle(run.folder / "bundle.pt")
         rows = []
         for site in run.test_sites:
-            rows += _test_site(job, site, base, bundle)
+            rows += score_site(run.folder, job.spec, job.scenes, job.l4s_tests, site, base, bundle)
         rows = with_pooled(rows)
         failed = None
     except (UserError, Exception) as e:  # noqa: BLE001 - recorded, the grid goes on
-        message = " ".join(str(e).split()) or type(e).__name__
-        if not isinstance(e, UserError):  # a bug: say where, the run folder keeps the traceback
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            message = f"{type(e).__name__}: {message} ({Path(frame.filename).name}:{frame.lineno})"
-            run.folder.mkdir(parents=True, exist_ok=True)
-            (run.folder / "error.txt").write_text(traceback.format_exc())
+        message = failure(e, run.folder)
         rows = [{**base, "status": "failed", "error": message[:400]}]
         failed = message
     seconds = time.perf_counter() - started
@@ -223,68 +217,6 @@ def admitting_options(sampler: dict[str, Any]) -> str:
     return ", ".join(hints[:-1]) + " or " + hints[-1]
 
 
-def _test_site(job: RunJob, site: str, base: dict[str, Any], model: Bundle) -> list[dict[str, Any]]:
-    """Predict and evaluate each test area of ``site`` (one prediction folder per area), as rows."""
-    from slidemap.formats.prediction import PatchMetrics, SceneMetrics
-    from slidemap.formats.scene import Scene
-    from slidemap.stages import evaluate, predict
-
-    run, p = job.run, job.spec.predict
-    rows = []
-    scene = job.scenes.get(site)
-    if scene is None:  # Landslide4Sense: the test patch set is one "area"
-        chips = job.l4s_tests.get(site)
-        if chips is None:
-            raise UserError(f"sites.{site}.l4s: has no test list (test: or test_folder:); it cannot be a test "
-                            f"site")
-        folder = run.folder / "predictions" / f"{site}__patches"
-        metrics = _predicted(folder, cast(Path, model.path))
-        if metrics is None:
-            predict.run(predict.PredictOptions(model=model, out=folder, chips=Path(chips), threshold="0.5",
-                                               engine=p.engine, device=job.spec.training.device,
-                                               precision=p.precision, tta=p.tta, previews=0))
-            metrics = evaluate.run(evaluate.EvaluateOptions(pred=folder, truth=Path(chips))).metrics
-        assert isinstance(metrics, PatchMetrics)
-        rows.append(area_row({**base, "threshold": metrics.threshold}, site, "patches", metrics.counts, {}, {},
-                             folder))
-        return rows
-    for area in Scene(scene).areas_with_role("test"):
-        folder = run.folder / "predictions" / f"{site}__{area.name}"
-        metrics = _predicted(folder, cast(Path, model.path))
-        if metrics is None:  # predicted and scored in one pass (the metrics are part of the folder)
-            evaluation = predict.run(predict.PredictOptions(
-                model=model, out=folder, scene=Path(scene), area=area.name, tile=p.tile, overlap=p.overlap,
-                threshold=p.threshold, min_area=p.min_area, postprocess=p.postprocess, batch_size=p.batch_size,
-                engine=p.engine, device=job.spec.training.device, precision=p.precision, tta=p.tta,
-                outputs="all" if p.outputs == "all" else "mask", evaluate=True,
-                error_maps="tif" if p.outputs == "all" else "none")).evaluation
-            metrics = cast("evaluate.EvaluateResult", evaluation).metrics
-        assert isinstance(metrics, SceneMetrics)
-        m = metrics.areas[0]
-        rows.append(area_row({**base, "threshold": metrics.threshold}, site, area.name, m.pixels, m.km2,
-                             m.objects, folder))
-    if not rows:
-        raise UserError(f"sites.{site}: its scene has no test area to evaluate; give it areas with role test")
-    return rows
-
-
-def _predicted(folder: Path, bundle: Path) -> PatchMetrics | SceneMetrics | None:
-    """The metrics of an earlier, complete prediction of this very bundle in ``folder`` (else None)."""
-    from slidemap.formats.prediction import PatchMetrics, SceneMetrics, read_prediction
-
-    metrics_file = folder / "metrics.json"
-    if not metrics_file.is_file():
-        return None
-    try:
-        if Path(read_prediction(folder).model).resolve() != bundle.resolve():
-            return None
-        data = json.loads(metrics_file.read_text())
-        cls = PatchMetrics if data.get("format") == "slidemap.patch_metrics" else SceneMetrics
-        return cls.from_data(data, str(metrics_file))
-    except (OSError, ValueError, UserError):
-        return None
-
-
 # --- the grid --------------------------------------------------------------------------------------
 
 def check_spec_unchanged(spec: Spec, out: Path, spec_path: Path, precision: str, device: str) -> None:
@@ -371,7 +303,10 @@ def prepare_shared(plan: Plan, log: Callable[[str], None]) -> dict[str, str]:
 
 def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray: str | None = None,
                    log: Callable[[str], None] | None = None) -> tuple[int, int, Path]:
-    """Run (or continue) the grid of ``spec_path`` in ``out``; returns (runs done, runs failed, csv path)."""
+    """Run (or continue) the grid of ``spec_path`` in ``out``; returns (runs done, runs failed, csv path).
+
+    Then, with ``predict.ensemble``, the ensembles whose seeds have all finished; a failed ensemble counts as failed.
+    """
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     out_dir = check_out(out, SPEC_FILE, [spec_path, *site_inputs(spec)], "experiment")
@@ -412,7 +347,27 @@ def run_experiment(spec_path: str | Path, out: str | Path, workers: int = 1, ray
                 known[folders[outcome.name]] = read_rows(folders[outcome.name])  # as the CSV would read it
                 collect(plan, results_csv, known)
         failed = sum(1 for run in plan.runs if any(r.get("status") != "ok" for r in read_rows(run.folder) or [{}]))
+        failed += _ensembles(plan, scenes, l4s_tests, threads, workers, ray, log, results_csv, known)
     return len(plan.runs) - failed, failed, results_csv
+
+
+def _ensembles(plan: Plan, scenes: dict[str, str | None], l4s_tests: dict[str, str | None], threads: int,
+               workers: int, ray: str | None, log: Callable[[str], None], results_csv: Path,
+               known: dict[Path, list[dict[str, Any]] | None]) -> int:
+    """Predict the ensembles whose seeds have all finished (after the runs); returns how many failed."""
+    if not plan.ensembles:
+        return 0
+    jobs, waiting = ensemble_jobs(plan.ensembles, plan.spec, scenes, l4s_tests, threads)
+    log(f"{len(plan.ensembles)} ensembles, {len(jobs)} to predict, {len(waiting)} waiting for a member to finish")
+    folders = {job.plan.name: job.plan.folder for job in jobs}
+    failed = 0
+    for name, error, seconds in dispatch(execute_ensemble, jobs, workers, ray, plan.spec.resources.cpus or 1,
+                                         plan.spec.resources.gpu):
+        log(f"ensemble {name}: {'FAILED: ' + error if error else f'{seconds:.0f} s'}")
+        failed += error is not None
+        known[folders[name]] = read_rows(folders[name])
+        collect(plan, results_csv, known)
+    return failed
 
 
 def site_inputs(spec: Spec) -> list[Path]:
@@ -435,16 +390,18 @@ def site_inputs(spec: Spec) -> list[Path]:
 
 
 def collect(plan: Plan, path: Path, known: dict[Path, list[dict[str, Any]] | None]) -> int:
-    """Rebuild results.csv from the runs' records, in grid order.
+    """Rebuild results.csv from the runs' records, in grid order; an ensemble's rows after its last member's.
 
-    ``known`` holds records already read (by run folder), so that a grid of n runs reads each record once
-    rather than n times; the caller puts in each finished run's rows.
+    ``known`` holds records already read (by run or ensemble folder), so that a grid of n runs reads each record
+    once rather than n times; the caller puts in each finished run's rows.
     """
+    after = {e.members[-1].folder: e.folder for e in plan.ensembles}
     rows = []
     for run in plan.runs:
-        if run.folder not in known:
-            known[run.folder] = read_rows(run.folder)
-        rows += known[run.folder] or []
+        for folder in (run.folder, after[run.folder]) if run.folder in after else (run.folder,):
+            if folder not in known:
+                known[folder] = read_rows(folder)
+            rows += known[folder] or []
     return write_results(path, rows)
 
 
@@ -528,6 +485,9 @@ def dry_run(spec_path: str | Path, out: str | Path, calibrate: bool = True) -> s
              f"precision {precision} on {device} (training.precision {spec.training.precision}), the same for "
              f"every run", "  ".join(f"{a:>12s}" for a in axes)]
     lines += ["  ".join(f"{str(run.coords[a]):>12s}" for a in axes) for run in plan.runs]
+    if plan.ensembles:
+        lines.append(f"{len(plan.ensembles)} ensembles of each grid point's seeds (predict.ensemble), predicted "
+                     f"after their runs")
     seed = spec.seed_list()[0]
     counts = {key: count_chips(plan, chip, seed) for key, chip in plan.chipsets.items()}
     min_chips = spec.training.min_chips

@@ -314,6 +314,9 @@ class Predict(SpecModel):
     precision: Precision = "32"
     tta: Literal[1, 2, 4, 8] = 1
     """Test-time augmentation: the probabilities averaged over 1, 2, 4 or 8 symmetries of each tile."""
+    ensemble: bool = False
+    """Also predict, per grid point with two or more seeds, the ensemble of its seeds' models (once they all
+    finished): rows with seed "ensemble" and members "0+1+...", which the report's statistics leave out."""
     # "metrics": each test area keeps mask.tif, prediction.json and its metrics (no probabilities, polygons,
     # styles or error maps, which grow with the area: 0.15 MB of quick.yaml's 154 x 192-px areas); the report
     # draws the error maps it shows from the masks. "all": every output of predict and evaluate but the PNGs

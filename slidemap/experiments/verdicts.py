@@ -2,6 +2,7 @@
 
 - the unit is a run: its test areas' counts pooled (or one test site's, where a claim is about sites), never
   one test area of a run, so that a run tested on many areas counts once;
+- an ensemble of a grid point's seeds (``predict.ensemble``) is no run and never enters a test;
 - two runs pair when they differ in the tested factor and in nothing else: every other axis, the seed, the
   training settings, the precision and the device are equal. A run without such a partner is left out and
   counted; one whose only would-be partner differs in precision or device as well is counted apart;
@@ -27,7 +28,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import pandas as pd
 
-from slidemap.experiments.analysis import DERIVED, FACTORS, RUN_DEVICE, RUN_PRECISION
+from slidemap.experiments.analysis import DERIVED, FACTORS, RUN_DEVICE, RUN_PRECISION, single_runs
 
 ALPHA = 0.05
 MIN_PAIRS = 6
@@ -247,8 +248,10 @@ def paired(units: pd.DataFrame, factor: str, a: object, b: object, metric: str, 
            alternative: Alternative = "greater", seed_text: str = "", free: Sequence[str] = ()) -> Comparison:
     """Compare ``metric`` at ``factor == a`` with ``b`` on units equal in every other factor.
 
-    ``free`` factors aside; the differences are ``metric(a) - metric(b)``.
+    ``free`` factors aside; the differences are ``metric(a) - metric(b)``. An ensemble is no run: its units are
+    left out.
     """
+    units = single_runs(units)
     keys = match_keys(units, [factor, *free])
     left, right = units[units[factor] == a], units[units[factor] == b]
     ka, kb = key_of(left, keys), key_of(right, keys)

@@ -2,7 +2,9 @@
 
 A scene prediction folder holds ``probability.tif``, ``mask.tif``, ``landslides.gpkg`` and
 ``prediction.json`` (:class:`ScenePrediction`; with ``outputs`` "mask" only the mask and the JSON); a patch
-prediction holds one ``mask_N.h5`` per patch and ``prediction.json`` (:class:`PatchPrediction`).
+prediction holds one ``mask_N.h5`` per patch and ``prediction.json`` (:class:`PatchPrediction`). A scene
+prediction that averaged several views (an ensemble, ``--tta``) also holds ``uncertainty.tif``
+(:class:`UncertaintyInfo`).
 ``evaluate`` adds error maps, ``metrics.csv`` and, last, ``metrics.json`` (:class:`SceneMetrics` or
 :class:`PatchMetrics`): its presence means the evaluation is complete.
 """
@@ -44,6 +46,29 @@ class Standardisation(Record):
     stats: dict[str, dict[str, float]] = {}
 
 
+class EnsembleInfo(Record):
+    """An ensemble's members and how their decision was made (``slidemap.stages.ensemble`` states the rule)."""
+
+    members: list[str] = Field(min_length=2)  # the bundles, in the order given; the first's post-processing
+    thresholds: list[float] = []  # each member's threshold as it would predict alone
+    threshold_rule: str = "mean of the members' thresholds"
+    postprocess_from: str = ""
+
+
+class UncertaintyInfo(Record):
+    """What ``uncertainty.tif`` holds: the spread of the probabilities over the views of each tile."""
+
+    file: str = "uncertainty.tif"
+    measure: Literal["std"] = "std"
+    definition: str = ""
+    members: int = Field(1, ge=1)
+    symmetries: int = Field(1, ge=1)
+    views: int = Field(2, ge=2)  # members x symmetries
+    dtype: str = "uint8"
+    scale: float = 1 / 254
+    nodata: int = 255
+
+
 class ScenePrediction(Sidecar):
     """``prediction.json`` of a scene (or one area of it, or bare images)."""
 
@@ -78,6 +103,8 @@ class ScenePrediction(Sidecar):
     min_area_m2: float = Field(0.0, ge=0)
     connectivity: int = 4
     outputs: Literal["all", "mask"] = "all"  # "mask": no probability.tif, landslides.gpkg or styles
+    ensemble: EnsembleInfo | None = None  # several models averaged (``model`` and ``bundle``: the first)
+    uncertainty: UncertaintyInfo | None = None  # uncertainty.tif, written where views were averaged
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     landslides: int = Field(ge=0)
@@ -117,6 +144,12 @@ class PatchPrediction(Sidecar):
     precision: str = ""
     engine: str = "torch"
     engine_choice: dict[str, Any] = {}
+    ensemble: EnsembleInfo | None = None
+
+
+def models_of(info: ScenePrediction | PatchPrediction) -> list[str]:
+    """The bundles a prediction was made with: its model, or its ensemble's members in order."""
+    return list(info.ensemble.members) if info.ensemble is not None else [info.model]
 
 
 def read_prediction(folder: Path, option: str = "PRED") -> ScenePrediction | PatchPrediction:

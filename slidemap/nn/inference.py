@@ -9,6 +9,11 @@ returns probabilities. Whole scenes, patch sets and in-memory arrays all go thro
 network runs on this one, accumulates ``prob * w`` and ``w`` per pixel with the blending weights, and yields the rows
 no later tile touches. Memory depends on the region's width and the tile size, never on its height.
 
+**Wrappers** average several views of each tile: :class:`SymmetryAverage` (test-time augmentation),
+:class:`MemberAverage` (an ensemble: several networks, each standardising the raw tile by its own statistics)
+and :class:`ViewSpread`, which returns the views' mean and standard deviation side by side (an uncertainty
+map); they nest, and the views of nested wrappers multiply (members x symmetries).
+
 **When is tiled == one pass?** A pixel's probability can depend on inputs up to the receptive-field
 half-width R away: about 102 px for the 4-level U-Net and 40 px for the ResU-Net
 (``slidemap.nn.models.receptive_field`` measures 204 and 79 px wide). A tile sees zero padding instead of
@@ -25,7 +30,7 @@ than speed (overlap 256 computes 3x the pixels of overlap 64 at tile 512).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -88,38 +93,123 @@ class SymmetryAverage:
         self.device = getattr(runner, "device", "cpu")
         self.precision = getattr(runner, "precision", "32")
         self.engine = getattr(runner, "engine", "torch")
+        self.takes_raw = getattr(runner, "takes_raw", False)  # a symmetry commutes with per-pixel standardising
+        self.views = len(self.symmetries) * getattr(runner, "views", 1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, C, h, w) standardised -> (N, h, w) probabilities averaged over the symmetries."""
-        total: np.ndarray | None = None
+        return mean_of(self.each(batch))
+
+    def each(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The (N, h, w) probabilities of every view, each turned back to the batch's orientation."""
+        out = []
         for s in self.symmetries:
             x = np.flip(batch, axis=-1) if s >= 4 else batch
             x = np.rot90(x, s % 4, axes=(-2, -1))
-            prob = np.rot90(self.runner(np.ascontiguousarray(x)), -(s % 4), axes=(-2, -1))
-            prob = np.flip(prob, axis=-1) if s >= 4 else prob
-            total = prob.astype(np.float32) if total is None else total + prob
-        assert total is not None
-        return total / np.float32(len(self.symmetries))
+            for view in views_of(self.runner, np.ascontiguousarray(x)):
+                prob = np.rot90(view, -(s % 4), axes=(-2, -1))
+                out.append(np.flip(prob, axis=-1) if s >= 4 else prob)
+        return out
+
+
+class MemberAverage:
+    """An ensemble: the mean of several networks' probabilities, each given the tile standardised its own way.
+
+    Members trained on different chip sets carry different normalisers: given ``normalisers`` (one per member),
+    the ensemble takes *raw* tiles (``takes_raw``: NaN kept for nodata) and standardises a copy for each member,
+    which turns nodata into that member's training mean as a single model's prediction does. Without them the
+    tiles come standardised already, the same for every member (members that standardise each input with its
+    own statistics).
+    """
+
+    def __init__(self, runners: Sequence[Callable[[np.ndarray], np.ndarray]],
+                 normalisers: Sequence[Normaliser] | None = None) -> None:
+        if len(runners) < 2 or (normalisers is not None and len(normalisers) != len(runners)):
+            raise ValueError("an ensemble needs at least two members, and one normaliser each if any")
+        self.runners, self.normalisers = list(runners), normalisers
+        self.takes_raw = normalisers is not None
+        self.device = getattr(runners[0], "device", "cpu")
+        self.precision = getattr(runners[0], "precision", "32")
+        self.engine = getattr(runners[0], "engine", "torch")
+        self.views = sum(getattr(r, "views", 1) for r in self.runners)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) raw (NaN = nodata) or standardised -> (N, h, w) probabilities averaged over the members."""
+        return mean_of(self.each(batch))
+
+    def each(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The (N, h, w) probabilities of every member (and of every view a member averages)."""
+        out: list[np.ndarray] = []
+        for i, runner in enumerate(self.runners):
+            x = batch if self.normalisers is None else \
+                self.normalisers[i](np.array(batch, dtype=np.float32, copy=True))
+            out += views_of(runner, x)
+        return out
+
+
+class ViewSpread:
+    """(N, C, h, w) -> (N, 2, h, w): the mean of a wrapper's views (its probability) and their standard deviation.
+
+    The spread is the population standard deviation over every view (members x symmetries) of a tile: 0 where
+    they agree, at most 0.5. The strip engine blends both layers with the same weights (``layers``).
+    """
+
+    layers = 2
+
+    def __init__(self, runner: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.runner = runner
+        self.device = getattr(runner, "device", "cpu")
+        self.precision = getattr(runner, "precision", "32")
+        self.engine = getattr(runner, "engine", "torch")
+        self.takes_raw, self.views = getattr(runner, "takes_raw", False), getattr(runner, "views", 1)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) -> (N, 2, h, w): the views' mean (the probability) and standard deviation."""
+        views = views_of(self.runner, batch)
+        mean = mean_of(views)
+        # from the very mean the probability layer holds, so identical views give exactly 0
+        spread = np.sqrt(mean_of([np.square(v - mean) for v in views]))
+        return np.stack([mean, spread], axis=1)
+
+
+def views_of(runner: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> list[np.ndarray]:
+    """The views a runner averages (one for a plain network)."""
+    each = getattr(runner, "each", None)
+    return each(batch) if each is not None else [runner(batch)]
+
+
+def mean_of(views: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of (N, h, w) views in float32, summed in order (the same views give the same bits)."""
+    total = views[0].astype(np.float32)
+    for v in views[1:]:
+        total = total + v
+    return total / np.float32(len(views))
 
 
 # --- the strip engine --------------------------------------------------------------------------------
 
 def iter_probability_strips(runner: Callable[[np.ndarray], np.ndarray], read_rows: ReadRows, height: int,
                             width: int, tile: int = 512, overlap: int = 64, margin: int | None = None,
-                            batch_size: int = 4, normalise: Normaliser | None = None,
+                            batch_size: int = 4, normalise: Callable[[np.ndarray], np.ndarray] | None = None,
                             ) -> Generator[tuple[int, np.ndarray, np.ndarray], None, None]:
     """Predict a region strip by strip; yields ``(row0, prob, valid)`` for consecutive finished rows.
 
     ``read_rows(r0, r1)`` returns the raw (C, r1 - r0, width) float32 pixels of region rows r0..r1 (NaN
     = nodata). ``prob`` is (h, width) float32 (not yet masked); ``valid`` is False where any band is NaN.
+    A runner with ``layers`` L > 1 (:class:`ViewSpread`) returns (N, L, h, w), and ``prob`` is (L, h, width),
+    each layer blended alike. A runner that ``takes_raw`` (an ensemble) standardises itself: it gets the raw
+    pixels, NaN kept, and ``normalise`` is not applied.
     """
     margin = check_tiling(tile, overlap, margin)
+    if getattr(runner, "takes_raw", False):
+        normalise = _keep_raw
     rows = AxisTiling.plan(height, tile, overlap)
     cols = AxisTiling.plan(width, wide_tile(tile, overlap, batch_size), overlap)
     th = rows.tile
     row_src, col_src = reflect_index(height, rows.padded), reflect_index(width, cols.padded)
     wx = [cols.weights(j, overlap, margin) for j in range(len(cols.offsets))]
-    num = np.zeros((th, cols.padded), dtype=np.float32)
+    layers = getattr(runner, "layers", 1)
+    num = np.zeros((th, cols.padded) if layers == 1 else (layers, th, cols.padded), dtype=np.float32)
     den = np.zeros((th, cols.padded), dtype=np.float32)
 
     def load_strip(r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,18 +255,22 @@ def _blend_strip(runner: Callable[[np.ndarray], np.ndarray], x: np.ndarray, vali
     for j, c in enumerate(cols.offsets):
         prob = runner(x[None, :, c:c + tw].transpose(0, 3, 1, 2))[0]
         w = wy[:, None] * wx[j][None, :]
-        num[:, c:c + tw] += prob * w
+        num[..., c:c + tw] += prob * w  # (h, w), or (layers, h, w) for a runner with layers
         den[:, c:c + tw] += w
     nxt = rows.offsets[i + 1] if i + 1 < len(rows.offsets) else rows.padded
     done = min(nxt, height) - r
     if done > 0:
-        yield r, num[:done, :width] / den[:done, :width], valid[:done]
+        yield r, num[..., :done, :width] / den[:done, :width], valid[:done]
     shift = nxt - r
     if shift < th:
-        num[:th - shift] = num[shift:]
+        num[..., :th - shift, :] = num[..., shift:, :]
         den[:th - shift] = den[shift:]
-    num[max(th - shift, 0):] = 0
+    num[..., max(th - shift, 0):, :] = 0
     den[max(th - shift, 0):] = 0
+
+
+def _keep_raw(x: np.ndarray) -> np.ndarray:
+    return x
 
 
 def predict_array(model: torch.nn.Module | Callable[[np.ndarray], np.ndarray], array: np.ndarray,

@@ -22,7 +22,7 @@ from slidemap.errors import UserError
 from slidemap.figures import patch_preview
 from slidemap.formats.chips import ChipSet
 from slidemap.formats.files import atomic_dir, atomic_file, output_lock, sha256
-from slidemap.formats.prediction import PatchMetrics, PatchPrediction, ScenePrediction, Scores
+from slidemap.formats.prediction import EnsembleInfo, PatchMetrics, PatchPrediction, ScenePrediction, Scores
 from slidemap.nn.bundle import Bundle
 from slidemap.nn.inference import TileRunner
 from slidemap.nn.normalise import match_bands
@@ -42,8 +42,8 @@ SUBMISSION = "submission"
 
 def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, batch_size: int,
                     device: str, precision: str, previews: int = 24, submission: bool = False,
-                    runner: Runner | None = None,
-                    choice: dict | None = None) -> tuple[PatchPrediction, int]:
+                    runner: Runner | None = None, choice: dict | None = None,
+                    ensemble: EnsembleInfo | None = None) -> tuple[PatchPrediction, int]:
     """Predict every patch of a chip set into ``out`` (replaced atomically).
 
     Returns its description and the number of previews: PNGs, evenly spread over the patches, in ``out/previews``.
@@ -51,6 +51,7 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
     ``decision`` turns probabilities into masks (for patch datasets by default 0.5 and nothing else, as the
     benchmark's arg-max). With ``submission`` the masks are also gathered, and nothing else, in
     ``out/submission/`` and ``out/submission.zip`` (the masks at the zip's root), as the benchmark asks.
+    ``ensemble``: what prediction.json records of an ensemble (``runner`` then averages its members).
     """
     chipset = ChipSet(chips, "--chips")
     where = f"--chips {chipset.path}"
@@ -73,7 +74,8 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
             stop = min(start + batch_size, n)
             raw = np.asarray(chipset.images[start:stop], dtype=np.float32)[:, idx]
             seen.add(raw)
-            prob = runner(normalise(raw.copy()))
+            # an ensemble's runner standardises for each member itself (slidemap.nn.inference.MemberAverage)
+            prob = runner(raw.copy() if getattr(runner, "takes_raw", False) else normalise(raw.copy()))
             masks = decision.apply(prob)
             for k, i in enumerate(range(start, stop)):
                 pred = masks[k].astype(np.uint8)
@@ -92,7 +94,7 @@ def predict_patches(bundle: Bundle, chips: Path, out: Path, decision: Decision, 
             standardisation=standardisation, submission=packed, bands=bundle.bands, count=n,
             masks=names, sources=[w.get("source", "") for w in chipset.windows],
             landslide_pixels=positive_px, device=str(runner.device), precision=runner.precision,
-            engine=getattr(runner, "engine", "torch"), engine_choice=choice or {})
+            engine=getattr(runner, "engine", "torch"), engine_choice=choice or {}, ensemble=ensemble)
         meta.save(tmp / "prediction.json", sync=False)  # the folder's rename publishes it
     return meta, len(show)
 

@@ -29,8 +29,9 @@ export``. ``--out`` is checked first; nothing is written outside it.
 (uint8 ``round(p * 254)``, 255 = nodata; float32 with NaN nodata under ``--float``), ``mask.tif`` (uint8
 1/0, 255 = nodata), both on the input's grid (or the area's window), tiled, compressed, with overviews;
 ``landslides.gpkg`` (one polygon per landslide, columns id, area_m2, mean_probability);
-``prediction.json``; ``probability.qml`` and ``mask.qml`` (QGIS styles). ``probability.tif`` keeps the raw
-probabilities (scale 1/254 for uint8, so a GIS shows 0-1). ``outputs="mask"`` writes only ``mask.tif`` and
+``prediction.json``; ``probability.qml`` and ``mask.qml`` (QGIS styles); ``uncertainty.tif`` and its ``.qml``
+where several views were averaged (an ensemble, ``--tta``: ``slidemap.stages.ensemble``). ``probability.tif``
+keeps the raw probabilities (scale 1/254 for uint8, so a GIS shows 0-1). ``outputs="mask"`` writes only ``mask.tif`` and
 ``prediction.json`` (an experiment grid scores hundreds of runs: the mask is all evaluation needs, and the
 error maps can be drawn from it later without the network).
 """
@@ -69,9 +70,9 @@ from slidemap.formats.gdal import (
 )
 from slidemap.formats.prediction import PatchPrediction, ScenePrediction, Threshold
 from slidemap.formats.scene import Scene
-from slidemap.nn.bundle import Bundle, load_bundle
+from slidemap.nn.bundle import Bundle
 from slidemap.nn.device import check_engine, check_precision
-from slidemap.nn.inference import SymmetryAverage, iter_probability_strips
+from slidemap.nn.inference import SymmetryAverage, ViewSpread, iter_probability_strips
 from slidemap.nn.normalise import Normaliser, match_bands
 from slidemap.progress import bar
 from slidemap.raster.components import PIXELS, ComponentLabeler, Components
@@ -80,13 +81,14 @@ from slidemap.raster.polygons import AREA, LandslideWriter, label_strip, landsli
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
 from slidemap.raster.tiling import check_tiling
+from slidemap.stages import ensemble
 from slidemap.stages.bare_images import prepare_like_training
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
 from slidemap.stages.evaluate import run as evaluate_run
 from slidemap.stages.maps import describe_probability, warn_shift, write_styles
 from slidemap.stages.options import Device, Precision, StageOptions, StageResult, Tile, TileOverlap
 from slidemap.stages.patches import predict_patches
-from slidemap.stages.runners import Runner, build_runner
+from slidemap.stages.runners import Runner
 from slidemap.stages.standardise import scene_normaliser
 
 PROB_NODATA_U8 = 255
@@ -99,8 +101,9 @@ class PredictOptions(StageOptions):
     One input: ``scene`` (optionally one ``area`` of it), ``images`` (+ ``dem``) or ``chips``.
     """
 
-    model: Path | Bundle
-    """Model bundle (bundle.pt) or run folder."""
+    model: Path | Bundle | list[Path | Bundle]
+    """Model bundle (bundle.pt) or run folder. Several: an ensemble, averaging their probabilities tile by tile,
+    cut at the mean of their thresholds, cleaned up as the first (slidemap.stages.ensemble); uncertainty.tif."""
     out: Path
     """Prediction folder to write."""
     scene: Path | None = None
@@ -119,7 +122,8 @@ class PredictOptions(StageOptions):
     overlap: TileOverlap = 64
     threshold: str | float | None = None
     """'best' (validation pixel-F1 optimum), '0.5' or a number; default: the bundle's post-processing
-    threshold, else 'best' (patch sets: 0.5, as Landslide4Sense's arg-max)."""
+    threshold, else 'best' (patch sets: 0.5, as Landslide4Sense's arg-max). An ensemble's: the mean of its
+    members' thresholds, each chosen this way."""
     min_area: float | None = Field(None, ge=0)
     """Drop predicted landslides smaller than this (m²) from the polygons and mask.tif; default: the bundle's
     minimum size."""
@@ -141,7 +145,8 @@ class PredictOptions(StageOptions):
     precision: Precision = "auto"
     tta: int = 1
     """Test-time augmentation: average the probabilities over 1 (off), 2 (mirrored), 4 (rotations) or 8
-    (every symmetry of the square) views of each tile; costs that many network passes."""
+    (every symmetry of the square) views of each tile; costs that many network passes. Above 1 also writes
+    uncertainty.tif (the views' standard deviation)."""
     engine: str = "torch"
     """torch, onnx or onnx-int8: ONNX Runtime running the engines of `slidemap export RUN --onnx M.onnx`
     (needs onnxruntime), from --onnx-model or an export beside the bundle."""
@@ -159,6 +164,8 @@ class PredictOptions(StageOptions):
                  if v]
         if len(given) != 1:
             raise ValueError("give exactly one input to predict: --scene, --image or --chips")
+        if isinstance(self.model, list) and not self.model:
+            raise ValueError("MODEL: give at least one model bundle or run folder")
         if self.area is not None and self.scene is None:
             raise ValueError("--area goes with --scene (bare images and chip sets have no named areas)")
         if self.dem is not None and self.images is None:
@@ -246,18 +253,22 @@ class _Region:
 def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
     """Predict a scene (or an area of it), bare images or a patch set into the folder ``options.out``.
 
-    ``runner``: a runner already built for this bundle and these options (``slidemap.stages.runners.
-    build_runner``), so that several predictions of one run share it; by default one is built here.
+    ``runner``: a runner already built for this model (or ensemble) and these options (``slidemap.stages.
+    ensemble.build_members_runner``), so that several predictions of one run share it; by default one is built
+    here.
     """
     o = options
     t_start = time.perf_counter()
-    bundle = o.model if isinstance(o.model, Bundle) else load_bundle(o.model, "MODEL")
-    inputs = [p for p in (bundle.path, o.scene, o.chips, o.dem, *(o.images or []), *(o.pre_images or []))
-              if p is not None]
+    members = ensemble.load_members(o.model)  # one model, or an ensemble's, checked to take the same input
+    bundle = members[0]
+    inputs = [p for p in (*(m.path for m in members), o.scene, o.chips, o.dem, *(o.images or []),
+                          *(o.pre_images or [])) if p is not None]
     check_out(o.out, "prediction.json", inputs, "prediction")  # before anything is built or written
-    decision = _decision(bundle, o)
+    decisions = [_decision(m, o) for m in members]
+    decision = ensemble.mean_threshold(decisions)
     if runner is None:
-        runner, choice = build_runner(bundle, o.device, o.precision, o.engine, o.onnx_model)
+        runner, choice = ensemble.build_members_runner(members, o.device, o.precision, o.engine,
+                                                       o.onnx_model)
     else:
         choice = {"engine": getattr(runner, "engine", "torch"), "precision": runner.precision, "how": "given"}
     if o.tta > 1:
@@ -266,10 +277,12 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
     if o.chips is not None:
         patch_meta, previews = predict_patches(bundle, o.chips, o.out, decision, o.batch_size, o.device,
                                                o.precision, o.previews, o.submission, runner=runner,
-                                               choice=choice)
+                                               choice=choice, ensemble=ensemble.ensemble_info(members, decisions))
         evaluation = evaluate_run(EvaluateOptions(pred=o.out, truth=o.chips)) if o.evaluate else None
         return PredictResult(path=Path(o.out), meta=patch_meta, evaluation=evaluation, previews=previews)
     inputs = [p for p in inputs if p != o.chips]
+    spread = getattr(runner, "views", 1) > 1 and o.outputs == "all"  # uncertainty.tif: the views' spread
+    runner = ViewSpread(runner) if spread else runner
     with atomic_dir(o.out, "prediction.json", inputs, "prediction") as tmp:
         if o.images is not None:
             sc = prepare_like_training(bundle, o.images, o.dem, o.pre_images or [], tmp / ".scene")
@@ -321,7 +334,8 @@ def run(options: PredictOptions, runner: Runner | None = None) -> PredictResult:
             batch_size=o.batch_size, device=str(runner.device), precision=runner.precision,
             engine=choice["engine"], engine_choice=choice,
             probability_dtype="float32" if o.as_float else "uint8", min_area_m2=decision.min_area_m2,
-            connectivity=4, outputs=o.outputs,
+            connectivity=4, outputs=o.outputs, ensemble=ensemble.ensemble_info(members, decisions),
+            uncertainty=ensemble.uncertainty_info(len(members), o.tta) if spread else None,
             **summary, seconds=round(seconds, 3), mpx=round(mpx, 4), mpx_per_s=round(mpx / seconds, 4))
         meta.save(tmp / "prediction.json", sync=False)  # the folder's rename publishes it
         evaluation = scoring.finish(decision.threshold, decision.which) if scoring is not None else None
@@ -422,6 +436,9 @@ def _probability_pass(runner: Runner, region: _Region, normalise: Normaliser, tm
             prob_ds = stack.enter_context(rasterio.open(tmp / "probability.tif", "w", **prob_profile))
             describe_probability(prob_ds, o.as_float)
             prob_out = RowWriter(prob_ds)
+        layered = getattr(runner, "layers", 1) > 1  # ViewSpread: the views' spread goes to uncertainty.tif
+        spread_out = stack.enter_context(ensemble.UncertaintyMap(tmp / ensemble.UNCERTAINTY, width, height, crs,
+                                                                 transform)) if layered else None
         stack.enter_context(progress)
         task = progress.add_task("predict", total=total_km2)
 
@@ -441,6 +458,7 @@ def _probability_pass(runner: Runner, region: _Region, normalise: Normaliser, tm
 
         def finish_strip(r0: int, prob: np.ndarray, valid: np.ndarray) -> float:
             """Mask, label and write one strip; returns its valid km². Runs in the writer thread."""
+            layers, prob = (prob, prob[0]) if prob.ndim == 3 else (None, prob)  # ViewSpread: mean, spread
             h = len(prob)
             if msk is not None:
                 valid &= read_block(msk, mask_name, 1, Window(col0, row0 + r0, width, h)) != MASK_NODATA
@@ -455,6 +473,8 @@ def _probability_pass(runner: Runner, region: _Region, normalise: Normaliser, tm
                 q = np.rint(np.clip(prob, 0, 1) * 254).astype(np.uint8)
                 q[~valid] = PROB_NODATA_U8
                 prob_out.write(q)
+            if spread_out is not None and layers is not None:
+                spread_out.write(layers[1], valid)
             progress.update(task, advance=float(row_areas[r0:r0 + h].sum() * width / 1e6))
             return float((valid.sum(axis=1) * row_areas[r0:r0 + h]).sum() / 1e6)
 

@@ -17,10 +17,11 @@ from slidemap.formats.files import sha256
 from slidemap.nn.bundle import Bundle
 from slidemap.nn.device import check_engine, check_precision, resolve_device
 from slidemap.nn.engines import EngineRecord, OnnxRunner, export_paths, require_onnxruntime
-from slidemap.nn.inference import SymmetryAverage, TileRunner
+from slidemap.nn.inference import MemberAverage, SymmetryAverage, TileRunner, ViewSpread
 
-Runner = TileRunner | OnnxRunner | SymmetryAverage
-"""What a prediction runs tiles through: (N, C, h, w) standardised float32 -> (N, h, w) probabilities."""
+Runner = TileRunner | OnnxRunner | SymmetryAverage | MemberAverage | ViewSpread
+"""What a prediction runs tiles through: (N, C, h, w) standardised float32 (raw for a runner that ``takes_raw``)
+-> (N, h, w) probabilities (ViewSpread: (N, 2, h, w), probability and spread)."""
 ONNX_ENGINES = ("onnx", "onnx-int8")
 
 
