@@ -2,13 +2,20 @@
 
     python bench/bench_levers.py --out /tmp/levers                 # synthetic sites, 3 seeds
     python bench/bench_levers.py --out /tmp/levers --seeds 0,1,2,3,4 --epochs 30
+    python bench/bench_levers.py --out /tmp/levers --data chattogram,l4s   # the real data of ../shared/data
 
 Two synthetic sites that differ in sensor gain and illumination (``synth: sensor_gain, sun_elevation``, and
 in terrain and land cover by seed) are each trained on and tested on both, once per lever and seed, through
 the experiment layer (one spec per lever, written into ``--out``; a rerun redoes nothing). The table gives
 the pooled F1 per test site (mean ± sd over the seeds) on the site trained on (own) and on the other site
-(transfer), and the lever's paired difference against the baseline on transfer. A lever becomes a default
-only where it raises mean transfer F1 by more than the seed spread. Nothing here is a test.
+(transfer), and the lever's paired difference against the baseline (on transfer where there is a second
+site, else on the own site). A lever becomes a default only where it raises mean transfer F1 by more than the
+seed spread. Nothing here is a test.
+
+``--data`` picks the data: ``synthetic`` (the two sites above), ``chattogram`` (the real Sentinel-2 scene and
+label raster of ``../shared/data/chattogram-s2``, split 3:2, 32 px windows holding a landslide: one site, so
+own-site F1 only) and ``l4s`` (the six real Landslide4Sense patches of ``../shared/data/landslide4sense-sample``:
+four to train and validate, two to test; far too few to train a useful model, so the spread is the finding).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import csv
 import statistics
 import sys
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -38,7 +46,58 @@ LEVERS = {
 }
 
 
-def spec(name: str, training: dict, seeds: list[int], epochs: int, patience: int) -> dict:
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+L4S_TEST = ("image_16.h5", "image_28.h5")  # two positive patches held out; the rest (one negative) train
+
+
+def l4s_folders(root: Path) -> dict[str, str]:
+    """The sample's patches split into train and test folders (img/, mask/ each) inside ``root``."""
+    import shutil
+
+    src = SHARED / "landslide4sense-sample"
+    for part in ("train", "test"):
+        for kind in ("img", "mask"):
+            (root / part / kind).mkdir(parents=True, exist_ok=True)
+    for image in sorted((src / "img").glob("image_*.h5")):
+        part = "test" if image.name in L4S_TEST else "train"
+        mask = image.name.replace("image_", "mask_")
+        shutil.copyfile(image, root / part / "img" / image.name)
+        shutil.copyfile(src / "mask" / mask, root / part / "mask" / mask)
+    return {"folder": str(root / "train"), "test_folder": str(root / "test")}
+
+
+def spec(name: str, training: dict, seeds: list[int], epochs: int, patience: int, data: str = "synthetic",
+         root: Path | None = None) -> dict:
+    if data == "chattogram":
+        folder = SHARED / "chattogram-s2"
+        return {
+            "name": f"levers-chattogram-{name}",
+            "description": f"training lever '{name}' on the real Chattogram scene and label raster",
+            "sites": {"chattogram": {"prepare": {
+                "images": [str(folder / "s2_4band.tif")], "band_names": ["red", "green", "blue", "nir"],
+                "inventory": str(folder / "labels.tif"), "label_values": [2], "split": "3:2"}}},
+            "datasets": {"rgbn": {"bands": ["red", "green", "blue", "nir"], "augment": True}},
+            "sampling": [{"method": "grid", "overlap": 0.5, "require_landslide": True, "max_unknown": 0.99}],
+            "sizes": [32],
+            "models": [{"architecture": "unet", "filters": 8, "batch_size": 16}],
+            "training": {"lr": 0.002, "epochs": epochs, "patience": patience, "loss": "bce+dice",
+                         "precision": "32", "min_chips": 16, **training},
+            "seeds": seeds,
+            "predict": {"threshold": 0.5, "outputs": "metrics"},
+        }
+    if data == "l4s":
+        return {
+            "name": f"levers-l4s-{name}",
+            "description": f"training lever '{name}' on the six real Landslide4Sense sample patches",
+            "sites": {"l4s": {"l4s": l4s_folders(cast(Path, root) / "l4s-data")}},
+            "datasets": {"rgbn+terrain": {"bands": ["B2", "B3", "B4", "B8", "slope", "dem"], "augment": True}},
+            "sampling": [{"method": "grid"}],
+            "sizes": [128],
+            "models": [{"architecture": "unet", "filters": 8, "batch_size": 2}],
+            "training": {"lr": 0.002, "epochs": epochs, "patience": patience, "loss": "bce+dice",
+                         "precision": "32", "min_chips": 1, **training},
+            "seeds": seeds,
+        }
     return {
         "name": f"levers-{name}",
         "description": f"training lever '{name}' on two sites that differ in sensor gain and illumination",
@@ -79,31 +138,41 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--levers", default=",".join(LEVERS))
+    ap.add_argument("--data", default="synthetic", help="comma-separated: synthetic, chattogram, l4s")
     a = ap.parse_args(argv)
     from slidemap.experiments.runner import run_experiment
 
     seeds = [int(s) for s in a.seeds.split(",")]
     print(machine_line())
     a.out.mkdir(parents=True, exist_ok=True)
-    found: dict[str, dict[tuple[str, str, int], float]] = {}
-    for name in a.levers.split(","):
-        path = a.out / f"{name.replace(' ', '_').replace('+', '')}.yaml"
-        path.write_text(yaml.safe_dump(spec(name, LEVERS[name], seeds, a.epochs, a.patience), sort_keys=False))
-        folder = a.out / path.stem
-        done, failed, csv_path = run_experiment(path, folder, log=lambda t: None)
-        print(f"{name}: {done} runs done, {failed} failed", flush=True)
-        found[name] = read_f1(csv_path)
+    for data in a.data.split(","):
+        print(f"# data: {data}", flush=True)
+        found: dict[str, dict[tuple[str, str, int], float]] = {}
+        for name in a.levers.split(","):
+            stem = name.replace(" ", "_").replace("+", "")
+            path = a.out / (stem + ".yaml" if data == "synthetic" else f"{data}-{stem}.yaml")
+            path.write_text(yaml.safe_dump(spec(name, LEVERS[name], seeds, a.epochs, a.patience, data, a.out),
+                                           sort_keys=False))
+            done, failed, csv_path = run_experiment(path, a.out / path.stem, log=lambda t: None)
+            print(f"{name}: {done} runs done, {failed} failed", flush=True)
+            found[name] = read_f1(csv_path)
+        print(format_table(lever_rows(found)), flush=True)
+
+
+def lever_rows(found: dict[str, dict[tuple[str, str, int], float]]) -> list[dict]:
+    """One row per lever: own and other site F1 (mean ± sd over seeds), paired difference to the baseline."""
     rows = []
     base = found.get("baseline", {})
+    transfer_exists = any(tr != te for f1 in found.values() for tr, te, _ in f1)
     for name, f1 in found.items():
         own = [v for (tr, te, _), v in f1.items() if tr == te]
         transfer = [v for (tr, te, _), v in f1.items() if tr != te]
-        diffs = [v - base[k] for k, v in f1.items() if k[0] != k[1] and k in base]
+        diffs = [v - base[k] for k, v in f1.items() if (k[0] != k[1]) == transfer_exists and k in base]
         rows.append({"lever": name, "own site F1": mean_sd(own), "other site F1": mean_sd(transfer),
-                     "transfer F1 - baseline (paired)": mean_sd(diffs) if name != "baseline" else "",
+                     ("transfer" if transfer_exists else "own") + " F1 - baseline (paired)":
+                     mean_sd(diffs) if name != "baseline" else "",
                      "runs": len({(tr, s) for tr, _, s in f1})})
-    print(format_table(rows))
-
+    return rows
 
 if __name__ == "__main__":
     main()

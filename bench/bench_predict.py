@@ -4,19 +4,24 @@
     python bench/bench_predict.py --precision 32,bf16          # fp32 (before) and bf16 autocast (after)
     python bench/bench_predict.py --sizes 2000 --filters 8     # one size, a smaller network
     python bench/bench_predict.py --workdir /tmp/pb --keep     # keep (and reuse) the synthetic scenes
+    python bench/bench_predict.py --trained --sizes 3072 --precision 32   # a trained model on synth scenes
 
 Each size gets a synthetic scene folder (7 float32 bands at 10 m, smooth terrain-like fields plus noise,
 a NaN stripe of nodata) written block by block, and one predict run in a fresh child process, so the
 peak RSS printed is that run's own (``os.wait4``), imports and the network included. The run is the
 whole product path: GeoTIFF in -> probability.tif, mask.tif, landslides.gpkg, overviews, on the torch
 engine in the precision asked for (``--engine torch``: no ONNX engines built or timed). The bundle
-is a randomly initialised U-Net whose head is scaled so about 2 % of the scene comes out landslide
-(realistic polygon counts; speed does not depend on the weights otherwise).
+is a randomly initialised U-Net whose head is scaled so about 2 % of the scene comes out landslide (speed
+of the network does not depend on the weights; a random network traces tens of thousands of polygons).
+``--trained`` instead predicts ``slidemap synth`` scenes (prepared by ``slidemap prepare``) with a U-Net
+trained 8 epochs on another synthetic area through the CLI, so the mask and polygons are a real model's.
+The table gives each part's share of the run: network and reading (with the labelling and writing that
+run beside it in the writer thread), mask and polygons (the second pass), overviews.
 
 What to look for: peak RSS should stay flat from 2,000² to 10,000² (streaming: memory depends on the
 scene width and tile size, not on its height) and well under 2 GiB; Mpx/s should not fall with size.
-Throughput on a shared 2-core machine depends on the load, printed beside the figures; the child runs
-with ``OMP_WAIT_POLICY=PASSIVE`` (unless ``--omp-active``) so its CPU time counts only its own work, and
+Throughput on a shared 2-core machine depends on the load, printed beside the figures; the child sets
+OpenMP's waiting as the CLI does (``slidemap.openmp``; ``--omp-active``: libgomp's default spin), and
 ``Mpx/CPU-s`` x cores is the idle-machine figure at perfect thread scaling (an upper bound).
 """
 
@@ -112,8 +117,45 @@ def write_bundle(path: Path, filters: int, seed: int = 0) -> Path:
                                              training={"bench": True})).path
 
 
+EXE = str(Path(sys.executable).with_name("slidemap"))
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([EXE, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def synth_scene(folder: Path, size: int, seed: int = 6) -> Path:
+    """A ``slidemap synth`` area of ``size``² px prepared into a scene folder (what ``--trained`` predicts)."""
+    raw = folder.with_name(folder.name + "-raw")
+    _cli("synth", str(raw), "--seed", str(seed), "--size", str(size), "--landslides", str(max(size**2 // 20000, 10)))
+    _cli("prepare", "--image", str(raw / "image.tif"), "--dem", str(raw / "dem.tif"), "--inventory",
+         str(raw / "inventory.gpkg"), "--areas", str(raw / "areas.gpkg"), "--out", str(folder))
+    shutil.rmtree(raw)
+    return folder
+
+
+def trained_run(root: Path, filters: int) -> Path:
+    """A U-Net trained 8 epochs (fp32, BCE + Dice) on a 1,024² synthetic area through the CLI; kept in ``root``."""
+    run = root / "run"
+    if (run / "bundle.pt").exists():
+        return run
+    synth_scene(root / "scene", 1024, seed=5)
+    _cli("sample", str(root / "scene"), "--size", "64", "--overlap", "0.2", "--out", str(root / "chips"))
+    _cli("train", str(root / "chips"), "--out", str(run), "--epochs", "8", "--precision", "32", "--no-progress",
+         "--loss", "bce+dice", "--filters", str(filters))
+    return run
+
+
+def shares(timings: dict[str, float]) -> dict[str, str]:
+    """Each part's share of the prediction's timed parts, in per cent."""
+    total = sum(timings.values()) or 1.0
+    return {f"{k} %": f"{100 * v / total:.0f}" for k, v in timings.items()}
+
+
 CHILD = """
 import sys, time
+import slidemap.openmp
+slidemap.openmp.share_cores()  # as the CLI does, before torch loads
 from slidemap.stages.predict import PredictOptions, run
 t = time.perf_counter()
 run(PredictOptions(model=sys.argv[1], out=sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]),
@@ -127,8 +169,8 @@ def run_predict(bundle: Path, scene: Path, out: Path, tile: int, overlap: int, b
                 precision: str = "32", omp_active: bool = False) -> dict:
     """One ``predict`` in a child process; its wall time, CPU time, peak RSS and prediction.json."""
     env = dict(os.environ)
-    if not omp_active:
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if omp_active:
+        env.setdefault("GOMP_SPINCOUNT", "300000")  # libgomp's own default, what torch gets alone
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(bundle), str(out), str(scene), str(tile),
                              str(overlap), str(batch), precision], stdout=subprocess.PIPE,
@@ -148,7 +190,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="4096,10000", help="scene sides in px, comma-separated")
     parser.add_argument("--precision", default="32,bf16", help="CPU inference precisions to run, "
                         "comma-separated (32 and/or bf16)")
-    parser.add_argument("--omp-active", action="store_true", help="let OpenMP threads spin (torch's default)")
+    parser.add_argument("--omp-active", action="store_true", help="libgomp's default spin instead of the CLI's")
+    parser.add_argument("--trained", action="store_true", help="synth scenes and a trained model (see above)")
     parser.add_argument("--filters", type=int, default=16, help="U-Net initial filters")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
@@ -162,14 +205,15 @@ def main() -> None:
     print(f"# bench_predict: {machine_line()}")
     print(f"# U-Net {args.filters} filters, {len(BANDS)} bands, tile {args.tile}, overlap {args.overlap}, "
           f"batch {args.batch_size}, CPU")
-    bundle = write_bundle(work / f"bundle_unet{args.filters}.pt", args.filters)
+    bundle = trained_run(work / "trained", args.filters) if args.trained else \
+        write_bundle(work / f"bundle_unet{args.filters}.pt", args.filters)
     rows = []
     try:
         for size in (int(s) for s in args.sizes.split(",")):
             scene = work / f"scene_{size}"
             if not (scene / "scene.json").exists():
                 t = time.perf_counter()
-                write_scene(scene, size)
+                synth_scene(scene, size) if args.trained else write_scene(scene, size)
                 print(f"# wrote {scene} in {time.perf_counter() - t:.0f} s")
             for precision in args.precision.split(","):
                 out = work / f"pred_{size}_{precision}"
@@ -185,6 +229,7 @@ def main() -> None:
                              "peak RSS GiB": r["peak_rss_gib"], "network+IO s": m["timings_s"]["predict"],
                              "mask+polygons s": m["timings_s"]["mask_and_polygons"],
                              "overviews s": m["timings_s"]["overviews"], "landslides": m["landslides"],
+                             **shares(m["timings_s"]),
                              "load": load_average()})
                 print(format_table(rows[-1:]), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
