@@ -3,6 +3,7 @@
     python bench/bench_levers.py --out /tmp/levers                 # synthetic sites, 3 seeds
     python bench/bench_levers.py --out /tmp/levers --seeds 0,1,2,3,4 --epochs 30
     python bench/bench_levers.py --out /tmp/levers --data chattogram,l4s   # the real data of ../shared/data
+    python bench/bench_levers.py --out /tmp/levers --views    # then: test-time augmentation and ensembles
 
 Two synthetic sites that differ in sensor gain and illumination (``synth: sensor_gain, sun_elevation``, and
 in terrain and land cover by seed) are each trained on and tested on both, once per lever and seed, through
@@ -11,6 +12,10 @@ the pooled F1 per test site (mean ± sd over the seeds) on the site trained on (
 (transfer), and the lever's paired difference against the baseline (on transfer where there is a second
 site, else on the own site). A lever becomes a default only where it raises mean transfer F1 by more than the
 seed spread. Nothing here is a test.
+
+``--views`` predicts the synthetic baseline's test areas again with the same models: each run alone with
+``--tta 8`` beside ``--tta 1``, and the ensemble of each grid point's seeds (``predict RUN_A RUN_B RUN_C``),
+pooled F1 per site and the seconds each took (levers of prediction: no training).
 
 ``--data`` picks the data: ``synthetic`` (the two sites above), ``chattogram`` (the real Sentinel-2 scene and
 label raster of ``../shared/data/chattogram-s2``, split 3:2, 32 px windows holding a landslide: one site, so
@@ -139,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--levers", default=",".join(LEVERS))
     ap.add_argument("--data", default="synthetic", help="comma-separated: synthetic, chattogram, l4s")
+    ap.add_argument("--views", action="store_true", help="tta and ensembles of the synthetic baseline (see above)")
     a = ap.parse_args(argv)
+    if a.views:
+        print(machine_line())
+        print(format_table(views_rows(a.out / "baseline")))
+        return
     from slidemap.experiments.runner import run_experiment
 
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -157,6 +167,48 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {done} runs done, {failed} failed", flush=True)
             found[name] = read_f1(csv_path)
         print(format_table(lever_rows(found)), flush=True)
+
+
+def views_rows(folder: Path) -> list[dict]:
+    """Test-time augmentation and seed ensembles of the synthetic baseline's runs: pooled F1 and seconds."""
+    import time
+
+    from slidemap.stages.predict import PredictOptions, run
+
+    def scored(models: list[Path], tta: int, site: str, work: Path) -> tuple[list[int], float]:
+        counts, seconds = [0, 0, 0], 0.0
+        for area in ("test_a", "test_b"):
+            t = time.perf_counter()
+            r = run(PredictOptions(model=models if len(models) > 1 else models[0], out=work / f"{site}-{area}-{tta}",
+                                   scene=folder / "sites" / site / "scene", area=area, evaluate=True, tta=tta,
+                                   tile=256, overlap=32, device="cpu", precision="32", error_maps="none"))
+            seconds += time.perf_counter() - t
+            px = next(a.pixels for a in r.evaluation.metrics.areas if a.area == area)  # type: ignore[union-attr]
+            counts = [c + px[k] for c, k in zip(counts, ("tp", "fp", "fn"), strict=True)]
+        return counts, seconds
+
+    def f1(c: list[int]) -> float:
+        return 2 * c[0] / max(2 * c[0] + c[1] + c[2], 1)
+
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for trained in SITES:
+            runs = sorted((folder / "runs").glob(f"{trained}__*"))
+            for tested in SITES:
+                single = {tta: [scored([r], tta, tested, Path(tmp) / f"{r.name}") for r in runs] for tta in (1, 8)}
+                ens = scored(runs, 1, tested, Path(tmp) / f"ens-{trained}")
+                rows.append({"trained on": trained, "tested on": tested,
+                             "single F1 (tta 1)": mean_sd([f1(c) for c, _ in single[1]]),
+                             "single F1 (tta 8)": mean_sd([f1(c) for c, _ in single[8]]),
+                             "tta 8 - tta 1 (paired)": mean_sd([f1(b[0]) - f1(a[0]) for a, b in
+                                                                 zip(single[1], single[8], strict=True)]),
+                             f"ensemble of {len(runs)} F1": f"{f1(ens[0]):.3f}",
+                             "s tta 1 / tta 8 / ensemble": " / ".join(f"{v:.2f}" for v in (
+                                 statistics.mean(s for _, s in single[1]), statistics.mean(s for _, s in single[8]),
+                                 ens[1]))})
+    return rows
 
 
 def lever_rows(found: dict[str, dict[tuple[str, str, int], float]]) -> list[dict]:
