@@ -120,13 +120,18 @@ def spec(name: str, training: dict, seeds: list[int], epochs: int, patience: int
 
 
 def read_f1(results: Path) -> dict[tuple[str, str, int], float]:
-    """(trained on, tested on, seed) -> pooled F1 of the site."""
-    out = {}
+    """(trained on, tested on, seed) -> pooled F1 of the site (its one test area's, where it has only one)."""
+    pooled, areas = {}, {}
     with open(results, newline="") as f:
         for row in csv.DictReader(f):
-            if row["pooled"] == "site" and row["status"] == "ok":
-                out[(row["train_sites"], row["test_site"], int(row["seed"]))] = float(row["f1"])
-    return out
+            if row["status"] != "ok" or row["seed"] == "ensemble":
+                continue
+            key = (row["train_sites"], row["test_site"], int(row["seed"]))
+            if row["pooled"] == "site":
+                pooled[key] = float(row["f1"])
+            elif not row["pooled"]:
+                areas.setdefault(key, []).append(float(row["f1"]))
+    return pooled | {k: v[0] for k, v in areas.items() if k not in pooled and len(v) == 1}
 
 
 def mean_sd(values: list[float]) -> str:

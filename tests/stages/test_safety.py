@@ -255,9 +255,9 @@ CHIPS_KEYS = ("format", "format_version", "slidemap_version", "bands", "stats", 
               "scene", "summary", "recipe", "scene_crs", "scene_transform")
 PRED_KEYS = ("format", "format_version", "slidemap_version", "kind", "model", "bundle", "scene", "images",
              "dem", "pre_images", "area", "window", "crs", "transform", "threshold", "postprocess", "input_stats",
-             "shift_warnings", "tile", "overlap", "blend_margin", "batch_size", "device", "precision", "engine",
-             "engine_choice", "probability_dtype", "min_area_m2",
-             "connectivity", "outputs", "width", "height", "landslides", "landslide_km2", "valid_km2",
+             "shift_warnings", "standardisation", "tile", "overlap", "blend_margin", "batch_size", "device",
+             "precision", "engine", "engine_choice", "probability_dtype", "min_area_m2", "connectivity", "outputs",
+             "ensemble", "uncertainty", "width", "height", "landslides", "landslide_km2", "valid_km2",
              "dropped_specks", "dropped_specks_km2", "timings_s", "seconds", "mpx", "mpx_per_s")
 BUNDLE_KEYS = ("format", "format_version", "slidemap_version", "architecture", "model_args", "bands", "stats",
                "patch_size", "thresholds", "postprocess", "training", "recipe")
