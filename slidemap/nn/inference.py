@@ -76,7 +76,16 @@ class TileRunner:
             return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
 
 
-class SymmetryAverage:
+class _Wrapper:
+    """A runner around runners: it reports the device, precision and engine of the (first) runner it wraps."""
+
+    def _describe_as(self, runner: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.device = getattr(runner, "device", "cpu")
+        self.precision = getattr(runner, "precision", "32")
+        self.engine = getattr(runner, "engine", "torch")
+
+
+class SymmetryAverage(_Wrapper):
     """A runner whose probabilities are the mean over symmetries of the square (test-time augmentation).
 
     Each batch is seen ``symmetries`` times: as it is (1), also mirrored (2), in its four rotations (4) or in
@@ -90,9 +99,7 @@ class SymmetryAverage:
         if symmetries not in self.CHOICES:
             raise ValueError(f"symmetries {symmetries}: use 1, 2, 4 or 8")
         self.runner, self.symmetries = runner, self.CHOICES[symmetries]
-        self.device = getattr(runner, "device", "cpu")
-        self.precision = getattr(runner, "precision", "32")
-        self.engine = getattr(runner, "engine", "torch")
+        self._describe_as(runner)
         self.takes_raw = getattr(runner, "takes_raw", False)  # a symmetry commutes with per-pixel standardising
         self.views = len(self.symmetries) * getattr(runner, "views", 1)
 
@@ -112,7 +119,7 @@ class SymmetryAverage:
         return out
 
 
-class MemberAverage:
+class MemberAverage(_Wrapper):
     """An ensemble: the mean of several networks' probabilities, each given the tile standardised its own way.
 
     Members trained on different chip sets carry different normalisers: given ``normalisers`` (one per member),
@@ -128,9 +135,7 @@ class MemberAverage:
             raise ValueError("an ensemble needs at least two members, and one normaliser each if any")
         self.runners, self.normalisers = list(runners), normalisers
         self.takes_raw = normalisers is not None
-        self.device = getattr(runners[0], "device", "cpu")
-        self.precision = getattr(runners[0], "precision", "32")
-        self.engine = getattr(runners[0], "engine", "torch")
+        self._describe_as(runners[0])
         self.views = sum(getattr(r, "views", 1) for r in self.runners)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -147,7 +152,7 @@ class MemberAverage:
         return out
 
 
-class ViewSpread:
+class ViewSpread(_Wrapper):
     """(N, C, h, w) -> (N, 2, h, w): the mean of a wrapper's views (its probability) and their standard deviation.
 
     The spread is the population standard deviation over every view (members x symmetries) of a tile: 0 where
@@ -158,9 +163,7 @@ class ViewSpread:
 
     def __init__(self, runner: Callable[[np.ndarray], np.ndarray]) -> None:
         self.runner = runner
-        self.device = getattr(runner, "device", "cpu")
-        self.precision = getattr(runner, "precision", "32")
-        self.engine = getattr(runner, "engine", "torch")
+        self._describe_as(runner)
         self.takes_raw, self.views = getattr(runner, "takes_raw", False), getattr(runner, "views", 1)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

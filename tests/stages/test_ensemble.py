@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 from conftest import cli_error
-from test_predict import bundle_meta, lively, lively_scene, predict
+from test_predict import bundle_meta, lively, lively_scene, predict, scene_bundle
 
 from slidemap.cli import main
 from slidemap.errors import UserError
@@ -29,8 +29,7 @@ def two(tmp_path_factory):
     """A 160 px scene (nodata rows 70-75) and two lively U-Nets whose bundles standardise differently."""
     root = tmp_path_factory.mktemp("ensemble")
     scene, net, r = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
-    a = save_bundle(root / "a.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
-                                                    thresholds={"0.5": 0.5, "best": 0.6})).path
+    a = scene_bundle(root / "a.pt", scene, net, thresholds={"0.5": 0.5, "best": 0.6})
     # member b: other weights, and statistics as if trained on a brighter, more varied chip set
     stats = {b: {"mean": s.mean + 0.5 * s.std, "std": 1.5 * s.std} for b, s in scene.stats.items()}
     torch.manual_seed(1)

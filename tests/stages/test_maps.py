@@ -11,10 +11,9 @@ import pytest
 import rasterio
 from affine import Affine
 from conftest import write_raster
-from test_predict import bundle_meta, lively_scene, predict
+from test_predict import lively_scene, predict, scene_bundle
 
 from slidemap.figures import error_map_png, footprint_window
-from slidemap.nn.bundle import save_bundle
 from slidemap.raster.metrics import FN, FP, NODATA_CLASS, TN, TP
 from slidemap.stages import evaluate
 
@@ -31,7 +30,7 @@ def parse_qml(path: Path) -> ET.Element:
 def predicted(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
     scene, net, _ = lively_scene(root, 96)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats)).path
+    bundle = scene_bundle(root / "bundle.pt", scene, net)
     out = root / "pred"
     predict(bundle, out, scene=scene.path, tile=64, overlap=32, evaluate=True)
     return {"root": root, "scene": scene, "bundle": bundle, "out": out}

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from conftest import cli_error
 from scipy import ndimage
-from test_predict import bundle_meta, lively_scene, predict
+from test_predict import lively_scene, predict, scene_bundle
 from test_train import FAST, make_chipset, train
 
 from slidemap.formats.bundle import PostProcess
@@ -186,9 +186,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("postprocess")
     scene, net, _ = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
     pp = PostProcess(threshold=0.45, opening=1, closing=1, fill_holes=16, min_pixels=6)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
-                                                              thresholds={"0.5": 0.5, "best": 0.6},
-                                                              postprocess=pp)).path
+    bundle = scene_bundle(root / "bundle.pt", scene, net, thresholds={"0.5": 0.5, "best": 0.6}, postprocess=pp)
     return {"root": root, "scene": scene, "bundle": bundle, "pp": pp}
 
 

@@ -51,6 +51,11 @@ def bundle_meta(bands, net, **fields) -> BundleMeta:
                       **{"thresholds": {"0.5": 0.5, "best": 0.5}, **fields})
 
 
+def scene_bundle(path: Path, scene, net: torch.nn.Module, **fields) -> Path:
+    """``net`` saved at ``path`` as a bundle for ``scene``'s bands and statistics (``fields``: the rest)."""
+    return save_bundle(path, net, bundle_meta(scene.bands, net, stats=scene.stats, **fields)).path
+
+
 def lively(net: torch.nn.Module, x: np.ndarray) -> torch.nn.Module:
     """Rescale a random network's head so its logits on ``x`` have median 0 and a spread (16-84 %) of ±3.
 
@@ -232,8 +237,7 @@ def study(tmp_path_factory):
     """A 160 px scene (nodata rows 70-75) and a lively 4-filter U-Net bundle for its bands."""
     root = tmp_path_factory.mktemp("predict")
     scene, net, r = lively_scene(root, 160, nodata_rows=(70, 75), crop=128)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats,
-                                                              thresholds={"0.5": 0.5, "best": 0.6})).path
+    bundle = scene_bundle(root / "bundle.pt", scene, net, thresholds={"0.5": 0.5, "best": 0.6})
     return {"root": root, "rasters": r, "scene": scene, "bundle": bundle}
 
 

@@ -9,11 +9,10 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
-from test_predict import bundle_meta, lively_scene, predict
+from test_predict import lively_scene, predict, scene_bundle
 
 from slidemap.cli import main
 from slidemap.formats.scene import Scene
-from slidemap.nn.bundle import save_bundle
 from slidemap.raster.shift import InputStats, shift_warnings
 from slidemap.raster.stats import RunningStats
 from slidemap.stages.maps import ShiftWarning
@@ -78,7 +77,7 @@ def test_rows_read_twice_count_once_and_nan_never():
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("shift")
     scene, net, r = lively_scene(root, 96)
-    bundle = save_bundle(root / "bundle.pt", net, bundle_meta(scene.bands, net, stats=scene.stats)).path
+    bundle = scene_bundle(root / "bundle.pt", scene, net)
     # the same scene with its image bands stored 10000x larger (reflectance 0-1 vs 0-10000, say)
     scaled = root / "scaled"
     shutil.copytree(scene.path, scaled)
