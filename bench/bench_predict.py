@@ -5,6 +5,7 @@
     python bench/bench_predict.py --sizes 2000 --filters 8     # one size, a smaller network
     python bench/bench_predict.py --workdir /tmp/pb --keep     # keep (and reuse) the synthetic scenes
     python bench/bench_predict.py --trained --sizes 3072 --precision 32   # a trained model on synth scenes
+    python bench/bench_predict.py --trained --sizes 3072 --precision 32 --tilings 512/32/2,512/64/4 --rounds 3
 
 Each size gets a synthetic scene folder (7 float32 bands at 10 m, smooth terrain-like fields plus noise,
 a NaN stripe of nodata) written block by block, and one predict run in a fresh child process, so the
@@ -48,6 +49,7 @@ from slidemap.formats.gdal import gtiff_profile  # noqa: E402
 from slidemap.formats.scene import BandStats, SceneMeta  # noqa: E402
 from slidemap.nn.bundle import save_bundle  # noqa: E402
 from slidemap.nn.models import build_model  # noqa: E402
+from slidemap.raster.tiling import BATCH, OVERLAP, TILE, AxisTiling, wide_tile  # noqa: E402
 
 BANDS = ["blue", "green", "red", "red_edge", "nir", "dem", "slope"]
 PIXEL_M = 10.0
@@ -146,6 +148,12 @@ def trained_run(root: Path, filters: int) -> Path:
     return run
 
 
+def network_pixels(size: int, tile: int, overlap: int, batch: int) -> float:
+    """Pixels the network computes per scene pixel of a size² scene (the strip engine's plan, not timed)."""
+    rows, cols = AxisTiling.plan(size, tile, overlap), AxisTiling.plan(size, wide_tile(tile, overlap, batch), overlap)
+    return len(rows.offsets) * rows.tile * len(cols.offsets) * cols.tile / size**2
+
+
 def shares(timings: dict[str, float]) -> dict[str, str]:
     """Each part's share of the prediction's timed parts, in per cent."""
     total = sum(timings.values()) or 1.0
@@ -193,9 +201,9 @@ def main() -> None:
     parser.add_argument("--omp-active", action="store_true", help="libgomp's default spin instead of the CLI's")
     parser.add_argument("--trained", action="store_true", help="synth scenes and a trained model (see above)")
     parser.add_argument("--filters", type=int, default=16, help="U-Net initial filters")
-    parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--overlap", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--tilings", default=f"{TILE}/{OVERLAP}/{BATCH}",
+                        help="tile/overlap/batch-size triples, comma-separated (default: predict's defaults)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every tiling, interleaved round-robin")
     parser.add_argument("--workdir", type=Path, default=None, help="where scenes go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scenes (reused by the next run)")
     args = parser.parse_args()
@@ -203,8 +211,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# bench_predict: {machine_line()}")
-    print(f"# U-Net {args.filters} filters, {len(BANDS)} bands, tile {args.tile}, overlap {args.overlap}, "
-          f"batch {args.batch_size}, CPU")
+    tilings = [tuple(int(v) for v in t.split("/")) for t in args.tilings.split(",")]
+    print(f"# U-Net {args.filters} filters, {len(BANDS)} bands, tile/overlap/batch {args.tilings}, CPU")
     bundle = trained_run(work / "trained", args.filters) if args.trained else \
         write_bundle(work / f"bundle_unet{args.filters}.pt", args.filters)
     rows = []
@@ -215,15 +223,17 @@ def main() -> None:
                 t = time.perf_counter()
                 synth_scene(scene, size) if args.trained else write_scene(scene, size)
                 print(f"# wrote {scene} in {time.perf_counter() - t:.0f} s")
-            for precision in args.precision.split(","):
+            runs = [(p, t) for _ in range(args.rounds) for p in args.precision.split(",") for t in tilings]
+            for precision, (tile, overlap, batch) in runs:
                 out = work / f"pred_{size}_{precision}"
                 shutil.rmtree(out, ignore_errors=True)
-                r = run_predict(bundle, scene, out, args.tile, args.overlap, args.batch_size, precision,
-                                args.omp_active)
+                r = run_predict(bundle, scene, out, tile, overlap, batch, precision, args.omp_active)
                 m = r["meta"]
                 mpx = size * size / 1e6
                 cores = os.cpu_count() or 1
-                rows.append({"scene px": f"{size}²", "precision": precision, "seconds": r["predict_s"],
+                rows.append({"scene px": f"{size}²", "tiling": f"{tile}/{overlap}/{batch}",
+                             "network px / px": network_pixels(size, tile, overlap, batch),
+                             "precision": precision, "seconds": r["predict_s"],
                              "Mpx/s": mpx / r["predict_s"], "km²/s @10 m": mpx * PIXEL_M**2 / r["predict_s"],
                              "Mpx/CPU-s": mpx / r["cpu_s"], f"x{cores} cores Mpx/s": cores * mpx / r["cpu_s"],
                              "peak RSS GiB": r["peak_rss_gib"], "network+IO s": m["timings_s"]["predict"],
@@ -238,6 +248,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(format_table(rows))
+    if args.rounds > 1:  # the median of each tiling's interleaved runs
+        keys = sorted({(r["scene px"], r["precision"], r["tiling"]) for r in rows}, key=str)
+        print(format_table([{"scene px": k[0], "precision": k[1], "tiling": k[2], "median Mpx/s": float(np.median(
+            [r["Mpx/s"] for r in rows if (r["scene px"], r["precision"], r["tiling"]) == k]))} for k in keys]))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pydantic import (
 from slidemap.errors import UserError, validation_line
 from slidemap.nn.precision import precision_field
 from slidemap.raster.bands import TERRAIN_LAYERS
-from slidemap.raster.tiling import check_patch_size
+from slidemap.raster.tiling import BATCH, OVERLAP, TILE, check_patch_size
 from slidemap.stages.options import StageOptions
 from slidemap.stages.prepare import PrepareOptions
 from slidemap.stages.sample import SampleOptions
@@ -301,13 +301,13 @@ class Scenario(SpecModel):
 class Predict(SpecModel):
     """How each run predicts its test areas (the options of ``slidemap predict``)."""
 
-    tile: int = 512
-    overlap: int = 64
+    tile: int = TILE
+    overlap: int = OVERLAP
     threshold: str | float = "best"
     min_area: float = Field(0.0, ge=0)
     # the studies scored the thresholded mask as it came; "auto" applies the clean-up learned on validation
     postprocess: Literal["auto", "bundle", "none"] = "none"
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(BATCH, ge=1)
     # torch in fp32 by default: every run of a grid is scored the same way by its own network (not by a
     # quantised or bf16 copy); ONNX Runtime runs only when asked
     engine: Literal["torch", "onnx", "onnx-int8"] = "torch"

@@ -8,8 +8,8 @@ is one rule and one wording.
 **Tiling.** A region is cut into strips of tiles that overlap by ``overlap`` px. A network pass takes one
 tile ``tile`` px high and ``batch_size`` tiles wide (`wide_tile`): the pixels of a batch, without computing
 the overlaps between its tiles twice. Along each axis the fewest tiles that fit are shrunk evenly so the
-last one is not mostly overlap (`AxisTiling.plan`); with the defaults the network computes 1.18x the pixels
-of a 10,000² scene instead of 1.39x. Every tile offset is a multiple of 16: only tiles aligned to the same
+last one is not mostly overlap (`AxisTiling.plan`); with the defaults the network computes 1.12x the pixels
+of a 10,000² scene. Every tile offset is a multiple of 16: only tiles aligned to the same
 16-px grid as a one-pass prediction compute the same pooled features. That is why ``tile`` and the stride
 ``tile - overlap`` must be multiples of 16, and why a region whose size is not a multiple of 16 is padded by
 reflection at its bottom/right edge to one (and cropped back).
@@ -37,6 +37,17 @@ MIN_PATCH_SIZE = 2 * NETWORK_STRIDE
 """Smallest patch or tile: the U-Net bottleneck is then 2x2 (as `UNet`'s own forward check requires)."""
 MIN_TILE = MIN_PATCH_SIZE
 WEIGHT_FLOOR = 1e-6
+
+TILE = 512
+"""Default prediction tile side in px (``--tile``)."""
+OVERLAP = 32
+"""Default overlap of neighbouring tiles in px (``--overlap``). A trained U-Net's blended probabilities stay
+within 0.04/254 of the one-pass prediction; 64 px would compute 5 % more pixels of a 3,072² scene and 10 %
+more of a 10,000² one (docs/performance.md)."""
+BATCH = 2
+"""Default tiles per forward pass (``--batch-size``). A scene's pass is one tile high and this many wide: on a
+2-core CPU, passes of about 0.25-0.4 Mpx run fastest per pixel (the 16-channel maps stay in cache), and
+4 x 512 px ran 20 % slower per pixel (docs/performance.md)."""
 
 
 def size_rule_message(subject: str, multiple: int, minimum: int) -> str:
@@ -77,7 +88,7 @@ class AxisTiling:
 
         Offsets come every ``size - overlap`` px, the last one flush with the end.
 
-        Shrinking matters: 10,000 px in tiles of 512 needs 23 tiles; at 512 px they would compute
+        Shrinking matters: 10,000 px in tiles of 512 overlapping by 64 needs 23 tiles; at 512 px they would compute
         11,776 px, at the 496 px chosen here 11,408 (sizes and offsets stay multiples of 16).
         """
         padded = max(_ceil_to(length, NETWORK_STRIDE), MIN_TILE)

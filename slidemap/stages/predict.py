@@ -80,7 +80,7 @@ from slidemap.raster.geo import Grid, area_window, row_pixel_areas_m2
 from slidemap.raster.polygons import AREA, LandslideWriter, label_strip, landslide_labeler, polygon_pieces
 from slidemap.raster.postprocess import Decision, StripCleaner, decide
 from slidemap.raster.shift import InputStats
-from slidemap.raster.tiling import check_tiling
+from slidemap.raster.tiling import BATCH, OVERLAP, TILE, check_tiling
 from slidemap.stages import ensemble
 from slidemap.stages.bare_images import prepare_like_training
 from slidemap.stages.evaluate import AreaEvaluation, EvaluateOptions, EvaluateResult
@@ -118,8 +118,8 @@ class PredictOptions(StageOptions):
     """Pre-event image(s) for bare images, when the model uses pre_* or change (d*) layers."""
     chips: Path | None = None
     """Patch dataset (chip set) to predict patch by patch."""
-    tile: Tile = 512
-    overlap: TileOverlap = 64
+    tile: Tile = TILE
+    overlap: TileOverlap = OVERLAP
     threshold: str | float | None = None
     """'best' (validation pixel-F1 optimum), '0.5' or a number; default: the bundle's post-processing
     threshold, else 'best' (patch sets: 0.5, as Landslide4Sense's arg-max). An ensemble's: the mean of its
@@ -133,7 +133,7 @@ class PredictOptions(StageOptions):
     submission: bool = False
     """With --chips: also write OUT/submission/ holding only the mask_N.h5 files, and OUT/submission.zip, as
     Landslide4Sense submissions are made."""
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(BATCH, ge=1)
     """Tiles per forward pass (scenes: run side by side as one wide tile, so their overlaps are computed once)."""
     device: Device = "auto"
     as_float: bool = False
