@@ -22,7 +22,7 @@ run beside it in the writer thread), mask and polygons (the second pass), overvi
 What to look for: peak RSS should stay flat from 2,000² to 10,000² (streaming: memory depends on the
 scene width and tile size, not on its height) and well under 2 GiB; Mpx/s should not fall with size.
 Throughput on a shared 2-core machine depends on the load, printed beside the figures; the child sets
-OpenMP's waiting as the CLI does (``slidemap.openmp``; ``--omp-active``: libgomp's default spin), and
+OpenMP's waiting as the CLI does (``slidemap.runtime``; ``--omp-active``: libgomp's default spin), and
 ``Mpx/CPU-s`` x cores is the idle-machine figure at perfect thread scaling (an upper bound).
 """
 
@@ -162,8 +162,8 @@ def shares(timings: dict[str, float]) -> dict[str, str]:
 
 CHILD = """
 import sys, time
-import slidemap.openmp
-slidemap.openmp.share_cores()  # as the CLI does, before torch loads
+import slidemap.runtime
+slidemap.runtime.configure()  # as the CLI does, before torch loads
 from slidemap.stages.predict import PredictOptions, run
 t = time.perf_counter()
 run(PredictOptions(model=sys.argv[1], out=sys.argv[2], scene=sys.argv[3], tile=int(sys.argv[4]),

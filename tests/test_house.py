@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "slidemap"
 LAYERS = [("slidemap.cli",), ("slidemap.experiments", "slidemap.demo"), ("slidemap.stages",),
           ("slidemap.nn", "slidemap.sources"), ("slidemap.figures",), ("slidemap.raster",), ("slidemap.formats",),
-          ("slidemap.progress",), ("slidemap.errors", "slidemap.version", "slidemap.openmp")]
+          ("slidemap.progress",), ("slidemap.errors", "slidemap.version", "slidemap.runtime")]
 
 
 def layer_of(module: str) -> int | None:

@@ -1,13 +1,14 @@
 """The ``slidemap`` command line: one module per command, the shared option machinery in ``options``.
 
-OpenMP's short spin is set before any command module imports torch (``slidemap.openmp``).
+OpenMP's short spin and the allocator's thresholds are set before any command module imports torch
+(``slidemap.runtime``).
 """
 
 import sys
 
-from slidemap.openmp import share_cores
+from slidemap.runtime import configure
 
-share_cores()
+configure()
 
 from slidemap.cli import (  # noqa: E402, F401 - each module registers its command on the app
     demo,

@@ -1,6 +1,7 @@
 """Where an experiment's runs (and ``predict --scenes``'s scenes) execute: here, in worker processes, or on Ray.
 
-Worker processes and Ray tasks start with OpenMP's short spin in their environment (``slidemap.openmp``).
+Worker processes and Ray tasks start with OpenMP's short spin and the allocator's thresholds in their
+environment (``slidemap.runtime``).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def dispatch(func: Callable, jobs: list, workers: int = 1, ray: str | None = Non
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from slidemap.openmp import share_cores
+    from slidemap.runtime import configure
 
-    share_cores()  # the workers start with it in their environment, before they load torch
+    configure()  # the workers start with it in their environment, before they load torch
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(func, job) for job in jobs]
         for f in as_completed(futures):
@@ -54,9 +55,9 @@ def _dispatch_ray(func: Callable, jobs: list, address: str, cpus: int, gpu: floa
         import ray
     except ImportError:
         raise UserError("--ray: Ray is not installed; pip install \"slidemap[ray]\"") from None
-    from slidemap.openmp import settings, share_cores
+    from slidemap.runtime import configure, settings
 
-    share_cores()  # tasks wait for work as the CLI's processes do (slidemap.openmp)
+    configure()  # tasks wait for work and keep memory as the CLI's processes do (slidemap.runtime)
     runtime_env = {"env_vars": settings()}
     if not ray.is_initialized():
         with contextlib.suppress(ConnectionError):
