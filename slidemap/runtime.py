@@ -14,8 +14,8 @@ back to the kernel on ``free`` and maps fresh zeroed pages on the next request. 
 network's activation maps (up to ~25 MiB each for a 480 x 800 px pass of a U-Net-16) anew at every pass, so
 pages were faulted in again and again: on the same CPU a 4,096² ``slidemap predict`` took 4.0-7.3 s of
 system time and 1.5-2.3 s with the thresholds below, its stage 7 % less time (medians of nine runs each in
-two sittings, 15.9 against 17.1 s), peak memory 5 % more; training was unchanged within the noise. Blocks up to 256 MiB stay in the heap, which returns its top
-to the kernel only beyond 512 MiB free.
+two sittings, 15.9 against 17.1 s), peak memory 5 % more; training was unchanged within the noise.
+Blocks up to 256 MiB stay in the heap, which returns its top to the kernel only beyond 512 MiB free.
 
 :func:`configure` sets both where slidemap's processes start (the CLI, before torch loads; worker
 processes and Ray tasks inherit :func:`environment`), unless the user chose: ``GOMP_SPINCOUNT`` or
