@@ -23,11 +23,14 @@ def info() -> None:
         versions,
     )
     from slidemap.nn.engines import onnxruntime_available
+    from slidemap.runtime import settings
 
     typer.echo(f"cpu        {cpu_name()}")
     typer.echo(f"flags      {', '.join(cpu_info()['flags']) or 'none of note'}")
     typer.echo(f"threads    {torch.get_num_threads()}")
     typer.echo("versions   " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    typer.echo("process    " + (" ".join(f"{k}={v}" for k, v in settings().items()) or "glibc's and libgomp's defaults")
+               + " (slidemap.runtime; variables you set yourself are kept)")
     if not onnxruntime_available():
         typer.echo("onnx       not installed: --engine onnx / onnx-int8 need pip install 'slidemap[onnx]'")
     if cpu_has_native_bf16():

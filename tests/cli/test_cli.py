@@ -28,6 +28,16 @@ def test_usage_error_exits_2(capsys):
     assert main(["prepare"]) == 2
 
 
+def test_info_names_the_process_settings(capsys, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "536870912")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("process"))
+    assert "GOMP_SPINCOUNT=1000" in line and "MALLOC_TRIM_THRESHOLD_=536870912" in line
+    assert "MALLOC_MMAP_THRESHOLD_" not in line
+
+
 # --- the real error path of each command ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
