@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     from slidemap.nn.device import choose_precision, cpu_name, versions
     from slidemap.runtime import configure
 
-    ours = configure()  # as the CLI: the allocator's thresholds here, both settings in its child processes
+    process_env = configure()  # as the CLI: the allocator's thresholds here, both settings in its child processes
 
     auto = choose_precision("auto", "cpu")
     fast_bf16 = auto.precision == "bf16"
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     root = a.keep or Path(tempfile.mkdtemp(prefix="slidemap-engines-"))
     paths = setup(root / "data", a.scene_size, a.epochs)
     bands = len(json.loads((paths["scene"] / "scene.json").read_text())["bands"])
-    server = KerasServer(a.keras_python, bands, ours) if a.keras_python else None
+    server = KerasServer(a.keras_python, bands, process_env) if a.keras_python else None
     print(f"load before: {load_average()}" + (f"; beside {server.framework}" if server else ""))
     precisions = ["32"] + (["bf16"] if fast_bf16 else [])
     train = training_rates(bands, precisions, server, a.seconds)
