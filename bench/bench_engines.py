@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,15 +132,26 @@ def prediction_rates(paths: dict[str, Path], out: Path, server: KerasServer | No
     """Best end-to-end Mpx/s of ``slidemap predict`` (its own CLI, as a user runs it), and Keras's one-pass Mpx/s
     taken around each repeat."""
     exe = str(Path(sys.executable).with_name("slidemap"))
-    best, keras_rates = 0.0, []
-    for r in range(repeats):
-        if server:
-            keras_rates.append(1.048576 / server.seconds("infer1024"))
-        folder = out / f"pred{r}"
+    folder = out / "pred"
+
+    def predict_once() -> float:
         shutil.rmtree(folder, ignore_errors=True)
         subprocess.run([exe, "predict", str(paths["run"]), "--scene", str(paths["scene"]), "--out", str(folder)],
                        check=True, stdout=subprocess.DEVNULL)
-        best = max(best, json.loads((folder / "prediction.json").read_text())["mpx_per_s"])
+        return float(json.loads((folder / "prediction.json").read_text())["mpx_per_s"])
+
+    return best_beside_keras(predict_once, server, repeats)
+
+
+def best_beside_keras(once: Callable[[], float], server: KerasServer | None,
+                      repeats: int) -> tuple[float, float | None]:
+    """The best of ``repeats`` calls of ``once`` (Mpx/s), and the median of Keras's one 1,024² pass (Mpx/s) taken
+    just before and after each call."""
+    best, keras_rates = 0.0, []
+    for _ in range(repeats):
+        if server:
+            keras_rates.append(1.048576 / server.seconds("infer1024"))
+        best = max(best, once())
         if server:
             keras_rates.append(1.048576 / server.seconds("infer1024"))
     return best, (sorted(keras_rates)[len(keras_rates) // 2] if keras_rates else None)
@@ -165,17 +177,14 @@ def network_rate(paths: dict[str, Path], server: KerasServer | None, repeats: in
     x = np.random.default_rng(0).standard_normal((1, rows.tile, cols.tile, bands), dtype=np.float32)
     x = x.transpose(0, 3, 1, 2)
     runner(x)  # warm-up: kernels chosen for this shape
-    best, keras_rates = 0.0, []
-    for _ in range(repeats):
-        if server:
-            keras_rates.append(1.048576 / server.seconds("infer1024"))
+
+    def passes_once() -> float:
         t0 = time.perf_counter()
         for _ in range(passes):
             runner(x)
-        best = max(best, height * width / 1e6 / (time.perf_counter() - t0))
-        if server:
-            keras_rates.append(1.048576 / server.seconds("infer1024"))
-    return best, (sorted(keras_rates)[len(keras_rates) // 2] if keras_rates else None)
+        return height * width / 1e6 / (time.perf_counter() - t0)
+
+    return best_beside_keras(passes_once, server, repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

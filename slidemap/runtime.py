@@ -38,11 +38,11 @@ MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 512 << 20
 """Free bytes at the top of glibc's heap beyond which it is returned to the kernel."""
 
+_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": (-3, MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": (-1, TRIM_THRESHOLD)}
+"""mallopt(3)'s environment name -> (its parameter number, M_MMAP_THRESHOLD / M_TRIM_THRESHOLD; slidemap's value)."""
 OPENMP_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
-MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
-"""glibc reads the first two (mallopt(3)'s environment names) and its tunables when a process starts."""
-_MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}
-"""mallopt(3)'s parameter numbers: M_MMAP_THRESHOLD, M_TRIM_THRESHOLD."""
+MALLOC_SETTINGS = (*_ALLOCATOR, "GLIBC_TUNABLES")
+"""What glibc reads when a process starts: mallopt(3)'s environment names and its tunables."""
 
 
 def environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -52,7 +52,7 @@ def environment(environ: MutableMapping[str, str] | None = None) -> dict[str, st
     if not any(k in environ for k in OPENMP_SETTINGS):
         values["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     if not any(k in environ for k in MALLOC_SETTINGS):
-        values.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD))
+        values.update({name: str(value) for name, (_, value) in _ALLOCATOR.items()})
     return values
 
 
@@ -69,9 +69,9 @@ def configure(environ: MutableMapping[str, str] | None = None) -> dict[str, str]
     environ.update(values)
     if own and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL("libc.so.6")
-        for name, param in _MALLOPT.items():
+        for name, (param, value) in _ALLOCATOR.items():
             if name in values:
-                libc.mallopt(param, int(values[name]))
+                libc.mallopt(param, value)
     return values
 
 

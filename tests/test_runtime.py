@@ -12,12 +12,20 @@ from pathlib import Path
 import pytest
 
 import slidemap.cli
-from slidemap.runtime import MMAP_THRESHOLD, SPIN_COUNT, TRIM_THRESHOLD, configure, settings
+from slidemap.runtime import (
+    MALLOC_SETTINGS,
+    MMAP_THRESHOLD,
+    OPENMP_SETTINGS,
+    SPIN_COUNT,
+    TRIM_THRESHOLD,
+    configure,
+    settings,
+)
 
 OURS = {"GOMP_SPINCOUNT": str(SPIN_COUNT), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
         "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
-USER_KEYS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-             "GLIBC_TUNABLES")
+ALLOCATOR = {k: v for k, v in OURS.items() if k.startswith("MALLOC")}
+USER_KEYS = (*OPENMP_SETTINGS, *MALLOC_SETTINGS)
 
 
 def _clean_env(**chosen: str) -> dict[str, str]:
@@ -32,8 +40,8 @@ def test_each_setting_is_set_only_where_the_user_chose_nothing():
     assert settings(env) == OURS
     for chosen in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "PASSIVE"}):
         env = dict(chosen)
-        assert configure(env) == {k: v for k, v in OURS.items() if k.startswith("MALLOC")}
-        assert settings(env) == {**chosen, **{k: v for k, v in OURS.items() if k.startswith("MALLOC")}}
+        assert configure(env) == ALLOCATOR
+        assert settings(env) == {**chosen, **ALLOCATOR}
     for chosen in ({"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}):
         env = dict(chosen)
         assert configure(env) == {"GOMP_SPINCOUNT": "1000"} and env == {**chosen, "GOMP_SPINCOUNT": "1000"}
