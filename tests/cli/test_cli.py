@@ -7,6 +7,8 @@ written anywhere (no output folder, no temporary sibling, no lock, a user's file
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,13 @@ COMMANDS = [[], ["synth"], ["prepare"], ["sample"], ["train"], ["predict"], ["ev
 def test_help(cmd, capsys):
     assert main([*cmd, "--help"]) == 0
     assert "Usage" in capsys.readouterr().out
+
+
+def test_cli_start_leaves_out_scipy_stats():
+    """scipy.signal imports scipy.stats (about 1 s): only the synthetic terrain needs it, and imports it itself."""
+    code = "import sys, slidemap.cli; print(sorted(m for m in ('scipy.signal', 'scipy.stats') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_usage_error_exits_2(capsys):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from affine import Affine
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from slidemap.sources.synth.grid import SynthGrid
 
@@ -52,7 +52,10 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale_px: flo
 
 def smooth_series(rng: np.random.Generator, n: int, persistence: float, sd: float) -> np.ndarray:
     """An AR(1) series: the meander of a river, the wobble of a landslide's edge."""
-    return signal.lfilter([1.0], [1.0, -persistence], rng.normal(0.0, sd, n))
+    # Imported here: scipy.signal imports scipy.stats, about 1 s that every slidemap command would pay.
+    from scipy.signal import lfilter
+
+    return lfilter([1.0], [1.0, -persistence], rng.normal(0.0, sd, n))
 
 
 # --- terrain ---------------------------------------------------------------------------------------
