@@ -55,7 +55,7 @@ from slidemap.nn.engines import (
     require_onnx,
     run_chips,
 )
-from slidemap.raster.tiling import check_tiling
+from slidemap.raster.tiling import TILE, check_tiling
 from slidemap.stages.maps import LANDSLIDE_RGB
 from slidemap.stages.options import StageOptions, StageResult, Tile, TileOverlap
 from slidemap.version import __version__
@@ -66,6 +66,9 @@ LANDSLIDE_FILL_ALPHA = 110
 """Opacity (0-255) of the landslide polygons' fill in QGIS: the map beneath stays visible."""
 LANDSLIDE_OUTLINE = (128, 0, 38)
 """Outline colour of landslide polygons: the darkest red of the probability ramp."""
+DEEPNESS_OVERLAP = 64
+"""Default tile overlap of an export in px. Deepness cuts half the overlap off each side of a tile instead of
+blending it (docs/qgis.md), so 64 px keeps 32 px of context beyond every pasted tile edge."""
 
 
 class ExportOptions(StageOptions):
@@ -78,10 +81,11 @@ class ExportOptions(StageOptions):
     resolution_cm: float | None = Field(None, gt=0)
     """Pixel size in cm that QGIS resamples the layer to (default: the pixel size of the scene the model was
     trained on)."""
-    tile: Tile = 512
-    """Tile size in px: the ONNX input's fixed height and width and Deepness's tile_size (a multiple of 16)."""
-    overlap: TileOverlap = 64
-    """Tile overlap in pixels (written as Deepness's percent)."""
+    # Descriptions given here, not as docstrings: the shared types' own (blending tiles) do not hold for Deepness.
+    tile: Tile = Field(TILE, description="Tile size in px: the ONNX input's fixed height and width and Deepness's "
+                       "tile size (a multiple of 16).")
+    overlap: TileOverlap = Field(DEEPNESS_OVERLAP, description="Tile overlap in px, written as Deepness's percent; "
+                                 "Deepness cuts half of it off each side of a tile instead of blending.")
     threshold: str | float = "best"
     """Threshold written as seg_thresh: 'best', '0.5' or a number."""
     int8: bool = False
