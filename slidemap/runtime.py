@@ -2,23 +2,21 @@
 
 **OpenMP's wait.** torch's CPU kernels run on libgomp's thread pool, whose idle threads spin
 ``GOMP_SPINCOUNT`` times (300,000 by default) before they sleep. Alone on its cores a process gains little
-from the long spin; beside another process it loses badly: the spinning threads hold the cores the other
-process's threads wait for, at every barrier. Measured with a U-Net-16 training step loop (AMD EPYC Zen 3,
-2 cores, docs/performance.md): alone 6.9 s with libgomp's default and 6.6 s with 1,000 spins; two at once
-28.1 s each with the default (2.0x running them one after the other) and 12.2 s with 1,000 spins (0.93x);
-beside a busy non-slidemap process 34.4 s against 13.8 s. ``OMP_WAIT_POLICY=PASSIVE`` (no spin) shares as
-well but is 9 % slower alone.
+from the long spin; beside another process it loses badly, because the spinning threads hold the cores the
+other process's threads wait for at every barrier. ``OMP_WAIT_POLICY=PASSIVE`` (no spin) shares as well but
+is slower alone.
 
 **The allocator.** glibc's malloc hands every block above its mmap threshold (at most 32 MiB by default)
 back to the kernel on ``free`` and maps fresh zeroed pages on the next request. Prediction allocates the
 network's activation maps (up to ~25 MiB each for a 480 x 800 px pass of a U-Net-16) anew at every pass, so
-pages were faulted in again and again: on the same CPU a 4,096² ``slidemap predict`` took 4.0-7.3 s of
-system time and 1.5-2.3 s with the thresholds below, its stage 7 % less time (medians of nine runs each in
-two sittings, 15.9 against 17.1 s), peak memory 5 % more; training was unchanged within the noise.
-Blocks up to 256 MiB stay in the heap, which returns its top to the kernel only beyond 512 MiB free.
+without the thresholds below its pages fault in again at every pass. Blocks up to 256 MiB stay in the heap,
+which returns its top to the kernel only beyond 512 MiB free.
+
+The figures behind both (alone, two at once, beside a busy process; a 4,096² prediction before and after)
+are in docs/performance.md.
 
 :func:`configure` sets both where slidemap's processes start (the CLI, before torch loads; worker
-processes and Ray tasks inherit :func:`environment`), unless the user chose: ``GOMP_SPINCOUNT`` or
+processes and Ray tasks inherit the variables it sets), unless the user chose: ``GOMP_SPINCOUNT`` or
 ``OMP_WAIT_POLICY`` keep OpenMP's wait as set, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
 ``GLIBC_TUNABLES`` the allocator's. Ray tasks get :func:`settings` through their runtime environment. The
 allocator's part applies on glibc only (Linux); elsewhere nothing is changed.
@@ -45,17 +43,6 @@ MALLOC_SETTINGS = (*_ALLOCATOR, "GLIBC_TUNABLES")
 """What glibc reads when a process starts: mallopt(3)'s environment names and its tunables."""
 
 
-def environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """The variables :func:`configure` sets in ``environ`` (default ``os.environ``): none the user chose."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, str] = {}
-    if not any(k in environ for k in OPENMP_SETTINGS):
-        values["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
-    if not any(k in environ for k in MALLOC_SETTINGS):
-        values.update({name: str(value) for name, (_, value) in _ALLOCATOR.items()})
-    return values
-
-
 def configure(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set OpenMP's short spin and the allocator's thresholds unless the user set their own; what was set.
 
@@ -65,7 +52,11 @@ def configure(environ: MutableMapping[str, str] | None = None) -> dict[str, str]
     """
     own = environ is None or environ is os.environ
     environ = os.environ if environ is None else environ
-    values = environment(environ)
+    values: dict[str, str] = {}
+    if not any(k in environ for k in OPENMP_SETTINGS):
+        values["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    if not any(k in environ for k in MALLOC_SETTINGS):
+        values.update({name: str(value) for name, (_, value) in _ALLOCATOR.items()})
     environ.update(values)
     if own and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL("libc.so.6")
